@@ -1,0 +1,175 @@
+//! The route: which master client connections go to, held in one `ArcSwap` so that every session
+//! reads it without a lock, and replaced whole by the watcher.
+//!
+//! A route has a *generation*: it changes whenever the master address changes (including to "no
+//! master" because the old one was seen to be a replica). A session remembers the generation it
+//! connected under and forwards client bytes only while that is still the current generation; that
+//! is what guarantees no client byte reaches an old master after the swap. A master that merely
+//! stops answering (`available == false`, same address) keeps its generation, so a slow probe does
+//! not cut off healthy connections; it only makes new clients wait.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, watch};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub generation: u64,
+    /// The master of this generation, if any is known.
+    pub master: Option<SocketAddr>,
+    /// Whether the master was verified (ROLE = master) and answers. New clients connect only then.
+    pub available: bool,
+    /// When this generation began (for /status).
+    pub since: SystemTime,
+}
+
+impl Route {
+    /// The address a new client should connect to, if any.
+    pub fn target(&self) -> Option<SocketAddr> {
+        if self.available { self.master } else { None }
+    }
+}
+
+/// The shared route plus the means to learn of changes.
+pub struct RouteTable {
+    current: ArcSwap<Route>,
+    /// Bumped on every change; sessions wait on it instead of polling.
+    changed: watch::Sender<u64>,
+    /// Sessions that fail to reach the master ask the watcher to look again now.
+    recheck: Notify,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable::new()
+    }
+}
+
+impl RouteTable {
+    pub fn new() -> RouteTable {
+        RouteTable {
+            current: ArcSwap::from_pointee(Route {
+                generation: 0,
+                master: None,
+                available: false,
+                since: SystemTime::now(),
+            }),
+            changed: watch::Sender::new(0),
+            recheck: Notify::new(),
+        }
+    }
+
+    /// The current route (lock-free).
+    pub fn load(&self) -> Arc<Route> {
+        self.current.load_full()
+    }
+
+    /// The current generation (lock-free; on the byte path).
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Route to `master` (verified). Returns the route now in force and whether the address changed.
+    pub fn set_master(&self, master: SocketAddr) -> (Arc<Route>, bool) {
+        let old = self.load();
+        if old.master == Some(master) {
+            if !old.available {
+                self.store(Route {
+                    available: true,
+                    ..(*old).clone()
+                });
+            }
+            return (self.load(), false);
+        }
+        self.store(Route {
+            generation: old.generation + 1,
+            master: Some(master),
+            available: true,
+            since: SystemTime::now(),
+        });
+        (self.load(), true)
+    }
+
+    /// The master is known not to be one any more (ROLE said replica): a new generation with none.
+    pub fn clear_master(&self) {
+        let old = self.load();
+        if old.master.is_none() {
+            return;
+        }
+        self.store(Route {
+            generation: old.generation + 1,
+            master: None,
+            available: false,
+            since: SystemTime::now(),
+        });
+    }
+
+    /// The master does not answer: keep it (and its sessions) but send no new client there.
+    pub fn mark_unavailable(&self) {
+        let old = self.load();
+        if old.available {
+            self.store(Route {
+                available: false,
+                ..(*old).clone()
+            });
+        }
+    }
+
+    fn store(&self, route: Route) {
+        self.current.store(Arc::new(route));
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn request_recheck(&self) {
+        self.recheck.notify_one();
+    }
+
+    pub async fn recheck_requested(&self) {
+        self.recheck.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_follow_the_address() {
+        let t = RouteTable::new();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        assert_eq!(t.load().target(), None);
+        let (r, changed) = t.set_master(a);
+        assert!(changed);
+        assert_eq!((r.generation, r.target()), (1, Some(a)));
+        t.mark_unavailable();
+        assert_eq!((t.generation(), t.load().target()), (1, None));
+        let (r, changed) = t.set_master(a);
+        assert!(!changed);
+        assert_eq!((r.generation, r.target()), (1, Some(a)));
+        let (r, changed) = t.set_master(b);
+        assert!(changed);
+        assert_eq!(r.generation, 2);
+        t.clear_master();
+        assert_eq!((t.generation(), t.load().target()), (3, None));
+    }
+
+    #[test]
+    fn subscribers_see_changes() {
+        let t = RouteTable::new();
+        let mut rx = t.subscribe();
+        assert!(!rx.has_changed().unwrap());
+        t.set_master("127.0.0.1:1".parse().unwrap());
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        t.mark_unavailable();
+        assert!(rx.has_changed().unwrap());
+    }
+}

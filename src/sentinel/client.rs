@@ -1,0 +1,285 @@
+//! A small RESP client for the proxy's own control-plane queries: `SENTINEL get-master-addr-by-name`,
+//! `ROLE` checks, and the pub/sub subscription to Sentinel events.
+//!
+//! It is deliberately tiny (one request at a time, replies decoded with `redis-protocol`) and every
+//! call is bounded by a timeout, so a hung or hostile peer can delay a query but never block the
+//! watcher. Replies are capped in size for the same reason. Client traffic never passes through here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::{Auth, HostPort};
+
+/// Control-plane replies are small; anything larger is a broken or hostile peer.
+const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out")]
+    Timeout,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("reply larger than {MAX_REPLY_BYTES} bytes")]
+    TooLarge,
+    #[error("server error: {0}")]
+    Server(String),
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+/// One connection speaking RESP2, with a per-call timeout.
+pub struct RespConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    out: Vec<u8>,
+    timeout: Duration,
+}
+
+impl RespConn {
+    /// Connect (by name or address) within `timeout`, then `AUTH` if `auth` has a password.
+    pub async fn connect(
+        addr: &HostPort,
+        auth: &Auth,
+        t: Duration,
+    ) -> Result<RespConn, ClientError> {
+        let stream = match timeout(t, TcpStream::connect((addr.host.as_str(), addr.port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+            Err(_) => return Err(ClientError::Timeout),
+        };
+        let _ = stream.set_nodelay(true);
+        let mut conn = RespConn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            out: Vec::with_capacity(256),
+            timeout: t,
+        };
+        if let Some(password) = &auth.password {
+            let reply = match &auth.username {
+                Some(user) => {
+                    conn.call(&[b"AUTH", user.as_bytes(), password.expose().as_bytes()])
+                        .await?
+                }
+                None => conn.call(&[b"AUTH", password.expose().as_bytes()]).await?,
+            };
+            expect_ok(reply)?;
+        }
+        Ok(conn)
+    }
+
+    /// Connect to a resolved address (the ROLE probe of a candidate master).
+    pub async fn connect_addr(
+        addr: SocketAddr,
+        auth: &Auth,
+        t: Duration,
+    ) -> Result<RespConn, ClientError> {
+        RespConn::connect(&HostPort::from(addr), auth, t).await
+    }
+
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
+    /// Send one command and read its reply; `-ERR` replies come back as [`ClientError::Server`].
+    pub async fn call(&mut self, args: &[&[u8]]) -> Result<OwnedFrame, ClientError> {
+        self.send(args).await?;
+        let t = self.timeout;
+        match timeout(t, self.read_frame()).await {
+            Ok(Ok(OwnedFrame::Error(e))) => Err(ClientError::Server(e)),
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Write one command as a RESP array of bulk strings.
+    pub async fn send(&mut self, args: &[&[u8]]) -> Result<(), ClientError> {
+        self.out.clear();
+        encode_command(&mut self.out, args);
+        let t = self.timeout;
+        match timeout(t, self.stream.write_all(&self.out)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    /// Read the next frame, however long it takes (subscriptions wait for events).
+    pub async fn read_frame(&mut self) -> Result<OwnedFrame, ClientError> {
+        loop {
+            if !self.buf.is_empty() {
+                match decode(&self.buf) {
+                    Ok(Some((frame, used))) => {
+                        self.buf.advance(used);
+                        return Ok(frame);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                }
+            }
+            if self.buf.len() > MAX_REPLY_BYTES {
+                return Err(ClientError::TooLarge);
+            }
+            self.buf.reserve(4096);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+}
+
+/// Append `*N\r\n$len\r\narg\r\n…` for `args`.
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.push(b'*');
+    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn expect_ok(frame: OwnedFrame) -> Result<(), ClientError> {
+    match frame {
+        OwnedFrame::SimpleString(s) if s == b"OK" => Ok(()),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// The text of a bulk or simple string frame.
+pub fn frame_text(frame: &OwnedFrame) -> Option<&str> {
+    match frame {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+/// What `ROLE` said about a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Master,
+    /// `slave`/`replica` or `sentinel`: not a node to send client writes to.
+    Other(String),
+}
+
+/// Ask a node its `ROLE`.
+pub async fn role(addr: SocketAddr, auth: &Auth, t: Duration) -> Result<Role, ClientError> {
+    let mut conn = RespConn::connect_addr(addr, auth, t).await?;
+    let reply = conn.call(&[b"ROLE"]).await?;
+    parse_role(&reply)
+}
+
+pub fn parse_role(reply: &OwnedFrame) -> Result<Role, ClientError> {
+    let first = match reply {
+        OwnedFrame::Array(items) => items.first().and_then(frame_text),
+        _ => None,
+    };
+    match first {
+        Some("master") => Ok(Role::Master),
+        Some(other) => Ok(Role::Other(other.to_string())),
+        None => Err(ClientError::Unexpected(format!("ROLE reply {reply:?}"))),
+    }
+}
+
+/// `SENTINEL get-master-addr-by-name NAME` on one sentinel. `Ok(None)`: the sentinel does not know
+/// the name.
+pub async fn master_addr(
+    sentinel: &HostPort,
+    name: &str,
+    auth: &Auth,
+    t: Duration,
+) -> Result<Option<HostPort>, ClientError> {
+    let mut conn = RespConn::connect(sentinel, auth, t).await?;
+    let reply = conn
+        .call(&[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()])
+        .await?;
+    parse_master_addr(&reply)
+}
+
+pub fn parse_master_addr(reply: &OwnedFrame) -> Result<Option<HostPort>, ClientError> {
+    match reply {
+        OwnedFrame::Null => Ok(None),
+        OwnedFrame::Array(items) if items.is_empty() => Ok(None),
+        OwnedFrame::Array(items) if items.len() == 2 => {
+            let host = frame_text(&items[0]);
+            let port = frame_text(&items[1]).and_then(|p| p.parse::<u16>().ok());
+            match (host, port) {
+                (Some(h), Some(p)) if !h.is_empty() && p != 0 => Ok(Some(HostPort {
+                    host: h.to_string(),
+                    port: p,
+                })),
+                _ => Err(ClientError::Unexpected(format!("master address {reply:?}"))),
+            }
+        }
+        other => Err(ClientError::Unexpected(format!("master address {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> OwnedFrame {
+        OwnedFrame::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn encodes_commands() {
+        let mut out = Vec::new();
+        encode_command(&mut out, &[b"SENTINEL", b"get-master-addr-by-name", b"m"]);
+        assert_eq!(
+            out,
+            b"*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name\r\n$1\r\nm\r\n"
+        );
+    }
+
+    #[test]
+    fn parses_master_addr() {
+        let r = OwnedFrame::Array(vec![bulk("127.0.0.1"), bulk("6380")]);
+        assert_eq!(
+            parse_master_addr(&r).unwrap(),
+            Some(HostPort {
+                host: "127.0.0.1".into(),
+                port: 6380
+            })
+        );
+        assert_eq!(parse_master_addr(&OwnedFrame::Null).unwrap(), None);
+        assert!(parse_master_addr(&OwnedFrame::Array(vec![bulk("h"), bulk("x")])).is_err());
+        assert!(parse_master_addr(&OwnedFrame::Integer(3)).is_err());
+    }
+
+    #[test]
+    fn parses_role() {
+        let master = OwnedFrame::Array(vec![
+            bulk("master"),
+            OwnedFrame::Integer(0),
+            OwnedFrame::Array(vec![]),
+        ]);
+        assert_eq!(parse_role(&master).unwrap(), Role::Master);
+        let slave = OwnedFrame::Array(vec![bulk("slave"), bulk("127.0.0.1")]);
+        assert_eq!(parse_role(&slave).unwrap(), Role::Other("slave".into()));
+        assert!(parse_role(&OwnedFrame::Integer(1)).is_err());
+    }
+}

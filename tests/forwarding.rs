@@ -1,0 +1,181 @@
+//! Client traffic through the proxy to a real master found through real sentinels.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use redis_protocol::resp2::types::OwnedFrame;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_get_and_admin_pages() {
+    let lab = Lab::start().await;
+    let master = lab.master_port().await.expect("lab master");
+    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    assert_eq!(proxy.wait_ready().await, master);
+
+    let mut c = conn(proxy.port).await.unwrap();
+    assert_eq!(
+        cmd(&mut c, &["SET", "greeting", "hello"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"OK".to_vec())
+    );
+    assert_eq!(
+        cmd(&mut c, &["GET", "greeting"]).await.unwrap(),
+        OwnedFrame::BulkString(b"hello".to_vec())
+    );
+    assert_eq!(
+        node_port(&mut c).await.unwrap(),
+        master,
+        "the proxy reaches the master"
+    );
+    let mut direct = conn(master).await.unwrap();
+    assert_eq!(
+        cmd(&mut direct, &["GET", "greeting"]).await.unwrap(),
+        OwnedFrame::BulkString(b"hello".to_vec()),
+        "the write landed on the master itself"
+    );
+
+    let (code, body) = http_get(proxy.admin, "/healthz").await;
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, _) = http_get(proxy.admin, "/readyz").await;
+    assert_eq!(code, 200);
+    let (code, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&text, "sentinel_proxy_client_connections"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(metric(&text, "sentinel_proxy_client_connections_total").unwrap() >= 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            &format!("sentinel_proxy_master_info{{address=\"127.0.0.1:{master}\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "sentinel_proxy_master_available"), Some(1.0));
+    let (code, status) = http_get(proxy.admin, "/status").await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["master"], format!("127.0.0.1:{master}"));
+    assert_eq!(status["sentinels"].as_array().unwrap().len(), 3);
+    let (code, _) = http_get(proxy.admin, "/nope").await;
+    assert_eq!(code, 404);
+
+    drop(c);
+    eventually(
+        Duration::from_secs(5),
+        "the connection gauge to drop",
+        || async {
+            let (_, text) = http_get(proxy.admin, "/metrics").await;
+            (metric(&text, "sentinel_proxy_client_connections") == Some(0.0)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_and_large_values_pass_unchanged() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    proxy.wait_ready().await;
+    let mut c = conn(proxy.port).await.unwrap();
+    let big = "x".repeat(3 * 1024 * 1024);
+    cmd(&mut c, &["SET", "big", &big]).await.unwrap();
+    assert_eq!(
+        cmd(&mut c, &["GET", "big"]).await.unwrap(),
+        OwnedFrame::BulkString(big.into_bytes())
+    );
+    // 200 commands sent before any reply is read come back whole and in order.
+    for i in 0..200 {
+        c.send(&[b"RPUSH", b"list", i.to_string().as_bytes()])
+            .await
+            .unwrap();
+    }
+    for i in 1..=200 {
+        assert_eq!(c.read_frame().await.unwrap(), OwnedFrame::Integer(i));
+    }
+    assert_eq!(
+        cmd(&mut c, &["LLEN", "list"]).await.unwrap(),
+        OwnedFrame::Integer(200)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_benchmark_runs_without_errors() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    proxy.wait_ready().await;
+    let port = proxy.port.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("redis-benchmark")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "set,get",
+                "-n",
+                "100000",
+                "-c",
+                "50",
+                "-q",
+            ])
+            .output()
+            .expect("run redis-benchmark")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "redis-benchmark failed: {stdout}\n{stderr}"
+    );
+    assert!(
+        !stdout.to_lowercase().contains("error") && !stderr.to_lowercase().contains("error"),
+        "{stdout}\n{stderr}"
+    );
+    for t in ["SET:", "GET:"] {
+        assert!(
+            stdout.contains(t) && stdout.contains("requests per second"),
+            "{stdout}"
+        );
+    }
+    eprintln!("redis-benchmark through the proxy (debug build):\n{stdout}");
+}
+
+/// No sentinel answers (nothing listens there): a client waits `connect-wait`, then gets a
+/// clear error instead of a hang or a silent close; /readyz says not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_master_gives_a_clear_error() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let proxy = Proxy::start_with(vec![hp(dead)], |c| {
+        c.connect_wait = Duration::from_millis(300);
+    })
+    .await;
+    let (code, _) = http_get(proxy.admin, "/readyz").await;
+    assert_eq!(code, 503);
+    let started = std::time::Instant::now();
+    let mut c = conn(proxy.port).await.unwrap();
+    let err = cmd(&mut c, &["PING"]).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("ERR sentinel-proxy: no master available for 'mymaster'"),
+        "{err}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "sentinel_proxy_no_master_rejections_total"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "sentinel_proxy_master_available"), Some(0.0));
+}

@@ -1,0 +1,506 @@
+//! The test lab: real `redis-server` (1 master, 2 replicas) and `redis-sentinel` (3 sentinels,
+//! quorum 2) processes on free loopback ports in a temp dir, killed on drop (also on panic), plus
+//! helpers to run the proxy in-process, speak RESP, fetch admin pages and wait on conditions.
+//!
+//! Every wait is a condition polled against a deadline, never a fixed sleep.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis_protocol::resp2::types::OwnedFrame;
+use sentinel_proxy::config::{Auth, Config, HostPort};
+use sentinel_proxy::sentinel::client::{ClientError, RespConn, frame_text};
+use sentinel_proxy::{Server, Shared};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub const MASTER_NAME: &str = "mymaster";
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Poll `check` every 20 ms until it yields a value or `limit` passes (then panic with `what`).
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let port = l.local_addr().expect("local addr").port();
+    (l, port)
+}
+
+pub fn hp(port: u16) -> HostPort {
+    HostPort {
+        host: "127.0.0.1".into(),
+        port,
+    }
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Connect to a loopback port (2 s timeout per call).
+pub async fn conn(port: u16) -> Result<RespConn, ClientError> {
+    RespConn::connect(&hp(port), &Auth::default(), Duration::from_secs(2)).await
+}
+
+/// One command on a connection; bulk/simple replies as text.
+pub async fn cmd(c: &mut RespConn, args: &[&str]) -> Result<OwnedFrame, ClientError> {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    c.call(&args).await
+}
+
+/// `CONFIG GET port` through a connection: which node it reaches.
+pub async fn node_port(c: &mut RespConn) -> Result<u16, ClientError> {
+    match cmd(c, &["CONFIG", "GET", "port"]).await? {
+        OwnedFrame::Array(items) if items.len() == 2 => frame_text(&items[1])
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| ClientError::Unexpected("port".into())),
+        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// A process we started, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawn `program` with args from `make(port)` on a free port; retry on a port race.
+async fn spawn_on_free_port(
+    dir: &Path,
+    program: &str,
+    make: impl Fn(u16, &Path) -> Vec<String>,
+) -> Proc {
+    for _ in 0..5 {
+        let (hold, port) = free_port();
+        let log = dir.join(format!("{program}-{port}.log"));
+        let args = make(port, &log);
+        drop(hold);
+        let child = Command::new(program)
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} (is it installed?): {e}"));
+        let mut proc = Proc {
+            port,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = proc.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                break; // exited: most likely the port was taken meanwhile; try another
+            }
+            if let Ok(mut c) = conn(port).await
+                && cmd(&mut c, &["PING"]).await.is_ok()
+            {
+                return proc;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{program} on {port} did not answer PING:\n{}",
+                    proc.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proc.child = None;
+    }
+    panic!("could not start {program} on a free port after 5 tries");
+}
+
+pub struct LabOptions {
+    pub down_after_ms: u64,
+    pub failover_timeout_ms: u64,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            down_after_ms: 1000,
+            failover_timeout_ms: 10_000,
+        }
+    }
+}
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub redis: Vec<Proc>,
+    pub sentinels: Vec<Proc>,
+    opts: LabOptions,
+}
+
+impl Lab {
+    pub async fn start() -> Lab {
+        Lab::start_with(LabOptions::default()).await
+    }
+
+    pub async fn start_with(opts: LabOptions) -> Lab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut redis = Vec::new();
+        let master = start_redis(dir.path(), None).await;
+        let master_port = master.port;
+        redis.push(master);
+        for _ in 0..2 {
+            redis.push(start_redis(dir.path(), Some(master_port)).await);
+        }
+        let mut lab = Lab {
+            dir,
+            redis,
+            sentinels: Vec::new(),
+            opts,
+        };
+        for _ in 0..3 {
+            let s = lab.start_sentinel(master_port).await;
+            lab.sentinels.push(s);
+        }
+        lab.wait_settled(Duration::from_secs(40)).await;
+        lab
+    }
+
+    async fn start_sentinel(&self, master_port: u16) -> Proc {
+        let dir = self.dir.path().to_path_buf();
+        let (down, fo) = (self.opts.down_after_ms, self.opts.failover_timeout_ms);
+        spawn_on_free_port(&dir.clone(), "redis-sentinel", move |port, log| {
+            // Sentinel rewrites its config file: each one gets its own copy in the temp dir.
+            let conf = dir.join(format!("sentinel-{port}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                 dir {d}\nlogfile {log}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} {down}\n\
+                 sentinel failover-timeout {MASTER_NAME} {fo}\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                d = dir.display(),
+                log = log.display(),
+            );
+            std::fs::write(&conf, text).expect("write sentinel config");
+            vec![conf.display().to_string()]
+        })
+        .await
+    }
+
+    pub fn sentinel_addrs(&self) -> Vec<HostPort> {
+        self.sentinels.iter().map(|s| hp(s.port)).collect()
+    }
+
+    /// The master according to the first sentinel that answers.
+    pub async fn master_port(&self) -> Option<u16> {
+        for s in self.sentinels.iter().filter(|s| s.is_running()) {
+            if let Ok(mut c) = conn(s.port).await
+                && let Ok(OwnedFrame::Array(items)) = cmd(
+                    &mut c,
+                    &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
+                )
+                .await
+                && items.len() == 2
+            {
+                return frame_text(&items[1]).and_then(|p| p.parse().ok());
+            }
+        }
+        None
+    }
+
+    pub fn proc_by_port(&mut self, port: u16) -> &mut Proc {
+        self.redis
+            .iter_mut()
+            .find(|p| p.port == port)
+            .expect("a lab redis port")
+    }
+
+    /// Wait until every running sentinel agrees on one master that says `role:master`, knows
+    /// both replicas and both other sentinels, and no failover is in progress.
+    pub async fn wait_settled(&self, limit: Duration) -> u16 {
+        let running = self.sentinels.iter().filter(|s| s.is_running()).count();
+        let live_redis = self.redis.iter().filter(|r| r.is_running()).count();
+        eventually(limit, "the sentinel lab to settle", || async {
+            let mut agreed: Option<u16> = None;
+            for s in self.sentinels.iter().filter(|s| s.is_running()) {
+                let mut c = conn(s.port).await.ok()?;
+                let info = flat_map(
+                    cmd(&mut c, &["SENTINEL", "master", MASTER_NAME])
+                        .await
+                        .ok()?,
+                );
+                let port: u16 = info.get("port")?.parse().ok()?;
+                let ok = info.get("flags")? == "master"
+                    && info.get("num-other-sentinels")? == &(running - 1).to_string()
+                    && info.get("num-slaves")?.parse::<usize>().ok()? >= live_redis - 1;
+                if !ok || agreed.is_some_and(|p| p != port) {
+                    return None;
+                }
+                let OwnedFrame::Array(replicas) =
+                    cmd(&mut c, &["SENTINEL", "replicas", MASTER_NAME])
+                        .await
+                        .ok()?
+                else {
+                    return None;
+                };
+                let good = replicas
+                    .into_iter()
+                    .map(flat_map)
+                    .filter(|r| {
+                        r.get("flags").map(String::as_str) == Some("slave")
+                            && r.get("master-link-status").map(String::as_str) == Some("ok")
+                    })
+                    .count();
+                if good < live_redis - 1 {
+                    return None;
+                }
+                agreed = Some(port);
+            }
+            let port = agreed?;
+            let mut m = conn(port).await.ok()?;
+            let role = cmd(&mut m, &["ROLE"]).await.ok()?;
+            match role {
+                OwnedFrame::Array(items) if frame_text(&items[0]) == Some("master") => Some(port),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// `SENTINEL FAILOVER`, retried while Sentinel is not ready for it. Returns when accepted.
+    pub async fn failover(&self) -> Instant {
+        eventually(
+            Duration::from_secs(30),
+            "SENTINEL FAILOVER to be accepted",
+            || async {
+                for s in self.sentinels.iter().filter(|s| s.is_running()) {
+                    let mut c = conn(s.port).await.ok()?;
+                    if cmd(&mut c, &["SENTINEL", "FAILOVER", MASTER_NAME])
+                        .await
+                        .is_ok()
+                    {
+                        return Some(Instant::now());
+                    }
+                }
+                None
+            },
+        )
+        .await
+    }
+
+    /// Wait until the sentinels name a master other than `old` that answers `role:master`.
+    pub async fn wait_new_master(&self, old: u16, limit: Duration) -> u16 {
+        eventually(limit, "a new master", || async {
+            let p = self.master_port().await?;
+            if p == old {
+                return None;
+            }
+            let mut m = conn(p).await.ok()?;
+            match cmd(&mut m, &["ROLE"]).await.ok()? {
+                OwnedFrame::Array(items) if frame_text(&items[0]) == Some("master") => Some(p),
+                _ => None,
+            }
+        })
+        .await
+    }
+}
+
+async fn start_redis(dir: &Path, replica_of: Option<u16>) -> Proc {
+    let dir_s = dir.display().to_string();
+    spawn_on_free_port(dir, "redis-server", move |port, log| {
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir_s,
+            "--dbfilename",
+            &format!("dump-{port}.rdb"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--enable-debug-command",
+            "yes",
+            "--logfile",
+            &log.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(m) = replica_of {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
+        }
+        args
+    })
+    .await
+}
+
+/// A Sentinel reply of alternating field names and values, as a map.
+pub fn flat_map(frame: OwnedFrame) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    if let OwnedFrame::Array(items) = frame {
+        for pair in items.chunks(2) {
+            if let [k, v] = pair
+                && let (Some(k), Some(v)) = (frame_text(k), frame_text(v))
+            {
+                m.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    m
+}
+
+/// The proxy, in-process on free ports, pointed at a lab's sentinels; cancelled on drop.
+pub struct Proxy {
+    pub port: u16,
+    pub admin: SocketAddr,
+    pub shared: Arc<Shared>,
+    token: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start(sentinels: Vec<HostPort>) -> Proxy {
+        Proxy::start_with(sentinels, |_| {}).await
+    }
+
+    pub async fn start_with(sentinels: Vec<HostPort>, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        init_logs();
+        let mut cfg = Config::new(sentinels, MASTER_NAME);
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut cfg);
+        let server = Server::bind(cfg).await.expect("bind proxy");
+        let token = CancellationToken::new();
+        let (port, admin, shared) = (
+            server.local_addr().port(),
+            server.admin_addr(),
+            server.shared(),
+        );
+        let task = tokio::spawn(server.serve(token.clone()));
+        Proxy {
+            port,
+            admin,
+            shared,
+            token,
+            task: Some(task),
+        }
+    }
+
+    /// Wait until /readyz says a verified master is known; returns its port.
+    pub async fn wait_ready(&self) -> u16 {
+        eventually(Duration::from_secs(15), "proxy ready", || async {
+            let (code, _) = http_get(self.admin, "/readyz").await;
+            (code == 200).then(|| self.shared.route.load().master.map(|a| a.port()))?
+        })
+        .await
+    }
+
+    /// Wait until the proxy routes to `port`.
+    pub async fn wait_routes_to(&self, port: u16, limit: Duration) {
+        eventually(limit, "proxy to route to the new master", || async {
+            (self.shared.route.load().target() == Some(addr(port))).then_some(())
+        })
+        .await
+    }
+
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => s,
+            Err(_) => return (0, String::new()),
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, body.to_string())
+    })
+    .await
+    .unwrap_or((0, String::new()))
+}
+
+/// The value of one sample line in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
