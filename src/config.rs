@@ -352,7 +352,7 @@ impl Config {
                 bail!("{name}: must be greater than zero");
             }
         }
-        if self.listen == self.metrics_listen {
+        if self.listen == self.metrics_listen && self.listen.port() != 0 {
             bail!(
                 "listen and metrics-listen are both {}: they need different ports",
                 self.listen

@@ -1,0 +1,131 @@
+# Shared shell helpers for scripts/test, scripts/demo and benches/compare.sh. Source, don't run.
+
+# Install redis-server, redis-sentinel and redis-tools from Debian when any is missing.
+# The install must not start a Redis of its own (a fresh machine starts none), so service
+# starts are blocked with a temporary policy-rc.d.
+ensure_redis_packages() {
+    local need=()
+    command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+    command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+    { command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1; } || need+=(redis-tools)
+    [ ${#need[@]} -eq 0 ] && return 0
+    echo "==> installing ${need[*]} (apt-get)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    local made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+        $sudo chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+    [ -n "$made_policy" ] && $sudo rm -f /usr/sbin/policy-rc.d
+    return 0
+}
+
+# A loopback TCP port nobody listens on (probed, so a small race remains; callers retry).
+free_port() {
+    local p
+    while :; do
+        p=$(( 20000 + RANDOM % 40000 ))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# GET a path from a loopback HTTP server: http_get PORT PATH → body on stdout.
+http_get() {
+    local port=$1 path=$2
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3
+    sed '1,/^\r$/d' <&3
+    exec 3<&-
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 100 ms until it succeeds.
+wait_for() {
+    local limit=$1 what=$2
+    shift 2
+    local deadline=$(( $(date +%s) + limit ))
+    until "$@" >/dev/null 2>&1; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "timed out after ${limit}s waiting for: $what" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# Lab: 1 master + 2 replicas + 3 sentinels (quorum 2, down-after 1000 ms) under $LAB_DIR.
+# Sets LAB_REDIS_PORTS, LAB_SENTINEL_PORTS and LAB_PIDS.
+LAB_PIDS=()
+lab_start() {
+    LAB_DIR=${LAB_DIR:-$(mktemp -d)}
+    LAB_REDIS_PORTS=()
+    LAB_SENTINEL_PORTS=()
+    local i p master=""
+    for i in 0 1 2; do
+        p=$(free_port)
+        local args=(--port "$p" --bind 127.0.0.1 --dir "$LAB_DIR" --dbfilename "dump-$p.rdb"
+            --save "" --appendonly no --daemonize no --logfile "$LAB_DIR/redis-$p.log")
+        [ -n "$master" ] && args+=(--replicaof 127.0.0.1 "$master")
+        redis-server "${args[@]}" &
+        LAB_PIDS+=($!)
+        wait_for 10 "redis-server on $p" redis-cli -p "$p" ping
+        [ -z "$master" ] && master=$p
+        LAB_REDIS_PORTS+=("$p")
+    done
+    for i in 0 1 2; do
+        p=$(free_port)
+        # Sentinel rewrites its config: each gets its own copy in the lab dir.
+        cat >"$LAB_DIR/sentinel-$p.conf" <<CONF
+port $p
+bind 127.0.0.1
+protected-mode no
+daemonize no
+dir $LAB_DIR
+logfile $LAB_DIR/sentinel-$p.log
+sentinel monitor mymaster 127.0.0.1 $master 2
+sentinel down-after-milliseconds mymaster 1000
+sentinel failover-timeout mymaster 10000
+sentinel parallel-syncs mymaster 1
+CONF
+        redis-sentinel "$LAB_DIR/sentinel-$p.conf" &
+        LAB_PIDS+=($!)
+        wait_for 10 "redis-sentinel on $p" redis-cli -p "$p" ping
+        LAB_SENTINEL_PORTS+=("$p")
+    done
+    wait_for 60 "sentinels to know each other and both replicas" lab_settled
+}
+
+lab_settled() {
+    local s
+    for s in "${LAB_SENTINEL_PORTS[@]}"; do
+        local info
+        info=$(redis-cli -p "$s" SENTINEL master mymaster | paste - - | tr '\t' ' ')
+        grep -qx "num-other-sentinels 2" <<<"$info" || return 1
+        grep -qx "num-slaves 2" <<<"$info" || return 1
+        grep -qx "flags master" <<<"$info" || return 1
+    done
+}
+
+lab_master_port() {
+    redis-cli -p "${LAB_SENTINEL_PORTS[0]}" SENTINEL get-master-addr-by-name mymaster | tail -n 1
+}
+
+lab_sentinel_list() {
+    local s out=""
+    for s in "${LAB_SENTINEL_PORTS[@]}"; do out+="127.0.0.1:$s,"; done
+    echo "${out%,}"
+}
+
+# Stop what we started, by PID.
+lab_stop() {
+    local pid
+    for pid in "${LAB_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${LAB_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    LAB_PIDS=()
+}

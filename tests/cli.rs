@@ -1,0 +1,141 @@
+//! The binary as an operator meets it: `--check`, exit codes, one-line errors, signals.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sentinel-proxy");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], expect: &str) {
+    let (code, _, err) = run(args, &[]);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {err}"
+    );
+    assert!(err.contains(expect), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_accepts_every_example_config() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, out, err) = run(&["--config", path.to_str().unwrap(), "--check"], &[]);
+            assert_eq!(code, 0, "{}: {err}", path.display());
+            assert!(out.contains("configuration ok"), "{out}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no example config found in config/");
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_2() {
+    assert_one_line_error(&["--check"], "no sentinels configured");
+    assert_one_line_error(&["--sentinels", "", "--check"], "the list is empty");
+    assert_one_line_error(
+        &["--sentinels", "nohostport", "--check"],
+        "is not host:port",
+    );
+    assert_one_line_error(
+        &["--sentinels", "a:1", "--listen", "6379", "--check"],
+        "listen:",
+    );
+    assert_one_line_error(
+        &["--sentinels", "a:1", "--poll-interval", "5", "--check"],
+        "poll-interval",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "sentinels = [\"a:1\"]\nsentinals = []\n").unwrap();
+    assert_one_line_error(
+        &["--config", file.to_str().unwrap(), "--check"],
+        "unknown field",
+    );
+    assert_one_line_error(
+        &["--config", "/nonexistent.toml", "--check"],
+        "cannot read config file",
+    );
+}
+
+#[test]
+fn env_vars_configure_and_flags_override_them() {
+    let (code, out, err) = run(
+        &["--check", "--master-name", "fromflag"],
+        &[
+            ("SENTINEL_PROXY_SENTINELS", "127.0.0.1:1,127.0.0.1:2"),
+            ("SENTINEL_PROXY_MASTER_NAME", "fromenv"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("master 'fromflag', 2 sentinel(s)"), "{out}");
+}
+
+#[test]
+fn sigterm_exits_0_within_the_deadline() {
+    // No sentinel listens at port 1: the proxy runs without a master, which is fine for this.
+    let mut child = Command::new(BIN)
+        .args([
+            "--sentinels",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--shutdown-timeout",
+            "2s",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    // Wait for the start-up line, so the signal handler is installed.
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("sentinel-proxy started") {
+        assert!(Instant::now() < deadline, "no start-up line: {seen}");
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "exited early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "did not exit within the deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
