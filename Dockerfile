@@ -1,0 +1,14 @@
+# Multi-stage build: compile in the Rust image, run in a slim Debian image as a non-root user.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin sentinel-proxy
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home sentinel-proxy
+COPY --from=build /src/target/release/sentinel-proxy /usr/local/bin/sentinel-proxy
+USER 10001
+EXPOSE 6379 9379
+ENV SENTINEL_PROXY_LISTEN=0.0.0.0:6379 SENTINEL_PROXY_METRICS_LISTEN=0.0.0.0:9379
+ENTRYPOINT ["/usr/local/bin/sentinel-proxy"]

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Side-by-side redis-benchmark: direct to the master, through sentinel-proxy and (when the
+# haproxy binary is installed) through HAProxy in tcp mode, interleaved over ROUNDS rounds on
+# one lab. Prints the median requests/s of each and the ratio to direct.
+#
+#   benches/compare.sh                  # ROUNDS=3 N=100000 C=50 P=1
+#   ROUNDS=5 P=16 benches/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_redis_packages
+ROUNDS=${ROUNDS:-3} N=${N:-100000} C=${C:-50} P=${P:-1} D=${D:-3}
+
+cargo build --release --quiet
+LAB_DIR=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    lab_stop
+    rm -rf "$LAB_DIR"
+}
+trap cleanup EXIT
+lab_start
+MASTER=$(lab_master_port)
+
+PROXY=$(free_port)
+target/release/sentinel-proxy --listen "127.0.0.1:$PROXY" --metrics-listen "127.0.0.1:$(free_port)" \
+    --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/proxy.log" &
+PIDS+=($!)
+wait_for 15 "proxy" redis-cli -p "$PROXY" ping
+
+declare -A PORTS=([direct]=$MASTER [proxy]=$PROXY)
+if command -v haproxy >/dev/null 2>&1; then
+    HA=$(free_port)
+    cat >"$LAB_DIR/haproxy.cfg" <<CFG
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 1h
+    timeout server 1h
+listen redis
+    bind 127.0.0.1:$HA
+    server master 127.0.0.1:$MASTER
+CFG
+    haproxy -f "$LAB_DIR/haproxy.cfg" &
+    PIDS+=($!)
+    wait_for 10 "haproxy" redis-cli -p "$HA" ping
+    PORTS[haproxy]=$HA
+fi
+
+declare -A RESULTS
+for r in $(seq 1 "$ROUNDS"); do
+    for name in "${!PORTS[@]}"; do
+        out=$(redis-benchmark -p "${PORTS[$name]}" -t set,get -n "$N" -c "$C" -P "$P" -d "$D" -q | tr '\r' '\n' | grep "per second")
+        for t in SET GET; do
+            rps=$(grep "^$t:" <<<"$out" | awk '{print $2}')
+            RESULTS[$name.$t]+="$rps "
+        done
+    done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "redis-benchmark -t set,get -n $N -c $C -P $P -d $D, median of $ROUNDS interleaved rounds"
+printf '%-8s %12s %12s %8s %8s\n' target SET/s GET/s SET/dir GET/dir
+for t in SET GET; do declare "direct_$t=$(median <<<"${RESULTS[direct.$t]}")"; done
+for name in direct proxy haproxy; do
+    [ -n "${PORTS[$name]:-}" ] || continue
+    s=$(median <<<"${RESULTS[$name.SET]}"); g=$(median <<<"${RESULTS[$name.GET]}")
+    printf '%-8s %12.0f %12.0f %8.2f %8.2f\n' "$name" "$s" "$g" \
+        "$(awk "BEGIN{print $s/$direct_SET}")" "$(awk "BEGIN{print $g/$direct_GET}")"
+done
