@@ -80,6 +80,17 @@ pub struct Cli {
     /// On SIGTERM/SIGINT, how long open sessions get before the process exits [default: 5s].
     #[arg(long, env = "SENTINEL_PROXY_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Forget a *discovered* sentinel that stayed unreachable this long (configured ones are kept) [default: 10m].
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_SENTINEL_PRUNE_AFTER",
+        value_name = "DURATION"
+    )]
+    pub sentinel_prune_after: Option<String>,
+    /// How a poll picks the master: `first` (any sentinel's answer, verified with ROLE) or
+    /// `quorum` (a majority of the reachable sentinels must name it) [default: first].
+    #[arg(long, env = "SENTINEL_PROXY_DISCOVERY", value_enum)]
+    pub discovery: Option<Discovery>,
     /// Validate the configuration, print the result and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check: bool,
@@ -104,6 +115,18 @@ pub struct FileConfig {
     pub connect_timeout: Option<String>,
     pub connect_wait: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub sentinel_prune_after: Option<String>,
+    pub discovery: Option<Discovery>,
+}
+
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Discovery {
+    /// The first answer, confirmed with ROLE.
+    #[default]
+    First,
+    /// A majority of the reachable sentinels must name the master, confirmed with ROLE.
+    Quorum,
 }
 
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -211,6 +234,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub connect_wait: Duration,
     pub shutdown_timeout: Duration,
+    pub sentinel_prune_after: Duration,
+    pub discovery: Discovery,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6379";
@@ -233,6 +258,8 @@ impl Config {
             connect_timeout: Duration::from_secs(1),
             connect_wait: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
+            sentinel_prune_after: Duration::from_secs(600),
+            discovery: Discovery::First,
         }
     }
 
@@ -300,6 +327,7 @@ impl Config {
             pick(&cli.master_password, file.master_password),
         )?;
         cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+        cfg.discovery = cli.discovery.or(file.discovery).unwrap_or_default();
         let durations = [
             (
                 "poll-interval",

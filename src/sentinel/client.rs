@@ -203,19 +203,69 @@ pub fn parse_role(reply: &OwnedFrame) -> Result<Role, ClientError> {
     }
 }
 
-/// `SENTINEL get-master-addr-by-name NAME` on one sentinel. `Ok(None)`: the sentinel does not know
-/// the name.
-pub async fn master_addr(
+/// What one sentinel said in one poll: the master's address and the other sentinels it knows.
+pub struct SentinelAnswer {
+    pub master: Option<HostPort>,
+    pub peers: Vec<HostPort>,
+}
+
+/// `get-master-addr-by-name` and `SENTINEL sentinels` on one connection to one sentinel.
+pub async fn query_sentinel(
     sentinel: &HostPort,
     name: &str,
     auth: &Auth,
     t: Duration,
-) -> Result<Option<HostPort>, ClientError> {
+) -> Result<SentinelAnswer, ClientError> {
     let mut conn = RespConn::connect(sentinel, auth, t).await?;
     let reply = conn
         .call(&[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()])
         .await?;
-    parse_master_addr(&reply)
+    let master = parse_master_addr(&reply)?;
+    // An unknown name is an error reply here; the peers list is only a bonus.
+    let peers = match conn
+        .call(&[b"SENTINEL", b"sentinels", name.as_bytes()])
+        .await
+    {
+        Ok(reply) => parse_sentinels(&reply),
+        Err(ClientError::Server(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(SentinelAnswer { master, peers })
+}
+
+/// The `ip`/`port` of each entry of a `SENTINEL sentinels` reply (flat field/value arrays).
+/// Entries with an unspecified address (`0.0.0.0`, `::`) or no port are skipped.
+pub fn parse_sentinels(reply: &OwnedFrame) -> Vec<HostPort> {
+    let OwnedFrame::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let OwnedFrame::Array(fields) = entry else {
+                return None;
+            };
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv.len() == 2 && frame_text(&kv[0]) == Some(name))
+                    .and_then(|kv| frame_text(&kv[1]))
+            };
+            let ip = field("ip")?;
+            let port: u16 = field("port")?.parse().ok().filter(|p| *p != 0)?;
+            if ip.is_empty()
+                || ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_unspecified())
+            {
+                return None;
+            }
+            Some(HostPort {
+                host: ip.to_string(),
+                port,
+            })
+        })
+        .collect()
 }
 
 pub fn parse_master_addr(reply: &OwnedFrame) -> Result<Option<HostPort>, ClientError> {
@@ -268,6 +318,36 @@ mod tests {
         assert_eq!(parse_master_addr(&OwnedFrame::Null).unwrap(), None);
         assert!(parse_master_addr(&OwnedFrame::Array(vec![bulk("h"), bulk("x")])).is_err());
         assert!(parse_master_addr(&OwnedFrame::Integer(3)).is_err());
+    }
+
+    #[test]
+    fn parses_sentinels() {
+        let entry = |ip: &str, port: &str| {
+            OwnedFrame::Array(vec![
+                bulk("name"),
+                bulk("abc"),
+                bulk("ip"),
+                bulk(ip),
+                bulk("port"),
+                bulk(port),
+                bulk("flags"),
+                bulk("sentinel"),
+            ])
+        };
+        let reply = OwnedFrame::Array(vec![
+            entry("127.0.0.1", "26380"),
+            entry("0.0.0.0", "26381"),
+            entry("10.0.0.9", "zero"),
+            OwnedFrame::Integer(1),
+        ]);
+        assert_eq!(
+            parse_sentinels(&reply),
+            vec![HostPort {
+                host: "127.0.0.1".into(),
+                port: 26380
+            }]
+        );
+        assert!(parse_sentinels(&OwnedFrame::Null).is_empty());
     }
 
     #[test]

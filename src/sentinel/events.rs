@@ -17,8 +17,11 @@ pub enum Kind {
     SwitchMaster,
     /// The leader saw the selected replica report `role:master`: the earliest moment it is writable.
     PromotedSlave,
-    /// A failover started (`+try-failover`, `+selected-slave`, `+failover-state-send-slaveof-noone`).
+    /// A failover started (`+try-failover`).
     FailoverStarted,
+    /// The leader chose the replica to promote (`+selected-slave`,
+    /// `+failover-state-send-slaveof-noone`); `addr` is that replica.
+    SlaveSelected,
     /// `-failover-abort-*`.
     FailoverAborted,
     /// `+failover-end`, `+failover-end-for-timeout`.
@@ -100,9 +103,8 @@ pub fn parse(channel: &str, payload: &str) -> Option<Event> {
     }
     let kind = match channel {
         "+promoted-slave" => Kind::PromotedSlave,
-        "+try-failover" | "+selected-slave" | "+failover-state-send-slaveof-noone" => {
-            Kind::FailoverStarted
-        }
+        "+try-failover" => Kind::FailoverStarted,
+        "+selected-slave" | "+failover-state-send-slaveof-noone" => Kind::SlaveSelected,
         "+failover-end" | "+failover-end-for-timeout" => Kind::FailoverEnded,
         c if c.starts_with("-failover-abort") => Kind::FailoverAborted,
         "+sdown" | "+odown" => Kind::MasterDown,
@@ -115,7 +117,9 @@ pub fn parse(channel: &str, payload: &str) -> Option<Event> {
     }
     let addr = match kind {
         // For a replica event the instance itself is the candidate; for a master event the master.
-        Kind::PromotedSlave => host_port(inst.ip, inst.port),
+        Kind::PromotedSlave | Kind::SlaveSelected if inst.kind == "slave" => {
+            host_port(inst.ip, inst.port)
+        }
         _ => None,
     };
     Some(Event {
@@ -201,6 +205,21 @@ mod tests {
         assert_eq!(e.kind, Kind::PromotedSlave);
         assert_eq!(e.master_name, "mymaster");
         assert_eq!(e.addr, hp("127.0.0.1", 6380));
+    }
+
+    #[test]
+    fn selected_slave_names_the_replica() {
+        for ch in ["+selected-slave", "+failover-state-send-slaveof-noone"] {
+            let e = parse(
+                ch,
+                "slave 127.0.0.1:6381 127.0.0.1 6381 @ mymaster 127.0.0.1 6379",
+            )
+            .unwrap();
+            assert_eq!(e.kind, Kind::SlaveSelected);
+            assert_eq!(e.addr, hp("127.0.0.1", 6381));
+        }
+        let e = parse("+try-failover", "master mymaster 127.0.0.1 6379").unwrap();
+        assert_eq!((e.kind, e.addr), (Kind::FailoverStarted, None));
     }
 
     #[test]

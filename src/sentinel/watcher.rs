@@ -1,18 +1,25 @@
 //! The watcher: finds the master of the group, verifies it, and keeps the route current.
 //!
-//! Three inputs drive it, all funnelled into one resolver task so that decisions never race:
-//! - one pub/sub subscription per sentinel (`PSUBSCRIBE *`): failover events are published only
-//!   by the leading sentinel, so listening to a single one is not enough. `+promoted-slave` (the
-//!   leader saw the replica become master) and `+switch-master` name the new master; it is verified
-//!   with `ROLE` and routed to at once, often seconds before the leader's own `+switch-master`;
-//! - a periodic poll (`--poll-interval`) of every sentinel with `get-master-addr-by-name`, the
-//!   safety net for lost events, which also re-verifies the current master with `ROLE`;
+//! Inputs, all funnelled into one resolver task so that decisions never race:
+//! - one pub/sub subscription per known sentinel (`PSUBSCRIBE *`): failover events are published
+//!   only by the leading sentinel, so listening to a single one is not enough;
+//! - `+selected-slave` / `+failover-state-send-slaveof-noone` name the replica being promoted: a
+//!   promotion watch asks it `ROLE` every 5 ms and routes to it the moment it says master
+//!   (Sentinel itself notices only at its next 1 s INFO poll, then publishes `+promoted-slave`);
+//! - `+promoted-slave` and `+switch-master` name the new master: verified with `ROLE`, routed to;
+//! - a periodic poll (`--poll-interval`) of every known sentinel (`get-master-addr-by-name` and
+//!   `SENTINEL sentinels`), the safety net for lost events. It also re-verifies the current
+//!   master and learns sentinels that were not configured, so the proxy keeps working when every
+//!   configured sentinel is gone; discovered ones unreachable for `--sentinel-prune-after` are
+//!   forgotten;
 //! - a nudge from sessions that could not reach the master.
 //!
-//! Rule against flapping: during a failover sentinels briefly disagree (the non-leaders still name
+//! Rules against flapping: during a failover the sentinels briefly disagree (non-leaders still name
 //! the old master, which still answers `ROLE` as master until it is demoted). A poll therefore
-//! replaces a master that still verifies only when *every* answering sentinel names the same other
-//! node; events, which Sentinel only publishes for a newer configuration, switch at once.
+//! replaces a master that still verifies only when *every* answering sentinel (or, with
+//! `--discovery quorum`, a majority) names the same other node; and after a switch made ahead of
+//! the sentinels, a poll does not switch back to the master it came from until they catch up
+//! (`+switch-master`), the failover aborts, or 30 s pass.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{MissedTickBehavior, interval, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -28,12 +35,17 @@ use tracing::{debug, error, info, warn};
 use super::client::{self, ClientError, RespConn, Role, frame_text};
 use super::events::{self, Event, Kind};
 use crate::Shared;
-use crate::config::HostPort;
+use crate::config::{Discovery, HostPort};
 
 /// How often a subscription is pinged, and how long silence means it is dead.
 const SUB_PING_EVERY: Duration = Duration::from_secs(1);
 const SUB_DEAD_AFTER: Duration = Duration::from_secs(3);
 const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the replica being promoted is asked `ROLE`, and for how long at most.
+const PROMOTION_POLL_EVERY: Duration = Duration::from_millis(5);
+const PROMOTION_WATCH_MAX: Duration = Duration::from_secs(30);
+/// How long a switch made ahead of the sentinels is protected from their lagging answers.
+const EARLY_GUARD: Duration = Duration::from_secs(30);
 /// How many switches /status remembers.
 const SWITCH_HISTORY: usize = 20;
 
@@ -79,6 +91,11 @@ impl WatcherState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn forget(&self, addr: &HostPort) {
+        let key = addr.to_string();
+        self.lock().sentinels.retain(|h| h.address != key);
+    }
+
     fn sentinel(&self, addr: &HostPort, f: impl FnOnce(&mut SentinelHealth)) {
         let key = addr.to_string();
         let mut s = self.lock();
@@ -98,60 +115,132 @@ impl WatcherState {
 }
 
 enum Msg {
-    Event { event: Event, at: Instant },
+    Event {
+        event: Event,
+        at: Instant,
+    },
+    /// A subscription (re)started: events may have been missed, look again.
     Subscribed,
+    /// The promotion watch saw the selected replica answer `ROLE` as master.
+    Promoted {
+        addr: SocketAddr,
+        at: Instant,
+    },
+}
+
+/// A sentinel the proxy knows: configured, or learned from `SENTINEL sentinels`.
+struct Known {
+    addr: HostPort,
+    configured: bool,
+    /// Since when it has failed every query (None while it answers).
+    failing_since: Option<Instant>,
+    /// Cancels its subscription when it is pruned.
+    stop: CancellationToken,
+}
+
+/// A switch made ahead of the sentinels (on an observed promotion): until they confirm it, a poll
+/// that still hears the old master from them must not switch back.
+struct Early {
+    from: Option<SocketAddr>,
+    to: SocketAddr,
+    until: Instant,
 }
 
 /// Run the watcher until `shutdown`: subscriptions plus the resolver loop.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::channel(256);
+    let mut resolver = Resolver {
+        shared: shared.clone(),
+        tx,
+        shutdown: shutdown.clone(),
+        known: Vec::new(),
+        promotion: None,
+        early: None,
+    };
     for s in &shared.config.sentinels {
-        shared.watcher.sentinel(s, |_| {});
-        tokio::spawn(subscription(
-            s.clone(),
-            shared.clone(),
-            tx.clone(),
-            shutdown.clone(),
-        ));
+        resolver.learn(s.clone(), true);
     }
-    drop(tx);
-    let mut resolver = Resolver { shared };
-    let mut tick = interval(resolver.shared.config.poll_interval);
+    let mut tick = interval(shared.config.poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             Some(msg) = rx.recv() => match msg {
                 Msg::Event { event, at } => resolver.on_event(event, at).await,
+                Msg::Promoted { addr, at } => resolver.on_promoted(addr, at),
                 Msg::Subscribed => resolver.poll().await,
             },
-            _ = resolver.shared.route.recheck_requested() => resolver.poll().await,
+            _ = shared.route.recheck_requested() => resolver.poll().await,
             _ = tick.tick() => resolver.poll().await,
         }
     }
+    resolver.stop_promotion_watch();
 }
 
 struct Resolver {
     shared: Arc<Shared>,
+    tx: mpsc::Sender<Msg>,
+    shutdown: CancellationToken,
+    /// Ordered: sentinels that answered recently come first.
+    known: Vec<Known>,
+    promotion: Option<(SocketAddr, JoinHandle<()>)>,
+    early: Option<Early>,
 }
 
 impl Resolver {
+    /// Add a sentinel to the known set (if new) and subscribe to its events.
+    fn learn(&mut self, addr: HostPort, configured: bool) {
+        if self.known.iter().any(|k| k.addr == addr) {
+            return;
+        }
+        if !configured {
+            info!(sentinel = %addr, "discovered sentinel");
+        }
+        let stop = self.shutdown.child_token();
+        self.shared.watcher.sentinel(&addr, |_| {});
+        tokio::spawn(subscription(
+            addr.clone(),
+            self.shared.clone(),
+            self.tx.clone(),
+            stop.clone(),
+        ));
+        self.known.push(Known {
+            addr,
+            configured,
+            failing_since: None,
+            stop,
+        });
+    }
+
     async fn on_event(&mut self, event: Event, at: Instant) {
-        let name = &self.shared.config.master_name;
+        let name = self.shared.config.master_name.clone();
         match event.kind {
             Kind::SwitchMaster | Kind::PromotedSlave => {
                 let Some(hp) = event.addr else { return };
                 let Some(addr) = self.resolve(&hp).await else {
                     return;
                 };
+                if event.kind == Kind::SwitchMaster {
+                    // The sentinels have adopted the new configuration: nothing left to guard.
+                    if self.early.as_ref().is_some_and(|e| e.to == addr) {
+                        self.early = None;
+                    }
+                    self.stop_promotion_watch();
+                }
                 let route = self.shared.route.load();
                 if route.master == Some(addr) && route.available {
                     return;
                 }
                 info!(master = %name, candidate = %addr, event = ?event.kind, "sentinel names a new master; verifying");
                 match self.verify(addr).await {
-                    Ok(Role::Master) => self.swap(addr, &format!("{:?}", event.kind), Some(at)),
+                    Ok(Role::Master) => {
+                        let from = route.master;
+                        self.swap(addr, &format!("{:?}", event.kind), Some(at));
+                        if event.kind == Kind::PromotedSlave {
+                            self.guard_early(from, addr);
+                        }
+                    }
                     Ok(Role::Other(role)) => {
                         // Promotion not visible yet, or a stale event: the poll will settle it.
                         info!(candidate = %addr, %role, "candidate is not a master yet");
@@ -163,38 +252,117 @@ impl Resolver {
                     }
                 }
             }
+            Kind::SlaveSelected => {
+                let Some(hp) = event.addr else { return };
+                if let Some(addr) = self.resolve(&hp).await {
+                    info!(master = %name, replica = %addr, "sentinel selected a replica to promote; watching it");
+                    self.watch_promotion(addr);
+                }
+            }
             Kind::FailoverStarted => info!(master = %name, "sentinel failover started"),
-            Kind::FailoverAborted => warn!(master = %name, "sentinel failover aborted"),
+            Kind::FailoverAborted => {
+                warn!(master = %name, "sentinel failover aborted");
+                self.stop_promotion_watch();
+                self.early = None;
+                self.poll().await;
+            }
             Kind::FailoverEnded => info!(master = %name, "sentinel failover ended"),
             Kind::MasterDown => warn!(master = %name, "sentinel reports the master down"),
             Kind::MasterUp => info!(master = %name, "sentinel reports the master up again"),
         }
     }
 
-    /// Ask every sentinel at once, then decide (see the module doc for the rule).
+    /// The selected replica said `role:master`: route to it now, before Sentinel announces it.
+    fn on_promoted(&mut self, addr: SocketAddr, at: Instant) {
+        self.promotion = None;
+        let from = self.shared.route.load().master;
+        if from == Some(addr) {
+            return;
+        }
+        self.swap(addr, "PromotionObserved", Some(at));
+        self.guard_early(from, addr);
+    }
+
+    fn guard_early(&mut self, from: Option<SocketAddr>, to: SocketAddr) {
+        self.early = Some(Early {
+            from,
+            to,
+            until: Instant::now() + EARLY_GUARD,
+        });
+    }
+
+    /// Ask the selected replica `ROLE` every few milliseconds (on one connection) until it says
+    /// master. Sentinel itself only looks once a second, so this is how the proxy switches within
+    /// milliseconds of the promotion instead of up to a second later.
+    fn watch_promotion(&mut self, addr: SocketAddr) {
+        if self.promotion.as_ref().is_some_and(|(a, _)| *a == addr) {
+            return;
+        }
+        self.stop_promotion_watch();
+        let tx = self.tx.clone();
+        let auth = self.shared.config.master_auth.clone();
+        let t = self.shared.config.sentinel_timeout;
+        let handle = tokio::spawn(async move {
+            let deadline = Instant::now() + PROMOTION_WATCH_MAX;
+            let mut conn: Option<RespConn> = None;
+            while Instant::now() < deadline {
+                if conn.is_none() {
+                    conn = RespConn::connect_addr(addr, &auth, t).await.ok();
+                }
+                if let Some(c) = conn.as_mut() {
+                    match c
+                        .call(&[b"ROLE"])
+                        .await
+                        .and_then(|f| client::parse_role(&f))
+                    {
+                        Ok(Role::Master) => {
+                            let _ = tx
+                                .send(Msg::Promoted {
+                                    addr,
+                                    at: Instant::now(),
+                                })
+                                .await;
+                            return;
+                        }
+                        Ok(Role::Other(_)) => {}
+                        Err(_) => conn = None,
+                    }
+                }
+                sleep(PROMOTION_POLL_EVERY).await;
+            }
+        });
+        self.promotion = Some((addr, handle));
+    }
+
+    fn stop_promotion_watch(&mut self) {
+        if let Some((_, h)) = self.promotion.take() {
+            h.abort();
+        }
+    }
+
+    /// Ask every known sentinel at once, learn new ones, then decide (see the module doc).
     async fn poll(&mut self) {
         let cfg = self.shared.config.clone();
         let mut set = JoinSet::new();
-        for (i, s) in cfg.sentinels.iter().enumerate() {
+        for (i, k) in self.known.iter().enumerate() {
             let (s, name, auth, t) = (
-                s.clone(),
+                k.addr.clone(),
                 cfg.master_name.clone(),
                 cfg.sentinel_auth.clone(),
                 cfg.sentinel_timeout,
             );
-            set.spawn(async move {
-                let r = client::master_addr(&s, &name, &auth, t).await;
-                (i, s, r)
-            });
+            set.spawn(async move { (i, client::query_sentinel(&s, &name, &auth, t).await) });
         }
         let mut answers: Vec<(usize, HostPort)> = Vec::new();
-        let mut reachable = 0;
+        let mut peers: Vec<HostPort> = Vec::new();
+        let mut ok = vec![false; self.known.len()];
         while let Some(joined) = set.join_next().await {
-            let Ok((i, s, r)) = joined else { continue };
+            let Ok((i, r)) = joined else { continue };
+            let s = self.known[i].addr.clone();
             let label = s.to_string();
             match r {
                 Ok(answer) => {
-                    reachable += 1;
+                    ok[i] = true;
                     self.shared
                         .metrics
                         .sentinel_up
@@ -204,9 +372,10 @@ impl Resolver {
                         h.query_ok = true;
                         h.last_error = None;
                     });
-                    if let Some(hp) = answer {
+                    if let Some(hp) = answer.master {
                         answers.push((i, hp));
                     }
+                    peers.extend(answer.peers);
                 }
                 Err(e) => {
                     debug!(sentinel = %s, error = %e, "sentinel query failed");
@@ -222,9 +391,11 @@ impl Resolver {
                 }
             }
         }
+        let reachable = ok.iter().filter(|o| **o).count();
         answers.sort_by_key(|(i, _)| *i);
+        self.update_known(&ok, peers);
 
-        // Distinct candidates, most-named first, ties in configured order.
+        // Distinct candidates, most-named first, ties in known order.
         let mut candidates: Vec<(SocketAddr, usize)> = Vec::new();
         for (_, hp) in &answers {
             let Some(addr) = self.resolve(hp).await else {
@@ -236,11 +407,14 @@ impl Resolver {
             }
         }
         candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
+        if cfg.discovery == Discovery::Quorum {
+            candidates.retain(|(_, n)| n * 2 > reachable);
+        }
 
         if reachable == 0 {
             self.problem(format!(
                 "no sentinel reachable (of {}); keeping the last verified master",
-                cfg.sentinels.len()
+                self.known.len()
             ));
         } else if answers.is_empty() {
             self.problem(format!(
@@ -249,9 +423,23 @@ impl Resolver {
             ));
         }
 
+        if self
+            .early
+            .as_ref()
+            .is_some_and(|e| Instant::now() > e.until)
+        {
+            self.early = None;
+        }
         let current = self.shared.route.load().master;
+        // The sentinels have not caught up with a switch made on an observed promotion yet.
+        let lagging = |cand: SocketAddr, early: &Option<Early>| {
+            early
+                .as_ref()
+                .is_some_and(|e| e.from == Some(cand) && current == Some(e.to))
+        };
         if let [(only, _)] = candidates[..]
             && Some(only) != current
+            && !lagging(only, &self.early)
             && matches!(self.verify(only).await, Ok(Role::Master))
         {
             self.swap(only, "poll", None);
@@ -266,7 +454,7 @@ impl Resolver {
             return;
         }
         for (cand, _) in candidates {
-            if Some(cand) == current {
+            if Some(cand) == current || lagging(cand, &self.early) {
                 continue;
             }
             if matches!(self.verify(cand).await, Ok(Role::Master)) {
@@ -276,6 +464,40 @@ impl Resolver {
         }
         if self.shared.route.load().target().is_none() && reachable > 0 && !answers.is_empty() {
             self.problem("no node named by the sentinels verifies as master".to_string());
+        }
+    }
+
+    /// Record who answered, learn the peers they named, prune long-dead discovered sentinels,
+    /// and move the ones that answered to the front.
+    fn update_known(&mut self, ok: &[bool], peers: Vec<HostPort>) {
+        let now = Instant::now();
+        for (k, ok) in self.known.iter_mut().zip(ok) {
+            k.failing_since = if *ok {
+                None
+            } else {
+                Some(k.failing_since.unwrap_or(now))
+            };
+        }
+        let prune_after = self.shared.config.sentinel_prune_after;
+        let mut kept = Vec::with_capacity(self.known.len());
+        for k in self.known.drain(..) {
+            if !k.configured && k.failing_since.is_some_and(|t| now - t > prune_after) {
+                info!(sentinel = %k.addr, "forgetting a discovered sentinel that stayed unreachable");
+                k.stop.cancel();
+                self.shared.watcher.forget(&k.addr);
+                let _ = self
+                    .shared
+                    .metrics
+                    .sentinel_up
+                    .remove_label_values(&[&k.addr.to_string()]);
+            } else {
+                kept.push(k);
+            }
+        }
+        kept.sort_by_key(|k| k.failing_since.is_some());
+        self.known = kept;
+        for p in peers {
+            self.learn(p, false);
         }
     }
 

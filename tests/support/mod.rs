@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_sentinel;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -93,6 +95,9 @@ pub struct Proc {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    program: String,
+    args: Vec<String>,
+    dir: PathBuf,
 }
 
 impl Proc {
@@ -108,6 +113,31 @@ impl Proc {
             let _ = c.wait();
         }
     }
+    /// Start the same program again, same port and arguments (a restarted sentinel keeps the
+    /// config file it rewrote).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running process");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restart");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            Duration::from_secs(10),
+            "restarted process to answer PING",
+            || async {
+                let mut c = conn(port).await.ok()?;
+                cmd(&mut c, &["PING"]).await.ok().map(|_| ())
+            },
+        )
+        .await;
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -144,6 +174,9 @@ async fn spawn_on_free_port(
             port,
             child: Some(child),
             log,
+            program: program.to_string(),
+            args,
+            dir: dir.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
