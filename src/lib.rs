@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod config;
 pub mod listener;
+pub mod resp;
 pub mod metrics;
 pub mod route;
 pub mod sentinel;
