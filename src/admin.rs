@@ -74,7 +74,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if shared.route.load().target().is_some() {
+            if shared.route.load().ready() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 reply(
@@ -105,7 +105,8 @@ fn status(shared: &Shared) -> serde_json::Value {
     json!({
         "master_name": cfg.master_name,
         "master": route.master.map(|a| a.to_string()),
-        "available": route.target().is_some(),
+        "available": route.ready(),
+        "paused": route.paused,
         "generation": route.generation,
         "generation_since_unix_ms": since,
         "client_connections": shared.metrics.client_connections.get(),

@@ -80,6 +80,15 @@ pub struct Cli {
     /// On SIGTERM/SIGINT, how long open sessions get before the process exits [default: 5s].
     #[arg(long, env = "SENTINEL_PROXY_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// When a failover starts, hold new requests this long at most for the new master [default: 5s].
+    #[arg(long, env = "SENTINEL_PROXY_FAILOVER_PAUSE", value_name = "DURATION")]
+    pub failover_pause: Option<String>,
+    /// After a switch, how long a session on the old master may take to reach a request boundary [default: 5s].
+    #[arg(long, env = "SENTINEL_PROXY_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Largest bulk argument a client may send, like Redis's proto-max-bulk-len (e.g. 512mb) [default: 512mb].
+    #[arg(long, env = "SENTINEL_PROXY_MAX_REQUEST_BYTES", value_name = "SIZE")]
+    pub max_request_bytes: Option<String>,
     /// Forget a *discovered* sentinel that stayed unreachable this long (configured ones are kept) [default: 10m].
     #[arg(
         long,
@@ -117,6 +126,9 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<String>,
     pub sentinel_prune_after: Option<String>,
     pub discovery: Option<Discovery>,
+    pub failover_pause: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub max_request_bytes: Option<String>,
 }
 
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -236,6 +248,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub sentinel_prune_after: Duration,
     pub discovery: Discovery,
+    pub failover_pause: Duration,
+    pub drain_timeout: Duration,
+    pub max_request_bytes: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6379";
@@ -260,6 +275,9 @@ impl Config {
             shutdown_timeout: Duration::from_secs(5),
             sentinel_prune_after: Duration::from_secs(600),
             discovery: Discovery::First,
+            failover_pause: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+            max_request_bytes: 512 * 1024 * 1024,
         }
     }
 
@@ -365,6 +383,10 @@ impl Config {
                 *slot = parse_duration(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             }
         }
+        if let Some(text) = pick(&cli.max_request_bytes, file.max_request_bytes) {
+            cfg.max_request_bytes =
+                parse_size(&text).map_err(|e| anyhow::anyhow!("max-request-bytes: {e}"))?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -427,6 +449,27 @@ fn auth(name: &str, username: Option<String>, password: Option<String>) -> anyho
     })
 }
 
+/// Parse `1048576`, `64kb`, `512mb`, `1gb` (powers of 1024, like Redis's config).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 512mb"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(format!("'{text}' has an unknown unit (use kb, mb or gb)")),
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(format!("'{text}' is out of range")),
+    }
+}
+
 /// Parse `250ms`, `1s`, `1.5s`, `2m`. A unit is required: a bare `5` is ambiguous.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -467,6 +510,15 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512mb").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1GB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5 parsecs").is_err());
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub sentinel_events_total: IntCounterVec,
     pub sentinel_up: IntGaugeVec,
     pub role_checks_total: IntCounterVec,
+    pub held_requests_total: IntCounterVec,
+    pub hold_seconds: Histogram,
+    pub migrations_total: IntCounterVec,
+    pub not_master_replies_total: IntCounter,
+    pub protocol_errors_total: IntCounter,
+    pub failover_pauses_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +126,40 @@ impl Metrics {
                 "sentinel_proxy_role_checks_total",
                 "ROLE checks of candidate masters, by result (master, not_master, error).",
                 &["result"],
+            ),
+            held_requests_total: counter_vec(
+                "sentinel_proxy_held_requests_total",
+                "Requests held during a failover pause or switch, by where they went (new_master, same_master, dropped).",
+                &["outcome"],
+            ),
+            hold_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sentinel_proxy_hold_seconds",
+                        "How long a session held client requests during a failover.",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                )
+                .expect("valid metric"),
+            ),
+            migrations_total: counter_vec(
+                "sentinel_proxy_session_migrations_total",
+                "Client sessions moved to a new master at a request boundary, by result (ok, failed).",
+                &["result"],
+            ),
+            not_master_replies_total: counter(
+                "sentinel_proxy_not_master_replies_total",
+                "-READONLY or -MASTERDOWN replies seen from the routed master (each triggers a re-check).",
+            ),
+            protocol_errors_total: counter(
+                "sentinel_proxy_client_protocol_errors_total",
+                "Clients closed for sending malformed RESP or oversized requests.",
+            ),
+            failover_pauses_total: counter_vec(
+                "sentinel_proxy_failover_pauses_total",
+                "Failover pauses (fences), by how they ended (switched, aborted, timed_out).",
+                &["outcome"],
             ),
             registry,
         }

@@ -465,6 +465,8 @@ pub struct ReplyTracker {
     pub replies: u64,
     /// Complete push frames (RESP3 out-of-band data).
     pub pushes: u64,
+    /// Top-level error replies (`-…` or `!…`).
+    pub errors: u64,
     /// A top-level `-READONLY` or `-MASTERDOWN` error was seen.
     pub saw_not_master: bool,
 }
@@ -506,6 +508,7 @@ impl ReplyTracker {
             err_top: false,
             replies: 0,
             pushes: 0,
+            errors: 0,
             saw_not_master: false,
         }
     }
@@ -619,6 +622,10 @@ impl ReplyTracker {
                 match self.top_kind {
                     b'>' => self.pushes += 1,
                     b'|' => {} // an attribute: the reply it decorates follows
+                    b'-' | b'!' => {
+                        self.replies += 1;
+                        self.errors += 1;
+                    }
                     _ => self.replies += 1,
                 }
                 return;
@@ -840,6 +847,7 @@ mod tests {
         let whole = rep(&[stream]);
         assert_eq!(whole.replies, 14);
         assert_eq!(whole.pushes, 1);
+        assert_eq!(whole.errors, 2);
         assert!(whole.at_reply_boundary());
         for cut in 0..stream.len() {
             let t = rep(&[&stream[..cut], &stream[cut..]]);

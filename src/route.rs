@@ -7,6 +7,9 @@
 //! is what guarantees no client byte reaches an old master after the swap. A master that merely
 //! stops answering (`available == false`, same address) keeps its generation, so a slow probe does
 //! not cut off healthy connections; it only makes new clients wait.
+//!
+//! A route can also be *paused* (same generation): a failover has started, so sessions hold new
+//! requests instead of sending them to a master that is about to be replaced (the fence).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,14 +25,25 @@ pub struct Route {
     pub master: Option<SocketAddr>,
     /// Whether the master was verified (ROLE = master) and answers. New clients connect only then.
     pub available: bool,
+    /// A failover is under way: hold new requests (see the module doc).
+    pub paused: bool,
     /// When this generation began (for /status).
     pub since: SystemTime,
 }
 
 impl Route {
-    /// The address a new client should connect to, if any.
+    /// The address a new client should connect to now, if any (none while paused).
     pub fn target(&self) -> Option<SocketAddr> {
-        if self.available { self.master } else { None }
+        if self.available && !self.paused {
+            self.master
+        } else {
+            None
+        }
+    }
+
+    /// A verified master is known and answering (readiness), paused or not.
+    pub fn ready(&self) -> bool {
+        self.available && self.master.is_some()
     }
 }
 
@@ -55,6 +69,7 @@ impl RouteTable {
                 generation: 0,
                 master: None,
                 available: false,
+                paused: false,
                 since: SystemTime::now(),
             }),
             changed: watch::Sender::new(0),
@@ -92,6 +107,7 @@ impl RouteTable {
             generation: old.generation + 1,
             master: Some(master),
             available: true,
+            paused: false,
             since: SystemTime::now(),
         });
         (self.load(), true)
@@ -107,8 +123,22 @@ impl RouteTable {
             generation: old.generation + 1,
             master: None,
             available: false,
+            paused: false,
             since: SystemTime::now(),
         });
+    }
+
+    /// Start or end the fence on the current generation. Returns whether anything changed.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let old = self.load();
+        if old.paused == paused {
+            return false;
+        }
+        self.store(Route {
+            paused,
+            ..(*old).clone()
+        });
+        true
     }
 
     /// The master does not answer: keep it (and its sessions) but send no new client there.
@@ -159,6 +189,21 @@ mod tests {
         assert_eq!(r.generation, 2);
         t.clear_master();
         assert_eq!((t.generation(), t.load().target()), (3, None));
+    }
+
+    #[test]
+    fn a_pause_keeps_the_generation_and_a_switch_ends_it() {
+        let t = RouteTable::new();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        t.set_master(a);
+        assert!(t.set_paused(true));
+        let r = t.load();
+        assert_eq!((r.generation, r.target(), r.ready()), (1, None, true));
+        assert!(t.set_paused(false));
+        assert_eq!(t.load().target(), Some(a));
+        t.set_paused(true);
+        let (r, _) = t.set_master("127.0.0.1:2".parse().unwrap());
+        assert!(!r.paused);
     }
 
     #[test]

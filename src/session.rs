@@ -1,10 +1,22 @@
-//! One client connection: wait for a verified master, connect to it, and forward bytes both ways
-//! until either side closes, the route moves to another master, or the proxy shuts down.
+//! One client connection: wait for a verified master, connect, and forward bytes both ways
+//! unchanged, while tracking RESP request/reply boundaries (`resp.rs`) so the proxy always knows
+//! whether a request is in flight.
 //!
-//! The safety rule lives here: client bytes are written to the backend only after checking that
-//! the route generation is still the one the backend was chosen under (a lock-free load). Once the
-//! watcher has swapped the route, no further client byte reaches the old master; the session is
-//! then closed so the client reconnects and lands on the new master.
+//! The safety rules live here:
+//! - **Fence.** Client bytes go to the backend only while the route generation is the one the
+//!   backend was chosen under *and* the route is not paused. Otherwise the chunk is held (and the
+//!   client is not read further, so memory stays bounded) while replies still in flight are
+//!   relayed. No client byte ever reaches an old master after the swap.
+//! - **Migration.** When the route moves to a new master, a session at a clean request boundary
+//!   (no reply owed, not mid-request, not in MULTI/WATCH) reconnects to the new master, replays its
+//!   connection state (AUTH, HELLO, SELECT, CLIENT SETNAME), and releases the held requests there:
+//!   the client sees latency, not an error. The same happens when the master dies under an idle
+//!   session. A session that cannot be moved (pub/sub, MONITOR, a blocking command in flight, an
+//!   open transaction, state it cannot replay) is closed, at a boundary where there is one, and at
+//!   the latest after `--drain-timeout`; requests it held were never sent anywhere.
+//! - **Bad input.** Malformed RESP (or a bulk over `--max-request-bytes`) gets Redis's own
+//!   `-ERR Protocol error: …` after the replies to the valid requests before it, then the
+//!   connection is closed.
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
@@ -15,12 +27,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{Span, debug};
+use tracing::{Span, debug, info};
 
 use crate::Shared;
+use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
 
 /// Per-direction buffer, allocated once per connection (not per request).
 const BUF_SIZE: usize = 16 * 1024;
@@ -33,9 +46,21 @@ pub enum Close {
     ClientClosed,
     BackendClosed,
     IoError,
-    MasterSwitched,
     NoMaster,
     Shutdown,
+    ProtocolError,
+    BackendProtocolError,
+    /// Moved masters while in pub/sub, MONITOR, a blocking command, or a transaction; or with
+    /// state that cannot be replayed.
+    SwitchPubSub,
+    SwitchMonitor,
+    SwitchBlocking,
+    SwitchTransaction,
+    SwitchMidRequest,
+    SwitchUnmigratable,
+    /// No request boundary before `--drain-timeout`.
+    DrainDeadline,
+    MigrateFailed,
 }
 
 impl Close {
@@ -44,9 +69,18 @@ impl Close {
             Close::ClientClosed => "client_closed",
             Close::BackendClosed => "backend_closed",
             Close::IoError => "io_error",
-            Close::MasterSwitched => "master_switched",
             Close::NoMaster => "no_master",
             Close::Shutdown => "shutdown",
+            Close::ProtocolError => "protocol_error",
+            Close::BackendProtocolError => "backend_protocol_error",
+            Close::SwitchPubSub => "switch_pubsub",
+            Close::SwitchMonitor => "switch_monitor",
+            Close::SwitchBlocking => "switch_blocking",
+            Close::SwitchTransaction => "switch_transaction",
+            Close::SwitchMidRequest => "switch_mid_request",
+            Close::SwitchUnmigratable => "switch_unmigratable",
+            Close::DrainDeadline => "drain_deadline",
+            Close::MigrateFailed => "migrate_failed",
         }
     }
 }
@@ -57,10 +91,13 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     m.client_connections.inc();
     m.client_connections_total.inc();
     let _ = client.set_nodelay(true);
-    let close = match acquire_backend(&shared, &shutdown).await {
+    let close = match acquire_backend(&shared, &shutdown, shared.config.connect_wait).await {
         Ok((backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
-            forward(&mut client, backend, generation, &shared, &shutdown).await
+            let session = Session::new(client, backend, generation, &shared);
+            let (close, mut client) = session.run(&shutdown).await;
+            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+            close
         }
         Err(close) => {
             if close == Close::NoMaster {
@@ -71,10 +108,10 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
                 );
                 let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
             }
+            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             close
         }
     };
-    let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
     debug!(reason = close.label(), "session closed");
     m.sessions_closed_total
         .with_label_values(&[close.label()])
@@ -82,12 +119,13 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     m.client_connections.dec();
 }
 
-/// Connect to the current verified master, waiting up to `connect-wait` for one to exist.
+/// Connect to the current verified master, waiting up to `wait` for one to exist.
 async fn acquire_backend(
     shared: &Shared,
     shutdown: &CancellationToken,
+    wait: Duration,
 ) -> Result<(TcpStream, u64, SocketAddr), Close> {
-    let deadline = Instant::now() + shared.config.connect_wait;
+    let deadline = Instant::now() + wait;
     let mut changes = shared.route.subscribe();
     loop {
         changes.borrow_and_update();
@@ -126,105 +164,401 @@ async fn acquire_backend(
     }
 }
 
-enum Stop {
-    Switched,
-    Io(io::Error),
+/// The request tracker's state just before the chunk that is held, i.e. of the stream actually
+/// forwarded so far.
+#[derive(Clone, Copy)]
+struct Forwarded {
+    at_boundary: bool,
+    expected_replies: u64,
+    in_transaction: bool,
+    requests: u64,
 }
 
-impl From<io::Error> for Stop {
-    fn from(e: io::Error) -> Self {
-        Stop::Io(e)
-    }
-}
-
-async fn forward(
-    client: &mut TcpStream,
-    mut backend: TcpStream,
+struct Session<'a> {
+    shared: &'a Shared,
+    client: TcpStream,
+    backend: TcpStream,
     generation: u64,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-) -> Close {
-    let (cr, cw) = client.split();
-    let (br, bw) = backend.split();
-    let mut changes = shared.route.subscribe();
-    let switched = async {
-        loop {
-            if changes.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            if shared.route.generation() != generation {
-                return;
-            }
+    req: RequestTracker,
+    rep: ReplyTracker,
+    /// Replies received from earlier backends of this session.
+    reply_base: u64,
+    up: Box<[u8]>,
+    /// `up[..held]` was read from the client and not yet forwarded.
+    held: usize,
+    held_since: Option<Instant>,
+    forwarded: Forwarded,
+    down: Box<[u8]>,
+    client_eof: bool,
+    backend_gone: bool,
+    protocol_error: Option<ProtocolError>,
+    /// Set when the session must reach a boundary by then (after a switch, or a dead backend).
+    deadline: Option<Instant>,
+    shutting_down: bool,
+    rechecked: bool,
+}
+
+enum Step {
+    Continue,
+    Close(Close),
+}
+
+impl<'a> Session<'a> {
+    fn new(client: TcpStream, backend: TcpStream, generation: u64, shared: &'a Shared) -> Self {
+        let req = RequestTracker::new(shared.config.max_request_bytes);
+        let forwarded = Forwarded {
+            at_boundary: true,
+            expected_replies: 0,
+            in_transaction: false,
+            requests: 0,
+        };
+        Session {
+            shared,
+            client,
+            backend,
+            generation,
+            req,
+            rep: ReplyTracker::new(),
+            reply_base: 0,
+            up: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            held: 0,
+            held_since: None,
+            forwarded,
+            down: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            client_eof: false,
+            backend_gone: false,
+            protocol_error: None,
+            deadline: None,
+            shutting_down: false,
+            rechecked: false,
         }
-    };
-    let up = client_to_backend(cr, bw, generation, shared);
-    let down = backend_to_client(br, cw);
-    tokio::pin!(up, down, switched);
-    let mut client_eof = false;
-    loop {
+    }
+
+    /// Replies the current forwarded stream still owes the client.
+    fn in_flight(&self) -> u64 {
+        self.forwarded
+            .expected_replies
+            .saturating_sub(self.reply_base + self.rep.replies)
+    }
+
+    fn snapshot(&self) -> Forwarded {
+        Forwarded {
+            at_boundary: self.req.at_request_boundary(),
+            expected_replies: self.req.expected_replies,
+            in_transaction: self.req.in_transaction,
+            requests: self.req.requests,
+        }
+    }
+
+    async fn run(mut self, shutdown: &CancellationToken) -> (Close, TcpStream) {
+        let mut changes = self.shared.route.subscribe();
+        changes.borrow_and_update();
+        let close = loop {
+            match self.step().await {
+                Step::Close(c) => break c,
+                Step::Continue => {}
+            }
+            match self.wait(&mut changes, shutdown).await {
+                Step::Close(c) => break c,
+                Step::Continue => {}
+            }
+        };
+        if self.held > 0 {
+            self.count_held("dropped");
+        }
+        (close, self.client)
+    }
+
+    /// Wait for the next thing to happen: client bytes, backend bytes, a route change, a
+    /// deadline, shutdown.
+    async fn wait(
+        &mut self,
+        changes: &mut watch::Receiver<u64>,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        let read_client = self.held == 0
+            && !self.client_eof
+            && self.protocol_error.is_none()
+            && !self.shutting_down;
+        let read_backend = !self.backend_gone;
+        let deadline = self.deadline;
         tokio::select! {
-            r = &mut up, if !client_eof => match r {
-                // The client half-closed: keep relaying until the backend closes in turn.
-                Ok(()) => client_eof = true,
-                Err(Stop::Switched) => return Close::MasterSwitched,
-                Err(Stop::Io(e)) => {
-                    debug!(error = %e, "client-side i/o error");
-                    return Close::IoError;
+            r = self.client.read(&mut self.up), if read_client => match r {
+                Ok(0) => {
+                    self.client_eof = true;
+                    // Half-close: pass the FIN on and keep relaying replies.
+                    if !self.backend_gone {
+                        let _ = self.backend.shutdown().await;
+                    }
+                    Step::Continue
                 }
-            },
-            r = &mut down => return match r {
-                Ok(_) if client_eof => Close::ClientClosed,
-                Ok(close) => close,
+                Ok(n) => {
+                    self.forwarded = self.snapshot();
+                    match self.req.feed(&self.up[..n]) {
+                        Ok(()) => self.held = n,
+                        Err((e, valid)) => {
+                            self.held = valid;
+                            self.protocol_error = Some(e);
+                        }
+                    }
+                    Step::Continue
+                }
                 Err(e) => {
-                    debug!(error = %e, "backend-side i/o error");
-                    Close::IoError
+                    debug!(error = %e, "client read error");
+                    Step::Close(Close::IoError)
                 }
             },
-            _ = &mut switched => return Close::MasterSwitched,
-            _ = shutdown.cancelled() => return Close::Shutdown,
+            r = self.backend.read(&mut self.down), if read_backend => match r {
+                Ok(0) | Err(_) => self.backend_lost(),
+                Ok(n) => self.relay_reply(n).await,
+            },
+            _ = changes.changed() => Step::Continue,
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if self.backend_gone && !self.shutting_down {
+                    Step::Close(Close::BackendClosed)
+                } else if self.shutting_down {
+                    Step::Close(Close::Shutdown)
+                } else {
+                    Step::Close(Close::DrainDeadline)
+                }
+            }
+            _ = shutdown.cancelled(), if !self.shutting_down => {
+                self.shutting_down = true;
+                self.deadline = Some(Instant::now() + self.shared.config.shutdown_timeout);
+                Step::Continue
+            }
         }
     }
-}
 
-async fn client_to_backend(
-    mut from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
-    generation: u64,
-    shared: &Shared,
-) -> Result<(), Stop> {
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            // Half-close: pass the client's FIN on and keep relaying replies.
-            to.shutdown().await?;
-            return Ok(());
+    async fn relay_reply(&mut self, n: usize) -> Step {
+        if self.rep.feed(&self.down[..n]).is_err() {
+            debug!("backend sent bytes that are not RESP");
+            return Step::Close(Close::BackendProtocolError);
         }
-        if shared.route.generation() != generation {
-            return Err(Stop::Switched);
+        if self.rep.saw_not_master && !self.rechecked {
+            // A partitioned or demoted master: have the watcher look now.
+            self.rechecked = true;
+            self.shared.metrics.not_master_replies_total.inc();
+            self.shared.route.request_recheck();
         }
-        to.write_all(&buf[..n]).await?;
+        if let Err(e) = self.client.write_all(&self.down[..n]).await {
+            debug!(error = %e, "client write error");
+            return Step::Close(Close::ClientClosed);
+        }
+        Step::Continue
     }
-}
 
-/// Relays replies; returns which side's end finished the session.
-async fn backend_to_client(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> io::Result<Close> {
-    let mut buf = vec![0u8; BUF_SIZE];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(Close::BackendClosed);
+    fn backend_lost(&mut self) -> Step {
+        self.backend_gone = true;
+        let generation_moved = self.shared.route.generation() != self.generation;
+        if self.client_eof {
+            return Step::Close(Close::ClientClosed);
         }
-        if let Err(e) = to.write_all(&buf[..n]).await {
-            // The client went away: that is the client closing, not a proxy fault.
-            return if matches!(
-                e.kind(),
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-            ) {
-                Ok(Close::ClientClosed)
+        // A reply was owed, or the session cannot be moved: the client must see the loss.
+        if self.in_flight() > 0 || !self.movable() {
+            return Step::Close(Close::BackendClosed);
+        }
+        // Idle on a master that went away: wait for the next verified master and move there.
+        if !generation_moved {
+            self.shared.route.request_recheck();
+        }
+        if self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.shared.config.connect_wait);
+        }
+        Step::Continue
+    }
+
+    /// Whether the forwarded stream is at a clean boundary from which the session can move.
+    fn movable(&self) -> bool {
+        let f = if self.held > 0 {
+            self.forwarded
+        } else {
+            self.snapshot()
+        };
+        f.at_boundary
+            && !f.in_transaction
+            && !self.req.pubsub
+            && !self.req.monitor
+            && !self.req.unmigratable
+    }
+
+    /// Act on the current state: forward held bytes, migrate, close.
+    async fn step(&mut self) -> Step {
+        let route = self.shared.route.load();
+        let switched = route.generation != self.generation;
+
+        if switched || self.backend_gone {
+            if switched && !self.backend_gone {
+                if self.req.pubsub {
+                    return Step::Close(Close::SwitchPubSub);
+                }
+                if self.req.monitor {
+                    return Step::Close(Close::SwitchMonitor);
+                }
+                let replies = self.reply_base + self.rep.replies;
+                if replies < self.req.blocking_seq && self.in_flight() > 0 {
+                    return Step::Close(Close::SwitchBlocking);
+                }
+            }
+            let f = if self.held > 0 {
+                self.forwarded
             } else {
-                Err(e)
+                self.snapshot()
             };
+            if !f.at_boundary {
+                // Part of a request went to the old master; nothing can complete it now.
+                return Step::Close(Close::SwitchMidRequest);
+            }
+            if self.deadline.is_none() {
+                self.deadline = Some(Instant::now() + self.shared.config.drain_timeout);
+            }
+            if self.in_flight() > 0 {
+                return Step::Continue; // let the old master finish its replies
+            }
+            if f.in_transaction {
+                return Step::Close(Close::SwitchTransaction);
+            }
+            if self.req.unmigratable {
+                return Step::Close(Close::SwitchUnmigratable);
+            }
+            if self.shutting_down {
+                return Step::Close(Close::Shutdown);
+            }
+            if self.held > 0 && self.held_since.is_none() {
+                self.held_since = Some(Instant::now());
+            }
+            let Some(addr) = route.target() else {
+                return Step::Continue; // no verified master yet: hold until one, or the deadline
+            };
+            return match self.migrate(addr, route.generation).await {
+                Ok(()) => {
+                    self.shared
+                        .metrics
+                        .migrations_total
+                        .with_label_values(&["ok"])
+                        .inc();
+                    self.deadline = None;
+                    Step::Continue
+                }
+                Err(None) => {
+                    // Could not connect: the watcher re-checks; wait for it or the deadline.
+                    self.shared.route.request_recheck();
+                    Step::Continue
+                }
+                Err(Some(close)) => {
+                    self.shared
+                        .metrics
+                        .migrations_total
+                        .with_label_values(&["failed"])
+                        .inc();
+                    Step::Close(close)
+                }
+            };
+        }
+
+        if self.shutting_down {
+            // Two-phase shutdown: nothing new is forwarded; close at the first boundary.
+            let f = if self.held > 0 {
+                self.forwarded
+            } else {
+                self.snapshot()
+            };
+            if f.at_boundary && self.in_flight() == 0 {
+                return Step::Close(Close::Shutdown);
+            }
+            return Step::Continue;
+        }
+
+        if self.held > 0 {
+            if route.paused {
+                if self.held_since.is_none() {
+                    self.held_since = Some(Instant::now());
+                }
+                return Step::Continue;
+            }
+            if self.held_since.is_some() {
+                self.count_held("same_master");
+            }
+            if let Err(e) = self.backend.write_all(&self.up[..self.held]).await {
+                debug!(error = %e, "backend write error");
+                return Step::Close(Close::IoError);
+            }
+            self.held = 0;
+            self.forwarded = self.snapshot();
+        }
+
+        if let Some(e) = self.protocol_error
+            && self.in_flight() == 0
+        {
+            self.shared.metrics.protocol_errors_total.inc();
+            let msg = format!("-ERR Protocol error: {}\r\n", e.message());
+            let _ = timeout(Duration::from_secs(1), self.client.write_all(msg.as_bytes())).await;
+            return Step::Close(Close::ProtocolError);
+        }
+        Step::Continue
+    }
+
+    /// Move to the new master: connect, replay connection state, swallow its replies.
+    /// `Err(None)`: the connect failed (worth another try); `Err(Some(_))`: give up.
+    async fn migrate(&mut self, addr: SocketAddr, generation: u64) -> Result<(), Option<Close>> {
+        let cfg = &self.shared.config;
+        let mut backend = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                self.shared.metrics.backend_connect_failures_total.inc();
+                return Err(None);
+            }
+        };
+        let _ = backend.set_nodelay(true);
+        if self.req.replay_count > 0 {
+            let replay = async {
+                backend.write_all(&self.req.replay).await?;
+                let mut tracker = ReplyTracker::new();
+                let mut buf = [0u8; 1024];
+                while tracker.replies < self.req.replay_count as u64 {
+                    let n = backend.read(&mut buf).await?;
+                    if n == 0 {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                    }
+                    tracker.feed(&buf[..n]).map_err(|_| {
+                        io::Error::new(io::ErrorKind::InvalidData, "reply is not RESP")
+                    })?;
+                    if tracker.errors > 0 {
+                        return Err(io::Error::other("replayed command failed"));
+                    }
+                }
+                Ok::<(), io::Error>(())
+            };
+            if let Err(e) = timeout(cfg.connect_timeout, replay)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            {
+                info!(backend = %addr, error = %e, "could not replay connection state on the new master");
+                return Err(Some(Close::MigrateFailed));
+            }
+        }
+        self.reply_base += self.rep.replies;
+        self.rep = ReplyTracker::new();
+        self.backend = backend;
+        self.backend_gone = false;
+        self.generation = generation;
+        self.rechecked = false;
+        Span::current().record("backend", tracing::field::display(addr));
+        debug!(backend = %addr, "session moved to the new master");
+        if self.held > 0 {
+            self.count_held("new_master");
+        }
+        Ok(())
+    }
+
+    fn count_held(&mut self, outcome: &str) {
+        let requests = self.req.requests - self.forwarded.requests;
+        let m = &self.shared.metrics;
+        m.held_requests_total
+            .with_label_values(&[outcome])
+            .inc_by(requests);
+        if let Some(since) = self.held_since.take() {
+            m.hold_seconds.observe(since.elapsed().as_secs_f64());
         }
     }
 }

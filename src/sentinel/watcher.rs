@@ -23,12 +23,13 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{MissedTickBehavior, interval, sleep, timeout};
+use tokio::time::{MissedTickBehavior, interval, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -156,6 +157,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         known: Vec::new(),
         promotion: None,
         early: None,
+        pause_until: None,
     };
     for s in &shared.config.sentinels {
         resolver.learn(s.clone(), true);
@@ -173,6 +175,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             },
             _ = shared.route.recheck_requested() => resolver.poll().await,
             _ = tick.tick() => resolver.poll().await,
+            _ = sleep_until(resolver.pause_until.unwrap_or_else(Instant::now)),
+                if resolver.pause_until.is_some() =>
+            {
+                warn!(master = %shared.config.master_name, "failover pause ran out; releasing held requests to the current master");
+                resolver.end_pause("timed_out");
+            }
         }
     }
     resolver.stop_promotion_watch();
@@ -186,6 +194,8 @@ struct Resolver {
     known: Vec<Known>,
     promotion: Option<(SocketAddr, JoinHandle<()>)>,
     early: Option<Early>,
+    /// While a failover pause (fence) is on: when it ends at the latest.
+    pause_until: Option<Instant>,
 }
 
 impl Resolver {
@@ -255,7 +265,8 @@ impl Resolver {
             Kind::SlaveSelected => {
                 let Some(hp) = event.addr else { return };
                 if let Some(addr) = self.resolve(&hp).await {
-                    info!(master = %name, replica = %addr, "sentinel selected a replica to promote; watching it");
+                    self.start_pause();
+                    info!(master = %name, replica = %addr, "sentinel selected a replica to promote; holding new requests and watching it");
                     self.watch_promotion(addr);
                 }
             }
@@ -264,6 +275,7 @@ impl Resolver {
                 warn!(master = %name, "sentinel failover aborted");
                 self.stop_promotion_watch();
                 self.early = None;
+                self.end_pause("aborted");
                 self.poll().await;
             }
             Kind::FailoverEnded => info!(master = %name, "sentinel failover ended"),
@@ -281,6 +293,28 @@ impl Resolver {
         }
         self.swap(addr, "PromotionObserved", Some(at));
         self.guard_early(from, addr);
+    }
+
+    /// The fence: sessions hold new requests until the new master is verified (or the pause
+    /// runs out, or the failover aborts). Requests in flight still complete on the old master.
+    fn start_pause(&mut self) {
+        let route = self.shared.route.load();
+        if route.master.is_none() || self.pause_until.is_some() {
+            return;
+        }
+        self.shared.route.set_paused(true);
+        self.pause_until = Some(Instant::now() + self.shared.config.failover_pause);
+    }
+
+    fn end_pause(&mut self, outcome: &str) {
+        if self.pause_until.take().is_some() {
+            self.shared.route.set_paused(false);
+            self.shared
+                .metrics
+                .failover_pauses_total
+                .with_label_values(&[outcome])
+                .inc();
+        }
     }
 
     fn guard_early(&mut self, from: Option<SocketAddr>, to: SocketAddr) {
@@ -462,7 +496,7 @@ impl Resolver {
                 return;
             }
         }
-        if self.shared.route.load().target().is_none() && reachable > 0 && !answers.is_empty() {
+        if !self.shared.route.load().ready() && reachable > 0 && !answers.is_empty() {
             self.problem("no node named by the sentinels verifies as master".to_string());
         }
     }
@@ -553,6 +587,14 @@ impl Resolver {
         if !changed {
             return;
         }
+        // The new route is unpaused by construction; account for the fence it ends.
+        if self.pause_until.take().is_some() {
+            self.shared
+                .metrics
+                .failover_pauses_total
+                .with_label_values(&["switched"])
+                .inc();
+        }
         let latency = event_at.map(|t| t.elapsed());
         if let Some(l) = latency {
             self.shared
@@ -595,7 +637,7 @@ impl Resolver {
         let m = &self.shared.metrics;
         let route = self.shared.route.load();
         m.route_generation.set(route.generation as i64);
-        m.master_available.set(route.target().is_some() as i64);
+        m.master_available.set(route.ready() as i64);
         m.master_info.reset();
         if let Some(a) = route.master {
             m.master_info.with_label_values(&[&a.to_string()]).set(1);
