@@ -24,8 +24,8 @@
 pub mod admin;
 pub mod config;
 pub mod listener;
-pub mod resp;
 pub mod metrics;
+pub mod resp;
 pub mod route;
 pub mod sentinel;
 pub mod session;

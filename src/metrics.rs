@@ -139,7 +139,9 @@ impl Metrics {
                         "sentinel_proxy_hold_seconds",
                         "How long a session held client requests during a failover.",
                     )
-                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
                 )
                 .expect("valid metric"),
             ),

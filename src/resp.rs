@@ -814,7 +814,10 @@ mod tests {
             b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$3\r\napp\r\n"
         );
         assert!(!t.unmigratable);
-        assert!(every_split_req(b"SELECT 3\r\n").unmigratable, "inline state commands");
+        assert!(
+            every_split_req(b"SELECT 3\r\n").unmigratable,
+            "inline state commands"
+        );
         assert!(every_split_req(b"CLIENT TRACKING on\r\n").unmigratable);
     }
 
@@ -826,7 +829,10 @@ mod tests {
             Err((ProtocolError::ExpectedDollar(b'f'), 6))
         );
         let mut t = RequestTracker::new(MAX);
-        assert_eq!(t.feed(b"*x\r\n"), Err((ProtocolError::InvalidMultibulkLength, 0)));
+        assert_eq!(
+            t.feed(b"*x\r\n"),
+            Err((ProtocolError::InvalidMultibulkLength, 0))
+        );
         let mut t = RequestTracker::new(1024);
         assert_eq!(
             t.feed(b"*2\r\n$3\r\nSET\r\n$2000\r\n"),
@@ -835,7 +841,10 @@ mod tests {
         let mut t = RequestTracker::new(MAX);
         let long = vec![b'a'; MAX_INLINE + 10];
         assert_eq!(t.feed(&long), Err((ProtocolError::TooBigInline, 0)));
-        assert_eq!(ProtocolError::ExpectedDollar(b'f').message(), "expected '$', got 'f'");
+        assert_eq!(
+            ProtocolError::ExpectedDollar(b'f').message(),
+            "expected '$', got 'f'"
+        );
         // `*0` and `*-1` are ignored, as Redis does.
         let t = every_split_req(b"*0\r\n*-1\r\nPING\r\n");
         assert_eq!(t.expected_replies, 1);
@@ -869,7 +878,9 @@ mod tests {
 
     #[test]
     fn not_master_errors_are_flagged() {
-        assert!(rep(&[b"-READONLY You can't write against a read only replica.\r\n"]).saw_not_master);
+        assert!(
+            rep(&[b"-READONLY You can't write against a read only replica.\r\n"]).saw_not_master
+        );
         assert!(rep(&[b"-MASTER", b"DOWN Link with MASTER is down\r\n"]).saw_not_master);
         assert!(!rep(&[b"-ERR wrong\r\n", b"$8\r\nREADONLY\r\n"]).saw_not_master);
         assert!(!rep(&[b"*1\r\n-READONLY nested\r\n"]).saw_not_master);

@@ -492,7 +492,11 @@ impl<'a> Session<'a> {
         {
             self.shared.metrics.protocol_errors_total.inc();
             let msg = format!("-ERR Protocol error: {}\r\n", e.message());
-            let _ = timeout(Duration::from_secs(1), self.client.write_all(msg.as_bytes())).await;
+            let _ = timeout(
+                Duration::from_secs(1),
+                self.client.write_all(msg.as_bytes()),
+            )
+            .await;
             return Step::Close(Close::ProtocolError);
         }
         Step::Continue

@@ -1,0 +1,336 @@
+//! Fencing and draining across real failovers: no acknowledged write is lost, a reply in flight
+//! is never cut, sessions move to the new master with their state, pub/sub and blocking clients
+//! are closed at the switch, malformed input is refused like Redis refuses it.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis_protocol::resp2::types::OwnedFrame;
+use sentinel_proxy::config::Auth;
+use sentinel_proxy::sentinel::client::{RespConn, frame_text};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn ok() -> OwnedFrame {
+    OwnedFrame::SimpleString(b"OK".to_vec())
+}
+
+/// A client patient enough to wait out a failover (the proxy holds it, up to connect-wait).
+async fn patient(port: u16) -> Result<RespConn, sentinel_proxy::sentinel::client::ClientError> {
+    RespConn::connect(&hp(port), &Auth::default(), Duration::from_secs(20)).await
+}
+
+#[derive(Default)]
+struct Ledger {
+    acked: HashMap<String, String>,
+    errors: u64,
+    attempts: u64,
+}
+
+/// Writes `prefix:i = i` at ~`per_sec`, recording every write that got +OK.
+fn writer(
+    port: u16,
+    prefix: &'static str,
+    per_sec: u64,
+    long_lived: bool,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_micros(1_000_000 / per_sec);
+        let mut conn: Option<RespConn> = None;
+        let mut i = 0u64;
+        let mut next = tokio::time::Instant::now();
+        while !stop.is_cancelled() {
+            i += 1;
+            let key = format!("{prefix}:{i}");
+            let val = i.to_string();
+            if conn.is_none() {
+                conn = patient(port).await.ok();
+            }
+            let result = match conn.as_mut() {
+                Some(c) => cmd(c, &["SET", &key, &val]).await,
+                None => Err(sentinel_proxy::sentinel::client::ClientError::Closed),
+            };
+            {
+                let mut l = ledger.lock().unwrap();
+                l.attempts += 1;
+                match result {
+                    Ok(r) if r == ok() => {
+                        l.acked.insert(key, val);
+                    }
+                    _ => {
+                        l.errors += 1;
+                        conn = None;
+                    }
+                }
+            }
+            if !long_lived {
+                conn = None;
+            }
+            next += every;
+            tokio::time::sleep_until(next).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_across_failovers_and_a_crash() {
+    let mut lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.connect_wait = Duration::from_secs(20);
+    })
+    .await;
+    proxy.wait_ready().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let long = Arc::new(Mutex::new(Ledger::default()));
+    let short = Arc::new(Mutex::new(Ledger::default()));
+    let w1 = writer(proxy.port, "long", 250, true, long.clone(), stop.clone());
+    let w2 = writer(proxy.port, "short", 250, false, short.clone(), stop.clone());
+    let started = Instant::now();
+
+    let mut master = lab.master_port().await.unwrap();
+    for round in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(300)).await; // some writes before each switch
+        let t = lab.failover().await;
+        let new = lab.wait_new_master(master, Duration::from_secs(30)).await;
+        proxy.wait_routes_to(new, Duration::from_secs(10)).await;
+        eprintln!(
+            "failover {round}: {master} -> {new} (routed {:.0} ms after SENTINEL FAILOVER)",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        master = new;
+        lab.wait_settled(Duration::from_secs(60)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lab.proc_by_port(master).kill();
+    let new = lab.wait_new_master(master, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(10)).await;
+    master = new;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    w1.await.unwrap();
+    w2.await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut c = conn(master).await.unwrap();
+    for (name, ledger) in [("long-lived", &long), ("per-write", &short)] {
+        let l = ledger.lock().unwrap();
+        let mut lost = Vec::new();
+        for (k, v) in &l.acked {
+            let got = cmd(&mut c, &["GET", k]).await.unwrap();
+            if got != OwnedFrame::BulkString(v.as_bytes().to_vec()) {
+                lost.push(k.clone());
+            }
+        }
+        eprintln!(
+            "{name} writer: {} attempts in {elapsed:.1} s ({:.0}/s), {} acked, {} errors, {} acked writes lost",
+            l.attempts,
+            l.attempts as f64 / elapsed,
+            l.acked.len(),
+            l.errors,
+            lost.len()
+        );
+        assert!(
+            l.acked.len() as f64 >= 200.0 * elapsed * 0.8,
+            "{name} wrote too slowly"
+        );
+        assert!(
+            lost.is_empty(),
+            "{name}: acknowledged writes lost: {lost:?}"
+        );
+    }
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    for line in text.lines().filter(|l| {
+        l.starts_with("sentinel_proxy_held_requests_total")
+            || l.starts_with("sentinel_proxy_session_migrations_total")
+            || l.starts_with("sentinel_proxy_failover_pauses_total")
+            || l.starts_with("sentinel_proxy_sessions_closed_total")
+            || l.starts_with("sentinel_proxy_master_switches_total")
+    }) {
+        eprintln!("  {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_in_flight_is_finished_before_the_session_moves() {
+    // DEBUG SLEEP blocks the master: down-after must be longer than the sleep.
+    let lab = Lab::start_with(LabOptions {
+        down_after_ms: 5000,
+        ..Default::default()
+    })
+    .await;
+    let old = lab.master_port().await.unwrap();
+    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    proxy.wait_ready().await;
+    let mut c = conn(proxy.port).await.unwrap();
+    let mut c = {
+        // A longer timeout than the sleep for this connection's calls.
+        drop(c);
+        RespConn::connect(&hp(proxy.port), &Auth::default(), Duration::from_secs(20))
+            .await
+            .unwrap()
+    };
+    assert_eq!(node_port(&mut c).await.unwrap(), old);
+    c.send(&[b"DEBUG", b"SLEEP", b"1.5"]).await.unwrap();
+    let sent = Instant::now();
+    lab.failover().await;
+    let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(5)).await;
+    let switched_at = sent.elapsed();
+    let reply = c.read_frame().await.unwrap();
+    let replied_at = sent.elapsed();
+    assert_eq!(reply, ok(), "the in-flight reply arrived whole");
+    assert!(
+        switched_at < replied_at,
+        "the switch ({switched_at:?}) happened while the reply was in flight ({replied_at:?})"
+    );
+    // The same connection now reaches the new master.
+    assert_eq!(node_port(&mut c).await.unwrap(), new);
+    eprintln!(
+        "switched {switched_at:?} after DEBUG SLEEP was sent; its reply came at {replied_at:?}; then moved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_move_with_their_database_and_name() {
+    let lab = Lab::start().await;
+    let old = lab.master_port().await.unwrap();
+    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    proxy.wait_ready().await;
+    let mut c = patient(proxy.port).await.unwrap();
+    assert_eq!(cmd(&mut c, &["SELECT", "3"]).await.unwrap(), ok());
+    assert_eq!(
+        cmd(&mut c, &["CLIENT", "SETNAME", "app-7"]).await.unwrap(),
+        ok()
+    );
+    assert_eq!(cmd(&mut c, &["SET", "before", "1"]).await.unwrap(), ok());
+    lab.failover().await;
+    let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(5)).await;
+    assert_eq!(cmd(&mut c, &["SET", "after", "2"]).await.unwrap(), ok());
+    assert_eq!(
+        node_port(&mut c).await.unwrap(),
+        new,
+        "same connection, new master"
+    );
+    assert_eq!(
+        cmd(&mut c, &["CLIENT", "GETNAME"]).await.unwrap(),
+        OwnedFrame::BulkString(b"app-7".to_vec())
+    );
+    let mut direct = conn(new).await.unwrap();
+    cmd(&mut direct, &["SELECT", "3"]).await.unwrap();
+    assert_eq!(
+        cmd(&mut direct, &["GET", "after"]).await.unwrap(),
+        OwnedFrame::BulkString(b"2".to_vec()),
+        "the write went to database 3 of the new master"
+    );
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert!(
+        metric(
+            &text,
+            "sentinel_proxy_session_migrations_total{result=\"ok\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_and_blocking_clients_are_closed_at_the_switch() {
+    let lab = Lab::start().await;
+    let old = lab.master_port().await.unwrap();
+    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    proxy.wait_ready().await;
+    let mut sub = conn(proxy.port).await.unwrap();
+    cmd(&mut sub, &["SUBSCRIBE", "news"]).await.unwrap();
+    let mut blocked = conn(proxy.port).await.unwrap();
+    blocked.send(&[b"BLPOP", b"queue", b"0"]).await.unwrap();
+    let mut idle = conn(proxy.port).await.unwrap();
+    assert_eq!(node_port(&mut idle).await.unwrap(), old);
+
+    lab.failover().await;
+    let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(5)).await;
+    for (name, c) in [("subscriber", &mut sub), ("BLPOP", &mut blocked)] {
+        let r = tokio::time::timeout(Duration::from_secs(5), c.read_frame()).await;
+        assert!(matches!(r, Ok(Err(_))), "{name} was not closed: {r:?}");
+    }
+    // The idle one was moved instead.
+    assert_eq!(node_port(&mut idle).await.unwrap(), new);
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_sessions_closed_total{reason=\"switch_pubsub\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_sessions_closed_total{reason=\"switch_blocking\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// Raw bytes in, raw bytes out: what a client that speaks bad RESP gets.
+async fn raw_exchange(port: u16, send: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(send).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_redis_errors_and_a_close() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.max_request_bytes = 1024 * 1024;
+    })
+    .await;
+    let master = proxy.wait_ready().await;
+    let mut bystander = conn(proxy.port).await.unwrap();
+    assert_eq!(cmd(&mut bystander, &["SET", "x", "1"]).await.unwrap(), ok());
+
+    assert_eq!(
+        raw_exchange(proxy.port, b"*1\r\nfoo\r\n").await,
+        b"-ERR Protocol error: expected '$', got 'f'\r\n"
+    );
+    assert_eq!(
+        raw_exchange(proxy.port, b"PING\r\n*x\r\n").await,
+        b"+PONG\r\n-ERR Protocol error: invalid multibulk length\r\n",
+        "valid requests before the error are answered first"
+    );
+    assert_eq!(
+        raw_exchange(proxy.port, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000000\r\n").await,
+        b"-ERR Protocol error: invalid bulk length\r\n"
+    );
+    // Redis itself says the same for the first case.
+    assert_eq!(
+        raw_exchange(master, b"*1\r\nfoo\r\n").await,
+        b"-ERR Protocol error: expected '$', got 'f'\r\n"
+    );
+    assert_eq!(
+        cmd(&mut bystander, &["GET", "x"]).await.unwrap(),
+        OwnedFrame::BulkString(b"1".to_vec())
+    );
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "sentinel_proxy_client_protocol_errors_total"),
+        Some(3.0),
+        "{text}"
+    );
+    let _ = frame_text;
+}
