@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use redis_protocol::resp2::types::OwnedFrame;
 use sentinel_proxy::config::Auth;
-use sentinel_proxy::sentinel::client::{RespConn, frame_text};
+use sentinel_proxy::sentinel::client::RespConn;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -118,9 +118,12 @@ async fn no_acknowledged_write_is_lost_across_failovers_and_a_crash() {
 
     let mut c = conn(master).await.unwrap();
     for (name, ledger) in [("long-lived", &long), ("per-write", &short)] {
-        let l = ledger.lock().unwrap();
+        let (acked, attempts, errors) = {
+            let l = ledger.lock().unwrap();
+            (l.acked.clone(), l.attempts, l.errors)
+        };
         let mut lost = Vec::new();
-        for (k, v) in &l.acked {
+        for (k, v) in &acked {
             let got = cmd(&mut c, &["GET", k]).await.unwrap();
             if got != OwnedFrame::BulkString(v.as_bytes().to_vec()) {
                 lost.push(k.clone());
@@ -128,14 +131,14 @@ async fn no_acknowledged_write_is_lost_across_failovers_and_a_crash() {
         }
         eprintln!(
             "{name} writer: {} attempts in {elapsed:.1} s ({:.0}/s), {} acked, {} errors, {} acked writes lost",
-            l.attempts,
-            l.attempts as f64 / elapsed,
-            l.acked.len(),
-            l.errors,
+            attempts,
+            attempts as f64 / elapsed,
+            acked.len(),
+            errors,
             lost.len()
         );
         assert!(
-            l.acked.len() as f64 >= 200.0 * elapsed * 0.8,
+            acked.len() as f64 >= 200.0 * elapsed * 0.8,
             "{name} wrote too slowly"
         );
         assert!(
@@ -166,14 +169,8 @@ async fn a_reply_in_flight_is_finished_before_the_session_moves() {
     let old = lab.master_port().await.unwrap();
     let proxy = Proxy::start(lab.sentinel_addrs()).await;
     proxy.wait_ready().await;
-    let mut c = conn(proxy.port).await.unwrap();
-    let mut c = {
-        // A longer timeout than the sleep for this connection's calls.
-        drop(c);
-        RespConn::connect(&hp(proxy.port), &Auth::default(), Duration::from_secs(20))
-            .await
-            .unwrap()
-    };
+    // A call timeout longer than the sleep.
+    let mut c = patient(proxy.port).await.unwrap();
     assert_eq!(node_port(&mut c).await.unwrap(), old);
     c.send(&[b"DEBUG", b"SLEEP", b"1.5"]).await.unwrap();
     let sent = Instant::now();
@@ -332,5 +329,4 @@ async fn malformed_input_gets_redis_errors_and_a_close() {
         Some(3.0),
         "{text}"
     );
-    let _ = frame_text;
 }
