@@ -8,12 +8,12 @@
 //! sentinel::watcher  (queries + one subscription per sentinel + ROLE verification)
 //!        │ swaps
 //!        ▼
-//! route  (ArcSwap<Route>: master address + generation, read lock-free)
+//! route  (ArcSwap<Route>: master address + generation + pause, read lock-free)
 //!        │ read per connection, generation checked per forwarded read
 //!        ▼
-//! listener (accept loop) ──► session (connect, forward both ways, close on switch)
+//! listener (accept loop) ──► session (forward both ways, resp.rs boundaries, fence, migrate)
 //! admin (hyper: /metrics /healthz /readyz /status) ◄── metrics, route, watcher state
-//! shutdown: signal → CancellationToken → sessions close → TaskTracker waits (deadline)
+//! shutdown: signal → CancellationToken → sessions close at a boundary → TaskTracker waits (deadline)
 //! ```
 //!
 //! `main.rs` only parses flags and calls [`run`]; tests call [`Server::bind`] and
@@ -104,8 +104,8 @@ impl Server {
         self.shared.clone()
     }
 
-    /// Serve until `shutdown` is cancelled, then close sessions and wait for them, at most
-    /// `shutdown-timeout`.
+    /// Serve until `shutdown` is cancelled; then sessions close at their next request boundary,
+    /// waited for at most `shutdown-timeout`.
     pub async fn serve(self, shutdown: CancellationToken) {
         let Server {
             shared,

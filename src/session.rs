@@ -199,7 +199,10 @@ struct Session<'a> {
 }
 
 enum Step {
+    /// Nothing more to do until something happens.
     Continue,
+    /// The state changed (e.g. the session moved): act on it again before waiting.
+    Again,
     Close(Close),
 }
 
@@ -256,11 +259,11 @@ impl<'a> Session<'a> {
         let close = loop {
             match self.step().await {
                 Step::Close(c) => break c,
+                Step::Again => continue,
                 Step::Continue => {}
             }
-            match self.wait(&mut changes, shutdown).await {
-                Step::Close(c) => break c,
-                Step::Continue => {}
+            if let Step::Close(c) = self.wait(&mut changes, shutdown).await {
+                break c;
             }
         };
         if self.held > 0 {
@@ -438,7 +441,7 @@ impl<'a> Session<'a> {
                         .with_label_values(&["ok"])
                         .inc();
                     self.deadline = None;
-                    Step::Continue
+                    Step::Again // release what is held to the new master now
                 }
                 Err(None) => {
                     // Could not connect: the watcher re-checks; wait for it or the deadline.

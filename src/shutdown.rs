@@ -1,5 +1,6 @@
 //! Shutdown: SIGTERM or SIGINT cancels the proxy's `CancellationToken`. What happens next is in
-//! `lib.rs` (`Server::serve`): stop accepting, close sessions, wait for their tasks at most
+//! `lib.rs` (`Server::serve`): stop accepting; each session holds new requests and closes at its
+//! next request boundary (`session.rs`); their tasks are waited for at most
 //! `--shutdown-timeout`, exit 0.
 
 use tokio::signal::unix::{SignalKind, signal};

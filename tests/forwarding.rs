@@ -179,3 +179,59 @@ async fn no_master_gives_a_clear_error() {
     );
     assert_eq!(metric(&text, "sentinel_proxy_master_available"), Some(0.0));
 }
+
+/// Shutdown is two-phase: stop accepting, let a request in flight get its reply, then close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_reply_in_flight() {
+    let lab = Lab::start().await;
+    let mut proxy = Proxy::start(lab.sentinel_addrs()).await;
+    let master = proxy.wait_ready().await;
+    let mut c = sentinel_proxy::sentinel::client::RespConn::connect(
+        &hp(proxy.port),
+        &sentinel_proxy::config::Auth::default(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    c.send(&[b"BLPOP", b"jobs", b"10"]).await.unwrap();
+    let mut direct = conn(master).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the BLPOP to reach the master",
+        || async {
+            let list = cmd(&mut conn(master).await.ok()?, &["CLIENT", "LIST"])
+                .await
+                .ok()?;
+            let text = sentinel_proxy::sentinel::client::frame_text(&list)?.to_string();
+            text.contains("cmd=blpop").then_some(())
+        },
+    )
+    .await;
+    proxy.shutdown();
+    // New clients are refused once the listener is gone.
+    eventually(Duration::from_secs(5), "the listener to close", || async {
+        tokio::net::TcpStream::connect(addr(proxy.port))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    cmd(&mut direct, &["RPUSH", "jobs", "j1"]).await.unwrap();
+    assert_eq!(
+        c.read_frame().await.unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"jobs".to_vec()),
+            OwnedFrame::BulkString(b"j1".to_vec())
+        ]),
+        "the reply in flight was delivered"
+    );
+    assert!(
+        c.read_frame().await.is_err(),
+        "then the connection was closed"
+    );
+    let task = proxy.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(6), task)
+        .await
+        .expect("the proxy stopped within the shutdown timeout")
+        .unwrap();
+}
