@@ -166,14 +166,21 @@ async fn follows_kill_9_of_the_master() {
     })
     .await;
     assert_eq!(proxy.wait_ready().await, old);
-    let mut before = conn(proxy.port).await.unwrap();
+    let mut before = RespConn::connect(&hp(proxy.port), &Auth::default(), Duration::from_secs(40))
+        .await
+        .unwrap();
     assert_eq!(node_port(&mut before).await.unwrap(), old);
 
     lab.proc_by_port(old).kill();
     let t_kill = Instant::now();
 
-    // The connection attached to the dead master is closed, not left hanging.
-    assert!(cmd(&mut before, &["PING"]).await.is_err());
+    // The connection that was idle on the dead master is held, then moved to the new master.
+    assert_eq!(
+        cmd(&mut before, &["PING"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"PONG".to_vec())
+    );
+    let moved_to = node_port(&mut before).await.unwrap();
+    assert_ne!(moved_to, old);
 
     // A new client during the outage sees latency, not an error.
     let mut patient = RespConn::connect(&hp(proxy.port), &Auth::default(), Duration::from_secs(40))
@@ -188,6 +195,7 @@ async fn follows_kill_9_of_the_master() {
     assert_ne!(landed, old);
     let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
     assert_eq!(landed, new);
+    assert_eq!(moved_to, new);
     eprintln!(
         "kill -9: first write on the new master {:.0} ms after the kill",
         ms(t_write - t_kill)
