@@ -5,6 +5,7 @@
 #
 #   benches/compare.sh                  # ROUNDS=3 N=100000 C=50 P=1
 #   ROUNDS=5 P=16 benches/compare.sh
+#   EXTRA="raw=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -23,13 +24,18 @@ trap cleanup EXIT
 lab_start
 MASTER=$(lab_master_port)
 
-PROXY=$(free_port)
-target/release/sentinel-proxy --listen "127.0.0.1:$PROXY" --metrics-listen "127.0.0.1:$(free_port)" \
-    --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/proxy.log" &
-PIDS+=($!)
-wait_for 15 "proxy" redis-cli -p "$PROXY" ping
-
-declare -A PORTS=([direct]=$MASTER [proxy]=$PROXY)
+declare -A PORTS=([direct]=$MASTER)
+NAMES=(direct)
+for spec in "proxy=target/release/sentinel-proxy" ${EXTRA:-}; do
+    name=${spec%%=*} bin=${spec#*=}
+    port=$(free_port)
+    "$bin" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
+        --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/$name.log" &
+    PIDS+=($!)
+    wait_for 15 "$name" redis-cli -p "$port" ping
+    PORTS[$name]=$port
+    NAMES+=("$name")
+done
 if command -v haproxy >/dev/null 2>&1; then
     HA=$(free_port)
     cat >"$LAB_DIR/haproxy.cfg" <<CFG
@@ -48,11 +54,12 @@ CFG
     PIDS+=($!)
     wait_for 10 "haproxy" redis-cli -p "$HA" ping
     PORTS[haproxy]=$HA
+    NAMES+=(haproxy)
 fi
 
 declare -A RESULTS
 for r in $(seq 1 "$ROUNDS"); do
-    for name in "${!PORTS[@]}"; do
+    for name in "${NAMES[@]}"; do
         out=$(redis-benchmark -p "${PORTS[$name]}" -t set,get -n "$N" -c "$C" -P "$P" -d "$D" -q | tr '\r' '\n' | grep "per second")
         for t in SET GET; do
             rps=$(grep "^$t:" <<<"$out" | awk '{print $2}')
@@ -65,8 +72,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 echo "redis-benchmark -t set,get -n $N -c $C -P $P -d $D, median of $ROUNDS interleaved rounds"
 printf '%-8s %12s %12s %8s %8s\n' target SET/s GET/s SET/dir GET/dir
 for t in SET GET; do declare "direct_$t=$(median <<<"${RESULTS[direct.$t]}")"; done
-for name in direct proxy haproxy; do
-    [ -n "${PORTS[$name]:-}" ] || continue
+for name in "${NAMES[@]}"; do
     s=$(median <<<"${RESULTS[$name.SET]}"); g=$(median <<<"${RESULTS[$name.GET]}")
     printf '%-8s %12.0f %12.0f %8.2f %8.2f\n' "$name" "$s" "$g" \
         "$(awk "BEGIN{print $s/$direct_SET}")" "$(awk "BEGIN{print $g/$direct_GET}")"

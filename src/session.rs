@@ -285,7 +285,14 @@ impl<'a> Session<'a> {
             && !self.shutting_down;
         let read_backend = !self.backend_gone;
         let deadline = self.deadline;
+        // Backend first: a reply (or the backend's end) that is already there is handled before
+        // the next client bytes, so a request is never written to a backend known to be gone.
         tokio::select! {
+            biased;
+            r = self.backend.read(&mut self.down), if read_backend => match r {
+                Ok(0) | Err(_) => self.backend_lost(),
+                Ok(n) => self.relay_reply(n).await,
+            },
             r = self.client.read(&mut self.up), if read_client => match r {
                 Ok(0) => {
                     self.client_eof = true;
@@ -310,10 +317,6 @@ impl<'a> Session<'a> {
                     debug!(error = %e, "client read error");
                     Step::Close(Close::IoError)
                 }
-            },
-            r = self.backend.read(&mut self.down), if read_backend => match r {
-                Ok(0) | Err(_) => self.backend_lost(),
-                Ok(n) => self.relay_reply(n).await,
             },
             _ = changes.changed() => Step::Continue,
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {

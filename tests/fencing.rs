@@ -4,86 +4,16 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis_protocol::resp2::types::OwnedFrame;
-use sentinel_proxy::config::Auth;
-use sentinel_proxy::sentinel::client::RespConn;
+use support::writer::{Ledger, patient, writer};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ok() -> OwnedFrame {
     OwnedFrame::SimpleString(b"OK".to_vec())
-}
-
-/// A client patient enough to wait out a failover (the proxy holds it, up to connect-wait).
-async fn patient(port: u16) -> Result<RespConn, sentinel_proxy::sentinel::client::ClientError> {
-    RespConn::connect(&hp(port), &Auth::default(), Duration::from_secs(20)).await
-}
-
-#[derive(Default)]
-struct Ledger {
-    acked: HashMap<String, String>,
-    errors: u64,
-    attempts: u64,
-    error_texts: Vec<String>,
-    slowest: Duration,
-}
-
-/// Writes `prefix:i = i` at ~`per_sec`, recording every write that got +OK.
-fn writer(
-    port: u16,
-    prefix: &'static str,
-    per_sec: u64,
-    long_lived: bool,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let every = Duration::from_micros(1_000_000 / per_sec);
-        let mut conn: Option<RespConn> = None;
-        let mut i = 0u64;
-        let mut next = tokio::time::Instant::now();
-        let t0 = Instant::now();
-        while !stop.is_cancelled() {
-            i += 1;
-            let key = format!("{prefix}:{i}");
-            let val = i.to_string();
-            if conn.is_none() {
-                conn = patient(port).await.ok();
-            }
-            let began = Instant::now();
-            let result = match conn.as_mut() {
-                Some(c) => cmd(c, &["SET", &key, &val]).await,
-                None => Err(sentinel_proxy::sentinel::client::ClientError::Closed),
-            };
-            {
-                let mut l = ledger.lock().unwrap();
-                l.attempts += 1;
-                l.slowest = l.slowest.max(began.elapsed());
-                match result {
-                    Ok(r) if r == ok() => {
-                        l.acked.insert(key, val);
-                    }
-                    other => {
-                        l.errors += 1;
-                        if l.error_texts.len() < 10 {
-                            l.error_texts
-                                .push(format!("{:.1}s {other:?}", t0.elapsed().as_secs_f64()));
-                        }
-                        conn = None;
-                    }
-                }
-            }
-            if !long_lived {
-                conn = None;
-            }
-            next += every;
-            tokio::time::sleep_until(next).await;
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake_sentinel;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::future::Future;
