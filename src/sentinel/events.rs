@@ -39,6 +39,9 @@ pub struct Event {
     pub master_name: String,
     /// The address the event names as the (new) master, where it names one.
     pub addr: Option<HostPort>,
+    /// The master the event is about, as the sentinel knew it (replica events say
+    /// `@ <name> <ip> <port>`); tells a stale event from a current one.
+    pub about: Option<HostPort>,
 }
 
 /// The event channels counted by name in metrics; anything else counts as `other`.
@@ -99,6 +102,7 @@ pub fn parse(channel: &str, payload: &str) -> Option<Event> {
             kind: Kind::SwitchMaster,
             master_name: words[0].to_string(),
             addr: host_port(words[3], words[4]),
+            about: host_port(words[1], words[2]),
         });
     }
     let kind = match channel {
@@ -126,6 +130,7 @@ pub fn parse(channel: &str, payload: &str) -> Option<Event> {
         kind,
         master_name: inst.master_name.to_string(),
         addr,
+        about: host_port(inst.master_ip, inst.master_port),
     })
 }
 
@@ -134,6 +139,8 @@ struct Instance<'a> {
     ip: &'a str,
     port: &'a str,
     master_name: &'a str,
+    master_ip: &'a str,
+    master_port: &'a str,
 }
 
 /// `<type> <name> <ip> <port> [@ <master-name> <master-ip> <master-port>] [extra…]`
@@ -142,19 +149,21 @@ fn instance<'a>(words: &[&'a str]) -> Option<Instance<'a>> {
         return None;
     }
     let kind = words[0];
-    let master_name = if kind == "master" {
-        words[1]
+    let (master_name, master_ip, master_port) = if kind == "master" {
+        (words[1], words[2], words[3])
     } else {
         if words.len() < 8 || words[4] != "@" {
             return None;
         }
-        words[5]
+        (words[5], words[6], words[7])
     };
     Some(Instance {
         kind,
         ip: words[2],
         port: words[3],
         master_name,
+        master_ip,
+        master_port,
     })
 }
 
@@ -217,6 +226,7 @@ mod tests {
             .unwrap();
             assert_eq!(e.kind, Kind::SlaveSelected);
             assert_eq!(e.addr, hp("127.0.0.1", 6381));
+            assert_eq!(e.about, hp("127.0.0.1", 6379));
         }
         let e = parse("+try-failover", "master mymaster 127.0.0.1 6379").unwrap();
         assert_eq!((e.kind, e.addr), (Kind::FailoverStarted, None));

@@ -33,7 +33,7 @@ use tokio::time::{MissedTickBehavior, interval, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::client::{self, ClientError, RespConn, Role, frame_text};
+use super::client::{self, ClientError, RespConn, Role, SentinelAnswer, frame_text};
 use super::events::{self, Event, Kind};
 use crate::Shared;
 use crate::config::{Discovery, HostPort};
@@ -120,6 +120,8 @@ enum Msg {
         event: Event,
         at: Instant,
     },
+    /// A poll's answers, by index into the known sentinels.
+    Polled(Vec<(usize, Result<SentinelAnswer, ClientError>)>),
     /// A subscription (re)started: events may have been missed, look again.
     Subscribed,
     /// The promotion watch saw the selected replica answer `ROLE` as master.
@@ -158,6 +160,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         promotion: None,
         early: None,
         pause_until: None,
+        polling: false,
+        poll_again: false,
     };
     for s in &shared.config.sentinels {
         resolver.learn(s.clone(), true);
@@ -171,10 +175,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             Some(msg) = rx.recv() => match msg {
                 Msg::Event { event, at } => resolver.on_event(event, at).await,
                 Msg::Promoted { addr, at } => resolver.on_promoted(addr, at),
-                Msg::Subscribed => resolver.poll().await,
+                Msg::Polled(results) => resolver.finish_poll(results).await,
+                Msg::Subscribed => resolver.poll(),
             },
-            _ = shared.route.recheck_requested() => resolver.poll().await,
-            _ = tick.tick() => resolver.poll().await,
+            _ = shared.route.recheck_requested() => resolver.poll(),
+            _ = tick.tick() => resolver.poll(),
             _ = sleep_until(resolver.pause_until.unwrap_or_else(Instant::now)),
                 if resolver.pause_until.is_some() =>
             {
@@ -196,6 +201,9 @@ struct Resolver {
     early: Option<Early>,
     /// While a failover pause (fence) is on: when it ends at the latest.
     pause_until: Option<Instant>,
+    /// A poll is in flight; another was asked for meanwhile.
+    polling: bool,
+    poll_again: bool,
 }
 
 impl Resolver {
@@ -240,6 +248,7 @@ impl Resolver {
                 }
                 let route = self.shared.route.load();
                 if route.master == Some(addr) && route.available {
+                    self.end_pause("switched");
                     return;
                 }
                 info!(master = %name, candidate = %addr, event = ?event.kind, "sentinel names a new master; verifying");
@@ -265,6 +274,17 @@ impl Resolver {
             Kind::SlaveSelected => {
                 let Some(hp) = event.addr else { return };
                 if let Some(addr) = self.resolve(&hp).await {
+                    // Only a failover *of the master we route to* is a reason to hold requests;
+                    // a late event (the route already moved) is not.
+                    let about = match &event.about {
+                        Some(a) => self.resolve(a).await,
+                        None => None,
+                    };
+                    let current = self.shared.route.load().master;
+                    if current == Some(addr) || about.is_some_and(|a| Some(a) != current) {
+                        debug!(replica = %addr, "stale +selected-slave ignored");
+                        return;
+                    }
                     self.start_pause();
                     info!(master = %name, replica = %addr, "sentinel selected a replica to promote; holding new requests and watching it");
                     self.watch_promotion(addr);
@@ -276,7 +296,7 @@ impl Resolver {
                 self.stop_promotion_watch();
                 self.early = None;
                 self.end_pause("aborted");
-                self.poll().await;
+                self.poll();
             }
             Kind::FailoverEnded => info!(master = %name, "sentinel failover ended"),
             Kind::MasterDown => warn!(master = %name, "sentinel reports the master down"),
@@ -289,6 +309,8 @@ impl Resolver {
         self.promotion = None;
         let from = self.shared.route.load().master;
         if from == Some(addr) {
+            // Already routed there (a poll or an event was first): the fence has done its job.
+            self.end_pause("switched");
             return;
         }
         self.swap(addr, "PromotionObserved", Some(at));
@@ -375,24 +397,51 @@ impl Resolver {
     }
 
     /// Ask every known sentinel at once, learn new ones, then decide (see the module doc).
-    async fn poll(&mut self) {
-        let cfg = self.shared.config.clone();
-        let mut set = JoinSet::new();
-        for (i, k) in self.known.iter().enumerate() {
-            let (s, name, auth, t) = (
-                k.addr.clone(),
-                cfg.master_name.clone(),
-                cfg.sentinel_auth.clone(),
-                cfg.sentinel_timeout,
-            );
-            set.spawn(async move { (i, client::query_sentinel(&s, &name, &auth, t).await) });
+    /// Ask every known sentinel at once, in the background: a hung sentinel costs its timeout
+    /// there, never a delay in handling events. The answers come back as `Msg::Polled`.
+    fn poll(&mut self) {
+        if self.polling {
+            self.poll_again = true;
+            return;
         }
+        self.polling = true;
+        let cfg = self.shared.config.clone();
+        let targets: Vec<HostPort> = self.known.iter().map(|k| k.addr.clone()).collect();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut set = JoinSet::new();
+            for (i, s) in targets.into_iter().enumerate() {
+                let (name, auth, t) = (
+                    cfg.master_name.clone(),
+                    cfg.sentinel_auth.clone(),
+                    cfg.sentinel_timeout,
+                );
+                set.spawn(async move { (i, client::query_sentinel(&s, &name, &auth, t).await) });
+            }
+            let mut results = Vec::new();
+            while let Some(joined) = set.join_next().await {
+                if let Ok(r) = joined {
+                    results.push(r);
+                }
+            }
+            let _ = tx.send(Msg::Polled(results)).await;
+        });
+    }
+
+    /// Decide on the answers of a poll (see the module doc for the rules).
+    async fn finish_poll(&mut self, results: Vec<(usize, Result<SentinelAnswer, ClientError>)>) {
+        self.polling = false;
+        if std::mem::take(&mut self.poll_again) {
+            self.poll();
+        }
+        let cfg = self.shared.config.clone();
         let mut answers: Vec<(usize, HostPort)> = Vec::new();
         let mut peers: Vec<HostPort> = Vec::new();
         let mut ok = vec![false; self.known.len()];
-        while let Some(joined) = set.join_next().await {
-            let Ok((i, r)) = joined else { continue };
-            let s = self.known[i].addr.clone();
+        for (i, r) in results {
+            let Some(s) = self.known.get(i).map(|k| k.addr.clone()) else {
+                continue;
+            };
             let label = s.to_string();
             match r {
                 Ok(answer) => {
