@@ -123,14 +123,7 @@ async fn follows_a_planned_failover() {
     );
 
     // The proxy reports it.
-    let (code, _) = http_get(proxy.admin, "/readyz").await;
-    assert_eq!(code, 200);
-    let (_, text) = http_get(proxy.admin, "/metrics").await;
-    assert_eq!(
-        metric(&text, "sentinel_proxy_master_switches_total"),
-        Some(1.0),
-        "{text}"
-    );
+    let text = assert_ready_after_switches(&proxy, 1.0).await;
     assert_eq!(
         metric(
             &text,
@@ -201,13 +194,6 @@ async fn follows_kill_9_of_the_master() {
         ms(t_write - t_kill)
     );
 
-    let (code, _) = http_get(proxy.admin, "/readyz").await;
-    assert_eq!(code, 200);
-    let (_, text) = http_get(proxy.admin, "/metrics").await;
-    assert_eq!(
-        metric(&text, "sentinel_proxy_master_switches_total"),
-        Some(1.0),
-        "{text}"
-    );
+    let text = assert_ready_after_switches(&proxy, 1.0).await;
     assert!(metric(&text, "sentinel_proxy_backend_connect_failures_total").is_some());
 }

@@ -442,19 +442,10 @@ impl Resolver {
             let Some(s) = self.known.get(i).map(|k| k.addr.clone()) else {
                 continue;
             };
-            let label = s.to_string();
             match r {
                 Ok(answer) => {
                     ok[i] = true;
-                    self.shared
-                        .metrics
-                        .sentinel_up
-                        .with_label_values(&[&label])
-                        .set(1);
-                    self.shared.watcher.sentinel(&s, |h| {
-                        h.query_ok = true;
-                        h.last_error = None;
-                    });
+                    self.record_health(&s, None);
                     if let Some(hp) = answer.master {
                         answers.push((i, hp));
                     }
@@ -462,15 +453,7 @@ impl Resolver {
                 }
                 Err(e) => {
                     debug!(sentinel = %s, error = %e, "sentinel query failed");
-                    self.shared
-                        .metrics
-                        .sentinel_up
-                        .with_label_values(&[&label])
-                        .set(0);
-                    self.shared.watcher.sentinel(&s, |h| {
-                        h.query_ok = false;
-                        h.last_error = Some(e.to_string());
-                    });
+                    self.record_health(&s, Some(e.to_string()));
                 }
             }
         }
@@ -548,6 +531,19 @@ impl Resolver {
         if !self.shared.route.load().ready() && reachable > 0 && !answers.is_empty() {
             self.problem("no node named by the sentinels verifies as master".to_string());
         }
+    }
+
+    /// The result of one query to one sentinel, for /metrics and /status.
+    fn record_health(&self, sentinel: &HostPort, error: Option<String>) {
+        self.shared
+            .metrics
+            .sentinel_up
+            .with_label_values(&[&sentinel.to_string()])
+            .set(error.is_none() as i64);
+        self.shared.watcher.sentinel(sentinel, |h| {
+            h.query_ok = error.is_none();
+            h.last_error = error;
+        });
     }
 
     /// Record who answered, learn the peers they named, prune long-dead discovered sentinels,

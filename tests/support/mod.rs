@@ -538,3 +538,16 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// /readyz is 200 and /metrics counts `switches` master switches; returns the metrics text.
+pub async fn assert_ready_after_switches(proxy: &Proxy, switches: f64) -> String {
+    let (code, _) = http_get(proxy.admin, "/readyz").await;
+    assert_eq!(code, 200);
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "sentinel_proxy_master_switches_total"),
+        Some(switches),
+        "{text}"
+    );
+    text
+}
