@@ -24,11 +24,13 @@ ensure_redis_packages() {
     return 0
 }
 
-# A loopback TCP port nobody listens on (probed, so a small race remains; callers retry).
+# A loopback TCP port nobody listens on (probed, so a small race remains; callers retry). Taken
+# below the kernel's ephemeral range, where busy client connections would make bind() fail.
 free_port() {
-    local p
+    local p low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     while :; do
-        p=$(( 20000 + RANDOM % 40000 ))
+        p=$(( 10000 + RANDOM % (low - 10000) ))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return
@@ -68,20 +70,31 @@ lab_start() {
     LAB_SENTINEL_PORTS=()
     local i p master=""
     for i in 0 1 2; do
-        p=$(free_port)
-        local args=(--port "$p" --bind 127.0.0.1 --dir "$LAB_DIR" --dbfilename "dump-$p.rdb"
-            --save "" --appendonly no --daemonize no --logfile "$LAB_DIR/redis-$p.log")
-        [ -n "$master" ] && args+=(--replicaof 127.0.0.1 "$master")
-        redis-server "${args[@]}" &
-        LAB_PIDS+=($!)
-        wait_for 10 "redis-server on $p" redis-cli -p "$p" ping
+        p=$(lab_spawn redis-server "" "$master")
         [ -z "$master" ] && master=$p
         LAB_REDIS_PORTS+=("$p")
     done
     for i in 0 1 2; do
+        LAB_SENTINEL_PORTS+=("$(lab_spawn redis-sentinel "" "$master")")
+    done
+    wait_for 60 "sentinels to know each other and both replicas" lab_settled
+}
+
+# lab_spawn PROGRAM _ MASTER_PORT: start a redis-server (replica of MASTER_PORT if set) or a
+# redis-sentinel monitoring MASTER_PORT on a free port; retry on another port if it cannot bind.
+# Prints the port. The PID goes to $LAB_DIR/pids (command substitution runs in a subshell).
+lab_spawn() {
+    local program=$1 master=$3 p try
+    for try in 1 2 3 4 5; do
         p=$(free_port)
-        # Sentinel rewrites its config: each gets its own copy in the lab dir.
-        cat >"$LAB_DIR/sentinel-$p.conf" <<CONF
+        if [ "$program" = redis-server ]; then
+            local args=(--port "$p" --bind 127.0.0.1 --dir "$LAB_DIR" --dbfilename "dump-$p.rdb"
+                --save "" --appendonly no --daemonize no --logfile "$LAB_DIR/redis-$p.log")
+            [ -n "$master" ] && args+=(--replicaof 127.0.0.1 "$master")
+            redis-server "${args[@]}" </dev/null >/dev/null 2>&1 &
+        else
+            # Sentinel rewrites its config: each gets its own copy in the lab dir.
+            cat >"$LAB_DIR/sentinel-$p.conf" <<CONF
 port $p
 bind 127.0.0.1
 protected-mode no
@@ -93,12 +106,21 @@ sentinel down-after-milliseconds mymaster 1000
 sentinel failover-timeout mymaster 10000
 sentinel parallel-syncs mymaster 1
 CONF
-        redis-sentinel "$LAB_DIR/sentinel-$p.conf" &
-        LAB_PIDS+=($!)
-        wait_for 10 "redis-sentinel on $p" redis-cli -p "$p" ping
-        LAB_SENTINEL_PORTS+=("$p")
+            redis-sentinel "$LAB_DIR/sentinel-$p.conf" </dev/null >/dev/null 2>&1 &
+        fi
+        local pid=$! deadline=$(( $(date +%s) + 10 ))
+        echo "$pid" >>"$LAB_DIR/pids"
+        while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do
+            if redis-cli -p "$p" ping >/dev/null 2>&1; then
+                echo "$p"
+                return 0
+            fi
+            sleep 0.05
+        done
+        kill "$pid" 2>/dev/null || true
     done
-    wait_for 60 "sentinels to know each other and both replicas" lab_settled
+    echo "could not start $program on a free port" >&2
+    return 1
 }
 
 lab_settled() {
@@ -125,7 +147,11 @@ lab_sentinel_list() {
 # Stop what we started, by PID.
 lab_stop() {
     local pid
+    [ -f "${LAB_DIR:-}/pids" ] && mapfile -t -O "${#LAB_PIDS[@]}" LAB_PIDS <"$LAB_DIR/pids"
     for pid in "${LAB_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${LAB_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${LAB_PIDS[@]}"; do
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    done
     LAB_PIDS=()
+    rm -f "${LAB_DIR:-}/pids"
 }
