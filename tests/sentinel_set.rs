@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis_protocol::resp2::types::OwnedFrame;
+use sentinel_proxy::config::Secret;
 use support::fake_sentinel::{Behaviour, FakeSentinel};
 use support::*;
 
@@ -278,4 +279,52 @@ async fn new_connections_reach_the_new_master_within_100ms_of_its_promotion() {
         after <= Duration::from_millis(100),
         "{after:?} after the promotion"
     );
+}
+
+/// Sentinels and Redis with passwords: the proxy's own queries and ROLE checks authenticate,
+/// clients authenticate themselves through the proxy, and a moved session replays its AUTH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_protected_sentinels_and_redis() {
+    let lab = Lab::start_with(LabOptions {
+        redis_password: Some("redis-secret-pw".into()),
+        sentinel_password: Some("sentinel-secret-pw".into()),
+        ..Default::default()
+    })
+    .await;
+    let old = lab.master_port().await.unwrap();
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.sentinel_auth.password = Some(Secret::new("sentinel-secret-pw"));
+        c.master_auth.password = Some(Secret::new("redis-secret-pw"));
+    })
+    .await;
+    assert_eq!(proxy.wait_ready().await, old);
+
+    let mut c = conn(proxy.port).await.unwrap();
+    assert!(
+        cmd(&mut c, &["SET", "k", "v"]).await.is_err(),
+        "NOAUTH without AUTH"
+    );
+    cmd(&mut c, &["AUTH", "redis-secret-pw"]).await.unwrap();
+    assert_eq!(set_through_conn(&mut c).await, old);
+
+    lab.failover().await;
+    let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(5)).await;
+    assert_eq!(
+        set_through_conn(&mut c).await,
+        new,
+        "moved with its AUTH replayed"
+    );
+
+    let (_, status) = http_get(proxy.admin, "/status").await;
+    assert!(!status.contains("secret-pw"), "{status}");
+    assert!(status.contains("\"***\""), "{status}");
+}
+
+async fn set_through_conn(c: &mut sentinel_proxy::sentinel::client::RespConn) -> u16 {
+    assert_eq!(
+        cmd(c, &["SET", "k", "v"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"OK".to_vec())
+    );
+    node_port(c).await.unwrap()
 }

@@ -478,8 +478,13 @@ impl Resolver {
         }
 
         if reachable == 0 {
+            let keeping = if self.shared.route.load().master.is_some() {
+                "; keeping the last verified master"
+            } else {
+                ""
+            };
             self.problem(format!(
-                "no sentinel reachable (of {}); keeping the last verified master",
+                "no sentinel reachable (of {}){keeping}",
                 self.known.len()
             ));
         } else if answers.is_empty() {
@@ -706,7 +711,12 @@ impl Resolver {
     }
 
     async fn resolve(&self, hp: &HostPort) -> Option<SocketAddr> {
-        if let Ok(ip) = hp.host.parse() {
+        if let Ok(ip) = hp.host.parse::<std::net::IpAddr>() {
+            // Sentinel's placeholder for an address it does not know yet: not a node to route to.
+            if ip.is_unspecified() {
+                debug!(address = %hp, "ignoring an unspecified address from a sentinel");
+                return None;
+            }
             return Some(SocketAddr::new(ip, hp.port));
         }
         let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));

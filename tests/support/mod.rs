@@ -91,6 +91,11 @@ pub async fn node_port(c: &mut RespConn) -> Result<u16, ClientError> {
     }
 }
 
+/// A PING answered, or refused for want of AUTH: the server is up either way.
+fn alive(reply: Result<OwnedFrame, ClientError>) -> bool {
+    matches!(reply, Ok(_) | Err(ClientError::Server(_)))
+}
+
 /// A process we started, killed (SIGKILL) and reaped on drop.
 pub struct Proc {
     pub port: u16,
@@ -187,7 +192,7 @@ async fn spawn_on_free_port(
                 break; // exited: most likely the port was taken meanwhile; try another
             }
             if let Ok(mut c) = conn(port).await
-                && cmd(&mut c, &["PING"]).await.is_ok()
+                && alive(cmd(&mut c, &["PING"]).await)
             {
                 return proc;
             }
@@ -204,9 +209,14 @@ async fn spawn_on_free_port(
     panic!("could not start {program} on a free port after 5 tries");
 }
 
+#[derive(Clone)]
 pub struct LabOptions {
     pub down_after_ms: u64,
     pub failover_timeout_ms: u64,
+    /// `requirepass` of the Redis nodes (sentinels get `auth-pass`), if any.
+    pub redis_password: Option<String>,
+    /// `requirepass` of the sentinels (and `sentinel-pass` between them), if any.
+    pub sentinel_password: Option<String>,
 }
 
 impl Default for LabOptions {
@@ -214,7 +224,16 @@ impl Default for LabOptions {
         LabOptions {
             down_after_ms: 1000,
             failover_timeout_ms: 10_000,
+            redis_password: None,
+            sentinel_password: None,
         }
+    }
+}
+
+fn auth(password: &Option<String>) -> Auth {
+    Auth {
+        username: None,
+        password: password.as_ref().map(sentinel_proxy::config::Secret::new),
     }
 }
 
@@ -233,11 +252,12 @@ impl Lab {
     pub async fn start_with(opts: LabOptions) -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut redis = Vec::new();
-        let master = start_redis(dir.path(), None).await;
+        let pw = opts.redis_password.clone();
+        let master = start_redis(dir.path(), None, pw.clone()).await;
         let master_port = master.port;
         redis.push(master);
         for _ in 0..2 {
-            redis.push(start_redis(dir.path(), Some(master_port)).await);
+            redis.push(start_redis(dir.path(), Some(master_port), pw.clone()).await);
         }
         let mut lab = Lab {
             dir,
@@ -256,6 +276,13 @@ impl Lab {
     async fn start_sentinel(&self, master_port: u16) -> Proc {
         let dir = self.dir.path().to_path_buf();
         let (down, fo) = (self.opts.down_after_ms, self.opts.failover_timeout_ms);
+        let mut extra = String::new();
+        if let Some(pw) = &self.opts.redis_password {
+            extra += &format!("sentinel auth-pass {MASTER_NAME} {pw}\n");
+        }
+        if let Some(pw) = &self.opts.sentinel_password {
+            extra += &format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n");
+        }
         spawn_on_free_port(&dir.clone(), "redis-sentinel", move |port, log| {
             // Sentinel rewrites its config file: each one gets its own copy in the temp dir.
             let conf = dir.join(format!("sentinel-{port}.conf"));
@@ -265,13 +292,32 @@ impl Lab {
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {down}\n\
                  sentinel failover-timeout {MASTER_NAME} {fo}\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                 sentinel parallel-syncs {MASTER_NAME} 1\n{extra}",
                 d = dir.display(),
                 log = log.display(),
             );
             std::fs::write(&conf, text).expect("write sentinel config");
             vec![conf.display().to_string()]
         })
+        .await
+    }
+
+    /// A connection to a sentinel / a Redis node of this lab, authenticated as the lab requires.
+    pub async fn sconn(&self, port: u16) -> Result<RespConn, ClientError> {
+        RespConn::connect(
+            &hp(port),
+            &auth(&self.opts.sentinel_password),
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
+    pub async fn rconn(&self, port: u16) -> Result<RespConn, ClientError> {
+        RespConn::connect(
+            &hp(port),
+            &auth(&self.opts.redis_password),
+            Duration::from_secs(2),
+        )
         .await
     }
 
@@ -282,7 +328,7 @@ impl Lab {
     /// The master according to the first sentinel that answers.
     pub async fn master_port(&self) -> Option<u16> {
         for s in self.sentinels.iter().filter(|s| s.is_running()) {
-            if let Ok(mut c) = conn(s.port).await
+            if let Ok(mut c) = self.sconn(s.port).await
                 && let Ok(OwnedFrame::Array(items)) = cmd(
                     &mut c,
                     &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
@@ -311,7 +357,7 @@ impl Lab {
         eventually(limit, "the sentinel lab to settle", || async {
             let mut agreed: Option<u16> = None;
             for s in self.sentinels.iter().filter(|s| s.is_running()) {
-                let mut c = conn(s.port).await.ok()?;
+                let mut c = self.sconn(s.port).await.ok()?;
                 let info = flat_map(
                     cmd(&mut c, &["SENTINEL", "master", MASTER_NAME])
                         .await
@@ -345,7 +391,7 @@ impl Lab {
                 agreed = Some(port);
             }
             let port = agreed?;
-            let mut m = conn(port).await.ok()?;
+            let mut m = self.rconn(port).await.ok()?;
             let role = cmd(&mut m, &["ROLE"]).await.ok()?;
             match role {
                 OwnedFrame::Array(items) if frame_text(&items[0]) == Some("master") => Some(port),
@@ -362,7 +408,7 @@ impl Lab {
             "SENTINEL FAILOVER to be accepted",
             || async {
                 for s in self.sentinels.iter().filter(|s| s.is_running()) {
-                    let mut c = conn(s.port).await.ok()?;
+                    let mut c = self.sconn(s.port).await.ok()?;
                     if cmd(&mut c, &["SENTINEL", "FAILOVER", MASTER_NAME])
                         .await
                         .is_ok()
@@ -383,7 +429,7 @@ impl Lab {
             if p == old {
                 return None;
             }
-            let mut m = conn(p).await.ok()?;
+            let mut m = self.rconn(p).await.ok()?;
             match cmd(&mut m, &["ROLE"]).await.ok()? {
                 OwnedFrame::Array(items) if frame_text(&items[0]) == Some("master") => Some(p),
                 _ => None,
@@ -393,7 +439,7 @@ impl Lab {
     }
 }
 
-async fn start_redis(dir: &Path, replica_of: Option<u16>) -> Proc {
+async fn start_redis(dir: &Path, replica_of: Option<u16>, password: Option<String>) -> Proc {
     let dir_s = dir.display().to_string();
     spawn_on_free_port(dir, "redis-server", move |port, log| {
         let mut args: Vec<String> = [
@@ -421,6 +467,14 @@ async fn start_redis(dir: &Path, replica_of: Option<u16>) -> Proc {
         .collect();
         if let Some(m) = replica_of {
             args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
+        }
+        if let Some(pw) = &password {
+            args.extend([
+                "--requirepass".into(),
+                pw.clone(),
+                "--masterauth".into(),
+                pw.clone(),
+            ]);
         }
         args
     })
