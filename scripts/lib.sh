@@ -1,15 +1,10 @@
 # Shared shell helpers for scripts/test, scripts/demo and benches/compare.sh. Source, don't run.
 
-# Install redis-server, redis-sentinel and redis-tools from Debian when any is missing.
-# The install must not start a Redis of its own (a fresh machine starts none), so service
-# starts are blocked with a temporary policy-rc.d.
-ensure_redis_packages() {
-    local need=()
-    command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-    command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
-    { command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1; } || need+=(redis-tools)
-    [ ${#need[@]} -eq 0 ] && return 0
-    echo "==> installing ${need[*]} (apt-get)"
+# apt_install PACKAGE...: install Debian packages without starting any service they ship (a fresh
+# machine starts no Redis or Prometheus by itself): service starts are blocked with a temporary
+# policy-rc.d.
+apt_install() {
+    echo "==> installing $* (apt-get)"
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     local made_policy=""
@@ -19,9 +14,23 @@ ensure_redis_packages() {
         made_policy=1
     fi
     $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "$@"
     [ -n "$made_policy" ] && $sudo rm -f /usr/sbin/policy-rc.d
     return 0
+}
+
+# redis-server, redis-sentinel and redis-tools, when any is missing.
+ensure_redis_packages() {
+    local need=()
+    command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+    command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+    { command -v redis-cli >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1; } || need+=(redis-tools)
+    [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+}
+
+# promtool (Debian package prometheus) for `promtool check metrics` in the tests.
+ensure_promtool() {
+    command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }
 
 # A loopback TCP port nobody listens on (probed, so a small race remains; callers retry). Taken

@@ -89,6 +89,12 @@ pub struct Cli {
     /// Largest bulk argument a client may send, like Redis's proto-max-bulk-len (e.g. 512mb) [default: 512mb].
     #[arg(long, env = "SENTINEL_PROXY_MAX_REQUEST_BYTES", value_name = "SIZE")]
     pub max_request_bytes: Option<String>,
+    /// Most client connections at once; over it a client gets `-ERR max number of clients reached` [default: 10000].
+    #[arg(long, env = "SENTINEL_PROXY_MAX_CLIENTS", value_name = "N")]
+    pub max_clients: Option<usize>,
+    /// TCP keepalive idle time on client and backend sockets, `0s` to turn it off [default: 60s].
+    #[arg(long, env = "SENTINEL_PROXY_TCP_KEEPALIVE", value_name = "DURATION")]
+    pub tcp_keepalive: Option<String>,
     /// Forget a *discovered* sentinel that stayed unreachable this long (configured ones are kept) [default: 10m].
     #[arg(
         long,
@@ -103,6 +109,19 @@ pub struct Cli {
     /// Validate the configuration, print the result and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Ask a running proxy (at --metrics-listen) whether it is alive; exit 0 if so, else 1.
+    /// For container health checks without curl.
+    Healthcheck {
+        /// Ask /readyz (a verified master is known) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 /// The TOML file. Keys are spelled like the flags; unknown keys are an error, so a typo never
@@ -129,6 +148,8 @@ pub struct FileConfig {
     pub failover_pause: Option<String>,
     pub drain_timeout: Option<String>,
     pub max_request_bytes: Option<String>,
+    pub max_clients: Option<usize>,
+    pub tcp_keepalive: Option<String>,
 }
 
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -251,6 +272,9 @@ pub struct Config {
     pub failover_pause: Duration,
     pub drain_timeout: Duration,
     pub max_request_bytes: u64,
+    pub max_clients: usize,
+    /// Zero: no keepalive.
+    pub tcp_keepalive: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6379";
@@ -278,6 +302,8 @@ impl Config {
             failover_pause: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             max_request_bytes: 512 * 1024 * 1024,
+            max_clients: 10_000,
+            tcp_keepalive: Duration::from_secs(60),
         }
     }
 
@@ -382,6 +408,12 @@ impl Config {
             if let Some(text) = pick(flag, from_file) {
                 *slot = parse_duration(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             }
+        }
+        if let Some(n) = cli.max_clients.or(file.max_clients) {
+            if n == 0 {
+                bail!("max-clients: must be at least 1");
+            }
+            cfg.max_clients = n;
         }
         if let Some(text) = pick(&cli.max_request_bytes, file.max_request_bytes) {
             cfg.max_request_bytes =

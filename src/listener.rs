@@ -1,11 +1,15 @@
 //! The accept loop: one task per client connection, each in its own tracing span and tracked for
 //! shutdown. An accept error (e.g. out of file descriptors) is logged and retried after a growing
-//! back-off; it never ends the loop. Only shutdown does.
+//! back-off; it never ends the loop. Only shutdown does. Each session holds a permit of the
+//! `--max-clients` semaphore; a client over the limit gets Redis's own
+//! `-ERR max number of clients reached` and is closed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +26,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
+    let permits = Arc::new(Semaphore::new(shared.config.max_clients));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -30,9 +35,20 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    shared.metrics.max_clients_rejections_total.inc();
+                    tracker.spawn(refuse(stream));
+                    continue;
+                };
                 let span = info_span!("conn", client = %peer, backend = tracing::field::Empty);
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
                 tracker.spawn(
-                    session::serve(stream, shared.clone(), shutdown.clone()).instrument(span),
+                    async move {
+                        session::serve(stream, shared, shutdown).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
                 );
             }
             Err(e) => {
@@ -45,4 +61,10 @@ pub async fn run(
             }
         }
     }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let write = stream.write_all(b"-ERR max number of clients reached\r\n");
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    let _ = stream.shutdown().await;
 }

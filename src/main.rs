@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use sentinel_proxy::config::{Cli, Config, LogFormat};
+use sentinel_proxy::config::{Cli, Command, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +19,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck { ready }) = cli.command {
+        return healthcheck(&config, ready);
+    }
     if cli.check {
         println!(
             "sentinel-proxy: configuration ok (master '{}', {} sentinel(s), listen {}, metrics {})",
@@ -61,5 +64,41 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `sentinel-proxy healthcheck [--ready]`: GET /healthz (or /readyz) from the running proxy's
+/// admin address; exit 0 on 200, 1 otherwise.
+fn healthcheck(config: &Config, ready: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut addr = config.metrics_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let timeout = std::time::Duration::from_secs(2);
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(resp) if resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200") => {
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!(
+                "sentinel-proxy: {path} at {addr}: {}",
+                resp.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("sentinel-proxy: {path} at {addr}: {e}");
+            ExitCode::from(1)
+        }
     }
 }

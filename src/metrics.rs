@@ -29,6 +29,7 @@ pub struct Metrics {
     pub not_master_replies_total: IntCounter,
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: IntCounterVec,
+    pub max_clients_rejections_total: IntCounter,
 }
 
 impl Metrics {
@@ -162,6 +163,10 @@ impl Metrics {
                 "sentinel_proxy_failover_pauses_total",
                 "Failover pauses (fences), by how they ended (switched, aborted, timed_out).",
                 &["outcome"],
+            ),
+            max_clients_rejections_total: counter(
+                "sentinel_proxy_max_clients_rejections_total",
+                "Clients refused because --max-clients connections were open.",
             ),
             registry,
         }

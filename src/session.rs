@@ -90,7 +90,7 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     let m = &shared.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
-    let _ = client.set_nodelay(true);
+    tune(&client, shared.config.tcp_keepalive);
     let close = match acquire_backend(&shared, &shutdown, shared.config.connect_wait).await {
         Ok((backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
@@ -119,6 +119,18 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     m.client_connections.dec();
 }
 
+/// TCP_NODELAY (requests and replies are small and latency-bound) and keepalive (so a peer that
+/// vanished without a FIN is noticed) on a client or backend socket. Failures are harmless.
+fn tune(stream: &TcpStream, keepalive: Duration) {
+    let _ = stream.set_nodelay(true);
+    if !keepalive.is_zero() {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(keepalive)
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+    }
+}
+
 /// Connect to the current verified master, waiting up to `wait` for one to exist.
 async fn acquire_backend(
     shared: &Shared,
@@ -136,7 +148,7 @@ async fn acquire_backend(
                 Ok(Ok(stream)) => {
                     // The route may have moved while we connected; never hand out a stale master.
                     if shared.route.generation() == route.generation {
-                        let _ = stream.set_nodelay(true);
+                        tune(&stream, shared.config.tcp_keepalive);
                         return Ok((stream, route.generation, addr));
                     }
                     continue;
@@ -519,7 +531,7 @@ impl<'a> Session<'a> {
                 return Err(None);
             }
         };
-        let _ = backend.set_nodelay(true);
+        tune(&backend, cfg.tcp_keepalive);
         if self.req.replay_count > 0 {
             let replay = async {
                 backend.write_all(&self.req.replay).await?;

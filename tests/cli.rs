@@ -139,3 +139,52 @@ fn sigterm_exits_0_within_the_deadline() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn healthcheck_subcommand_asks_the_running_proxy() {
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let args = [
+        "--sentinels",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        admin.as_str(),
+    ];
+    // Nothing runs yet: unhealthy.
+    let (code, _, err) = run(&[&args[..], &["healthcheck"]].concat(), &[]);
+    assert_eq!(code, 1, "{err}");
+    let _child = KillOnDrop(
+        Command::new(BIN)
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _, _) = run(&[&args[..], &["healthcheck"]].concat(), &[]);
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "healthcheck never passed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Alive, but not ready: no sentinel answers, so no master is known.
+    let (code, _, err) = run(&[&args[..], &["healthcheck", "--ready"]].concat(), &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/readyz") && err.contains("503"), "{err}");
+}
+
+/// A child process killed when the test ends, even by a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -122,8 +122,12 @@ async fn follows_a_planned_failover() {
         "a client command reached the old master after the switch"
     );
 
-    // The proxy reports it.
+    // The proxy reports it, in metrics that follow the exposition conventions.
     let text = assert_ready_after_switches(&proxy, 1.0).await;
+    match promtool_check(&text) {
+        Some(complaints) => assert_eq!(complaints, "", "promtool check metrics"),
+        None => eprintln!("promtool not installed: `promtool check metrics` skipped"),
+    }
     assert_eq!(
         metric(
             &text,

@@ -235,3 +235,38 @@ async fn shutdown_waits_for_the_reply_in_flight() {
         .expect("the proxy stopped within the shutdown timeout")
         .unwrap();
 }
+
+/// Over `--max-clients`, a client gets Redis's own error and is closed; the others are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_refuses_with_the_redis_error() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| c.max_clients = 2).await;
+    proxy.wait_ready().await;
+    let mut a = conn(proxy.port).await.unwrap();
+    let mut b = conn(proxy.port).await.unwrap();
+    cmd(&mut a, &["PING"]).await.unwrap();
+    cmd(&mut b, &["PING"]).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(addr(proxy.port))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, b"-ERR max number of clients reached\r\n");
+    assert!(cmd(&mut a, &["PING"]).await.is_ok());
+    drop(b);
+    eventually(
+        Duration::from_secs(5),
+        "a freed slot to be usable",
+        || async {
+            let mut c = conn(proxy.port).await.ok()?;
+            cmd(&mut c, &["PING"]).await.ok().map(|_| ())
+        },
+    )
+    .await;
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert!(metric(&text, "sentinel_proxy_max_clients_rejections_total").unwrap() >= 1.0);
+}

@@ -605,3 +605,24 @@ pub async fn assert_ready_after_switches(proxy: &Proxy, switches: f64) -> String
     );
     text
 }
+
+/// `promtool check metrics` on an exposition: None if promtool is not installed (scripts/test
+/// installs it), else its complaints (empty when clean).
+pub fn promtool_check(text: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let mut complaints = String::from_utf8_lossy(&out.stdout).into_owned();
+    complaints += &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && complaints.is_empty() {
+        complaints = format!("promtool exited with {}", out.status);
+    }
+    Some(complaints.trim().to_string())
+}
