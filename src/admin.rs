@@ -96,7 +96,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
 fn status(shared: &Shared) -> serde_json::Value {
     let route = shared.route.load();
     let st = shared.watcher.snapshot();
-    let cfg = &shared.config;
+    let cfg = &shared.config();
     let since = route
         .since
         .duration_since(SystemTime::UNIX_EPOCH)

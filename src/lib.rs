@@ -34,6 +34,7 @@ pub mod shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,11 +44,59 @@ pub use config::Config;
 
 /// What every task of the proxy shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// Replaced whole on a reload (SIGHUP); read with [`Shared::config`].
+    config: ArcSwap<Config>,
     pub route: route::RouteTable,
     pub metrics: metrics::Metrics,
     pub watcher: sentinel::watcher::WatcherState,
+    /// Tells the watcher that the configuration changed.
+    pub reloaded: tokio::sync::Notify,
 }
+
+impl Shared {
+    /// The configuration in force (a snapshot: a reload does not change it under the caller).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Apply a reloaded configuration. Settings bound at start-up (listen addresses,
+    /// max-clients, log format, master name) keep their old values and are returned as
+    /// needing a restart; everything else takes effect for new decisions and new sessions.
+    pub fn reload(&self, mut new: Config) -> Vec<&'static str> {
+        let old = self.config();
+        let mut restart = Vec::new();
+        if new.listen != old.listen {
+            restart.push("listen");
+            new.listen = old.listen;
+        }
+        if new.metrics_listen != old.metrics_listen {
+            restart.push("metrics-listen");
+            new.metrics_listen = old.metrics_listen;
+        }
+        if new.max_clients != old.max_clients {
+            restart.push("max-clients");
+            new.max_clients = old.max_clients;
+        }
+        if new.log_format != old.log_format {
+            restart.push("log-format");
+            new.log_format = old.log_format;
+        }
+        if new.master_name != old.master_name {
+            restart.push("master-name");
+            new.master_name = old.master_name.clone();
+        }
+        self.config.store(Arc::new(new));
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&["ok"])
+            .inc();
+        self.reloaded.notify_one();
+        restart
+    }
+}
+
+/// Produces a fresh configuration on SIGHUP (the binary re-reads flags, env and file).
+pub type Reloader = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,10 +125,11 @@ impl Server {
         let listener = bind(config.listen).await?;
         let admin = bind(config.metrics_listen).await?;
         let shared = Arc::new(Shared {
-            config: Arc::new(config),
+            config: ArcSwap::from_pointee(config),
             route: route::RouteTable::new(),
             metrics: metrics::Metrics::new(),
             watcher: Default::default(),
+            reloaded: tokio::sync::Notify::new(),
         });
         Ok(Server {
             shared,
@@ -91,13 +141,13 @@ impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .unwrap_or(self.shared.config.listen)
+            .unwrap_or(self.shared.config().listen)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()
-            .unwrap_or(self.shared.config.metrics_listen)
+            .unwrap_or(self.shared.config().metrics_listen)
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -115,8 +165,8 @@ impl Server {
         info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            master_name = %shared.config.master_name,
-            sentinels = shared.config.sentinels.len(),
+            master_name = %shared.config().master_name,
+            sentinels = shared.config().sentinels.len(),
             "sentinel-proxy started"
         );
         let tracker = TaskTracker::new();
@@ -125,7 +175,7 @@ impl Server {
         listener::run(listener, shared.clone(), tracker.clone(), shutdown).await;
         tracker.close();
         let open = tracker.len();
-        if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait())
+        if tokio::time::timeout(shared.config().shutdown_timeout, tracker.wait())
             .await
             .is_err()
         {
@@ -138,8 +188,17 @@ impl Server {
     }
 }
 
-/// Bind and serve until `shutdown`: what the binary runs.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    Server::bind(config).await?.serve(shutdown).await;
+/// Bind and serve until `shutdown`: what the binary runs. With a `reload` source, SIGHUP
+/// re-reads the configuration; an invalid one is logged and the old one stays.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    reload: Option<Reloader>,
+) -> Result<(), Error> {
+    let server = Server::bind(config).await?;
+    if let Some(reload) = reload {
+        shutdown::reload_on_sighup(server.shared(), reload, shutdown.clone());
+    }
+    server.serve(shutdown).await;
     Ok(())
 }

@@ -26,7 +26,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
-    let permits = Arc::new(Semaphore::new(shared.config.max_clients));
+    let permits = Arc::new(Semaphore::new(shared.config().max_clients));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(config.log_format);
-    match serve(config) {
+    match serve(config, cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,7 +51,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         sentinel_proxy::shutdown::cancel_on_signal(shutdown.clone());
-        sentinel_proxy::run(config, shutdown).await
+        let reload: sentinel_proxy::Reloader = Box::new(move || Config::load(&cli));
+        sentinel_proxy::run(config, shutdown, Some(reload)).await
     })?;
     Ok(())
 }

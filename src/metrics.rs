@@ -30,6 +30,7 @@ pub struct Metrics {
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: IntCounterVec,
     pub max_clients_rejections_total: IntCounter,
+    pub config_reloads_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -167,6 +168,11 @@ impl Metrics {
             max_clients_rejections_total: counter(
                 "sentinel_proxy_max_clients_rejections_total",
                 "Clients refused because --max-clients connections were open.",
+            ),
+            config_reloads_total: counter_vec(
+                "sentinel_proxy_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result (ok, rejected).",
+                &["result"],
             ),
             registry,
         }

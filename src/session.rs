@@ -90,8 +90,8 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     let m = &shared.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
-    tune(&client, shared.config.tcp_keepalive);
-    let close = match acquire_backend(&shared, &shutdown, shared.config.connect_wait).await {
+    tune(&client, shared.config().tcp_keepalive);
+    let close = match acquire_backend(&shared, &shutdown, shared.config().connect_wait).await {
         Ok((backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
             let session = Session::new(client, backend, generation, &shared);
@@ -104,7 +104,7 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
                 m.no_master_rejections_total.inc();
                 let msg = format!(
                     "-ERR sentinel-proxy: no master available for '{}'\r\n",
-                    shared.config.master_name
+                    shared.config().master_name
                 );
                 let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
             }
@@ -144,11 +144,11 @@ async fn acquire_backend(
         let route = shared.route.load();
         let mut failed = false;
         if let Some(addr) = route.target() {
-            match timeout(shared.config.connect_timeout, TcpStream::connect(addr)).await {
+            match timeout(shared.config().connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     // The route may have moved while we connected; never hand out a stale master.
                     if shared.route.generation() == route.generation {
-                        tune(&stream, shared.config.tcp_keepalive);
+                        tune(&stream, shared.config().tcp_keepalive);
                         return Ok((stream, route.generation, addr));
                     }
                     continue;
@@ -220,7 +220,7 @@ enum Step {
 
 impl<'a> Session<'a> {
     fn new(client: TcpStream, backend: TcpStream, generation: u64, shared: &'a Shared) -> Self {
-        let req = RequestTracker::new(shared.config.max_request_bytes);
+        let req = RequestTracker::new(shared.config().max_request_bytes);
         let forwarded = Forwarded {
             at_boundary: true,
             expected_replies: 0,
@@ -342,7 +342,7 @@ impl<'a> Session<'a> {
             }
             _ = shutdown.cancelled(), if !self.shutting_down => {
                 self.shutting_down = true;
-                self.deadline = Some(Instant::now() + self.shared.config.shutdown_timeout);
+                self.deadline = Some(Instant::now() + self.shared.config().shutdown_timeout);
                 Step::Continue
             }
         }
@@ -381,7 +381,7 @@ impl<'a> Session<'a> {
             self.shared.route.request_recheck();
         }
         if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.shared.config.connect_wait);
+            self.deadline = Some(Instant::now() + self.shared.config().connect_wait);
         }
         Step::Continue
     }
@@ -428,7 +428,7 @@ impl<'a> Session<'a> {
                 return Step::Close(Close::SwitchMidRequest);
             }
             if self.deadline.is_none() {
-                self.deadline = Some(Instant::now() + self.shared.config.drain_timeout);
+                self.deadline = Some(Instant::now() + self.shared.config().drain_timeout);
             }
             if self.in_flight() > 0 {
                 return Step::Continue; // let the old master finish its replies
@@ -523,7 +523,7 @@ impl<'a> Session<'a> {
     /// Move to the new master: connect, replay connection state, swallow its replies.
     /// `Err(None)`: the connect failed (worth another try); `Err(Some(_))`: give up.
     async fn migrate(&mut self, addr: SocketAddr, generation: u64) -> Result<(), Option<Close>> {
-        let cfg = &self.shared.config;
+        let cfg = &self.shared.config();
         let mut backend = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             _ => {

@@ -163,10 +163,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         polling: false,
         poll_again: false,
     };
-    for s in &shared.config.sentinels {
+    for s in &shared.config().sentinels {
         resolver.learn(s.clone(), true);
     }
-    let mut tick = interval(shared.config.poll_interval);
+    let mut tick = interval(shared.config().poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -179,11 +179,20 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 Msg::Subscribed => resolver.poll(),
             },
             _ = shared.route.recheck_requested() => resolver.poll(),
+            _ = shared.reloaded.notified() => {
+                let cfg = shared.config();
+                if cfg.poll_interval != tick.period() {
+                    tick = interval(cfg.poll_interval);
+                    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+                resolver.sync_configured();
+                resolver.poll();
+            }
             _ = tick.tick() => resolver.poll(),
             _ = sleep_until(resolver.pause_until.unwrap_or_else(Instant::now)),
                 if resolver.pause_until.is_some() =>
             {
-                warn!(master = %shared.config.master_name, "failover pause ran out; releasing held requests to the current master");
+                warn!(master = %shared.config().master_name, "failover pause ran out; releasing held requests to the current master");
                 resolver.end_pause("timed_out");
             }
         }
@@ -207,6 +216,39 @@ struct Resolver {
 }
 
 impl Resolver {
+    /// After a reload: sentinels newly configured are added, ones no longer configured are
+    /// dropped (they come back as discovered ones if their peers still name them).
+    fn sync_configured(&mut self) {
+        let wanted = self.shared.config().sentinels.clone();
+        let mut kept = Vec::with_capacity(self.known.len());
+        for mut k in std::mem::take(&mut self.known) {
+            if wanted.contains(&k.addr) {
+                k.configured = true;
+                kept.push(k);
+            } else if k.configured {
+                info!(sentinel = %k.addr, "sentinel removed from the configuration");
+                self.forget(&k);
+            } else {
+                kept.push(k);
+            }
+        }
+        self.known = kept;
+        for s in wanted {
+            self.learn(s, true);
+        }
+    }
+
+    /// Stop following a sentinel: its subscription, its /status entry, its metric series.
+    fn forget(&self, k: &Known) {
+        k.stop.cancel();
+        self.shared.watcher.forget(&k.addr);
+        let _ = self
+            .shared
+            .metrics
+            .sentinel_up
+            .remove_label_values(&[&k.addr.to_string()]);
+    }
+
     /// Add a sentinel to the known set (if new) and subscribe to its events.
     fn learn(&mut self, addr: HostPort, configured: bool) {
         if self.known.iter().any(|k| k.addr == addr) {
@@ -232,7 +274,7 @@ impl Resolver {
     }
 
     async fn on_event(&mut self, event: Event, at: Instant) {
-        let name = self.shared.config.master_name.clone();
+        let name = self.shared.config().master_name.clone();
         match event.kind {
             Kind::SwitchMaster | Kind::PromotedSlave => {
                 let Some(hp) = event.addr else { return };
@@ -325,7 +367,7 @@ impl Resolver {
             return;
         }
         self.shared.route.set_paused(true);
-        self.pause_until = Some(Instant::now() + self.shared.config.failover_pause);
+        self.pause_until = Some(Instant::now() + self.shared.config().failover_pause);
     }
 
     fn end_pause(&mut self, outcome: &str) {
@@ -356,8 +398,8 @@ impl Resolver {
         }
         self.stop_promotion_watch();
         let tx = self.tx.clone();
-        let auth = self.shared.config.master_auth.clone();
-        let t = self.shared.config.sentinel_timeout;
+        let auth = self.shared.config().master_auth.clone();
+        let t = self.shared.config().sentinel_timeout;
         let handle = tokio::spawn(async move {
             let deadline = Instant::now() + PROMOTION_WATCH_MAX;
             let mut conn: Option<RespConn> = None;
@@ -405,7 +447,7 @@ impl Resolver {
             return;
         }
         self.polling = true;
-        let cfg = self.shared.config.clone();
+        let cfg = self.shared.config();
         let targets: Vec<HostPort> = self.known.iter().map(|k| k.addr.clone()).collect();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -434,7 +476,7 @@ impl Resolver {
         if std::mem::take(&mut self.poll_again) {
             self.poll();
         }
-        let cfg = self.shared.config.clone();
+        let cfg = self.shared.config();
         let mut answers: Vec<(usize, HostPort)> = Vec::new();
         let mut peers: Vec<HostPort> = Vec::new();
         let mut ok = vec![false; self.known.len()];
@@ -562,18 +604,12 @@ impl Resolver {
                 Some(k.failing_since.unwrap_or(now))
             };
         }
-        let prune_after = self.shared.config.sentinel_prune_after;
+        let prune_after = self.shared.config().sentinel_prune_after;
         let mut kept = Vec::with_capacity(self.known.len());
-        for k in self.known.drain(..) {
+        for k in std::mem::take(&mut self.known) {
             if !k.configured && k.failing_since.is_some_and(|t| now - t > prune_after) {
                 info!(sentinel = %k.addr, "forgetting a discovered sentinel that stayed unreachable");
-                k.stop.cancel();
-                self.shared.watcher.forget(&k.addr);
-                let _ = self
-                    .shared
-                    .metrics
-                    .sentinel_up
-                    .remove_label_values(&[&k.addr.to_string()]);
+                self.forget(&k);
             } else {
                 kept.push(k);
             }
@@ -615,7 +651,7 @@ impl Resolver {
     }
 
     async fn verify(&self, addr: SocketAddr) -> Result<Role, ClientError> {
-        let cfg = &self.shared.config;
+        let cfg = &self.shared.config();
         let r = client::role(addr, &cfg.master_auth, cfg.sentinel_timeout).await;
         let result = match &r {
             Ok(Role::Master) => "master",
@@ -657,7 +693,7 @@ impl Resolver {
         }
         let from = before.master.map(|a| a.to_string());
         info!(
-            master = %self.shared.config.master_name,
+            master = %self.shared.config().master_name,
             old = from.as_deref().unwrap_or("none"),
             new = %addr,
             generation = route.generation,
@@ -720,7 +756,7 @@ impl Resolver {
             return Some(SocketAddr::new(ip, hp.port));
         }
         let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
-        match timeout(self.shared.config.sentinel_timeout, lookup).await {
+        match timeout(self.shared.config().sentinel_timeout, lookup).await {
             Ok(Ok(mut addrs)) => addrs.next(),
             _ => {
                 warn!(host = %hp.host, "cannot resolve master host name");
@@ -772,7 +808,7 @@ async fn subscribe_once(
     shared: &Shared,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<(), ClientError> {
-    let cfg = &shared.config;
+    let cfg = &shared.config();
     let mut conn = RespConn::connect(sentinel, &cfg.sentinel_auth, cfg.sentinel_timeout).await?;
     conn.call(&[b"PSUBSCRIBE", b"*"]).await?;
     shared.watcher.sentinel(sentinel, |h| h.subscribed = true);
