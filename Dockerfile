@@ -11,4 +11,5 @@ COPY --from=build /src/target/release/sentinel-proxy /usr/local/bin/sentinel-pro
 USER 10001
 EXPOSE 6379 9379
 ENV SENTINEL_PROXY_LISTEN=0.0.0.0:6379 SENTINEL_PROXY_METRICS_LISTEN=0.0.0.0:9379
+HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/sentinel-proxy", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/sentinel-proxy"]
