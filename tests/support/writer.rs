@@ -27,6 +27,8 @@ pub struct Ledger {
     pub errors: u64,
     pub attempts: u64,
     pub error_texts: Vec<String>,
+    /// When each failed write was started.
+    pub error_times: Vec<Instant>,
     pub slowest: Duration,
 }
 
@@ -67,6 +69,7 @@ pub fn writer(
                     }
                     other => {
                         l.errors += 1;
+                        l.error_times.push(began);
                         if l.error_texts.len() < 10 {
                             l.error_texts
                                 .push(format!("{:.1}s {other:?}", t0.elapsed().as_secs_f64()));
