@@ -306,3 +306,47 @@ async fn malformed_input_gets_redis_errors_and_a_close() {
         "{text}"
     );
 }
+
+/// A `-READONLY` reply from the routed master (demoted behind Sentinel's back, e.g. a partition)
+/// makes the proxy re-check at once instead of at the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readonly_reply_triggers_an_immediate_recheck() {
+    let lab = Lab::start().await;
+    let master = lab.master_port().await.unwrap();
+    let replica = lab
+        .redis
+        .iter()
+        .map(|r| r.port)
+        .find(|p| *p != master)
+        .unwrap();
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.poll_interval = Duration::from_secs(120); // only the reply can trigger the check
+    })
+    .await;
+    assert_eq!(proxy.wait_ready().await, master);
+    let mut c = conn(proxy.port).await.unwrap();
+    assert_eq!(cmd(&mut c, &["SET", "k", "1"]).await.unwrap(), ok());
+
+    // Demote the master directly, without Sentinel.
+    let mut direct = conn(master).await.unwrap();
+    cmd(
+        &mut direct,
+        &["REPLICAOF", "127.0.0.1", &replica.to_string()],
+    )
+    .await
+    .unwrap();
+    let err = cmd(&mut c, &["SET", "k", "2"]).await.unwrap_err();
+    assert!(err.to_string().contains("READONLY"), "{err}");
+    eventually(
+        Duration::from_secs(3),
+        "the proxy to stop routing to the demoted node",
+        || async { (proxy.shared.route.load().master != Some(addr(master))).then_some(()) },
+    )
+    .await;
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "sentinel_proxy_not_master_replies_total"),
+        Some(1.0),
+        "{text}"
+    );
+}
