@@ -61,6 +61,9 @@ pub struct StateInner {
     pub sentinels: Vec<SentinelHealth>,
     pub switches: Vec<SwitchRecord>,
     pub last_problem: Option<String>,
+    /// The last `+sdown`/`+odown` (true) or `-sdown`/`-odown` (false) a sentinel published
+    /// about the master; reset when the route moves.
+    pub master_reported_down: Option<bool>,
 }
 
 #[derive(Clone, serde::Serialize)]
@@ -341,8 +344,23 @@ impl Resolver {
                 self.poll();
             }
             Kind::FailoverEnded => info!(master = %name, "sentinel failover ended"),
-            Kind::MasterDown => warn!(master = %name, "sentinel reports the master down"),
-            Kind::MasterUp => info!(master = %name, "sentinel reports the master up again"),
+            Kind::MasterDown | Kind::MasterUp => {
+                // Only news about the node we route to is news for /status.
+                let about = match &event.about {
+                    Some(a) => self.resolve(a).await,
+                    None => None,
+                };
+                if about.is_none() || about != self.shared.route.load().master {
+                    return;
+                }
+                let down = event.kind == Kind::MasterDown;
+                if down {
+                    warn!(master = %name, "sentinel reports the master down");
+                } else {
+                    info!(master = %name, "sentinel reports the master up again");
+                }
+                self.shared.watcher.lock().master_reported_down = Some(down);
+            }
         }
     }
 
@@ -717,6 +735,7 @@ impl Resolver {
             st.switches.remove(0);
         }
         st.last_problem = None;
+        st.master_reported_down = None;
     }
 
     fn publish_gauges(&self) {
