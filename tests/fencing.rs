@@ -313,12 +313,7 @@ async fn malformed_input_gets_redis_errors_and_a_close() {
 async fn a_readonly_reply_triggers_an_immediate_recheck() {
     let lab = Lab::start().await;
     let master = lab.master_port().await.unwrap();
-    let replica = lab
-        .redis
-        .iter()
-        .map(|r| r.port)
-        .find(|p| *p != master)
-        .unwrap();
+    let replica = lab.replicas_of(master)[0];
     let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
         c.poll_interval = Duration::from_secs(120); // only the reply can trigger the check
     })

@@ -127,12 +127,7 @@ async fn serves_through_sentinel_outages_and_follows_after_a_restart() {
 async fn a_sentinel_naming_a_replica_is_not_believed() {
     let lab = Lab::start().await;
     let master = lab.master_port().await.unwrap();
-    let replica = lab
-        .redis
-        .iter()
-        .map(|r| r.port)
-        .find(|p| *p != master)
-        .unwrap();
+    let replica = lab.replicas_of(master)[0];
     let fake = FakeSentinel::start(Behaviour::NamesMaster(hp(replica))).await;
     let proxy = Proxy::start_with(vec![fake.host_port()], |c| {
         c.poll_interval = Duration::from_millis(100);
@@ -220,12 +215,7 @@ async fn new_connections_reach_the_new_master_within_100ms_of_its_promotion() {
     // Observe the promotion directly: ROLE on both replicas every 2 ms. Sentinel kills normal
     // clients of the promoted replica (CLIENT KILL in the same MULTI as SLAVEOF NO ONE), so
     // reconnect after an error.
-    let replicas: Vec<u16> = lab
-        .redis
-        .iter()
-        .map(|r| r.port)
-        .filter(|p| *p != old)
-        .collect();
+    let replicas = lab.replicas_of(old);
     let promotion = tokio::spawn(async move {
         let mut conns: Vec<(u16, Option<_>)> = replicas.iter().map(|p| (*p, None)).collect();
         let deadline = Instant::now() + Duration::from_secs(40);

@@ -342,6 +342,15 @@ impl Lab {
         None
     }
 
+    /// The Redis ports other than `master`'s.
+    pub fn replicas_of(&self, master: u16) -> Vec<u16> {
+        self.redis
+            .iter()
+            .map(|r| r.port)
+            .filter(|p| *p != master)
+            .collect()
+    }
+
     pub fn proc_by_port(&mut self, port: u16) -> &mut Proc {
         self.redis
             .iter_mut()
