@@ -17,11 +17,12 @@ use crate::{Reloader, Shared};
 /// rejected with a log line and the running configuration stays; client connections are never
 /// touched by a reload.
 pub fn reload_on_sighup(shared: Arc<Shared>, reload: Reloader, shutdown: CancellationToken) {
+    // Installed before returning, so a SIGHUP sent right after start-up is never fatal.
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; configuration reload disabled");
+        return;
+    };
     tokio::spawn(async move {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            warn!("cannot install the SIGHUP handler; configuration reload disabled");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = hup.recv() => {}
@@ -50,19 +51,21 @@ pub fn reload_on_sighup(shared: Arc<Shared>, reload: Reloader, shutdown: Cancell
 
 /// Cancel `token` at the first SIGTERM or SIGINT.
 pub fn cancel_on_signal(token: CancellationToken) {
+    // Installed before returning (not in the task), so the handlers are in place before the
+    // proxy announces that it started.
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            warn!(
+                "cannot install signal handlers; only the process manager's SIGKILL stops the proxy"
+            );
+            return;
+        }
+    };
     tokio::spawn(async move {
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                warn!(
-                    "cannot install signal handlers; only the process manager's SIGKILL stops the proxy"
-                );
-                return;
-            }
-        };
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

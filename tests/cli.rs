@@ -188,3 +188,21 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn example_alert_rules_are_valid() {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/config/alerts.yml");
+    match Command::new("promtool")
+        .args(["check", "rules", rules])
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        // scripts/test installs promtool; a bare `cargo test` without it checks the rest.
+        Err(_) => eprintln!("promtool not installed: `promtool check rules` skipped"),
+    }
+}
