@@ -92,6 +92,10 @@ pub struct Cli {
     /// Most client connections at once; over it a client gets `-ERR max number of clients reached` [default: 10000].
     #[arg(long, env = "SENTINEL_PROXY_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
+    /// Close a client idle this long (no bytes either way, nothing in flight; not pub/sub or
+    /// MONITOR), like Redis's `timeout`; `0s` keeps idle clients forever [default: 0s].
+    #[arg(long, env = "SENTINEL_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
     /// TCP keepalive idle time on client and backend sockets, `0s` to turn it off [default: 60s].
     #[arg(long, env = "SENTINEL_PROXY_TCP_KEEPALIVE", value_name = "DURATION")]
     pub tcp_keepalive: Option<String>,
@@ -150,6 +154,7 @@ pub struct FileConfig {
     pub max_request_bytes: Option<String>,
     pub max_clients: Option<usize>,
     pub tcp_keepalive: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -275,6 +280,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Zero: no keepalive.
     pub tcp_keepalive: Duration,
+    /// Zero: idle clients are kept.
+    pub idle_timeout: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6379";
@@ -304,6 +311,7 @@ impl Config {
             max_request_bytes: 512 * 1024 * 1024,
             max_clients: 10_000,
             tcp_keepalive: Duration::from_secs(60),
+            idle_timeout: Duration::ZERO,
         }
     }
 

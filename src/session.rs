@@ -61,6 +61,8 @@ pub enum Close {
     /// No request boundary before `--drain-timeout`.
     DrainDeadline,
     MigrateFailed,
+    /// Idle longer than `--idle-timeout`.
+    IdleTimeout,
 }
 
 impl Close {
@@ -81,6 +83,7 @@ impl Close {
             Close::SwitchUnmigratable => "switch_unmigratable",
             Close::DrainDeadline => "drain_deadline",
             Close::MigrateFailed => "migrate_failed",
+            Close::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -208,6 +211,8 @@ struct Session<'a> {
     deadline: Option<Instant>,
     shutting_down: bool,
     rechecked: bool,
+    /// Last time bytes moved either way (only kept when `--idle-timeout` is on).
+    last_active: Instant,
 }
 
 enum Step {
@@ -246,6 +251,7 @@ impl<'a> Session<'a> {
             deadline: None,
             shutting_down: false,
             rechecked: false,
+            last_active: Instant::now(),
         }
     }
 
@@ -268,13 +274,24 @@ impl<'a> Session<'a> {
     async fn run(mut self, shutdown: &CancellationToken) -> (Close, TcpStream) {
         let mut changes = self.shared.route.subscribe();
         changes.borrow_and_update();
+        // One coarse timer per session, not one per request: checks idleness a few times per
+        // timeout period.
+        let idle = self.shared.config().idle_timeout;
+        let mut idle_check = (!idle.is_zero()).then(|| {
+            let mut i = tokio::time::interval_at(Instant::now() + idle / 4, idle / 4);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         let close = loop {
             match self.step().await {
                 Step::Close(c) => break c,
                 Step::Again => continue,
                 Step::Continue => {}
             }
-            if let Step::Close(c) = self.wait(&mut changes, shutdown).await {
+            if let Step::Close(c) = self
+                .wait(&mut changes, shutdown, idle_check.as_mut(), idle)
+                .await
+            {
                 break c;
             }
         };
@@ -290,7 +307,18 @@ impl<'a> Session<'a> {
         &mut self,
         changes: &mut watch::Receiver<u64>,
         shutdown: &CancellationToken,
+        idle_check: Option<&mut tokio::time::Interval>,
+        idle: Duration,
     ) -> Step {
+        let idle_on = idle_check.is_some();
+        let idle_tick = async {
+            match idle_check {
+                Some(i) => {
+                    i.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         let read_client = self.held == 0
             && !self.client_eof
             && self.protocol_error.is_none()
@@ -303,7 +331,12 @@ impl<'a> Session<'a> {
             biased;
             r = self.backend.read(&mut self.down), if read_backend => match r {
                 Ok(0) | Err(_) => self.backend_lost(),
-                Ok(n) => self.relay_reply(n).await,
+                Ok(n) => {
+                    if idle_on {
+                        self.last_active = Instant::now();
+                    }
+                    self.relay_reply(n).await
+                }
             },
             r = self.client.read(&mut self.up), if read_client => match r {
                 Ok(0) => {
@@ -315,6 +348,9 @@ impl<'a> Session<'a> {
                     Step::Continue
                 }
                 Ok(n) => {
+                    if idle_on {
+                        self.last_active = Instant::now();
+                    }
                     self.forwarded = self.snapshot();
                     match self.req.feed(&self.up[..n]) {
                         Ok(()) => self.held = n,
@@ -331,6 +367,16 @@ impl<'a> Session<'a> {
                 }
             },
             _ = changes.changed() => Step::Continue,
+            _ = idle_tick => {
+                // Like Redis's `timeout`: never a client owed a reply, blocked, or subscribed.
+                let quiet = self.last_active.elapsed() >= idle
+                    && self.held == 0
+                    && self.in_flight() == 0
+                    && self.req.at_request_boundary()
+                    && !self.req.pubsub
+                    && !self.req.monitor;
+                if quiet { Step::Close(Close::IdleTimeout) } else { Step::Continue }
+            }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 if self.backend_gone && !self.shutting_down {
                     Step::Close(Close::BackendClosed)

@@ -270,3 +270,48 @@ async fn max_clients_refuses_with_the_redis_error() {
     let (_, text) = http_get(proxy.admin, "/metrics").await;
     assert!(metric(&text, "sentinel_proxy_max_clients_rejections_total").unwrap() >= 1.0);
 }
+
+/// `--idle-timeout` closes idle clients like Redis's `timeout`, but not subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_but_subscribers_are_not() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let master = proxy.wait_ready().await;
+    let mut idle = conn(proxy.port).await.unwrap();
+    cmd(&mut idle, &["PING"]).await.unwrap();
+    let mut sub = conn(proxy.port).await.unwrap();
+    cmd(&mut sub, &["SUBSCRIBE", "news"]).await.unwrap();
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), idle.read_frame()).await;
+    assert!(matches!(r, Ok(Err(_))), "the idle client was closed: {r:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The subscriber, idle just as long, still gets its messages.
+    let mut direct = conn(master).await.unwrap();
+    cmd(&mut direct, &["PUBLISH", "news", "hello"])
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), sub.read_frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        msg,
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"message".to_vec()),
+            OwnedFrame::BulkString(b"news".to_vec()),
+            OwnedFrame::BulkString(b"hello".to_vec()),
+        ])
+    );
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_sessions_closed_total{reason=\"idle_timeout\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
