@@ -4,42 +4,14 @@
 
 mod support;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::binary::Binary;
 use support::*;
 
 fn free() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
-}
-
-struct Binary {
-    child: std::process::Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Binary {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn config_text(lab: &Lab, sentinels: usize, listen: u16, admin: u16, extra: &str) -> String {
@@ -72,26 +44,7 @@ async fn sighup_reloads_the_file_without_dropping_connections() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sentinel-proxy"))
-        .args(["--config", file.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let proxy = Binary { child, log };
+    let proxy = Binary::spawn(&["--config", file.to_str().unwrap()], &[]);
     eventually(Duration::from_secs(15), "the proxy to be ready", || async {
         (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
     })

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fake_sentinel;
 pub mod writer;
 
