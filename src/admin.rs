@@ -5,7 +5,7 @@
 //! | `/metrics` | Prometheus text exposition of every metric (see `metrics.rs`) |
 //! | `/healthz` | `200 ok` while the process runs (liveness) |
 //! | `/readyz`  | `200 ready` while a verified, answering master is known, else `503` (readiness) |
-//! | `/status`  | JSON: master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, effective config (secrets masked) |
+//! | `/status`  | JSON: master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines, effective config (secrets masked) |
 //!
 //! It shares nothing with the data path but the metric atomics and the route, read lock-free.
 
@@ -114,6 +114,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         "master_reported_down": st.master_reported_down,
         "sentinels": st.sentinels,
         "switches": st.switches,
+        "failovers": st.failovers,
         "config": {
             "listen": cfg.listen.to_string(),
             "metrics_listen": cfg.metrics_listen.to_string(),

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -47,9 +48,16 @@ impl Route {
     }
 }
 
+/// Sessions attached per generation, in a small ring: generations 8 apart share a slot, which can
+/// only make "drained" late, never early.
+const ATTACHED_SLOTS: usize = 8;
+
 /// The shared route plus the means to learn of changes.
 pub struct RouteTable {
     current: ArcSwap<Route>,
+    /// Sessions whose backend belongs to each generation (slot = generation % 8), so the watcher
+    /// can tell when the old master is drained. Touched at connect, move and close only.
+    attached: [AtomicUsize; ATTACHED_SLOTS],
     /// Bumped on every change; sessions wait on it instead of polling.
     changed: watch::Sender<u64>,
     /// Sessions that fail to reach the master ask the watcher to look again now.
@@ -74,7 +82,22 @@ impl RouteTable {
             }),
             changed: watch::Sender::new(0),
             recheck: Notify::new(),
+            attached: Default::default(),
         }
+    }
+
+    /// A session attached to (`+1`) or left (`-1`) a backend of `generation`.
+    pub fn attach(&self, generation: u64) {
+        self.attached[generation as usize % ATTACHED_SLOTS].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn detach(&self, generation: u64) {
+        self.attached[generation as usize % ATTACHED_SLOTS].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sessions still on a backend of `generation`.
+    pub fn attached(&self, generation: u64) -> usize {
+        self.attached[generation as usize % ATTACHED_SLOTS].load(Ordering::Relaxed)
     }
 
     /// The current route (lock-free).

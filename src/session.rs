@@ -97,8 +97,10 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     let close = match acquire_backend(&shared, &shutdown, shared.config().connect_wait).await {
         Ok((backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
+            shared.route.attach(generation);
             let session = Session::new(client, backend, generation, &shared);
-            let (close, mut client) = session.run(&shutdown).await;
+            let (close, generation, mut client) = session.run(&shutdown).await;
+            shared.route.detach(generation);
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             close
         }
@@ -271,7 +273,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(mut self, shutdown: &CancellationToken) -> (Close, TcpStream) {
+    /// Returns why it ended, the generation it ended on, and the client socket.
+    async fn run(mut self, shutdown: &CancellationToken) -> (Close, u64, TcpStream) {
         let mut changes = self.shared.route.subscribe();
         changes.borrow_and_update();
         // One coarse timer per session, not one per request: checks idleness a few times per
@@ -298,7 +301,7 @@ impl<'a> Session<'a> {
         if self.held > 0 {
             self.count_held("dropped");
         }
-        (close, self.client)
+        (close, self.generation, self.client)
     }
 
     /// Wait for the next thing to happen: client bytes, backend bytes, a route change, a
@@ -609,6 +612,8 @@ impl<'a> Session<'a> {
         self.rep = ReplyTracker::new();
         self.backend = backend;
         self.backend_gone = false;
+        self.shared.route.attach(generation);
+        self.shared.route.detach(self.generation);
         self.generation = generation;
         self.rechecked = false;
         Span::current().record("backend", tracing::field::display(addr));

@@ -151,6 +151,31 @@ async fn follows_a_planned_failover() {
         .clone();
     assert_eq!(last["to"], format!("127.0.0.1:{new}"));
     eprintln!("switch record: {last}");
+
+    // The failover as the proxy lived it: fence, verification, swap, drain, in that order.
+    let timeline = eventually(
+        Duration::from_secs(10),
+        "the drain in the timeline",
+        || async {
+            let (_, st) = http_get(proxy.admin, "/status").await;
+            let st: serde_json::Value = serde_json::from_str(&st).ok()?;
+            let last = st["failovers"].as_array()?.last()?.clone();
+            last["drained_ms"].as_f64().is_some().then_some(last)
+        },
+    )
+    .await;
+    eprintln!("failover timeline: {timeline}");
+    assert_eq!(timeline["outcome"], "switched");
+    assert_eq!(timeline["from"], format!("127.0.0.1:{old}"));
+    assert_eq!(timeline["to"], format!("127.0.0.1:{new}"));
+    let step = |k: &str| {
+        timeline[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing: {timeline}"))
+    };
+    assert!(step("paused_ms") <= step("verified_ms"), "{timeline}");
+    assert!(step("verified_ms") <= step("swapped_ms"), "{timeline}");
+    assert!(step("swapped_ms") <= step("drained_ms"), "{timeline}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

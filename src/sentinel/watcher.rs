@@ -61,6 +61,8 @@ pub struct StateInner {
     pub sentinels: Vec<SentinelHealth>,
     pub switches: Vec<SwitchRecord>,
     pub last_problem: Option<String>,
+    /// Recent failovers as the proxy lived them, newest last.
+    pub failovers: Vec<FailoverRecord>,
     /// The last `+sdown`/`+odown` (true) or `-sdown`/`-odown` (false) a sentinel published
     /// about the master; reset when the route moves.
     pub master_reported_down: Option<bool>,
@@ -72,6 +74,27 @@ pub struct SentinelHealth {
     pub query_ok: bool,
     pub subscribed: bool,
     pub last_error: Option<String>,
+}
+
+/// One failover, step by step: milliseconds from the first sign of it (a sentinel's failover
+/// event, or the switch itself when no event came first).
+#[derive(Clone, serde::Serialize)]
+pub struct FailoverRecord {
+    #[serde(skip)]
+    id: u64,
+    pub started_unix_ms: u128,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// New requests held from here (the fence).
+    pub paused_ms: Option<f64>,
+    /// The new master answered `ROLE` as master.
+    pub verified_ms: Option<f64>,
+    /// The route moved to it.
+    pub swapped_ms: Option<f64>,
+    /// No session left on the old master.
+    pub drained_ms: Option<f64>,
+    /// `in_progress`, `switched`, `aborted` or `timed_out`.
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, serde::Serialize)]
@@ -88,6 +111,13 @@ pub struct SwitchRecord {
 impl WatcherState {
     pub fn snapshot(&self) -> StateInner {
         self.lock().clone()
+    }
+
+    /// Update the failover record `id`, if it is still kept.
+    fn failover(&self, id: u64, f: impl FnOnce(&mut FailoverRecord)) {
+        if let Some(r) = self.lock().failovers.iter_mut().find(|r| r.id == id) {
+            f(r);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
@@ -165,6 +195,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         pause_until: None,
         polling: false,
         poll_again: false,
+        failover: None,
+        next_failover_id: 0,
     };
     for s in &shared.config().sentinels {
         resolver.learn(s.clone(), true);
@@ -197,6 +229,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             {
                 warn!(master = %shared.config().master_name, "failover pause ran out; releasing held requests to the current master");
                 resolver.end_pause("timed_out");
+                resolver.failover_end("timed_out");
             }
         }
     }
@@ -216,6 +249,9 @@ struct Resolver {
     /// A poll is in flight; another was asked for meanwhile.
     polling: bool,
     poll_again: bool,
+    /// The failover being lived through: its record id and when it started.
+    failover: Option<(u64, Instant)>,
+    next_failover_id: u64,
 }
 
 impl Resolver {
@@ -330,17 +366,22 @@ impl Resolver {
                         debug!(replica = %addr, "stale +selected-slave ignored");
                         return;
                     }
+                    self.failover_record(at);
                     self.start_pause();
                     info!(master = %name, replica = %addr, "sentinel selected a replica to promote; holding new requests and watching it");
                     self.watch_promotion(addr);
                 }
             }
-            Kind::FailoverStarted => info!(master = %name, "sentinel failover started"),
+            Kind::FailoverStarted => {
+                info!(master = %name, "sentinel failover started");
+                self.failover_record(at);
+            }
             Kind::FailoverAborted => {
                 warn!(master = %name, "sentinel failover aborted");
                 self.stop_promotion_watch();
                 self.early = None;
                 self.end_pause("aborted");
+                self.failover_end("aborted");
                 self.poll();
             }
             Kind::FailoverEnded => info!(master = %name, "sentinel failover ended"),
@@ -373,8 +414,70 @@ impl Resolver {
             self.end_pause("switched");
             return;
         }
+        self.failover_step_at(at, |r, ms| r.verified_ms = Some(ms));
         self.swap(addr, "PromotionObserved", Some(at));
         self.guard_early(from, addr);
+    }
+
+    /// The failover record in progress, opened at `at` if there is none.
+    fn failover_record(&mut self, at: Instant) -> (u64, Instant) {
+        if let Some(f) = self.failover {
+            return f;
+        }
+        let id = self.next_failover_id;
+        self.next_failover_id += 1;
+        let from = self.shared.route.load().master.map(|a| a.to_string());
+        let mut st = self.shared.watcher.lock();
+        st.failovers.push(FailoverRecord {
+            id,
+            started_unix_ms: unix_ms(SystemTime::now()),
+            from,
+            to: None,
+            paused_ms: None,
+            verified_ms: None,
+            swapped_ms: None,
+            drained_ms: None,
+            outcome: "in_progress",
+        });
+        if st.failovers.len() > SWITCH_HISTORY {
+            st.failovers.remove(0);
+        }
+        self.failover = Some((id, at));
+        (id, at)
+    }
+
+    /// Note a step of the failover in progress (opening one if needed), as of now.
+    fn failover_step(&mut self, f: impl FnOnce(&mut FailoverRecord, f64)) {
+        self.failover_step_at(Instant::now(), f)
+    }
+
+    /// The same, as of `at`: `f` gets the milliseconds since the failover started.
+    fn failover_step_at(&mut self, at: Instant, f: impl FnOnce(&mut FailoverRecord, f64)) {
+        let (id, started) = self.failover_record(at);
+        let ms = at.saturating_duration_since(started).as_secs_f64() * 1000.0;
+        self.shared.watcher.failover(id, |r| f(r, ms));
+    }
+
+    /// Record when the last session left the old master (bounded by the drain timeout).
+    fn watch_drain(&self, id: u64, started: Instant, old_generation: u64) {
+        let shared = self.shared.clone();
+        let limit = Instant::now() + shared.config().drain_timeout + Duration::from_secs(2);
+        tokio::spawn(async move {
+            while Instant::now() < limit {
+                if shared.route.attached(old_generation) == 0 {
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    shared.watcher.failover(id, |r| r.drained_ms = Some(ms));
+                    return;
+                }
+                sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+
+    fn failover_end(&mut self, outcome: &'static str) {
+        if let Some((id, _)) = self.failover.take() {
+            self.shared.watcher.failover(id, |r| r.outcome = outcome);
+        }
     }
 
     /// The fence: sessions hold new requests until the new master is verified (or the pause
@@ -386,6 +489,7 @@ impl Resolver {
         }
         self.shared.route.set_paused(true);
         self.pause_until = Some(Instant::now() + self.shared.config().failover_pause);
+        self.failover_step(|r, ms| r.paused_ms = Some(ms));
     }
 
     fn end_pause(&mut self, outcome: &str) {
@@ -719,12 +823,23 @@ impl Resolver {
             latency_us = latency.map(|l| l.as_micros() as u64),
             "route switched to new master"
         );
+        // The timeline: a switch with no failover event before it (a poll, a crash noticed
+        // first by the proxy) opens its own record.
+        if before.master.is_some() {
+            let to = addr.to_string();
+            self.failover_step(|r, ms| {
+                r.verified_ms.get_or_insert(ms);
+                r.swapped_ms = Some(ms);
+                r.to = Some(to);
+                r.outcome = "switched";
+            });
+            if let Some((id, started)) = self.failover.take() {
+                self.watch_drain(id, started, before.generation);
+            }
+        }
         let mut st = self.shared.watcher.lock();
         st.switches.push(SwitchRecord {
-            at_unix_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0),
+            at_unix_ms: unix_ms(SystemTime::now()),
             from,
             to: addr.to_string(),
             generation: route.generation,
@@ -783,6 +898,12 @@ impl Resolver {
             }
         }
     }
+}
+
+fn unix_ms(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 /// Keep one subscription to `sentinel` alive until shutdown, reconnecting with backoff.
