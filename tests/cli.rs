@@ -206,3 +206,21 @@ fn example_alert_rules_are_valid() {
         Err(_) => eprintln!("promtool not installed: `promtool check rules` skipped"),
     }
 }
+
+#[test]
+fn example_dashboards_are_json_over_our_metrics() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!v["panels"].as_array().unwrap().is_empty());
+            assert!(text.contains("sentinel_proxy_"), "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no dashboard in config/");
+}
