@@ -128,6 +128,15 @@ fn status(shared: &Shared) -> serde_json::Value {
             "connect_timeout_ms": cfg.connect_timeout.as_millis() as u64,
             "connect_wait_ms": cfg.connect_wait.as_millis() as u64,
             "shutdown_timeout_ms": cfg.shutdown_timeout.as_millis() as u64,
+            "failover_pause_ms": cfg.failover_pause.as_millis() as u64,
+            "drain_timeout_ms": cfg.drain_timeout.as_millis() as u64,
+            "sentinel_prune_after_ms": cfg.sentinel_prune_after.as_millis() as u64,
+            "idle_timeout_ms": cfg.idle_timeout.as_millis() as u64,
+            "tcp_keepalive_ms": cfg.tcp_keepalive.as_millis() as u64,
+            "max_request_bytes": cfg.max_request_bytes,
+            "max_clients": cfg.max_clients,
+            "discovery": format!("{:?}", cfg.discovery).to_lowercase(),
+            "log_format": format!("{:?}", cfg.log_format).to_lowercase(),
         },
     })
 }
