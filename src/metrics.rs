@@ -31,6 +31,10 @@ pub struct Metrics {
     pub failover_pauses_total: IntCounterVec,
     pub max_clients_rejections_total: IntCounter,
     pub config_reloads_total: IntCounterVec,
+    pub client_bytes_received_total: IntCounter,
+    pub client_bytes_sent_total: IntCounter,
+    pub backend_connect_seconds: Histogram,
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -62,7 +66,7 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
-        Metrics {
+        let m = Metrics {
             client_connections: gauge(
                 "sentinel_proxy_client_connections",
                 "Client connections currently open.",
@@ -174,8 +178,38 @@ impl Metrics {
                 "Configuration reloads (SIGHUP), by result (ok, rejected).",
                 &["result"],
             ),
+            client_bytes_received_total: counter(
+                "sentinel_proxy_client_received_bytes_total",
+                "Bytes read from clients (requests).",
+            ),
+            client_bytes_sent_total: counter(
+                "sentinel_proxy_client_sent_bytes_total",
+                "Bytes of replies relayed to clients.",
+            ),
+            backend_connect_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sentinel_proxy_backend_connect_seconds",
+                        "Time to connect to the master on behalf of a client.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+            build_info: gauge_vec(
+                "sentinel_proxy_build_info",
+                "Always 1; the version of the running proxy in a label.",
+                &["version"],
+            ),
             registry,
-        }
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
     }
 
     /// The text exposition of every metric.

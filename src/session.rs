@@ -149,8 +149,13 @@ async fn acquire_backend(
         let route = shared.route.load();
         let mut failed = false;
         if let Some(addr) = route.target() {
+            let began = Instant::now();
             match timeout(shared.config().connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
+                    shared
+                        .metrics
+                        .backend_connect_seconds
+                        .observe(began.elapsed().as_secs_f64());
                     // The route may have moved while we connected; never hand out a stale master.
                     if shared.route.generation() == route.generation {
                         tune(&stream, shared.config().tcp_keepalive);
@@ -354,6 +359,7 @@ impl<'a> Session<'a> {
                     if idle_on {
                         self.last_active = Instant::now();
                     }
+                    self.shared.metrics.client_bytes_received_total.inc_by(n as u64);
                     self.forwarded = self.snapshot();
                     match self.req.feed(&self.up[..n]) {
                         Ok(()) => self.held = n,
@@ -412,6 +418,7 @@ impl<'a> Session<'a> {
             debug!(error = %e, "client write error");
             return Step::Close(Close::ClientClosed);
         }
+        self.shared.metrics.client_bytes_sent_total.inc_by(n as u64);
         Step::Continue
     }
 
@@ -573,8 +580,14 @@ impl<'a> Session<'a> {
     /// `Err(None)`: the connect failed (worth another try); `Err(Some(_))`: give up.
     async fn migrate(&mut self, addr: SocketAddr, generation: u64) -> Result<(), Option<Close>> {
         let cfg = &self.shared.config();
+        let began = Instant::now();
         let mut backend = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                let m = &self.shared.metrics;
+                m.backend_connect_seconds
+                    .observe(began.elapsed().as_secs_f64());
+                s
+            }
             _ => {
                 self.shared.metrics.backend_connect_failures_total.inc();
                 return Err(None);

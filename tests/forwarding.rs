@@ -57,6 +57,20 @@ async fn set_get_and_admin_pages() {
         "{text}"
     );
     assert_eq!(metric(&text, "sentinel_proxy_master_available"), Some(1.0));
+    assert!(metric(&text, "sentinel_proxy_client_received_bytes_total").unwrap() > 0.0);
+    assert!(metric(&text, "sentinel_proxy_client_sent_bytes_total").unwrap() > 0.0);
+    assert!(metric(&text, "sentinel_proxy_backend_connect_seconds_count").unwrap() >= 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "sentinel_proxy_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0),
+        "{text}"
+    );
     let (code, status) = http_get(proxy.admin, "/status").await;
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
