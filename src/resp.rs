@@ -244,9 +244,13 @@ impl RequestTracker {
                     // The last two bytes of an argument are its CRLF.
                     let payload_left = self.data_left.saturating_sub(2) as usize;
                     let payload = &data[..take.min(payload_left)];
-                    if (self.arg_index as usize) < 3 {
-                        for &c in payload {
-                            self.push_name_byte(self.arg_index as usize, c);
+                    let idx = self.arg_index as usize;
+                    if idx < 3 {
+                        // Only a name's first bytes matter (one more marks it as too long): a
+                        // large value costs nothing here.
+                        let room = (NAME_LEN + 1).saturating_sub(self.name_lens[idx] as usize);
+                        for &c in &payload[..payload.len().min(room)] {
+                            self.push_name_byte(idx, c);
                         }
                     }
                     if self.capturing {
