@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side redis-benchmark: direct to the master, through sentinel-proxy and (when the
 # haproxy binary is installed) through HAProxy in tcp mode, interleaved over ROUNDS rounds on
-# one lab. Prints the median requests/s of each and the ratio to direct.
+# one lab. Prints the median requests/s of each, the ratio to direct, and the CPU seconds the
+# target process (redis-server itself for direct) spent per million requests.
 #
 #   benches/compare.sh                  # ROUNDS=3 N=100000 C=50 P=1
 #   ROUNDS=5 P=16 benches/compare.sh
@@ -25,6 +26,8 @@ lab_start
 MASTER=$(lab_master_port)
 
 declare -A PORTS=([direct]=$MASTER)
+# The process whose CPU time is charged to each target (for direct: the master redis-server).
+declare -A CPU_PID=([direct]=$(head -n 1 "$LAB_DIR/pids"))
 NAMES=(direct)
 for spec in "proxy=target/release/sentinel-proxy" ${EXTRA:-}; do
     name=${spec%%=*} bin=${spec#*=}
@@ -32,6 +35,7 @@ for spec in "proxy=target/release/sentinel-proxy" ${EXTRA:-}; do
     "$bin" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
         --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/$name.log" &
     PIDS+=($!)
+    CPU_PID[$name]=$!
     wait_for 15 "$name" redis-cli -p "$port" ping
     PORTS[$name]=$port
     NAMES+=("$name")
@@ -52,28 +56,37 @@ listen redis
 CFG
     haproxy -f "$LAB_DIR/haproxy.cfg" &
     PIDS+=($!)
+    CPU_PID[haproxy]=$!
     wait_for 10 "haproxy" redis-cli -p "$HA" ping
     PORTS[haproxy]=$HA
     NAMES+=(haproxy)
 fi
 
-declare -A RESULTS
+# CPU ticks (user + system) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+declare -A RESULTS CPU
 for r in $(seq 1 "$ROUNDS"); do
     for name in "${NAMES[@]}"; do
+        before=$(cpu_ticks "${CPU_PID[$name]}")
         out=$(redis-benchmark -p "${PORTS[$name]}" -t set,get -n "$N" -c "$C" -P "$P" -d "$D" -q | tr '\r' '\n' | grep "per second")
         for t in SET GET; do
             rps=$(grep "^$t:" <<<"$out" | awk '{print $2}')
             RESULTS[$name.$t]+="$rps "
         done
+        # CPU seconds per million requests (SET and GET together: 2 x N requests).
+        CPU[$name]+="$(awk "BEGIN{print ($(cpu_ticks "${CPU_PID[$name]}") - $before) / $TICK / (2 * $N / 1e6)}") "
     done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "redis-benchmark -t set,get -n $N -c $C -P $P -d $D, median of $ROUNDS interleaved rounds"
-printf '%-8s %12s %12s %8s %8s\n' target SET/s GET/s SET/dir GET/dir
+printf '%-8s %12s %12s %8s %8s %14s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M req"
 for t in SET GET; do declare "direct_$t=$(median <<<"${RESULTS[direct.$t]}")"; done
 for name in "${NAMES[@]}"; do
     s=$(median <<<"${RESULTS[$name.SET]}"); g=$(median <<<"${RESULTS[$name.GET]}")
-    printf '%-8s %12.0f %12.0f %8.2f %8.2f\n' "$name" "$s" "$g" \
-        "$(awk "BEGIN{print $s/$direct_SET}")" "$(awk "BEGIN{print $g/$direct_GET}")"
+    printf '%-8s %12.0f %12.0f %8.2f %8.2f %14.1f\n' "$name" "$s" "$g" \
+        "$(awk "BEGIN{print $s/$direct_SET}")" "$(awk "BEGIN{print $g/$direct_GET}")" \
+        "$(median <<<"${CPU[$name]}")"
 done
