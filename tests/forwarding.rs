@@ -167,10 +167,7 @@ async fn redis_benchmark_runs_without_errors() {
 /// clear error instead of a hang or a silent close; /readyz says not ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_master_gives_a_clear_error() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let dead = unused_port();
     let proxy = Proxy::start_with(vec![hp(dead)], |c| {
         c.connect_wait = Duration::from_millis(300);
     })

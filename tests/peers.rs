@@ -18,10 +18,7 @@ use support::*;
 #[ignore = "a measurement of HAProxy; needs the haproxy binary"]
 async fn haproxy_role_check_through_planned_failovers() {
     let lab = Lab::start().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = unused_port();
     let servers: String = lab
         .redis
         .iter()

@@ -9,11 +9,6 @@ use std::time::Duration;
 use support::binary::Binary;
 use support::*;
 
-fn free() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn config_text(lab: &Lab, sentinels: usize, listen: u16, admin: u16, extra: &str) -> String {
     let list: Vec<String> = lab
         .sentinels
@@ -35,7 +30,7 @@ async fn status(admin: u16) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file_without_dropping_connections() {
     let lab = Lab::start().await;
-    let (listen, admin) = (free(), free());
+    let (listen, admin) = (unused_port(), unused_port());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("proxy.toml");
     std::fs::write(
@@ -100,7 +95,7 @@ async fn sighup_reloads_the_file_without_dropping_connections() {
     // A listen change needs a restart: reported, the old address kept.
     std::fs::write(
         &file,
-        config_text(&lab, 3, free(), admin, "connect-wait = \"7s\""),
+        config_text(&lab, 3, unused_port(), admin, "connect-wait = \"7s\""),
     )
     .unwrap();
     proxy.signal("-HUP");

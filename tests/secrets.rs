@@ -11,11 +11,6 @@ use support::*;
 const REDIS_PW: &str = "redis-pw-7f3a9c";
 const SENTINEL_PW: &str = "sentinel-pw-2b8e41";
 
-fn free() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_logs_status_and_metrics() {
     let lab = Lab::start_with(LabOptions {
@@ -25,7 +20,7 @@ async fn secrets_stay_out_of_logs_status_and_metrics() {
     })
     .await;
     let old = lab.master_port().await.unwrap();
-    let (listen, admin) = (free(), free());
+    let (listen, admin) = (unused_port(), unused_port());
     let sentinels: Vec<String> = lab
         .sentinels
         .iter()

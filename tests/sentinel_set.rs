@@ -10,11 +10,6 @@ use sentinel_proxy::config::Secret;
 use support::fake_sentinel::{Behaviour, FakeSentinel};
 use support::*;
 
-fn dead_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 async fn set_through(port: u16) -> u16 {
     let mut c = conn(port).await.unwrap();
     assert_eq!(
@@ -41,7 +36,7 @@ async fn wait_subscribed(proxy: &Proxy, n: usize) {
 async fn a_dead_first_sentinel_is_skipped() {
     let lab = Lab::start().await;
     let master = lab.master_port().await.unwrap();
-    let mut sentinels = vec![hp(dead_port())];
+    let mut sentinels = vec![hp(unused_port())];
     sentinels.extend(lab.sentinel_addrs());
     let proxy = Proxy::start(sentinels).await;
     assert_eq!(proxy.wait_ready().await, master);

@@ -60,6 +60,11 @@ fn free_port() -> (TcpListener, u16) {
     (l, port)
 }
 
+/// A loopback port that nothing listens on right now (for addresses a test needs up front).
+pub fn unused_port() -> u16 {
+    free_port().1
+}
+
 pub fn hp(port: u16) -> HostPort {
     HostPort {
         host: "127.0.0.1".into(),
