@@ -269,6 +269,15 @@ impl<'a> Session<'a> {
             .saturating_sub(self.reply_base + self.rep.replies)
     }
 
+    /// The state of the stream actually forwarded: before the held chunk if one is held.
+    fn forwarded_state(&self) -> Forwarded {
+        if self.held > 0 {
+            self.forwarded
+        } else {
+            self.snapshot()
+        }
+    }
+
     fn snapshot(&self) -> Forwarded {
         Forwarded {
             at_boundary: self.req.at_request_boundary(),
@@ -444,11 +453,7 @@ impl<'a> Session<'a> {
 
     /// Whether the forwarded stream is at a clean boundary from which the session can move.
     fn movable(&self) -> bool {
-        let f = if self.held > 0 {
-            self.forwarded
-        } else {
-            self.snapshot()
-        };
+        let f = self.forwarded_state();
         f.at_boundary
             && !f.in_transaction
             && !self.req.pubsub
@@ -474,11 +479,7 @@ impl<'a> Session<'a> {
                     return Step::Close(Close::SwitchBlocking);
                 }
             }
-            let f = if self.held > 0 {
-                self.forwarded
-            } else {
-                self.snapshot()
-            };
+            let f = self.forwarded_state();
             if !f.at_boundary {
                 // Part of a request went to the old master; nothing can complete it now.
                 return Step::Close(Close::SwitchMidRequest);
@@ -532,11 +533,7 @@ impl<'a> Session<'a> {
 
         if self.shutting_down {
             // Two-phase shutdown: nothing new is forwarded; close at the first boundary.
-            let f = if self.held > 0 {
-                self.forwarded
-            } else {
-                self.snapshot()
-            };
+            let f = self.forwarded_state();
             if f.at_boundary && self.in_flight() == 0 {
                 return Step::Close(Close::Shutdown);
             }

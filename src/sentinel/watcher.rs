@@ -357,10 +357,7 @@ impl Resolver {
                 if let Some(addr) = self.resolve(&hp).await {
                     // Only a failover *of the master we route to* is a reason to hold requests;
                     // a late event (the route already moved) is not.
-                    let about = match &event.about {
-                        Some(a) => self.resolve(a).await,
-                        None => None,
-                    };
+                    let about = self.resolve_opt(event.about.as_ref()).await;
                     let current = self.shared.route.load().master;
                     if current == Some(addr) || about.is_some_and(|a| Some(a) != current) {
                         debug!(replica = %addr, "stale +selected-slave ignored");
@@ -387,10 +384,7 @@ impl Resolver {
             Kind::FailoverEnded => info!(master = %name, "sentinel failover ended"),
             Kind::MasterDown | Kind::MasterUp => {
                 // Only news about the node we route to is news for /status.
-                let about = match &event.about {
-                    Some(a) => self.resolve(a).await,
-                    None => None,
-                };
+                let about = self.resolve_opt(event.about.as_ref()).await;
                 if about.is_none() || about != self.shared.route.load().master {
                     return;
                 }
@@ -795,14 +789,8 @@ impl Resolver {
         if !changed {
             return;
         }
-        // The new route is unpaused by construction; account for the fence it ends.
-        if self.pause_until.take().is_some() {
-            self.shared
-                .metrics
-                .failover_pauses_total
-                .with_label_values(&["switched"])
-                .inc();
-        }
+        // The new route is unpaused by construction; this ends the fence's bookkeeping.
+        self.end_pause("switched");
         let latency = event_at.map(|t| t.elapsed());
         if let Some(l) = latency {
             self.shared
@@ -877,6 +865,13 @@ impl Resolver {
         let mut st = self.shared.watcher.lock();
         if let Some(p) = st.last_problem.take() {
             info!(was = %p, "sentinel discovery recovered");
+        }
+    }
+
+    async fn resolve_opt(&self, hp: Option<&HostPort>) -> Option<SocketAddr> {
+        match hp {
+            Some(hp) => self.resolve(hp).await,
+            None => None,
         }
     }
 
