@@ -1,17 +1,39 @@
 #!/usr/bin/env bash
-# Side-by-side redis-benchmark: direct to the master, through sentinel-proxy and (when the
-# haproxy binary is installed) through HAProxy in tcp mode, interleaved over ROUNDS rounds on
-# one lab. Prints the median requests/s of each, the ratio to direct, and the CPU seconds the
-# target process (redis-server itself for direct) spent per million requests.
+# Side-by-side redis-benchmark on one local Sentinel lab: direct to the master, through
+# sentinel-proxy (one thread, and one thread per CPU), through any EXTRA builds, and through
+# HAProxy in tcp mode when the haproxy binary is installed. Every scenario runs against every
+# target in turn, round after round (interleaved, so drift hits all alike); the report gives
+# medians over the rounds:
+#   - requests/s of SET and GET and their ratio to direct;
+#   - for the -c 1 scenario, p50/p99 latency and what the target adds over direct;
+#   - CPU seconds per million requests of the target process (redis-server itself for direct),
+#     read from /proc;
+#   - RSS per idle proxied connection with IDLE client connections open (benches/idle_conns.py).
 #
-#   benches/compare.sh                  # ROUNDS=3 N=100000 C=50 P=1
-#   ROUNDS=5 P=16 benches/compare.sh
-#   EXTRA="raw=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
+#   benches/compare.sh                        # ROUNDS=3 N=100000 IDLE=9900
+#   ROUNDS=5 SCENARIOS="c50p16" benches/compare.sh
+#   EXTRA="old=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
+#
+# IDLE defaults to 9900, not 10000: a 1:1 proxy needs two descriptors per connection, and this
+# machine's hard limit on open files is 20000. It is clamped to what the limit allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_redis_packages
-ROUNDS=${ROUNDS:-3} N=${N:-100000} C=${C:-50} P=${P:-1} D=${D:-3}
+ROUNDS=${ROUNDS:-3} N=${N:-100000} IDLE=${IDLE:-9900}
+SCENARIOS=${SCENARIOS:-"c50p1 c50p16 c1 d1024"}
+declare -A ARGS=(
+    [c50p1]="-c 50 -P 1"
+    [c50p16]="-c 50 -P 16"
+    [c1]="-c 1 -P 1"
+    [d1024]="-c 50 -P 1 -d 1024"
+)
+# -c 1 is latency-bound: fewer requests keep it as long as the others.
+declare -A REQS=([c50p1]=$N [c50p16]=$((N * 4)) [c1]=$((N / 4)) [d1024]=$N)
+
+ulimit -n "$(ulimit -Hn)"
+max_idle=$(( ($(ulimit -n) - 100) / 2 ))
+(( IDLE > max_idle )) && IDLE=$max_idle
 
 cargo build --release --quiet
 LAB_DIR=$(mktemp -d)
@@ -24,16 +46,19 @@ cleanup() {
 trap cleanup EXIT
 lab_start
 MASTER=$(lab_master_port)
+redis-cli -p "$MASTER" config set maxclients $((IDLE + 200)) >/dev/null
 
 declare -A PORTS=([direct]=$MASTER)
 # The process whose CPU time is charged to each target (for direct: the master redis-server).
 declare -A CPU_PID=([direct]=$(head -n 1 "$LAB_DIR/pids"))
 NAMES=(direct)
-for spec in "proxy=target/release/sentinel-proxy" ${EXTRA:-}; do
-    name=${spec%%=*} bin=${spec#*=}
+BIN=target/release/sentinel-proxy
+for spec in "proxy=$BIN --threads 1" "proxy-mt=$BIN --threads 0" ${EXTRA:-}; do
+    name=${spec%%=*} cmd=${spec#*=}
     port=$(free_port)
-    "$bin" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
-        --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/$name.log" &
+    # shellcheck disable=SC2086
+    $cmd --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
+        --max-clients $((IDLE + 100)) --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/$name.log" &
     PIDS+=($!)
     CPU_PID[$name]=$!
     wait_for 15 "$name" redis-cli -p "$port" ping
@@ -44,7 +69,7 @@ if command -v haproxy >/dev/null 2>&1; then
     HA=$(free_port)
     cat >"$LAB_DIR/haproxy.cfg" <<CFG
 global
-    maxconn 4096
+    maxconn $((IDLE + 50))
 defaults
     mode tcp
     timeout connect 1s
@@ -65,28 +90,57 @@ fi
 # CPU ticks (user + system) a process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
+# A CSV field of one test's line: field TEST COLUMN (2 rps, 5 p50 ms, 7 p99 ms).
+field() { grep "^\"$1\"" | cut -d, -f"$2" | tr -d '"'; }
 
-declare -A RESULTS CPU
+declare -A R
 for r in $(seq 1 "$ROUNDS"); do
-    for name in "${NAMES[@]}"; do
-        before=$(cpu_ticks "${CPU_PID[$name]}")
-        out=$(redis-benchmark -p "${PORTS[$name]}" -t set,get -n "$N" -c "$C" -P "$P" -d "$D" -q | tr '\r' '\n' | grep "per second")
-        for t in SET GET; do
-            rps=$(grep "^$t:" <<<"$out" | awk '{print $2}')
-            RESULTS[$name.$t]+="$rps "
+    for sc in $SCENARIOS; do
+        n=${REQS[$sc]}
+        for name in "${NAMES[@]}"; do
+            before=$(cpu_ticks "${CPU_PID[$name]}")
+            # shellcheck disable=SC2086
+            out=$(redis-benchmark -p "${PORTS[$name]}" -t set,get -n "$n" ${ARGS[$sc]} --csv)
+            after=$(cpu_ticks "${CPU_PID[$name]}")
+            for t in SET GET; do
+                R[$sc.$name.$t]+="$(field "$t" 2 <<<"$out") "
+                R[$sc.$name.$t.p50]+="$(field "$t" 5 <<<"$out") "
+                R[$sc.$name.$t.p99]+="$(field "$t" 7 <<<"$out") "
+            done
+            # CPU seconds per million requests (SET and GET together: 2 x n requests).
+            R[$sc.$name.cpu]+="$(awk "BEGIN{print ($after - $before) / $TICK / (2 * $n / 1e6)}") "
         done
-        # CPU seconds per million requests (SET and GET together: 2 x N requests).
-        CPU[$name]+="$(awk "BEGIN{print ($(cpu_ticks "${CPU_PID[$name]}") - $before) / $TICK / (2 * $N / 1e6)}") "
     done
+    echo "round $r of $ROUNDS done" >&2
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo "redis-benchmark -t set,get -n $N -c $C -P $P -d $D, median of $ROUNDS interleaved rounds"
-printf '%-8s %12s %12s %8s %8s %14s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M req"
-for t in SET GET; do declare "direct_$t=$(median <<<"${RESULTS[direct.$t]}")"; done
+m() { median <<<"${R[$1]}"; }
+echo "# $(nproc) CPUs; redis $(redis-server --version | grep -o 'v=[^ ]*'); medians of $ROUNDS interleaved rounds"
+for sc in $SCENARIOS; do
+    echo
+    echo "## $sc: redis-benchmark -t set,get -n ${REQS[$sc]} ${ARGS[$sc]}"
+    printf '%-10s %10s %10s %7s %7s %10s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
+        "GET p50/p99 us" "added p50/p99"
+    ds=$(m "$sc.direct.SET") dg=$(m "$sc.direct.GET")
+    d50=$(m "$sc.direct.GET.p50") d99=$(m "$sc.direct.GET.p99")
+    for name in "${NAMES[@]}"; do
+        s=$(m "$sc.$name.SET") g=$(m "$sc.$name.GET")
+        p50=$(m "$sc.$name.GET.p50") p99=$(m "$sc.$name.GET.p99")
+        printf '%-10s %10.0f %10.0f %7.2f %7.2f %10.1f %16s %16s\n' "$name" "$s" "$g" \
+            "$(awk "BEGIN{print $s/$ds}")" "$(awk "BEGIN{print $g/$dg}")" "$(m "$sc.$name.cpu")" \
+            "$(awk "BEGIN{printf \"%d/%d\", $p50*1000, $p99*1000}")" \
+            "$(awk "BEGIN{printf \"%+d/%+d\", ($p50-$d50)*1000, ($p99-$d99)*1000}")"
+    done
+done
+
+echo
+echo "## RSS per idle proxied connection, $IDLE client connections open (each sent one PING)"
+printf '%-10s %12s %12s %12s\n' target "before KiB" "after KiB" "KiB/conn"
 for name in "${NAMES[@]}"; do
-    s=$(median <<<"${RESULTS[$name.SET]}"); g=$(median <<<"${RESULTS[$name.GET]}")
-    printf '%-8s %12.0f %12.0f %8.2f %8.2f %14.1f\n' "$name" "$s" "$g" \
-        "$(awk "BEGIN{print $s/$direct_SET}")" "$(awk "BEGIN{print $g/$direct_GET}")" \
-        "$(median <<<"${CPU[$name]}")"
+    [[ $name == direct ]] && continue
+    read -r _ before after per < <(python3 benches/idle_conns.py "${PORTS[$name]}" "${CPU_PID[$name]}" "$IDLE")
+    printf '%-10s %12s %12s %12s\n' "$name" "$before" "$after" "$per"
+    # Let the target close the connections before the next one is measured.
+    sleep 2
 done

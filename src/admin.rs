@@ -135,6 +135,7 @@ fn status(shared: &Shared) -> serde_json::Value {
             "tcp_keepalive_ms": cfg.tcp_keepalive.as_millis() as u64,
             "max_request_bytes": cfg.max_request_bytes,
             "max_clients": cfg.max_clients,
+            "threads": cfg.threads,
             "discovery": format!("{:?}", cfg.discovery).to_lowercase(),
             "log_format": format!("{:?}", cfg.log_format).to_lowercase(),
         },

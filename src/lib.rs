@@ -54,6 +54,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn new(config: Config) -> Shared {
+        Shared {
+            config: ArcSwap::from_pointee(config),
+            route: route::RouteTable::new(),
+            metrics: metrics::Metrics::new(),
+            watcher: Default::default(),
+            reloaded: tokio::sync::Notify::new(),
+        }
+    }
+
     /// The configuration in force (a snapshot: a reload does not change it under the caller).
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
@@ -76,6 +86,10 @@ impl Shared {
         if new.max_clients != old.max_clients {
             restart.push("max-clients");
             new.max_clients = old.max_clients;
+        }
+        if new.threads != old.threads {
+            restart.push("threads");
+            new.threads = old.threads;
         }
         if new.log_format != old.log_format {
             restart.push("log-format");
@@ -117,20 +131,25 @@ pub struct Server {
 impl Server {
     /// Bind the client and admin listeners (port 0 picks a free port; see [`Server::local_addr`]).
     pub async fn bind(config: Config) -> Result<Server, Error> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind { addr, source })
+        // The client listener's backlog follows max-clients (the kernel caps it at somaxconn):
+        // a burst of connections waits in the queue instead of being dropped and retried a
+        // second later by the client's SYN timer.
+        let bind = |addr: SocketAddr, backlog: usize| {
+            let listen = || {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(addr)?;
+                socket.listen(u32::try_from(backlog).unwrap_or(u32::MAX))
+            };
+            listen().map_err(|source| Error::Bind { addr, source })
         };
-        let listener = bind(config.listen).await?;
-        let admin = bind(config.metrics_listen).await?;
-        let shared = Arc::new(Shared {
-            config: ArcSwap::from_pointee(config),
-            route: route::RouteTable::new(),
-            metrics: metrics::Metrics::new(),
-            watcher: Default::default(),
-            reloaded: tokio::sync::Notify::new(),
-        });
+        let listener = bind(config.listen, config.max_clients.max(1024))?;
+        let admin = bind(config.metrics_listen, 1024)?;
+        let shared = Arc::new(Shared::new(config));
         Ok(Server {
             shared,
             listener,

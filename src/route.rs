@@ -28,6 +28,11 @@ pub struct Route {
     pub available: bool,
     /// A failover is under way: hold new requests (see the module doc).
     pub paused: bool,
+    /// This generation began after the previous master stopped answering (or Sentinel reported
+    /// it down). A reply it still sends to a request in flight would come from a master that
+    /// has been replaced: what it executes now is lost when it is demoted, so such a reply must
+    /// not reach the client as an acknowledgement.
+    pub previous_down: bool,
     /// When this generation began (for /status).
     pub since: SystemTime,
 }
@@ -78,6 +83,7 @@ impl RouteTable {
                 master: None,
                 available: false,
                 paused: false,
+                previous_down: false,
                 since: SystemTime::now(),
             }),
             changed: watch::Sender::new(0),
@@ -116,6 +122,11 @@ impl RouteTable {
 
     /// Route to `master` (verified). Returns the route now in force and whether the address changed.
     pub fn set_master(&self, master: SocketAddr) -> (Arc<Route>, bool) {
+        self.switch_to(master, false)
+    }
+
+    /// Route to `master`; `previous_down`: the master being replaced had stopped answering.
+    pub fn switch_to(&self, master: SocketAddr, previous_down: bool) -> (Arc<Route>, bool) {
         let old = self.load();
         if old.master == Some(master) {
             if !old.available {
@@ -131,6 +142,7 @@ impl RouteTable {
             master: Some(master),
             available: true,
             paused: false,
+            previous_down: previous_down || (old.master.is_some() && !old.available),
             since: SystemTime::now(),
         });
         (self.load(), true)
@@ -147,6 +159,7 @@ impl RouteTable {
             master: None,
             available: false,
             paused: false,
+            previous_down: false,
             since: SystemTime::now(),
         });
     }

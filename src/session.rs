@@ -20,12 +20,15 @@
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -35,8 +38,76 @@ use tracing::{Span, debug, info};
 use crate::Shared;
 use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
 
-/// Per-direction buffer, allocated once per connection (not per request).
-const BUF_SIZE: usize = 16 * 1024;
+/// The read buffer of each runtime thread. Every read lands here and is written on at once, so a
+/// connection holds no buffer of its own unless a peer's socket is full or the fence holds bytes.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// Bytes a session must keep because they could not go on at once: the peer's socket was full, or
+/// the fence holds them. Empty and unallocated in the steady state, so idle connections cost no
+/// buffer memory; at most one read's worth, because the source is not read while it is non-empty.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.off == self.buf.len()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.off..]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// `n` bytes went on; the memory is given back once all did.
+    fn consume(&mut self, n: usize) {
+        self.off += n;
+        if self.off >= self.buf.len() {
+            *self = Pending::default();
+        }
+    }
+}
+
+/// Write as much of `bytes` as the socket takes now, without waiting.
+fn write_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match stream.try_write(&bytes[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Read once from `stream` into this thread's scratch buffer: `Some(Ok(n))` means
+/// `SCRATCH[..n]` holds the bytes, `None` that the readiness was stale. The caller must use the
+/// bytes before its next `.await`, so no other session on this thread can overwrite them. A short
+/// read clears the readiness (tokio's `poll_read` does), which saves the `EAGAIN` read a
+/// `try_read` would cost on every request.
+async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(scratch);
+            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(r) => Poll::Ready(Some(r.map(|()| rb.filled().len()))),
+            }
+        })
+    })
+    .await
+}
 /// After a failed connect, look again at least this often while waiting for the watcher.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
@@ -58,6 +129,9 @@ pub enum Close {
     SwitchTransaction,
     SwitchMidRequest,
     SwitchUnmigratable,
+    /// Requests were in flight on a master that had stopped answering when it was replaced:
+    /// their outcome is unknown, and a late reply from it must not pass for an acknowledgement.
+    SwitchMasterDown,
     /// No request boundary before `--drain-timeout`.
     DrainDeadline,
     MigrateFailed,
@@ -81,6 +155,7 @@ impl Close {
             Close::SwitchTransaction => "switch_transaction",
             Close::SwitchMidRequest => "switch_mid_request",
             Close::SwitchUnmigratable => "switch_unmigratable",
+            Close::SwitchMasterDown => "switch_master_down",
             Close::DrainDeadline => "drain_deadline",
             Close::MigrateFailed => "migrate_failed",
             Close::IdleTimeout => "idle_timeout",
@@ -94,12 +169,22 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, shared.config().tcp_keepalive);
-    let close = match acquire_backend(&shared, &shutdown, shared.config().connect_wait).await {
+    // Memory per idle connection is mostly this task's future, so: the connect futures (large,
+    // short-lived) are boxed and freed once connected, the session lives in one box, and no
+    // temporary is kept across the session's life.
+    let connect_wait = shared.config().connect_wait;
+    let acquired = Box::pin(acquire_backend(&shared, &shutdown, connect_wait)).await;
+    let close = match acquired {
         Ok((backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
             shared.route.attach(generation);
-            let session = Session::new(client, backend, generation, &shared);
-            let (close, generation, mut client) = session.run(&shutdown).await;
+            let mut session = Box::new(Session::new(client, backend, generation, &shared));
+            let close = session.run(&shutdown).await;
+            let Session {
+                mut client,
+                generation,
+                ..
+            } = *session;
             shared.route.detach(generation);
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             close
@@ -205,21 +290,39 @@ struct Session<'a> {
     rep: ReplyTracker,
     /// Replies received from earlier backends of this session.
     reply_base: u64,
-    up: Box<[u8]>,
-    /// `up[..held]` was read from the client and not yet forwarded.
-    held: usize,
+    changes: watch::Receiver<u64>,
+    /// Read from the client and not yet forwarded: the fence holds it, or the route moved.
+    held: Pending,
     held_since: Option<Instant>,
     forwarded: Forwarded,
-    down: Box<[u8]>,
+    /// Forwarded to this backend (counted in `forwarded`) but not yet written: its socket was full.
+    unsent: Pending,
+    /// Read from the backend and not yet written to the client: the client's socket was full.
+    replies: Pending,
+    /// `step()` found the route open to this session's backend (same generation, no pause, not
+    /// shutting down), so client bytes may go straight on while `changes` shows no change.
+    open: bool,
+    /// `--idle-timeout` is on: keep `last_active`.
+    idle_on: bool,
     client_eof: bool,
     backend_gone: bool,
     protocol_error: Option<ProtocolError>,
     /// Set when the session must reach a boundary by then (after a switch, or a dead backend).
     deadline: Option<Instant>,
+    /// The timer of `deadline`, boxed and only while there is one: idle sessions stay small.
+    deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     shutting_down: bool,
     rechecked: bool,
     /// Last time bytes moved either way (only kept when `--idle-timeout` is on).
     last_active: Instant,
+}
+
+/// Which socket is ready for what (see `Session::wait`).
+enum Ready {
+    BackendReadable,
+    ClientWritable,
+    BackendWritable,
+    ClientReadable,
 }
 
 enum Step {
@@ -227,6 +330,10 @@ enum Step {
     Continue,
     /// The state changed (e.g. the session moved): act on it again before waiting.
     Again,
+    /// Move to this master (of this generation).
+    Move(SocketAddr, u64),
+    /// Answer the client's malformed input and close.
+    Refuse(ProtocolError),
     Close(Close),
 }
 
@@ -247,15 +354,19 @@ impl<'a> Session<'a> {
             req,
             rep: ReplyTracker::new(),
             reply_base: 0,
-            up: vec![0u8; BUF_SIZE].into_boxed_slice(),
-            held: 0,
+            changes: shared.route.subscribe(),
+            held: Pending::default(),
             held_since: None,
             forwarded,
-            down: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            unsent: Pending::default(),
+            replies: Pending::default(),
+            open: false,
+            idle_on: !shared.config().idle_timeout.is_zero(),
             client_eof: false,
             backend_gone: false,
             protocol_error: None,
             deadline: None,
+            deadline_timer: None,
             shutting_down: false,
             rechecked: false,
             last_active: Instant::now(),
@@ -271,7 +382,7 @@ impl<'a> Session<'a> {
 
     /// The state of the stream actually forwarded: before the held chunk if one is held.
     fn forwarded_state(&self) -> Forwarded {
-        if self.held > 0 {
+        if !self.held.is_empty() {
             self.forwarded
         } else {
             self.snapshot()
@@ -287,10 +398,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Returns why it ended, the generation it ended on, and the client socket.
-    async fn run(mut self, shutdown: &CancellationToken) -> (Close, u64, TcpStream) {
-        let mut changes = self.shared.route.subscribe();
-        changes.borrow_and_update();
+    /// Serve until the session ends; returns why.
+    async fn run(&mut self, shutdown: &CancellationToken) -> Close {
         // One coarse timer per session, not one per request: checks idleness a few times per
         // timeout period.
         let idle = self.shared.config().idle_timeout;
@@ -300,34 +409,53 @@ impl<'a> Session<'a> {
             i
         });
         let close = loop {
-            match self.step().await {
+            // The rare steps that wait on I/O run boxed, so the session's own future (alive as
+            // long as the connection) stays small.
+            let step = match self.step() {
+                Step::Move(addr, generation) => Box::pin(self.move_to(addr, generation)).await,
+                Step::Refuse(e) => Box::pin(self.refuse(e)).await,
+                step => step,
+            };
+            match step {
                 Step::Close(c) => break c,
                 Step::Again => continue,
-                Step::Continue => {}
+                _ => {}
             }
-            if let Step::Close(c) = self
-                .wait(&mut changes, shutdown, idle_check.as_mut(), idle)
-                .await
-            {
+            if let Step::Close(c) = self.wait(shutdown, idle_check.as_mut(), idle).await {
                 break c;
             }
         };
-        if self.held > 0 {
+        // Replies already read are the client's, whatever the reason for closing.
+        if !self.replies.is_empty() {
+            Box::pin(self.deliver_replies()).await;
+        }
+        if !self.held.is_empty() {
             self.count_held("dropped");
         }
-        (close, self.generation, self.client)
+        close
     }
 
-    /// Wait for the next thing to happen: client bytes, backend bytes, a route change, a
-    /// deadline, shutdown.
+    /// Write the replies still pending to the client, waiting (boundedly) if need be.
+    async fn deliver_replies(&mut self) {
+        if !self.replies.is_empty() {
+            let bytes = self.replies.bytes();
+            if let Ok(Ok(())) = timeout(Duration::from_secs(1), self.client.write_all(bytes)).await
+            {
+                let m = &self.shared.metrics;
+                m.client_bytes_sent_total.inc_by(bytes.len() as u64);
+            }
+            self.replies = Pending::default();
+        }
+    }
+
+    /// Wait for the next thing to happen: client bytes, backend bytes, room to write what is
+    /// pending, a route change, a deadline, shutdown.
     async fn wait(
         &mut self,
-        changes: &mut watch::Receiver<u64>,
         shutdown: &CancellationToken,
         idle_check: Option<&mut tokio::time::Interval>,
         idle: Duration,
     ) -> Step {
-        let idle_on = idle_check.is_some();
         let idle_tick = async {
             match idle_check {
                 Some(i) => {
@@ -336,66 +464,86 @@ impl<'a> Session<'a> {
                 None => std::future::pending::<()>().await,
             }
         };
-        let read_client = self.held == 0
+        // Neither side is read while what it sent earlier is still pending: that is the
+        // backpressure that keeps a session's memory at one read per direction.
+        let read_client = self.held.is_empty()
+            && self.unsent.is_empty()
             && !self.client_eof
             && self.protocol_error.is_none()
             && !self.shutting_down;
-        let read_backend = !self.backend_gone;
-        let deadline = self.deadline;
-        // Backend first: a reply (or the backend's end) that is already there is handled before
-        // the next client bytes, so a request is never written to a backend known to be gone.
+        let read_backend = !self.backend_gone && self.replies.is_empty();
+        let flush_backend = !self.backend_gone && !self.unsent.is_empty();
+        let flush_client = !self.replies.is_empty();
+        match (self.deadline, &mut self.deadline_timer) {
+            (None, timer) => *timer = None,
+            (Some(d), Some(timer)) if timer.deadline() != d => timer.as_mut().reset(d),
+            (Some(_), Some(_)) => {}
+            (Some(d), timer @ None) => *timer = Some(Box::pin(sleep_until(d))),
+        }
+        let deadline_timer = &mut self.deadline_timer;
+        let deadline_passed = std::future::poll_fn(|cx| match deadline_timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        });
+        // Socket readiness is polled in place (no readiness future is stored: an idle session
+        // stays small). Backend first: a reply (or the backend's end) that is already there is
+        // handled before the next client bytes, so a request is never written to a backend
+        // known to be gone. A readiness error is reported as ready: the I/O call then sees it.
+        let (client, backend) = (&self.client, &self.backend);
+        let ready = std::future::poll_fn(|cx| {
+            if read_backend && backend.poll_read_ready(cx).is_ready() {
+                Poll::Ready(Ready::BackendReadable)
+            } else if flush_client && client.poll_write_ready(cx).is_ready() {
+                Poll::Ready(Ready::ClientWritable)
+            } else if flush_backend && backend.poll_write_ready(cx).is_ready() {
+                Poll::Ready(Ready::BackendWritable)
+            } else if read_client && client.poll_read_ready(cx).is_ready() {
+                Poll::Ready(Ready::ClientReadable)
+            } else {
+                Poll::Pending
+            }
+        });
         tokio::select! {
             biased;
-            r = self.backend.read(&mut self.down), if read_backend => match r {
-                Ok(0) | Err(_) => self.backend_lost(),
-                Ok(n) => {
-                    if idle_on {
-                        self.last_active = Instant::now();
-                    }
-                    self.relay_reply(n).await
-                }
-            },
-            r = self.client.read(&mut self.up), if read_client => match r {
-                Ok(0) => {
-                    self.client_eof = true;
-                    // Half-close: pass the FIN on and keep relaying replies.
-                    if !self.backend_gone {
-                        let _ = self.backend.shutdown().await;
-                    }
-                    Step::Continue
-                }
-                Ok(n) => {
-                    if idle_on {
-                        self.last_active = Instant::now();
-                    }
-                    self.shared.metrics.client_bytes_received_total.inc_by(n as u64);
-                    self.forwarded = self.snapshot();
-                    match self.req.feed(&self.up[..n]) {
-                        Ok(()) => self.held = n,
-                        Err((e, valid)) => {
-                            self.held = valid;
-                            self.protocol_error = Some(e);
+            ready = ready => match ready {
+                Ready::BackendReadable => match read_scratch(&mut self.backend).await {
+                    None => Step::Continue,
+                    Some(Ok(0)) | Some(Err(_)) => self.backend_lost(),
+                    Some(Ok(n)) => SCRATCH.with_borrow(|s| self.relay_reply(&s[..n])),
+                },
+                Ready::ClientWritable => self.flush_replies(),
+                Ready::BackendWritable => self.flush_unsent(),
+                Ready::ClientReadable => match read_scratch(&mut self.client).await {
+                    None => Step::Continue,
+                    Some(Ok(0)) => {
+                        self.client_eof = true;
+                        // Half-close: pass the FIN on and keep relaying replies.
+                        if !self.backend_gone {
+                            let _ = self.backend.shutdown().await;
                         }
+                        Step::Continue
                     }
-                    Step::Continue
-                }
-                Err(e) => {
-                    debug!(error = %e, "client read error");
-                    Step::Close(Close::IoError)
-                }
+                    Some(Ok(n)) => SCRATCH.with_borrow(|s| self.take_request_bytes(&s[..n])),
+                    Some(Err(e)) => {
+                        debug!(error = %e, "client read error");
+                        Step::Close(Close::IoError)
+                    }
+                },
             },
-            _ = changes.changed() => Step::Continue,
+            _ = self.changes.changed() => Step::Continue,
             _ = idle_tick => {
                 // Like Redis's `timeout`: never a client owed a reply, blocked, or subscribed.
                 let quiet = self.last_active.elapsed() >= idle
-                    && self.held == 0
+                    && self.held.is_empty()
+                    && self.unsent.is_empty()
+                    && self.replies.is_empty()
                     && self.in_flight() == 0
                     && self.req.at_request_boundary()
                     && !self.req.pubsub
                     && !self.req.monitor;
                 if quiet { Step::Close(Close::IdleTimeout) } else { Step::Continue }
             }
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            _ = deadline_passed => {
                 if self.backend_gone && !self.shutting_down {
                     Step::Close(Close::BackendClosed)
                 } else if self.shutting_down {
@@ -412,8 +560,45 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn relay_reply(&mut self, n: usize) -> Step {
-        if self.rep.feed(&self.down[..n]).is_err() {
+    /// Bytes just read from the client: track them, then forward them at once if the route is
+    /// open (the common case: no copy), else keep them as held for `step()` to decide.
+    fn take_request_bytes(&mut self, bytes: &[u8]) -> Step {
+        if self.idle_on {
+            self.last_active = Instant::now();
+        }
+        let m = &self.shared.metrics;
+        m.client_bytes_received_total.inc_by(bytes.len() as u64);
+        self.forwarded = self.snapshot();
+        let valid = match self.req.feed(bytes) {
+            Ok(()) => bytes.len(),
+            Err((e, valid)) => {
+                self.protocol_error = Some(e);
+                valid
+            }
+        };
+        let chunk = &bytes[..valid];
+        // `held` and `unsent` are empty here: the client is read only then.
+        if self.open && !self.backend_gone && matches!(self.changes.has_changed(), Ok(false)) {
+            match write_now(&self.backend, chunk) {
+                Ok(w) => self.unsent.push(&chunk[w..]),
+                Err(e) => {
+                    debug!(error = %e, "backend write error");
+                    return Step::Close(Close::IoError);
+                }
+            }
+            self.forwarded = self.snapshot();
+        } else {
+            self.held.push(chunk);
+        }
+        Step::Continue
+    }
+
+    /// Bytes just read from the backend: track the replies and write them to the client.
+    fn relay_reply(&mut self, bytes: &[u8]) -> Step {
+        if self.idle_on {
+            self.last_active = Instant::now();
+        }
+        if self.rep.feed(bytes).is_err() {
             debug!("backend sent bytes that are not RESP");
             return Step::Close(Close::BackendProtocolError);
         }
@@ -423,12 +608,44 @@ impl<'a> Session<'a> {
             self.shared.metrics.not_master_replies_total.inc();
             self.shared.route.request_recheck();
         }
-        if let Err(e) = self.client.write_all(&self.down[..n]).await {
-            debug!(error = %e, "client write error");
-            return Step::Close(Close::ClientClosed);
+        match write_now(&self.client, bytes) {
+            Ok(w) => {
+                self.shared.metrics.client_bytes_sent_total.inc_by(w as u64);
+                self.replies.push(&bytes[w..]);
+                Step::Continue
+            }
+            Err(e) => {
+                debug!(error = %e, "client write error");
+                Step::Close(Close::ClientClosed)
+            }
         }
-        self.shared.metrics.client_bytes_sent_total.inc_by(n as u64);
-        Step::Continue
+    }
+
+    fn flush_replies(&mut self) -> Step {
+        match write_now(&self.client, self.replies.bytes()) {
+            Ok(w) => {
+                self.shared.metrics.client_bytes_sent_total.inc_by(w as u64);
+                self.replies.consume(w);
+                Step::Continue
+            }
+            Err(e) => {
+                debug!(error = %e, "client write error");
+                Step::Close(Close::ClientClosed)
+            }
+        }
+    }
+
+    fn flush_unsent(&mut self) -> Step {
+        match write_now(&self.backend, self.unsent.bytes()) {
+            Ok(w) => {
+                self.unsent.consume(w);
+                Step::Continue
+            }
+            Err(e) => {
+                debug!(error = %e, "backend write error");
+                Step::Close(Close::IoError)
+            }
+        }
     }
 
     fn backend_lost(&mut self) -> Step {
@@ -437,8 +654,9 @@ impl<'a> Session<'a> {
         if self.client_eof {
             return Step::Close(Close::ClientClosed);
         }
-        // A reply was owed, or the session cannot be moved: the client must see the loss.
-        if self.in_flight() > 0 || !self.movable() {
+        // A reply was owed, a request was cut, or the session cannot be moved: the client must
+        // see the loss.
+        if self.in_flight() > 0 || !self.unsent.is_empty() || !self.movable() {
             return Step::Close(Close::BackendClosed);
         }
         // Idle on a master that went away: wait for the next verified master and move there.
@@ -462,7 +680,10 @@ impl<'a> Session<'a> {
     }
 
     /// Act on the current state: forward held bytes, migrate, close.
-    async fn step(&mut self) -> Step {
+    fn step(&mut self) -> Step {
+        self.open = false;
+        // Mark the change seen before loading, so a change after the load shows in `changes`.
+        self.changes.borrow_and_update();
         let route = self.shared.route.load();
         let switched = route.generation != self.generation;
 
@@ -487,8 +708,14 @@ impl<'a> Session<'a> {
             if self.deadline.is_none() {
                 self.deadline = Some(Instant::now() + self.shared.config().drain_timeout);
             }
-            if self.in_flight() > 0 {
-                return Step::Continue; // let the old master finish its replies
+            if self.in_flight() > 0 || !self.unsent.is_empty() {
+                if route.previous_down && !self.backend_gone {
+                    // A hung or cut-off master: it may run these requests when it comes back,
+                    // after its replacement was promoted, and that data is lost when it is
+                    // demoted. The client must see an error, never that late "OK".
+                    return Step::Close(Close::SwitchMasterDown);
+                }
+                return Step::Continue; // let the old master take its requests and finish replying
             }
             if f.in_transaction {
                 return Step::Close(Close::SwitchTransaction);
@@ -499,78 +726,95 @@ impl<'a> Session<'a> {
             if self.shutting_down {
                 return Step::Close(Close::Shutdown);
             }
-            if self.held > 0 && self.held_since.is_none() {
+            if !self.held.is_empty() && self.held_since.is_none() {
                 self.held_since = Some(Instant::now());
             }
             let Some(addr) = route.target() else {
                 return Step::Continue; // no verified master yet: hold until one, or the deadline
             };
-            return match self.migrate(addr, route.generation).await {
-                Ok(()) => {
-                    self.shared
-                        .metrics
-                        .migrations_total
-                        .with_label_values(&["ok"])
-                        .inc();
-                    self.deadline = None;
-                    Step::Again // release what is held to the new master now
-                }
-                Err(None) => {
-                    // Could not connect: the watcher re-checks; wait for it or the deadline.
-                    self.shared.route.request_recheck();
-                    Step::Continue
-                }
-                Err(Some(close)) => {
-                    self.shared
-                        .metrics
-                        .migrations_total
-                        .with_label_values(&["failed"])
-                        .inc();
-                    Step::Close(close)
-                }
-            };
+            return Step::Move(addr, route.generation);
         }
 
         if self.shutting_down {
             // Two-phase shutdown: nothing new is forwarded; close at the first boundary.
             let f = self.forwarded_state();
-            if f.at_boundary && self.in_flight() == 0 {
+            if f.at_boundary && self.in_flight() == 0 && self.unsent.is_empty() {
                 return Step::Close(Close::Shutdown);
             }
             return Step::Continue;
         }
 
-        if self.held > 0 {
-            if route.paused {
-                if self.held_since.is_none() {
-                    self.held_since = Some(Instant::now());
-                }
-                return Step::Continue;
+        if route.paused && !self.held.is_empty() {
+            if self.held_since.is_none() {
+                self.held_since = Some(Instant::now());
             }
+            return Step::Continue;
+        }
+        if !route.paused && !self.held.is_empty() && self.unsent.is_empty() {
             if self.held_since.is_some() {
                 self.count_held("same_master");
             }
-            if let Err(e) = self.backend.write_all(&self.up[..self.held]).await {
-                debug!(error = %e, "backend write error");
-                return Step::Close(Close::IoError);
+            let mut held = std::mem::take(&mut self.held);
+            match write_now(&self.backend, held.bytes()) {
+                Ok(w) => held.consume(w),
+                Err(e) => {
+                    debug!(error = %e, "backend write error");
+                    return Step::Close(Close::IoError);
+                }
             }
-            self.held = 0;
+            self.unsent = held;
             self.forwarded = self.snapshot();
         }
+        self.open = !route.paused && self.held.is_empty();
 
         if let Some(e) = self.protocol_error
             && self.in_flight() == 0
+            && self.unsent.is_empty()
         {
-            self.shared.metrics.protocol_errors_total.inc();
-            let msg = format!("-ERR Protocol error: {}\r\n", e.message());
-            let _ = timeout(
-                Duration::from_secs(1),
-                self.client.write_all(msg.as_bytes()),
-            )
-            .await;
-            return Step::Close(Close::ProtocolError);
+            return Step::Refuse(e);
         }
         Step::Continue
+    }
+
+    /// Like Redis: the replies to the valid requests before it, the error, then close.
+    async fn refuse(&mut self, e: ProtocolError) -> Step {
+        self.deliver_replies().await;
+        self.shared.metrics.protocol_errors_total.inc();
+        let msg = format!("-ERR Protocol error: {}\r\n", e.message());
+        let _ = timeout(
+            Duration::from_secs(1),
+            self.client.write_all(msg.as_bytes()),
+        )
+        .await;
+        Step::Close(Close::ProtocolError)
+    }
+
+    /// Act on `Step::Move`.
+    async fn move_to(&mut self, addr: SocketAddr, generation: u64) -> Step {
+        match self.migrate(addr, generation).await {
+            Ok(()) => {
+                self.shared
+                    .metrics
+                    .migrations_total
+                    .with_label_values(&["ok"])
+                    .inc();
+                self.deadline = None;
+                Step::Again // release what is held to the new master now
+            }
+            Err(None) => {
+                // Could not connect: the watcher re-checks; wait for it or the deadline.
+                self.shared.route.request_recheck();
+                Step::Continue
+            }
+            Err(Some(close)) => {
+                self.shared
+                    .metrics
+                    .migrations_total
+                    .with_label_values(&["failed"])
+                    .inc();
+                Step::Close(close)
+            }
+        }
     }
 
     /// Move to the new master: connect, replay connection state, swallow its replies.
@@ -628,7 +872,7 @@ impl<'a> Session<'a> {
         self.rechecked = false;
         Span::current().record("backend", tracing::field::display(addr));
         debug!(backend = %addr, "session moved to the new master");
-        if self.held > 0 {
+        if !self.held.is_empty() {
             self.count_held("new_master");
         }
         Ok(())
@@ -643,5 +887,37 @@ impl<'a> Session<'a> {
         if let Some(since) = self.held_since.take() {
             m.hold_seconds.observe(since.elapsed().as_secs_f64());
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size_of<F>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's memory is its task (the `serve` future) plus the boxed session, and
+    /// no buffer (docs/PERFORMANCE.md). This fails if a change puts a buffer, or a large future
+    /// alive for the whole connection, back into either.
+    #[test]
+    fn an_idle_session_stays_small() {
+        let shared = Arc::new(Shared::new(crate::Config::new(vec![], "m")));
+        let shutdown = CancellationToken::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let socket = || TcpStream::connect(addr);
+            let session =
+                Session::new(socket().await.unwrap(), socket().await.unwrap(), 1, &shared);
+            let serve = serve(socket().await.unwrap(), shared.clone(), shutdown);
+            let (session, serve) = (std::mem::size_of_val(&session), size_of(&serve));
+            assert!(session <= 768, "Session is {session} bytes");
+            assert!(serve <= 1024, "the serve future is {serve} bytes");
+        });
     }
 }

@@ -784,7 +784,8 @@ impl Resolver {
 
     fn swap(&mut self, addr: SocketAddr, cause: &str, event_at: Option<Instant>) {
         let before = self.shared.route.load();
-        let (route, changed) = self.shared.route.set_master(addr);
+        let reported_down = self.shared.watcher.lock().master_reported_down == Some(true);
+        let (route, changed) = self.shared.route.switch_to(addr, reported_down);
         self.publish_gauges();
         if !changed {
             return;
