@@ -605,7 +605,10 @@ impl ReplyTracker {
                     n
                 };
                 if count <= 0 {
-                    self.element_done();
+                    // An empty attribute decorates what follows and is no element itself.
+                    if kind != b'|' {
+                        self.element_done();
+                    }
                     return Ok(());
                 }
                 if self.depth == MAX_DEPTH || count >= ATTR_FLAG as i64 {
@@ -753,6 +756,18 @@ mod tests {
             t.feed(c).unwrap();
         }
         t
+    }
+
+    /// Found by the property test: an empty attribute inside an aggregate was counted as one of
+    /// its elements, closing the aggregate (and the reply) one element early.
+    #[test]
+    fn an_empty_attribute_is_not_an_element() {
+        let t = rep(&[b"*1\r\n|0\r\n+OK\r\n"]);
+        assert_eq!((t.replies, t.at_reply_boundary()), (1, true));
+        let t = rep(&[b"*2\r\n|0\r\n+a\r\n"]);
+        assert_eq!((t.replies, t.at_reply_boundary()), (0, false));
+        let t = rep(&[b"|0\r\n+OK\r\n"]);
+        assert_eq!(t.replies, 1);
     }
 
     /// Feeding a stream whole and byte by byte gives the same result.

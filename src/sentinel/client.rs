@@ -126,24 +126,41 @@ impl RespConn {
     /// Read the next frame, however long it takes (subscriptions wait for events).
     pub async fn read_frame(&mut self) -> Result<OwnedFrame, ClientError> {
         loop {
-            if !self.buf.is_empty() {
-                match decode(&self.buf) {
-                    Ok(Some((frame, used))) => {
-                        self.buf.advance(used);
-                        return Ok(frame);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
-                }
-            }
-            if self.buf.len() > MAX_REPLY_BYTES {
-                return Err(ClientError::TooLarge);
+            if let Some((frame, used)) = decode_reply(&self.buf)? {
+                self.buf.advance(used);
+                return Ok(frame);
             }
             self.buf.reserve(4096);
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(ClientError::Closed);
             }
         }
+    }
+}
+
+/// The first complete reply in `buf` and the bytes it used; `None` if it is not complete yet.
+/// A reply still incomplete past 4 MiB is refused: a sentinel's answers are small, and a
+/// hostile or broken one must not make the proxy buffer without bound.
+pub fn decode_reply(buf: &[u8]) -> Result<Option<(OwnedFrame, usize)>, ClientError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    match decode(buf) {
+        Ok(Some(done)) => Ok(Some(done)),
+        Ok(None) if buf.len() > MAX_REPLY_BYTES => Err(ClientError::TooLarge),
+        Ok(None) => Ok(None),
+        Err(e) => Err(ClientError::Protocol(e.to_string())),
+    }
+}
+
+/// Decode a reply and apply every reading the watcher makes of one. For the property tests and
+/// the fuzzer: whatever the bytes, this must not panic.
+pub fn interpret_reply(buf: &[u8]) {
+    if let Ok(Some((frame, _))) = decode_reply(buf) {
+        let _ = parse_role(&frame);
+        let _ = parse_master_addr(&frame);
+        let _ = parse_sentinels(&frame);
+        let _ = frame_text(&frame);
     }
 }
 
