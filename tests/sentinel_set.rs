@@ -156,13 +156,21 @@ async fn a_sentinel_naming_a_replica_is_not_believed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hung_garbage_and_confused_sentinels_do_not_hold_up_the_real_ones() {
+async fn hung_garbage_oversized_and_confused_sentinels_do_not_hold_up_the_real_ones() {
     let lab = Lab::start().await;
     let old = lab.master_port().await.unwrap();
     let hang = FakeSentinel::start(Behaviour::Hang).await;
     let garbage = FakeSentinel::start(Behaviour::Garbage).await;
     let unknown = FakeSentinel::start(Behaviour::UnknownName).await;
-    let mut sentinels = vec![hang.host_port(), garbage.host_port(), unknown.host_port()];
+    let oversized = FakeSentinel::start(Behaviour::Oversized).await;
+    let nowhere = FakeSentinel::start(Behaviour::NamesMaster(hp(unused_port()))).await;
+    let mut sentinels = vec![
+        hang.host_port(),
+        garbage.host_port(),
+        unknown.host_port(),
+        oversized.host_port(),
+        nowhere.host_port(),
+    ];
     sentinels.extend(lab.sentinel_addrs());
     let started = Instant::now();
     let proxy = Proxy::start(sentinels).await;
@@ -177,6 +185,43 @@ async fn hung_garbage_and_confused_sentinels_do_not_hold_up_the_real_ones() {
     let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
     proxy.wait_routes_to(new, Duration::from_secs(5)).await;
     assert_eq!(set_through(proxy.port).await, new);
+}
+
+/// Sentinels that are all hostile: the proxy stays up, routes nowhere, says why, and answers
+/// clients with a clear error once `connect-wait` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_hostile_sentinels_give_no_route_and_a_clear_error() {
+    let oversized = FakeSentinel::start(Behaviour::Oversized).await;
+    let nowhere = FakeSentinel::start(Behaviour::NamesMaster(hp(unused_port()))).await;
+    let proxy = Proxy::start_with(vec![oversized.host_port(), nowhere.host_port()], |c| {
+        c.poll_interval = Duration::from_millis(100);
+        c.connect_wait = Duration::from_millis(300);
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the problems in /status",
+        || async {
+            let (_, status) = http_get(proxy.admin, "/status").await;
+            let st: serde_json::Value = serde_json::from_str(&status).ok()?;
+            // The oversized one fails its queries; the other names a node that is not a master.
+            let failing = st["sentinels"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["last_error"].is_string())
+                .count();
+            (failing == 1 && st["problem"] == "no node named by the sentinels verifies as master")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(http_get(proxy.admin, "/readyz").await.0, 503);
+    assert_eq!(proxy.shared.route.load().target(), None);
+    let mut c = conn(proxy.port).await.unwrap();
+    match cmd(&mut c, &["PING"]).await {
+        Err(e) => assert!(e.to_string().contains("no master available"), "{e}"),
+        Ok(f) => panic!("expected the no-master error, got {f:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,33 @@ impl Binary {
         assert!(ok);
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident memory now, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Its open file descriptors now (from /proc).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Everything it wrote to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -61,4 +88,31 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The binary in front of a lab's sentinels on free ports, ready (a verified master known).
+/// Returns it with its client and admin ports.
+pub async fn proxy_binary(lab: &super::Lab, extra: &[&str]) -> (Binary, u16, u16) {
+    use super::{addr, eventually, http_get, unused_port};
+    let (listen, admin) = (unused_port(), unused_port());
+    let sentinels: Vec<String> = lab
+        .sentinel_addrs()
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let (l, a, s) = (
+        format!("127.0.0.1:{listen}"),
+        format!("127.0.0.1:{admin}"),
+        sentinels.join(","),
+    );
+    let mut args = vec!["--listen", &l, "--metrics-listen", &a, "--sentinels", &s];
+    args.extend_from_slice(extra);
+    let proxy = Binary::spawn(&args, &[("RUST_LOG", "warn")]);
+    eventually(
+        std::time::Duration::from_secs(15),
+        "the proxy to be ready",
+        || async { (http_get(addr(admin), "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    (proxy, listen, admin)
 }

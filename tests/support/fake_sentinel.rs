@@ -18,6 +18,8 @@ pub enum Behaviour {
     Garbage,
     /// Accepts connections and never answers.
     Hang,
+    /// Answers every command with a reply of 8 MiB, twice the proxy's limit for one.
+    Oversized,
     /// Does not know any master name (nil reply, `-ERR No such master` for the rest).
     UnknownName,
 }
@@ -85,6 +87,12 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
                 return;
             }
             (Behaviour::Garbage, _) => b"this is not RESP at all\r\n\x00\xff".to_vec(),
+            (Behaviour::Oversized, _) => {
+                let mut big = format!("${}\r\n", 8 << 20).into_bytes();
+                big.resize(big.len() + (8 << 20), b'x');
+                big.extend_from_slice(b"\r\n");
+                big
+            }
             (_, Some("ping")) => b"+PONG\r\n".to_vec(),
             (_, Some("psubscribe")) => b"*3\r\n$10\r\npsubscribe\r\n$1\r\n*\r\n:1\r\n".to_vec(),
             (Behaviour::NamesMaster(m), Some("sentinel"))
