@@ -687,6 +687,19 @@ impl<'a> Session<'a> {
         let route = self.shared.route.load();
         let switched = route.generation != self.generation;
 
+        // The client has closed its side and is owed nothing: done, wherever the backend is.
+        // (Moving such a session to a new master would leave it waiting there for an end of
+        // stream that never comes, since the FIN went to the old one.)
+        if self.client_eof
+            && self.in_flight() == 0
+            && self.held.is_empty()
+            && self.unsent.is_empty()
+            && self.replies.is_empty()
+            && self.forwarded_state().at_boundary
+        {
+            return Step::Close(Close::ClientClosed);
+        }
+
         if switched || self.backend_gone {
             if switched && !self.backend_gone {
                 if self.req.pubsub {

@@ -284,3 +284,30 @@ async fn a_100mb_value_passes_without_the_proxy_holding_it() {
     let grown = proxy.rss_kib().saturating_sub(baseline);
     assert!(grown < 16 * 1024, "the proxy grew by {grown} KiB");
 }
+
+/// A client that leaves while its master is being replaced (found by the soak: such sessions
+/// used to move to the new master and wait there forever for an end of stream that had gone
+/// to the old one). Its session must end, not outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_during_a_failover_leaves_no_session_behind() {
+    let mut lab = Lab::start().await;
+    let old = lab.master_port().await.unwrap();
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.connect_wait = Duration::from_secs(30);
+    })
+    .await;
+    proxy.wait_ready().await;
+    let mut c = conn(proxy.port).await.unwrap();
+    cmd(&mut c, &["PING"]).await.unwrap();
+    // The master dies under the idle session, which waits for the next one; the client leaves.
+    lab.proc_by_port(old).kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(c);
+    let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(10)).await;
+    eventually(Duration::from_secs(5), "the session to end", || async {
+        let (_, text) = http_get(proxy.admin, "/metrics").await;
+        (metric(&text, "sentinel_proxy_client_connections") == Some(0.0)).then_some(())
+    })
+    .await;
+}

@@ -151,7 +151,9 @@ async fn the_proxy_survives_failovers_of_every_kind_under_load() {
             Failover::Hang => signal(lab.proc_by_port(old).pid().unwrap(), "-CONT"),
             _ => {}
         }
-        lab.wait_settled(Duration::from_secs(60)).await;
+        // Sentinel may have moved the master again on its own meanwhile: target the one it
+        // settled on next.
+        master = lab.wait_settled(Duration::from_secs(60)).await;
         assert!(
             proxy.is_running(),
             "the proxy exited during {kind:?}:\n{}",
