@@ -18,6 +18,10 @@
 //!   `-ERR Protocol error: …` after the replies to the valid requests before it, then the
 //!   connection is closed.
 //!
+//! - **Memory.** Reads go through one scratch buffer per runtime thread and are written on at
+//!   once; a session keeps bytes only while a peer's socket is full or the fence holds them, and
+//!   does not read a side whose bytes are still pending. An idle connection holds no buffer.
+//!
 //! Everything that can fail ends this task only; the listener never sees it.
 
 use std::cell::RefCell;
@@ -108,6 +112,7 @@ async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<usize>> {
     })
     .await
 }
+
 /// After a failed connect, look again at least this often while waiting for the watcher.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
@@ -682,8 +687,9 @@ impl<'a> Session<'a> {
     /// Act on the current state: forward held bytes, migrate, close.
     fn step(&mut self) -> Step {
         self.open = false;
-        // Mark the change seen before loading, so a change after the load shows in `changes`.
-        self.changes.borrow_and_update();
+        // Mark the change seen before loading, so a change after the load shows in `changes`
+        // (`mark_unchanged` is one atomic load; `borrow_and_update` would take the watch's lock).
+        self.changes.mark_unchanged();
         let route = self.shared.route.load();
         let switched = route.generation != self.generation;
 
