@@ -584,17 +584,23 @@ impl<'a> Session<'a> {
         let chunk = &bytes[..valid];
         // `held` and `unsent` are empty here: the client is read only then.
         if self.open && !self.backend_gone && matches!(self.changes.has_changed(), Ok(false)) {
-            match write_now(&self.backend, chunk) {
-                Ok(w) => self.unsent.push(&chunk[w..]),
-                Err(e) => {
-                    debug!(error = %e, "backend write error");
-                    return Step::Close(Close::IoError);
-                }
-            }
-            self.forwarded = self.snapshot();
-        } else {
-            self.held.push(chunk);
+            return self.forward(chunk);
         }
+        self.held.push(chunk);
+        Step::Continue
+    }
+
+    /// Commit client bytes to the backend: written now as far as its socket takes them, the
+    /// rest kept in `unsent`. Either way they count as forwarded from here on.
+    fn forward(&mut self, bytes: &[u8]) -> Step {
+        match write_now(&self.backend, bytes) {
+            Ok(w) => self.unsent.push(&bytes[w..]),
+            Err(e) => {
+                debug!(error = %e, "backend write error");
+                return Step::Close(Close::IoError);
+            }
+        }
+        self.forwarded = self.snapshot();
         Step::Continue
     }
 
@@ -773,16 +779,10 @@ impl<'a> Session<'a> {
             if self.held_since.is_some() {
                 self.count_held("same_master");
             }
-            let mut held = std::mem::take(&mut self.held);
-            match write_now(&self.backend, held.bytes()) {
-                Ok(w) => held.consume(w),
-                Err(e) => {
-                    debug!(error = %e, "backend write error");
-                    return Step::Close(Close::IoError);
-                }
+            let held = std::mem::take(&mut self.held);
+            if let Step::Close(c) = self.forward(held.bytes()) {
+                return Step::Close(c);
             }
-            self.unsent = held;
-            self.forwarded = self.snapshot();
         }
         self.open = !route.paused && self.held.is_empty();
 
