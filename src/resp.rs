@@ -6,18 +6,21 @@
 //!   `CLIENT REPLY OFF|SKIP|ON`), and notes the commands that change what a boundary means:
 //!   MULTI/WATCH…EXEC, SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE, MONITOR, blocking commands, and the
 //!   connection-state commands (AUTH, HELLO, SELECT, CLIENT SETNAME) that a migrated session must
-//!   replay on its new backend, which it captures.
+//!   replay on its new backend, which it captures. `RESET` clears all of that, as Redis does;
+//!   `QUIT` ends the stream (Redis runs nothing after it); `SYNC`/`PSYNC` turn the connection into
+//!   a replication stream, which is no longer request/reply.
 //! - [`ReplyTracker`] reads the server → client stream, RESP2 and RESP3 alike (type bytes do not
-//!   overlap), counting complete top-level replies; push frames (`>`) and attributes (`|`) are not
-//!   replies. It flags `-READONLY`/`-MASTERDOWN` replies, which mean the node is no longer a
-//!   usable master.
+//!   overlap), counting complete top-level replies at any nesting depth; push frames (`>`) and
+//!   attributes (`|`) are not replies. It flags `-READONLY`/`-MASTERDOWN` replies, which mean the
+//!   node is no longer a usable master.
 //!
 //! A session is at a *request boundary* when every byte it forwarded belonged to complete
 //! requests and every expected reply has arrived. Chunks can split the stream anywhere: feeding
 //! the same bytes in any split gives the same counts (tested below).
 
-/// Deepest aggregate nesting accepted in replies (Redis nests far less).
-const MAX_DEPTH: usize = 32;
+/// Aggregate nesting followed without allocating; deeper replies (Lua can nest thousands deep)
+/// spill into a vector that lives only as long as such a reply.
+const INLINE_DEPTH: usize = 32;
 /// Bytes of an argument kept for recognising commands (command names and sub-commands are short).
 const NAME_LEN: usize = 16;
 /// Redis's own limit for one inline command line.
@@ -98,6 +101,12 @@ pub struct RequestTracker {
     /// State that cannot be recreated on another backend (CLIENT TRACKING, inline state
     /// commands, oversized state commands…).
     pub unmigratable: bool,
+    /// `QUIT` seen: Redis answers it, closes, and runs nothing sent after it, so nothing after it
+    /// is counted.
+    pub quit: bool,
+    /// `SYNC` or `PSYNC` seen: what follows is a replication stream (an RDB payload without a
+    /// trailing CRLF, then commands), not replies; the session must stop tracking.
+    pub replication: bool,
     /// Connection-state commands (AUTH, HELLO, SELECT, CLIENT SETNAME/SETINFO), re-encoded, to
     /// replay on a new backend; and how many replies they produce. Empty for most sessions.
     pub replay: Vec<u8>,
@@ -130,6 +139,8 @@ impl RequestTracker {
             pubsub: false,
             monitor: false,
             unmigratable: false,
+            quit: false,
+            replication: false,
             replay: Vec::new(),
             replay_count: 0,
             capture: Vec::new(),
@@ -147,7 +158,7 @@ impl RequestTracker {
     pub fn feed(&mut self, buf: &[u8]) -> Result<(), (ProtocolError, usize)> {
         let mut i = 0;
         let mut last_complete = 0;
-        while i < buf.len() {
+        while i < buf.len() && !self.quit && !self.replication {
             let b = buf[i];
             match self.state {
                 ReqState::Start => {
@@ -420,6 +431,21 @@ impl RequestTracker {
             b"CLIENT" if n1 == b"SETNAME" || n1 == b"SETINFO" => state_cmd = true,
             b"CLIENT" if n1 == b"TRACKING" => self.unmigratable = true,
             b"AUTH" | b"HELLO" | b"SELECT" => state_cmd = true,
+            b"RESET" => {
+                // Redis's RESET: out of MULTI/WATCH, pub/sub, MONITOR, tracking and
+                // `CLIENT REPLY OFF`, back to db 0, RESP2, the default user and no name. Nothing
+                // is left to replay, and it is answered whatever the reply mode was.
+                self.reply_mode = ReplyMode::On;
+                expects = true;
+                self.in_transaction = false;
+                self.pubsub = false;
+                self.monitor = false;
+                self.unmigratable = false;
+                self.replay.clear();
+                self.replay_count = 0;
+            }
+            b"QUIT" => self.quit = true,
+            b"SYNC" | b"PSYNC" => self.replication = true,
             b"MULTI" | b"WATCH" => self.in_transaction = true,
             b"EXEC" | b"DISCARD" | b"UNWATCH" => self.in_transaction = false,
             b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => self.pubsub = true,
@@ -459,8 +485,10 @@ pub struct ReplyTracker {
     len_kind: u8,
     bulk_left: u64,
     top_kind: u8,
-    /// Remaining elements per open aggregate; the top bit marks an attribute.
-    stack: [u32; MAX_DEPTH],
+    /// Remaining elements per open aggregate; the top bit marks an attribute. The first
+    /// `INLINE_DEPTH` levels live here, deeper ones in `deep`.
+    stack: [u32; INLINE_DEPTH],
+    deep: Vec<u32>,
     depth: usize,
     err_prefix: [u8; 12],
     err_len: u8,
@@ -505,7 +533,8 @@ impl ReplyTracker {
             len_kind: 0,
             bulk_left: 0,
             top_kind: 0,
-            stack: [0; MAX_DEPTH],
+            stack: [0; INLINE_DEPTH],
+            deep: Vec::new(),
             depth: 0,
             err_prefix: [0; 12],
             err_len: 0,
@@ -611,12 +640,11 @@ impl ReplyTracker {
                     }
                     return Ok(());
                 }
-                if self.depth == MAX_DEPTH || count >= ATTR_FLAG as i64 {
+                if count >= ATTR_FLAG as i64 {
                     return Err(ReplyError);
                 }
                 let flag = if kind == b'|' { ATTR_FLAG } else { 0 };
-                self.stack[self.depth] = count as u32 | flag;
-                self.depth += 1;
+                self.push_level(count as u32 | flag);
             }
         }
         Ok(())
@@ -637,17 +665,44 @@ impl ReplyTracker {
                 }
                 return;
             }
-            let top = &mut self.stack[self.depth - 1];
+            let top = self.top_level();
             let left = (*top & !ATTR_FLAG) - 1;
             let attr = *top & ATTR_FLAG;
             *top = left | attr;
             if left > 0 {
                 return;
             }
-            self.depth -= 1;
+            self.pop_level();
             if attr != 0 {
                 // An attribute is not an element of its parent; at top level it is no reply.
                 return;
+            }
+        }
+    }
+
+    fn push_level(&mut self, level: u32) {
+        if self.depth < INLINE_DEPTH {
+            self.stack[self.depth] = level;
+        } else {
+            self.deep.push(level);
+        }
+        self.depth += 1;
+    }
+
+    fn top_level(&mut self) -> &mut u32 {
+        match self.depth {
+            d if d <= INLINE_DEPTH => &mut self.stack[d - 1],
+            _ => self.deep.last_mut().expect("deep levels past INLINE_DEPTH"),
+        }
+    }
+
+    fn pop_level(&mut self) {
+        self.depth -= 1;
+        if self.depth >= INLINE_DEPTH {
+            self.deep.pop();
+            if self.depth == INLINE_DEPTH {
+                // A deep reply is over: give its memory back.
+                self.deep = Vec::new();
             }
         }
     }
@@ -909,10 +964,49 @@ mod tests {
     fn garbage_replies_are_errors() {
         assert_eq!(ReplyTracker::new().feed(b"hello"), Err(ReplyError));
         assert_eq!(ReplyTracker::new().feed(b"$abc\r\n"), Err(ReplyError));
-        let mut deep = Vec::new();
-        for _ in 0..40 {
-            deep.extend_from_slice(b"*1\r\n");
+    }
+
+    /// What Redis sends for `EVAL "local a = {}; local b = {a}; a[1] = b; return a" 0`: arrays
+    /// nested thousands deep, closed by an error. It is one reply, followed exactly.
+    #[test]
+    fn replies_of_any_depth() {
+        for depth in [31, 32, 33, 5000] {
+            let mut stream = b"*1\r\n".repeat(depth);
+            stream.extend_from_slice(b"-ERR reached lua stack limit\r\n+OK\r\n");
+            let whole = rep(&[&stream]);
+            assert_eq!((whole.replies, whole.errors), (2, 0), "depth {depth}");
+            assert!(whole.at_reply_boundary() && whole.deep.capacity() == 0);
+            let mut bytewise = ReplyTracker::new();
+            for b in &stream {
+                bytewise.feed(std::slice::from_ref(b)).unwrap();
+            }
+            assert_eq!(bytewise.replies, 2);
         }
-        assert_eq!(ReplyTracker::new().feed(&deep), Err(ReplyError));
+        let t = rep(&[&b"*2\r\n".repeat(40), b":1\r\n"]);
+        assert_eq!((t.replies, t.depth), (0, 40));
+    }
+
+    #[test]
+    fn quit_ends_the_stream_and_reset_clears_state() {
+        let t = every_split_req(b"GET a\r\nQUIT\r\nSET a 1\r\nGET a\r\n");
+        assert!(t.quit);
+        assert_eq!((t.requests, t.expected_replies), (2, 2));
+        let t = every_split_req(
+            b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\nMULTI\r\nCLIENT TRACKING on\r\nCLIENT REPLY OFF\r\nSUBSCRIBE c\r\nRESET\r\nPING\r\n",
+        );
+        assert_eq!((t.replay_count, t.replay.len()), (0, 0));
+        assert!(!t.in_transaction && !t.pubsub && !t.unmigratable);
+        assert_eq!(
+            t.expected_replies, 5,
+            "SELECT, MULTI, TRACKING, then RESET and PING"
+        );
+    }
+
+    #[test]
+    fn sync_starts_a_replication_stream() {
+        let t = every_split_req(b"PING\r\nSYNC\r\nREPLCONF ACK 0\r\n");
+        assert!(t.replication);
+        assert_eq!(t.requests, 2);
+        assert!(req(&[b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n"]).replication);
     }
 }

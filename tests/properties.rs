@@ -35,6 +35,8 @@ const NAMES: &[&str] = &[
     "MONITOR",
     "QUIT",
     "RESET",
+    "SYNC",
+    "PSYNC",
     "EVAL",
     "set",
     "multi",
@@ -119,6 +121,34 @@ fn reply() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// The command name of one generated request (multibulk or inline), upper-cased.
+fn name_of(request: &[u8]) -> Vec<u8> {
+    let name = match request.strip_prefix(b"*") {
+        Some(rest) => {
+            let mut lines = rest.split(|&b| b == b'\n');
+            lines.next(); // the argument count
+            lines.next(); // `$len`
+            lines.next().unwrap_or_default()
+        }
+        None => request
+            .split(|&b| b == b' ' || b == b'\r')
+            .next()
+            .unwrap_or_default(),
+    };
+    name.strip_suffix(b"\r")
+        .unwrap_or(name)
+        .to_ascii_uppercase()
+}
+
+/// Requests Redis runs of `requests`: none after QUIT (it closes) or SYNC/PSYNC (a replication
+/// stream follows, not requests).
+fn counted(requests: &[Vec<u8>]) -> u64 {
+    let end = requests.iter().position(|r| {
+        matches!(name_of(r).as_slice(), b"QUIT" | b"SYNC" | b"PSYNC")
+    });
+    end.map_or(requests.len(), |i| i + 1) as u64
+}
+
 /// The tracker's observable state.
 fn req_state(t: &RequestTracker) -> impl PartialEq + std::fmt::Debug {
     (
@@ -132,6 +162,8 @@ fn req_state(t: &RequestTracker) -> impl PartialEq + std::fmt::Debug {
         t.replay.clone(),
         t.replay_count,
         t.unmigratable,
+        t.quit,
+        t.replication,
     )
 }
 
@@ -172,7 +204,7 @@ proptest! {
         prop_assert_eq!(req_state(&whole), req_state(&split));
         prop_assert!(whole.at_request_boundary());
         // Every request is counted once, wherever the cuts fell.
-        prop_assert_eq!(whole.requests, requests.len() as u64);
+        prop_assert_eq!(whole.requests, counted(&requests));
     }
 
     #[test]
