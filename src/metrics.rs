@@ -26,6 +26,7 @@ pub struct Metrics {
     pub held_requests_total: IntCounterVec,
     pub hold_seconds: Histogram,
     pub migrations_total: IntCounterVec,
+    pub pipe_sessions_total: IntCounterVec,
     pub not_master_replies_total: IntCounter,
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: IntCounterVec,
@@ -155,6 +156,11 @@ impl Metrics {
                 "sentinel_proxy_session_migrations_total",
                 "Client sessions moved to a new master at a request boundary, by result (ok, failed).",
                 &["result"],
+            ),
+            pipe_sessions_total: counter_vec(
+                "sentinel_proxy_pipe_sessions_total",
+                "Client sessions that stopped tracking RESP and became byte pipes, by reason (replication: SYNC/PSYNC; untracked_reply: a reply the tracker could not follow).",
+                &["reason"],
             ),
             not_master_replies_total: counter(
                 "sentinel_proxy_not_master_replies_total",

@@ -14,6 +14,12 @@
 //!   session. A session that cannot be moved (pub/sub, MONITOR, a blocking command in flight, an
 //!   open transaction, state it cannot replay) is closed, at a boundary where there is one, and at
 //!   the latest after `--drain-timeout`; requests it held were never sent anywhere.
+//! - **Byte pipe.** After `SYNC`/`PSYNC` (a replication stream: an RDB payload, then commands)
+//!   or a reply the tracker cannot follow, the session stops tracking and passes bytes through
+//!   unchanged for the rest of its life, like an L4 splice. The fence still holds its bytes while
+//!   the route is paused; it is never moved, and is closed at a switch.
+//! - **QUIT.** Redis answers `+OK` and closes; the client connection closes with it (never moved
+//!   to a new backend).
 //! - **Bad input.** Malformed RESP (or a bulk over `--max-request-bytes`) gets Redis's own
 //!   `-ERR Protocol error: …` after the replies to the valid requests before it, then the
 //!   connection is closed.
@@ -125,7 +131,8 @@ pub enum Close {
     NoMaster,
     Shutdown,
     ProtocolError,
-    BackendProtocolError,
+    /// The client sent QUIT and got its reply.
+    Quit,
     /// Moved masters while in pub/sub, MONITOR, a blocking command, or a transaction; or with
     /// state that cannot be replayed.
     SwitchPubSub,
@@ -134,6 +141,8 @@ pub enum Close {
     SwitchTransaction,
     SwitchMidRequest,
     SwitchUnmigratable,
+    /// Moved masters while a byte pipe (a replication stream or untracked replies).
+    SwitchPipe,
     /// Requests were in flight on a master that had stopped answering when it was replaced:
     /// their outcome is unknown, and a late reply from it must not pass for an acknowledgement.
     SwitchMasterDown,
@@ -153,7 +162,8 @@ impl Close {
             Close::NoMaster => "no_master",
             Close::Shutdown => "shutdown",
             Close::ProtocolError => "protocol_error",
-            Close::BackendProtocolError => "backend_protocol_error",
+            Close::Quit => "quit",
+            Close::SwitchPipe => "switch_pipe",
             Close::SwitchPubSub => "switch_pubsub",
             Close::SwitchMonitor => "switch_monitor",
             Close::SwitchBlocking => "switch_blocking",
@@ -318,8 +328,29 @@ struct Session<'a> {
     deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     shutting_down: bool,
     rechecked: bool,
+    /// No longer tracking RESP: bytes pass through unchanged.
+    pipe: Option<Pipe>,
     /// Last time bytes moved either way (only kept when `--idle-timeout` is on).
     last_active: Instant,
+}
+
+/// Why a session stopped tracking RESP and became a byte pipe (the label of
+/// `sentinel_proxy_pipe_sessions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    /// `SYNC`/`PSYNC`: the client is a replica (or `redis-cli --rdb`/`--replica`).
+    Replication,
+    /// The backend sent bytes the reply tracker could not follow.
+    UntrackedReply,
+}
+
+impl Pipe {
+    pub fn label(self) -> &'static str {
+        match self {
+            Pipe::Replication => "replication",
+            Pipe::UntrackedReply => "untracked_reply",
+        }
+    }
 }
 
 /// Which socket is ready for what (see `Session::wait`).
@@ -374,6 +405,7 @@ impl<'a> Session<'a> {
             deadline_timer: None,
             shutting_down: false,
             rechecked: false,
+            pipe: None,
             last_active: Instant::now(),
         }
     }
@@ -545,7 +577,8 @@ impl<'a> Session<'a> {
                     && self.in_flight() == 0
                     && self.req.at_request_boundary()
                     && !self.req.pubsub
-                    && !self.req.monitor;
+                    && !self.req.monitor
+                    && self.pipe.is_none();
                 if quiet { Step::Close(Close::IdleTimeout) } else { Step::Continue }
             }
             _ = deadline_passed => {
@@ -574,13 +607,19 @@ impl<'a> Session<'a> {
         let m = &self.shared.metrics;
         m.client_bytes_received_total.inc_by(bytes.len() as u64);
         self.forwarded = self.snapshot();
-        let valid = match self.req.feed(bytes) {
-            Ok(()) => bytes.len(),
-            Err((e, valid)) => {
-                self.protocol_error = Some(e);
-                valid
-            }
+        let valid = match self.pipe {
+            Some(_) => bytes.len(),
+            None => match self.req.feed(bytes) {
+                Ok(()) => bytes.len(),
+                Err((e, valid)) => {
+                    self.protocol_error = Some(e);
+                    valid
+                }
+            },
         };
+        if self.req.replication && self.pipe.is_none() {
+            self.become_pipe(Pipe::Replication);
+        }
         let chunk = &bytes[..valid];
         // `held` and `unsent` are empty here: the client is read only then.
         if self.open && !self.backend_gone && matches!(self.changes.has_changed(), Ok(false)) {
@@ -609,9 +648,8 @@ impl<'a> Session<'a> {
         if self.idle_on {
             self.last_active = Instant::now();
         }
-        if self.rep.feed(bytes).is_err() {
-            debug!("backend sent bytes that are not RESP");
-            return Step::Close(Close::BackendProtocolError);
+        if self.pipe.is_none() && self.rep.feed(bytes).is_err() {
+            self.become_pipe(Pipe::UntrackedReply);
         }
         if self.rep.saw_not_master && !self.rechecked {
             // A partitioned or demoted master: have the watcher look now.
@@ -630,6 +668,20 @@ impl<'a> Session<'a> {
                 Step::Close(Close::ClientClosed)
             }
         }
+    }
+
+    /// Stop tracking for good: from now on bytes pass through unchanged.
+    fn become_pipe(&mut self, why: Pipe) {
+        info!(
+            reason = why.label(),
+            "session is now a byte pipe (no longer tracking requests and replies)"
+        );
+        self.shared
+            .metrics
+            .pipe_sessions_total
+            .with_label_values(&[why.label()])
+            .inc();
+        self.pipe = Some(why);
     }
 
     fn flush_replies(&mut self) -> Step {
@@ -684,6 +736,7 @@ impl<'a> Session<'a> {
     fn movable(&self) -> bool {
         let f = self.forwarded_state();
         f.at_boundary
+            && self.pipe.is_none()
             && !f.in_transaction
             && !self.req.pubsub
             && !self.req.monitor
@@ -699,10 +752,23 @@ impl<'a> Session<'a> {
         let route = self.shared.route.load();
         let switched = route.generation != self.generation;
 
+        // Redis closes after answering QUIT; so does the client's connection (it is never
+        // moved to a new backend, which would answer what the client sends next).
+        if self.req.quit && self.held.is_empty() && self.unsent.is_empty() && self.in_flight() == 0
+        {
+            return Step::Close(Close::Quit);
+        }
+        if self.pipe.is_some()
+            && let Some(close) = self.pipe_step(switched)
+        {
+            return Step::Close(close);
+        }
+
         // The client has closed its side and is owed nothing: done, wherever the backend is.
         // (Moving such a session to a new master would leave it waiting there for an end of
         // stream that never comes, since the FIN went to the old one.)
         if self.client_eof
+            && self.pipe.is_none()
             && self.in_flight() == 0
             && self.held.is_empty()
             && self.unsent.is_empty()
@@ -793,6 +859,24 @@ impl<'a> Session<'a> {
             return Step::Refuse(e);
         }
         Step::Continue
+    }
+
+    /// `step()` for a byte pipe: no boundaries are known, so it is closed at a switch, a lost
+    /// backend or shutdown; otherwise its bytes are held while the route is paused.
+    fn pipe_step(&self, switched: bool) -> Option<Close> {
+        if self.backend_gone {
+            Some(if self.client_eof {
+                Close::ClientClosed
+            } else {
+                Close::BackendClosed
+            })
+        } else if switched {
+            Some(Close::SwitchPipe)
+        } else if self.shutting_down {
+            Some(Close::Shutdown)
+        } else {
+            None
+        }
     }
 
     /// Like Redis: the replies to the valid requests before it, the error, then close.
