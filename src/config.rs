@@ -92,8 +92,8 @@ pub struct Cli {
     /// Most client connections at once; over it a client gets `-ERR max number of clients reached` [default: 10000].
     #[arg(long, env = "SENTINEL_PROXY_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
-    /// Runtime threads serving connections: `0` is one per CPU; `1` runs everything on one
-    /// thread, a little cheaper per request when Redis and the clients share the cores [default: 0].
+    /// Worker threads serving client connections, each with a runtime of its own (a connection
+    /// stays on one): `0` is one per CPU; `1` suits a sidecar sharing its cores [default: 0].
     #[arg(long, env = "SENTINEL_PROXY_THREADS", value_name = "N")]
     pub threads: Option<usize>,
     /// Close a client idle this long (no bytes either way, nothing in flight; not pub/sub or

@@ -11,7 +11,8 @@
 //! route  (ArcSwap<Route>: master address + generation + pause, read lock-free)
 //!        │ read per connection, generation checked per forwarded read
 //!        ▼
-//! listener (accept loop) ──► session (forward both ways, resp.rs boundaries, fence, migrate)
+//! listener (accept loop) ──► workers (a current-thread runtime per thread)
+//!        ──► session (forward both ways, resp.rs boundaries, fence, migrate)
 //! admin (hyper: /metrics /healthz /readyz /status) ◄── metrics, route, watcher state
 //! shutdown: signal → CancellationToken → sessions close at a boundary → TaskTracker waits (deadline)
 //! ```
@@ -30,6 +31,7 @@ pub mod route;
 pub mod sentinel;
 pub mod session;
 pub mod shutdown;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +121,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A proxy with its sockets bound, not yet serving.
@@ -126,6 +130,7 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     admin: TcpListener,
+    workers: workers::Workers,
 }
 
 impl Server {
@@ -149,11 +154,13 @@ impl Server {
         };
         let listener = bind(config.listen, config.max_clients.max(1024))?;
         let admin = bind(config.metrics_listen, 1024)?;
+        let workers = workers::Workers::start(config.threads).map_err(Error::Workers)?;
         let shared = Arc::new(Shared::new(config));
         Ok(Server {
             shared,
             listener,
             admin,
+            workers,
         })
     }
 
@@ -180,18 +187,27 @@ impl Server {
             shared,
             listener,
             admin,
+            workers,
         } = self;
         info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             master_name = %shared.config().master_name,
             sentinels = shared.config().sentinels.len(),
+            threads = workers.len(),
             "sentinel-proxy started"
         );
         let tracker = TaskTracker::new();
         tokio::spawn(sentinel::watcher::run(shared.clone(), shutdown.clone()));
         tokio::spawn(admin::run(admin, shared.clone(), shutdown.clone()));
-        listener::run(listener, shared.clone(), tracker.clone(), shutdown).await;
+        listener::run(
+            listener,
+            shared.clone(),
+            &workers,
+            tracker.clone(),
+            shutdown,
+        )
+        .await;
         tracker.close();
         let open = tracker.len();
         if tokio::time::timeout(shared.config().shutdown_timeout, tracker.wait())

@@ -2,7 +2,8 @@
 //! shutdown. An accept error (e.g. out of file descriptors) is logged and retried after a growing
 //! back-off; it never ends the loop. Only shutdown does. Each session holds a permit of the
 //! `--max-clients` semaphore; a client over the limit gets Redis's own
-//! `-ERR max number of clients reached` and is closed.
+//! `-ERR max number of clients reached` and is closed. Each session runs on one of the worker
+//! threads (`workers.rs`), which owns its socket from then on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
+use crate::workers::Workers;
 use crate::{Shared, session};
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -22,6 +24,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 pub async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
+    workers: &Workers,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -41,14 +44,26 @@ pub async fn run(
                     continue;
                 };
                 let span = info_span!("conn", client = %peer, backend = tracing::field::Empty);
+                // The socket moves to the worker's own I/O driver.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "could not hand a connection to a worker");
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
-                tracker.spawn(
+                tracker.spawn_on(
                     async move {
-                        session::serve(stream, shared, shutdown).await;
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => session::serve(stream, shared, shutdown).await,
+                            Err(e) => warn!(error = %e, "could not register a connection"),
+                        }
                         drop(permit);
                     }
                     .instrument(span),
+                    workers.for_client(peer.ip()),
                 );
             }
             Err(e) => {

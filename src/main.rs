@@ -44,18 +44,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config, cli: Cli) -> anyhow::Result<()> {
-    // One thread: no work stealing and no cross-thread wake-ups (docs/PERFORMANCE.md).
-    let mut builder = match config.threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(n);
-            }
-            b
-        }
-    };
-    let runtime = builder
+    // This thread runs the listener, the sentinel watcher and the admin endpoints; client
+    // connections run on the worker threads (`--threads`, src/workers.rs).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
