@@ -293,9 +293,11 @@ async fn idle_clients_are_closed_but_subscribers_are_not() {
     let master = proxy.wait_ready().await;
     let mut idle = conn(proxy.port).await.unwrap();
     cmd(&mut idle, &["PING"]).await.unwrap();
+    // Idle since its PING's reply (taken after the subscriber's set-up, the bound failed
+    // whenever that set-up was slow).
+    let started = std::time::Instant::now();
     let mut sub = conn(proxy.port).await.unwrap();
     cmd(&mut sub, &["SUBSCRIBE", "news"]).await.unwrap();
-    let started = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(5), idle.read_frame()).await;
     assert!(matches!(r, Ok(Err(_))), "the idle client was closed: {r:?}");
     assert!(started.elapsed() >= Duration::from_millis(300));
