@@ -19,7 +19,8 @@
 //!   unchanged for the rest of its life, like an L4 splice. The fence still holds its bytes while
 //!   the route is paused; it is never moved, and is closed at a switch.
 //! - **QUIT.** Redis answers `+OK` and closes; the client connection closes with it (never moved
-//!   to a new backend).
+//!   to a new backend). So does a connection the master closes while it still accepts new ones
+//!   (`CLIENT KILL`, its `timeout`): only a master that went away makes an idle session move.
 //! - **Bad input.** Malformed RESP (or a bulk over `--max-request-bytes`) gets Redis's own
 //!   `-ERR Protocol error: …` after the replies to the valid requests before it, then the
 //!   connection is closed.
@@ -894,6 +895,9 @@ impl<'a> Session<'a> {
 
     /// Act on `Step::Move`.
     async fn move_to(&mut self, addr: SocketAddr, generation: u64) -> Step {
+        if generation == self.generation && self.backend_gone {
+            return self.master_still_up(addr).await;
+        }
         match self.migrate(addr, generation).await {
             Ok(()) => {
                 self.shared
@@ -918,6 +922,22 @@ impl<'a> Session<'a> {
                 Step::Close(close)
             }
         }
+    }
+
+    /// The routed master closed this idle session's connection. If it still takes new ones, it
+    /// closed this one on purpose (`CLIENT KILL`, its `timeout`, a buffer limit), so the client's
+    /// connection closes too, as it would directly. If it does not, it is going away: wait for
+    /// the watcher's verdict (a new master to move to, or the deadline).
+    async fn master_still_up(&mut self, addr: SocketAddr) -> Step {
+        let connect = timeout(
+            self.shared.config().connect_timeout,
+            TcpStream::connect(addr),
+        );
+        if let Ok(Ok(_)) = connect.await {
+            return Step::Close(Close::BackendClosed);
+        }
+        self.shared.route.request_recheck();
+        Step::Continue
     }
 
     /// Move to the new master: connect, replay connection state, swallow its replies.

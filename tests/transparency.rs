@@ -267,3 +267,34 @@ async fn reset_clears_the_state_a_migration_replays() {
         OwnedFrame::Null
     );
 }
+
+/// A connection Redis closes on purpose (`CLIENT KILL`) while the master is up closes the
+/// client's connection too, as directly; it is not silently reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_by_redis_sees_its_connection_close() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    proxy.wait_ready().await;
+    let mut victim = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    victim.write_all(b"CLIENT ID\r\n").await.unwrap();
+    let (id, _) = read_until(&mut victim, |b| b.ends_with(b"\r\n")).await;
+    let id = String::from_utf8_lossy(&id[1..id.len() - 2]).to_string();
+    let mut killer = conn(proxy.port).await.unwrap();
+    assert_eq!(
+        cmd(&mut killer, &["CLIENT", "KILL", "ID", &id])
+            .await
+            .unwrap(),
+        OwnedFrame::Integer(1)
+    );
+    let (got, closed) = read_until(&mut victim, |_| false).await;
+    assert_eq!((got.as_slice(), closed), (&b""[..], true));
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_session_migrations_total{result=\"ok\"}"
+        ),
+        None,
+        "not moved to the same master"
+    );
+}
