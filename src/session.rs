@@ -714,6 +714,9 @@ impl<'a> Session<'a> {
 
     fn backend_lost(&mut self) -> Step {
         self.backend_gone = true;
+        if self.req.quit {
+            return Step::Close(Close::Quit);
+        }
         let generation_moved = self.shared.route.generation() != self.generation;
         if self.client_eof {
             return Step::Close(Close::ClientClosed);
@@ -753,10 +756,11 @@ impl<'a> Session<'a> {
         let route = self.shared.route.load();
         let switched = route.generation != self.generation;
 
-        // Redis closes after answering QUIT; so does the client's connection (it is never
-        // moved to a new backend, which would answer what the client sends next).
-        if self.req.quit && self.held.is_empty() && self.unsent.is_empty() && self.in_flight() == 0
-        {
+        // Redis closes after answering QUIT; so does the client's connection, once every byte
+        // before that end has been relayed (never moved to a new backend, which would answer
+        // what the client sends next). The end, not a reply count, marks it: a subscriber's
+        // messages make reply counts meaningless.
+        if self.req.quit && self.backend_gone {
             return Step::Close(Close::Quit);
         }
         if self.pipe.is_some()

@@ -95,15 +95,32 @@ async fn quit_closes_the_client_connection() {
         cmd(&mut direct, &["EXISTS", "after-quit"]).await.unwrap(),
         OwnedFrame::Integer(0)
     );
-    let (_, text) = http_get(proxy.admin, "/metrics").await;
-    assert_eq!(
-        metric(
-            &text,
-            "sentinel_proxy_sessions_closed_total{reason=\"quit\"}"
-        ),
-        Some(2.0),
-        "{text}"
-    );
+
+    // A subscriber's QUIT (RESP2 allows it in subscribed mode): its +OK, then the close.
+    let mut c = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    c.write_all(b"SUBSCRIBE news\r\n").await.unwrap();
+    read_until(&mut c, |b| b.ends_with(b":1\r\n")).await;
+    cmd(&mut direct, &["PUBLISH", "news", "hello"])
+        .await
+        .unwrap();
+    read_until(&mut c, |b| b.ends_with(b"hello\r\n")).await;
+    c.write_all(b"QUIT\r\n").await.unwrap();
+    let (got, closed) = read_until(&mut c, |_| false).await;
+    assert_eq!((got.as_slice(), closed), (&b"+OK\r\n"[..], true));
+    // Counted once the session has ended (just after the client saw the close).
+    eventually(
+        Duration::from_secs(5),
+        "3 sessions closed by QUIT",
+        || async {
+            let (_, text) = http_get(proxy.admin, "/metrics").await;
+            let quits = metric(
+                &text,
+                "sentinel_proxy_sessions_closed_total{reason=\"quit\"}",
+            );
+            (quits == Some(3.0)).then_some(())
+        },
+    )
+    .await;
 }
 
 /// A reply nested thousands deep (a Lua table that contains itself) is followed exactly: the
