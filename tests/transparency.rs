@@ -315,3 +315,31 @@ async fn a_client_killed_by_redis_sees_its_connection_close() {
         "not moved to the same master"
     );
 }
+
+/// A reply the tracker cannot follow (only a fake master sends one) makes the session a byte
+/// pipe: the client gets the bytes as sent and the connection goes on, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrackable_reply_makes_a_byte_pipe_not_a_close() {
+    use support::fake_master::{FakeMaster, NOT_RESP};
+    use support::fake_sentinel::{Behaviour, FakeSentinel};
+    let master = FakeMaster::start().await;
+    let sentinel = FakeSentinel::start(Behaviour::NamesMaster(hp(master.addr.port()))).await;
+    let proxy = Proxy::start(vec![sentinel.host_port()]).await;
+    assert_eq!(proxy.wait_ready().await, master.addr.port());
+    let mut c = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    c.write_all(b"*1\r\n$7\r\nGARBAGE\r\n").await.unwrap();
+    let (got, closed) = read_until(&mut c, |b| b.ends_with(b"%%%\r\n")).await;
+    assert_eq!((got.as_slice(), closed), (NOT_RESP, false));
+    c.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+    let (got, closed) = read_until(&mut c, |b| b.ends_with(b"\r\n")).await;
+    assert_eq!((got.as_slice(), closed), (&b"+PONG\r\n"[..], false));
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_pipe_sessions_total{reason=\"untracked_reply\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod fake_master;
 pub mod fake_sentinel;
 pub mod writer;
 
