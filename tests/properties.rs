@@ -143,9 +143,9 @@ fn name_of(request: &[u8]) -> Vec<u8> {
 /// Requests Redis runs of `requests`: none after QUIT (it closes) or SYNC/PSYNC (a replication
 /// stream follows, not requests).
 fn counted(requests: &[Vec<u8>]) -> u64 {
-    let end = requests.iter().position(|r| {
-        matches!(name_of(r).as_slice(), b"QUIT" | b"SYNC" | b"PSYNC")
-    });
+    let end = requests
+        .iter()
+        .position(|r| matches!(name_of(r).as_slice(), b"QUIT" | b"SYNC" | b"PSYNC"));
     end.map_or(requests.len(), |i| i + 1) as u64
 }
 
