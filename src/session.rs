@@ -714,6 +714,10 @@ impl<'a> Session<'a> {
 
     fn backend_lost(&mut self) -> Step {
         self.backend_gone = true;
+        // Redis closes after answering QUIT; so does the client's connection, once every byte
+        // before that end has been relayed (never moved to a new backend, which would answer
+        // what the client sends next). The end, not a reply count, marks it: a subscriber's
+        // messages make reply counts meaningless.
         if self.req.quit {
             return Step::Close(Close::Quit);
         }
@@ -756,17 +760,15 @@ impl<'a> Session<'a> {
         let route = self.shared.route.load();
         let switched = route.generation != self.generation;
 
-        // Redis closes after answering QUIT; so does the client's connection, once every byte
-        // before that end has been relayed (never moved to a new backend, which would answer
-        // what the client sends next). The end, not a reply count, marks it: a subscriber's
-        // messages make reply counts meaningless.
-        if self.req.quit && self.backend_gone {
-            return Step::Close(Close::Quit);
-        }
-        if self.pipe.is_some()
-            && let Some(close) = self.pipe_step(switched)
-        {
-            return Step::Close(close);
+        // A byte pipe has no boundaries to move at (a lost backend ends it in `backend_lost`);
+        // otherwise its bytes are held while the route is paused, like any session's.
+        if self.pipe.is_some() {
+            if switched {
+                return Step::Close(Close::SwitchPipe);
+            }
+            if self.shutting_down {
+                return Step::Close(Close::Shutdown);
+            }
         }
 
         // The client has closed its side and is owed nothing: done, wherever the backend is.
@@ -864,24 +866,6 @@ impl<'a> Session<'a> {
             return Step::Refuse(e);
         }
         Step::Continue
-    }
-
-    /// `step()` for a byte pipe: no boundaries are known, so it is closed at a switch, a lost
-    /// backend or shutdown; otherwise its bytes are held while the route is paused.
-    fn pipe_step(&self, switched: bool) -> Option<Close> {
-        if self.backend_gone {
-            Some(if self.client_eof {
-                Close::ClientClosed
-            } else {
-                Close::BackendClosed
-            })
-        } else if switched {
-            Some(Close::SwitchPipe)
-        } else if self.shutting_down {
-            Some(Close::Shutdown)
-        } else {
-            None
-        }
     }
 
     /// Like Redis: the replies to the valid requests before it, the error, then close.

@@ -204,39 +204,34 @@ async fn replication_clients_work_through_the_proxy() {
         .spawn()
         .expect("run redis-cli --replica");
     let stdout = replica.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
+    // Its output is read to the end (a closed pipe would kill it): the lines come through
+    // `lines`.
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut lines = Vec::new();
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let seen = line.contains("streamed-key");
-            lines.push(line);
-            if seen {
-                break;
-            }
+            let _ = tx.send(line);
         }
-        lines
     });
+    let mut seen = Vec::new();
     // Write until the replica shows it (it attaches after its RDB transfer).
     let mut c = conn(proxy.port).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !reader.is_finished() {
+    while !seen.iter().any(|l: &String| l.contains("streamed-key")) {
         assert!(
             Instant::now() < deadline,
             "the write never reached the replica"
         );
         cmd(&mut c, &["SET", "streamed-key", "v"]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
+        seen.extend(lines.try_iter());
     }
-    let _ = replica.kill();
-    let _ = replica.wait();
-    let lines = reader.join().unwrap();
     assert!(
-        lines
-            .iter()
+        seen.iter()
             .any(|l| l.contains("\"SET\",\"streamed-key\"")
                 || l.contains("\"set\",\"streamed-key\"")),
-        "{lines:?}"
+        "{seen:?}"
     );
     let (_, text) = http_get(proxy.admin, "/metrics").await;
     assert_eq!(
@@ -247,6 +242,32 @@ async fn replication_clients_work_through_the_proxy() {
         Some(2.0),
         "{text}"
     );
+
+    // A pipe has no request boundaries: it is never moved, but closed at the switch.
+    lab.failover().await;
+    let new = lab.wait_new_master(master, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(30)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the replica's connection closed at the switch",
+        || async {
+            let (_, text) = http_get(proxy.admin, "/metrics").await;
+            let closed = metric(
+                &text,
+                "sentinel_proxy_sessions_closed_total{reason=\"switch_pipe\"}",
+            );
+            (closed == Some(1.0)).then_some(())
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-cli --replica saw no close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// RESET clears what the proxy would replay on a new master: after it, a failover moves the
