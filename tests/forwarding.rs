@@ -80,15 +80,8 @@ async fn set_get_and_admin_pages() {
     assert_eq!(code, 404);
 
     drop(c);
-    eventually(
-        Duration::from_secs(5),
-        "the connection gauge to drop",
-        || async {
-            let (_, text) = http_get(proxy.admin, "/metrics").await;
-            (metric(&text, "sentinel_proxy_client_connections") == Some(0.0)).then_some(())
-        },
-    )
-    .await;
+    let open = "sentinel_proxy_client_connections";
+    wait_metric(proxy.admin, open, 0.0, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,9 @@
 
 use std::net::SocketAddr;
 
-use bytes::{Buf, BytesMut};
-use redis_protocol::resp2::decode::decode;
+use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 pub const NOT_RESP: &[u8] = b"%%% not RESP at all %%%\r\n";
@@ -39,15 +38,8 @@ impl Drop for FakeMaster {
 async fn serve(mut stream: TcpStream) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        let frame = loop {
-            if let Ok(Some((frame, used))) = decode(&buf) {
-                buf.advance(used);
-                break frame;
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+        let Some(frame) = super::next_frame(&mut stream, &mut buf).await else {
+            return;
         };
         let name = match &frame {
             OwnedFrame::Array(args) => match args.first() {

@@ -3,11 +3,10 @@
 
 use std::net::SocketAddr;
 
-use bytes::{Buf, BytesMut};
-use redis_protocol::resp2::decode::decode;
+use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
 use sentinel_proxy::config::HostPort;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Clone, Debug)]
@@ -67,15 +66,8 @@ fn text(f: &OwnedFrame) -> String {
 async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        let frame = loop {
-            if let Ok(Some((frame, used))) = decode(&buf) {
-                buf.advance(used);
-                break frame;
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+        let Some(frame) = super::next_frame(&mut stream, &mut buf).await else {
+            return;
         };
         let OwnedFrame::Array(args) = frame else {
             return;

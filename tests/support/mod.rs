@@ -609,6 +609,36 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Wait until one series of the proxy's /metrics reads `value` (a session is counted just after
+/// its client saw the close).
+pub async fn wait_metric(admin: SocketAddr, series: &str, value: f64, limit: Duration) {
+    let what = format!("{series} to read {value}");
+    eventually(limit, &what, || async {
+        let (_, text) = http_get(admin, "/metrics").await;
+        (metric(&text, series) == Some(value)).then_some(())
+    })
+    .await
+}
+
+/// The next RESP2 frame a fake server's peer sends, or `None` when it has gone.
+pub async fn next_frame(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> Option<OwnedFrame> {
+    use bytes::Buf;
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Ok(Some((frame, used))) = redis_protocol::resp2::decode::decode(buf) {
+            buf.advance(used);
+            return Some(frame);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// /readyz is 200 and /metrics counts `switches` master switches; returns the metrics text.
 pub async fn assert_ready_after_switches(proxy: &Proxy, switches: f64) -> String {
     let (code, _) = http_get(proxy.admin, "/readyz").await;
