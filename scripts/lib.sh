@@ -70,10 +70,15 @@ wait_for() {
     done
 }
 
-# Lab: 1 master + 2 replicas + 3 sentinels (quorum 2, down-after 1000 ms) under $LAB_DIR.
+# Lab: 1 master + 2 replicas + 3 sentinels (quorum 2, down-after $LAB_DOWN_AFTER ms, default 1000)
+# under $LAB_DIR; $LAB_REDIS_ARGS (an array, optional) is added to every redis-server.
 # Sets LAB_REDIS_PORTS, LAB_SENTINEL_PORTS and LAB_PIDS.
 LAB_PIDS=()
+LAB_REDIS_ARGS=()
+# `lab_start quick` waits only until the master has both replicas online (sentinels go on
+# discovering each other in the background; a client of the master can start at once).
 lab_start() {
+    local wait=${1:-settled}
     LAB_DIR=${LAB_DIR:-$(mktemp -d)}
     LAB_REDIS_PORTS=()
     LAB_SENTINEL_PORTS=()
@@ -86,7 +91,15 @@ lab_start() {
     for i in 0 1 2; do
         LAB_SENTINEL_PORTS+=("$(lab_spawn redis-sentinel "" "$master")")
     done
-    wait_for 60 "sentinels to know each other and both replicas" lab_settled
+    if [ "$wait" = quick ]; then
+        wait_for 60 "both replicas online" lab_replicas_online
+    else
+        wait_for 60 "sentinels to know each other and both replicas" lab_settled
+    fi
+}
+
+lab_replicas_online() {
+    [ "$(redis-cli -p "${LAB_REDIS_PORTS[0]}" INFO replication | grep -c 'state=online')" -eq 2 ]
 }
 
 # lab_spawn PROGRAM _ MASTER_PORT: start a redis-server (replica of MASTER_PORT if set) or a
@@ -100,6 +113,7 @@ lab_spawn() {
             local args=(--port "$p" --bind 127.0.0.1 --dir "$LAB_DIR" --dbfilename "dump-$p.rdb"
                 --save "" --appendonly no --daemonize no --logfile "$LAB_DIR/redis-$p.log")
             [ -n "$master" ] && args+=(--replicaof 127.0.0.1 "$master")
+            args+=("${LAB_REDIS_ARGS[@]}")
             redis-server "${args[@]}" </dev/null >/dev/null 2>&1 &
         else
             # Sentinel rewrites its config: each gets its own copy in the lab dir.
@@ -111,7 +125,7 @@ daemonize no
 dir $LAB_DIR
 logfile $LAB_DIR/sentinel-$p.log
 sentinel monitor mymaster 127.0.0.1 $master 2
-sentinel down-after-milliseconds mymaster 1000
+sentinel down-after-milliseconds mymaster ${LAB_DOWN_AFTER:-1000}
 sentinel failover-timeout mymaster 10000
 sentinel parallel-syncs mymaster 1
 CONF
