@@ -912,16 +912,23 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The routed master closed this idle session's connection. If it still takes new ones, it
-    /// closed this one on purpose (`CLIENT KILL`, its `timeout`, a buffer limit), so the client's
-    /// connection closes too, as it would directly. If it does not, it is going away: wait for
-    /// the watcher's verdict (a new master to move to, or the deadline).
+    /// The routed master closed this idle session's connection. If it still answers on a new
+    /// one, it closed this one on purpose (`CLIENT KILL`, its `timeout`, a buffer limit), so the
+    /// client's connection closes too, as it would directly. If it does not, it is going away:
+    /// wait for the watcher's verdict (a new master to move to, or the deadline). A connect
+    /// alone does not tell: a process being killed can still complete one (its listener closes
+    /// after the connections), so the probe waits for an answer to `PING` (any reply, `-NOAUTH`
+    /// included, means a live server).
     async fn master_still_up(&mut self, addr: SocketAddr) -> Step {
-        let connect = timeout(
-            self.shared.config().connect_timeout,
-            TcpStream::connect(addr),
-        );
-        if let Ok(Ok(_)) = connect.await {
+        let probe = async {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(b"PING\r\n").await?;
+            let mut reply = [0u8; 1];
+            let n = s.read(&mut reply).await?;
+            Ok::<bool, io::Error>(n == 1 && matches!(reply[0], b'+' | b'-'))
+        };
+        if let Ok(Ok(true)) = timeout(self.shared.config().connect_timeout, probe).await {
+            debug!(backend = %addr, "the master closed this connection but answers on new ones");
             return Step::Close(Close::BackendClosed);
         }
         self.shared.route.request_recheck();
