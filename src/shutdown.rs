@@ -2,7 +2,7 @@
 //!
 //! Shutdown: SIGTERM or SIGINT cancels the proxy's `CancellationToken`. What happens next is in
 //! `lib.rs` (`Server::serve`): stop accepting; each session holds new requests and closes at its
-//! next request boundary (`session.rs`); their tasks are waited for at most
+//! next request boundary (`session/dedicated.rs`); their tasks are waited for at most
 //! `--shutdown-timeout`, exit 0.
 
 use std::sync::Arc;

@@ -6,8 +6,10 @@
 //! through an L4 splice or directly. A client that blocks on one connection
 //! (`XREADGROUP … BLOCK`) and acts on another (`DEL`) relies on it. A current-thread runtime runs
 //! the tasks that socket events wake in the order the events arrived, and a session forwards a
-//! request the moment it reads it, so on one thread requests leave in arrival order. Across
-//! threads they do not: two threads woken microseconds apart race. (A work-stealing runtime is
+//! request the moment it reads it, so on one thread requests leave in arrival order, as Redis's
+//! own event loop takes them (neither orders requests sent back to back on two sockets within
+//! microseconds: the kernel may deliver those either way). Across threads the order is lost even
+//! at larger gaps: two threads woken microseconds apart race. (A work-stealing runtime is
 //! worse: the task woken last runs first, from its LIFO slot, so the later request went first
 //! nearly every time.) Hence one thread per client host: one application's connections stay in
 //! order, and a sidecar (every client on 127.0.0.1) runs on one thread; many client hosts spread

@@ -1,6 +1,6 @@
-//! One client connection: wait for a verified master, connect, and forward bytes both ways
-//! unchanged, while tracking RESP request/reply boundaries (`resp.rs`) so the proxy always knows
-//! whether a request is in flight.
+//! The dedicated (1:1) session: one client, one backend connection, bytes forwarded both ways
+//! unchanged while RESP request/reply boundaries are tracked (`resp.rs`), so the proxy always
+//! knows whether a request is in flight.
 //!
 //! The safety rules live here:
 //! - **Fence.** Client bytes go to the backend only while the route generation is the one the
@@ -24,268 +24,26 @@
 //! - **Bad input.** Malformed RESP (or a bulk over `--max-request-bytes`) gets Redis's own
 //!   `-ERR Protocol error: …` after the replies to the valid requests before it, then the
 //!   connection is closed.
-//!
-//! - **Memory.** Reads go through one scratch buffer per runtime thread and are written on at
-//!   once; a session keeps bytes only while a peer's socket is full or the fence holds them, and
-//!   does not read a side whose bytes are still pending. An idle connection holds no buffer.
-//!
-//! Everything that can fail ends this task only; the listener never sees it.
+//! - **Memory.** A session keeps bytes only while a peer's socket is full or the fence holds
+//!   them, and does not read a side whose bytes are still pending (`io.rs`).
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info};
 
+use super::io::{Pending, SCRATCH, read_scratch, write_now};
+use super::{Close, Pipe, tune};
 use crate::Shared;
 use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
-
-/// The read buffer of each runtime thread. Every read lands here and is written on at once, so a
-/// connection holds no buffer of its own unless a peer's socket is full or the fence holds bytes.
-const SCRATCH_SIZE: usize = 64 * 1024;
-
-thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
-}
-
-/// Bytes a session must keep because they could not go on at once: the peer's socket was full, or
-/// the fence holds them. Empty and unallocated in the steady state, so idle connections cost no
-/// buffer memory; at most one read's worth, because the source is not read while it is non-empty.
-#[derive(Default)]
-struct Pending {
-    buf: Vec<u8>,
-    off: usize,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.off == self.buf.len()
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.off..]
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// `n` bytes went on; the memory is given back once all did.
-    fn consume(&mut self, n: usize) {
-        self.off += n;
-        if self.off >= self.buf.len() {
-            *self = Pending::default();
-        }
-    }
-}
-
-/// Write as much of `bytes` as the socket takes now, without waiting.
-fn write_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < bytes.len() {
-        match stream.try_write(&bytes[done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// Read once from `stream` into this thread's scratch buffer: `Some(Ok(n))` means
-/// `SCRATCH[..n]` holds the bytes, `None` that the readiness was stale. The caller must use the
-/// bytes before its next `.await`, so no other session on this thread can overwrite them. A short
-/// read clears the readiness (tokio's `poll_read` does), which saves the `EAGAIN` read a
-/// `try_read` would cost on every request.
-async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<usize>> {
-    std::future::poll_fn(|cx| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let mut rb = ReadBuf::new(scratch);
-            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-                Poll::Pending => Poll::Ready(None),
-                Poll::Ready(r) => Poll::Ready(Some(r.map(|()| rb.filled().len()))),
-            }
-        })
-    })
-    .await
-}
-
-/// After a failed connect, look again at least this often while waiting for the watcher.
-const RETRY_EVERY: Duration = Duration::from_millis(100);
-
-/// Why a session ended (the label of `sentinel_proxy_sessions_closed_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    ClientClosed,
-    BackendClosed,
-    IoError,
-    NoMaster,
-    Shutdown,
-    ProtocolError,
-    /// The client sent QUIT and got its reply.
-    Quit,
-    /// Moved masters while in pub/sub, MONITOR, a blocking command, or a transaction; or with
-    /// state that cannot be replayed.
-    SwitchPubSub,
-    SwitchMonitor,
-    SwitchBlocking,
-    SwitchTransaction,
-    SwitchMidRequest,
-    SwitchUnmigratable,
-    /// Moved masters while a byte pipe (a replication stream or untracked replies).
-    SwitchPipe,
-    /// Requests were in flight on a master that had stopped answering when it was replaced:
-    /// their outcome is unknown, and a late reply from it must not pass for an acknowledgement.
-    SwitchMasterDown,
-    /// No request boundary before `--drain-timeout`.
-    DrainDeadline,
-    MigrateFailed,
-    /// Idle longer than `--idle-timeout`.
-    IdleTimeout,
-}
-
-impl Close {
-    pub fn label(self) -> &'static str {
-        match self {
-            Close::ClientClosed => "client_closed",
-            Close::BackendClosed => "backend_closed",
-            Close::IoError => "io_error",
-            Close::NoMaster => "no_master",
-            Close::Shutdown => "shutdown",
-            Close::ProtocolError => "protocol_error",
-            Close::Quit => "quit",
-            Close::SwitchPipe => "switch_pipe",
-            Close::SwitchPubSub => "switch_pubsub",
-            Close::SwitchMonitor => "switch_monitor",
-            Close::SwitchBlocking => "switch_blocking",
-            Close::SwitchTransaction => "switch_transaction",
-            Close::SwitchMidRequest => "switch_mid_request",
-            Close::SwitchUnmigratable => "switch_unmigratable",
-            Close::SwitchMasterDown => "switch_master_down",
-            Close::DrainDeadline => "drain_deadline",
-            Close::MigrateFailed => "migrate_failed",
-            Close::IdleTimeout => "idle_timeout",
-        }
-    }
-}
-
-/// Serve one client until it ends. Runs inside the connection's tracing span.
-pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let m = &shared.metrics;
-    m.client_connections.inc();
-    m.client_connections_total.inc();
-    tune(&client, shared.config().tcp_keepalive);
-    // Memory per idle connection is mostly this task's future, so: the connect futures (large,
-    // short-lived) are boxed and freed once connected, the session lives in one box, and no
-    // temporary is kept across the session's life.
-    let connect_wait = shared.config().connect_wait;
-    let acquired = Box::pin(acquire_backend(&shared, &shutdown, connect_wait)).await;
-    let close = match acquired {
-        Ok((backend, generation, addr)) => {
-            Span::current().record("backend", tracing::field::display(addr));
-            shared.route.attach(generation);
-            let mut session = Box::new(Session::new(client, backend, generation, &shared));
-            let close = session.run(&shutdown).await;
-            let Session {
-                mut client,
-                generation,
-                ..
-            } = *session;
-            shared.route.detach(generation);
-            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
-            close
-        }
-        Err(close) => {
-            if close == Close::NoMaster {
-                m.no_master_rejections_total.inc();
-                let msg = format!(
-                    "-ERR sentinel-proxy: no master available for '{}'\r\n",
-                    shared.config().master_name
-                );
-                let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
-            }
-            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
-            close
-        }
-    };
-    debug!(reason = close.label(), "session closed");
-    m.sessions_closed_total
-        .with_label_values(&[close.label()])
-        .inc();
-    m.client_connections.dec();
-}
-
-/// TCP_NODELAY (requests and replies are small and latency-bound) and keepalive (so a peer that
-/// vanished without a FIN is noticed) on a client or backend socket. Failures are harmless.
-fn tune(stream: &TcpStream, keepalive: Duration) {
-    let _ = stream.set_nodelay(true);
-    if !keepalive.is_zero() {
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(keepalive)
-            .with_interval(Duration::from_secs(10));
-        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
-    }
-}
-
-/// Connect to the current verified master, waiting up to `wait` for one to exist.
-async fn acquire_backend(
-    shared: &Shared,
-    shutdown: &CancellationToken,
-    wait: Duration,
-) -> Result<(TcpStream, u64, SocketAddr), Close> {
-    let deadline = Instant::now() + wait;
-    let mut changes = shared.route.subscribe();
-    loop {
-        changes.borrow_and_update();
-        let route = shared.route.load();
-        let mut failed = false;
-        if let Some(addr) = route.target() {
-            let began = Instant::now();
-            match timeout(shared.config().connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    shared
-                        .metrics
-                        .backend_connect_seconds
-                        .observe(began.elapsed().as_secs_f64());
-                    // The route may have moved while we connected; never hand out a stale master.
-                    if shared.route.generation() == route.generation {
-                        tune(&stream, shared.config().tcp_keepalive);
-                        return Ok((stream, route.generation, addr));
-                    }
-                    continue;
-                }
-                Ok(Err(e)) => debug!(backend = %addr, error = %e, "backend connect failed"),
-                Err(_) => debug!(backend = %addr, "backend connect timed out"),
-            }
-            shared.metrics.backend_connect_failures_total.inc();
-            shared.route.request_recheck();
-            failed = true;
-        }
-        let retry = async {
-            if failed {
-                sleep(RETRY_EVERY).await
-            } else {
-                std::future::pending::<()>().await
-            }
-        };
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = retry => {}
-            _ = sleep_until(deadline) => return Err(Close::NoMaster),
-            _ = shutdown.cancelled() => return Err(Close::Shutdown),
-        }
-    }
-}
 
 /// The request tracker's state just before the chunk that is held, i.e. of the stream actually
 /// forwarded so far.
@@ -297,11 +55,11 @@ struct Forwarded {
     requests: u64,
 }
 
-struct Session<'a> {
+pub(super) struct Session<'a> {
     shared: &'a Shared,
-    client: TcpStream,
+    pub(super) client: TcpStream,
     backend: TcpStream,
-    generation: u64,
+    pub(super) generation: u64,
     req: RequestTracker,
     rep: ReplyTracker,
     /// Replies received from earlier backends of this session.
@@ -335,25 +93,6 @@ struct Session<'a> {
     last_active: Instant,
 }
 
-/// Why a session stopped tracking RESP and became a byte pipe (the label of
-/// `sentinel_proxy_pipe_sessions_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pipe {
-    /// `SYNC`/`PSYNC`: the client is a replica (or `redis-cli --rdb`/`--replica`).
-    Replication,
-    /// The backend sent bytes the reply tracker could not follow.
-    UntrackedReply,
-}
-
-impl Pipe {
-    pub fn label(self) -> &'static str {
-        match self {
-            Pipe::Replication => "replication",
-            Pipe::UntrackedReply => "untracked_reply",
-        }
-    }
-}
-
 /// Which socket is ready for what (see `Session::wait`).
 enum Ready {
     BackendReadable,
@@ -375,7 +114,12 @@ enum Step {
 }
 
 impl<'a> Session<'a> {
-    fn new(client: TcpStream, backend: TcpStream, generation: u64, shared: &'a Shared) -> Self {
+    pub(super) fn new(
+        client: TcpStream,
+        backend: TcpStream,
+        generation: u64,
+        shared: &'a Shared,
+    ) -> Self {
         let req = RequestTracker::new(shared.config().max_request_bytes);
         let forwarded = Forwarded {
             at_boundary: true,
@@ -437,7 +181,7 @@ impl<'a> Session<'a> {
     }
 
     /// Serve until the session ends; returns why.
-    async fn run(&mut self, shutdown: &CancellationToken) -> Close {
+    pub(super) async fn run(&mut self, shutdown: &CancellationToken) -> Close {
         // One coarse timer per session, not one per request: checks idleness a few times per
         // timeout period.
         let idle = self.shared.config().idle_timeout;
@@ -1005,37 +749,5 @@ impl<'a> Session<'a> {
         if let Some(since) = self.held_since.take() {
             m.hold_seconds.observe(since.elapsed().as_secs_f64());
         }
-    }
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn size_of<F>(_: &F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    /// An idle connection's memory is its task (the `serve` future) plus the boxed session, and
-    /// no buffer (docs/PERFORMANCE.md). This fails if a change puts a buffer, or a large future
-    /// alive for the whole connection, back into either.
-    #[test]
-    fn an_idle_session_stays_small() {
-        let shared = Arc::new(Shared::new(crate::Config::new(vec![], "m")));
-        let shutdown = CancellationToken::new();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let socket = || TcpStream::connect(addr);
-            let session =
-                Session::new(socket().await.unwrap(), socket().await.unwrap(), 1, &shared);
-            let serve = serve(socket().await.unwrap(), shared.clone(), shutdown);
-            let (session, serve) = (std::mem::size_of_val(&session), size_of(&serve));
-            assert!(session <= 768, "Session is {session} bytes");
-            assert!(serve <= 1024, "the serve future is {serve} bytes");
-        });
     }
 }

@@ -1,0 +1,82 @@
+//! The byte-moving primitives of a session: every read lands in one scratch buffer per runtime
+//! thread and is written on at once; bytes are kept (in a `Pending`) only while a peer's socket is
+//! full or the fence holds them. An idle connection holds no buffer.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The read buffer of each runtime thread. Every read lands here and is written on at once, so a
+/// connection holds no buffer of its own unless a peer's socket is full or the fence holds bytes.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    pub(super) static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// Bytes a session must keep because they could not go on at once: the peer's socket was full, or
+/// the fence holds them. Empty and unallocated in the steady state, so idle connections cost no
+/// buffer memory; at most one read's worth, because the source is not read while it is non-empty.
+#[derive(Default)]
+pub(super) struct Pending {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+impl Pending {
+    pub(super) fn is_empty(&self) -> bool {
+        self.off == self.buf.len()
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf[self.off..]
+    }
+
+    pub(super) fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// `n` bytes went on; the memory is given back once all did.
+    pub(super) fn consume(&mut self, n: usize) {
+        self.off += n;
+        if self.off >= self.buf.len() {
+            *self = Pending::default();
+        }
+    }
+}
+
+/// Write as much of `bytes` as the socket takes now, without waiting.
+pub(super) fn write_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match stream.try_write(&bytes[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Read once from `stream` into this thread's scratch buffer: `Some(Ok(n))` means
+/// `SCRATCH[..n]` holds the bytes, `None` that the readiness was stale. The caller must use the
+/// bytes before its next `.await`, so no other session on this thread can overwrite them. A short
+/// read clears the readiness (tokio's `poll_read` does), which saves the `EAGAIN` read a
+/// `try_read` would cost on every request.
+pub(super) async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(scratch);
+            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(r) => Poll::Ready(Some(r.map(|()| rb.filled().len()))),
+            }
+        })
+    })
+    .await
+}

@@ -1,0 +1,240 @@
+//! One client connection, from accept to close: wait for a verified master, connect, run the
+//! session (`dedicated.rs`: one backend connection per client, with the fence, migration and
+//! byte-pipe rules), and count why it ended. `io.rs` holds the byte-moving primitives (one
+//! scratch buffer per thread, bytes kept only while a peer cannot take them).
+//!
+//! Everything that can fail ends this task only; the listener never sees it.
+
+mod dedicated;
+mod io;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{Span, debug};
+
+use crate::Shared;
+use dedicated::Session;
+
+/// After a failed connect, look again at least this often while waiting for the watcher.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// Why a session ended (the label of `sentinel_proxy_sessions_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    ClientClosed,
+    BackendClosed,
+    IoError,
+    NoMaster,
+    Shutdown,
+    ProtocolError,
+    /// The client sent QUIT and got its reply.
+    Quit,
+    /// Moved masters while in pub/sub, MONITOR, a blocking command, or a transaction; or with
+    /// state that cannot be replayed.
+    SwitchPubSub,
+    SwitchMonitor,
+    SwitchBlocking,
+    SwitchTransaction,
+    SwitchMidRequest,
+    SwitchUnmigratable,
+    /// Moved masters while a byte pipe (a replication stream or untracked replies).
+    SwitchPipe,
+    /// Requests were in flight on a master that had stopped answering when it was replaced:
+    /// their outcome is unknown, and a late reply from it must not pass for an acknowledgement.
+    SwitchMasterDown,
+    /// No request boundary before `--drain-timeout`.
+    DrainDeadline,
+    MigrateFailed,
+    /// Idle longer than `--idle-timeout`.
+    IdleTimeout,
+}
+
+impl Close {
+    pub fn label(self) -> &'static str {
+        match self {
+            Close::ClientClosed => "client_closed",
+            Close::BackendClosed => "backend_closed",
+            Close::IoError => "io_error",
+            Close::NoMaster => "no_master",
+            Close::Shutdown => "shutdown",
+            Close::ProtocolError => "protocol_error",
+            Close::Quit => "quit",
+            Close::SwitchPipe => "switch_pipe",
+            Close::SwitchPubSub => "switch_pubsub",
+            Close::SwitchMonitor => "switch_monitor",
+            Close::SwitchBlocking => "switch_blocking",
+            Close::SwitchTransaction => "switch_transaction",
+            Close::SwitchMidRequest => "switch_mid_request",
+            Close::SwitchUnmigratable => "switch_unmigratable",
+            Close::SwitchMasterDown => "switch_master_down",
+            Close::DrainDeadline => "drain_deadline",
+            Close::MigrateFailed => "migrate_failed",
+            Close::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// Why a session stopped tracking RESP and became a byte pipe (the label of
+/// `sentinel_proxy_pipe_sessions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    /// `SYNC`/`PSYNC`: the client is a replica (or `redis-cli --rdb`/`--replica`).
+    Replication,
+    /// The backend sent bytes the reply tracker could not follow.
+    UntrackedReply,
+}
+
+impl Pipe {
+    pub fn label(self) -> &'static str {
+        match self {
+            Pipe::Replication => "replication",
+            Pipe::UntrackedReply => "untracked_reply",
+        }
+    }
+}
+
+/// Serve one client until it ends. Runs inside the connection's tracing span.
+pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let m = &shared.metrics;
+    m.client_connections.inc();
+    m.client_connections_total.inc();
+    tune(&client, shared.config().tcp_keepalive);
+    // Memory per idle connection is mostly this task's future, so: the connect futures (large,
+    // short-lived) are boxed and freed once connected, the session lives in one box, and no
+    // temporary is kept across the session's life.
+    let connect_wait = shared.config().connect_wait;
+    let acquired = Box::pin(acquire_backend(&shared, &shutdown, connect_wait)).await;
+    let close = match acquired {
+        Ok((backend, generation, addr)) => {
+            Span::current().record("backend", tracing::field::display(addr));
+            shared.route.attach(generation);
+            let mut session = Box::new(Session::new(client, backend, generation, &shared));
+            let close = session.run(&shutdown).await;
+            let Session {
+                mut client,
+                generation,
+                ..
+            } = *session;
+            shared.route.detach(generation);
+            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+            close
+        }
+        Err(close) => {
+            if close == Close::NoMaster {
+                m.no_master_rejections_total.inc();
+                let msg = format!(
+                    "-ERR sentinel-proxy: no master available for '{}'\r\n",
+                    shared.config().master_name
+                );
+                let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
+            }
+            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+            close
+        }
+    };
+    debug!(reason = close.label(), "session closed");
+    m.sessions_closed_total
+        .with_label_values(&[close.label()])
+        .inc();
+    m.client_connections.dec();
+}
+
+/// TCP_NODELAY (requests and replies are small and latency-bound) and keepalive (so a peer that
+/// vanished without a FIN is noticed) on a client or backend socket. Failures are harmless.
+fn tune(stream: &TcpStream, keepalive: Duration) {
+    let _ = stream.set_nodelay(true);
+    if !keepalive.is_zero() {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(keepalive)
+            .with_interval(Duration::from_secs(10));
+        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+    }
+}
+
+/// Connect to the current verified master, waiting up to `wait` for one to exist.
+async fn acquire_backend(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    wait: Duration,
+) -> Result<(TcpStream, u64, SocketAddr), Close> {
+    let deadline = Instant::now() + wait;
+    let mut changes = shared.route.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let route = shared.route.load();
+        let mut failed = false;
+        if let Some(addr) = route.target() {
+            let began = Instant::now();
+            match timeout(shared.config().connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    shared
+                        .metrics
+                        .backend_connect_seconds
+                        .observe(began.elapsed().as_secs_f64());
+                    // The route may have moved while we connected; never hand out a stale master.
+                    if shared.route.generation() == route.generation {
+                        tune(&stream, shared.config().tcp_keepalive);
+                        return Ok((stream, route.generation, addr));
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => debug!(backend = %addr, error = %e, "backend connect failed"),
+                Err(_) => debug!(backend = %addr, "backend connect timed out"),
+            }
+            shared.metrics.backend_connect_failures_total.inc();
+            shared.route.request_recheck();
+            failed = true;
+        }
+        let retry = async {
+            if failed {
+                sleep(RETRY_EVERY).await
+            } else {
+                std::future::pending::<()>().await
+            }
+        };
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = retry => {}
+            _ = sleep_until(deadline) => return Err(Close::NoMaster),
+            _ = shutdown.cancelled() => return Err(Close::Shutdown),
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size_of<F>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's memory is its task (the `serve` future) plus the boxed session, and
+    /// no buffer (docs/PERFORMANCE.md). This fails if a change puts a buffer, or a large future
+    /// alive for the whole connection, back into either.
+    #[test]
+    fn an_idle_session_stays_small() {
+        let shared = Arc::new(Shared::new(crate::Config::new(vec![], "m")));
+        let shutdown = CancellationToken::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let socket = || TcpStream::connect(addr);
+            let session =
+                Session::new(socket().await.unwrap(), socket().await.unwrap(), 1, &shared);
+            let serve = serve(socket().await.unwrap(), shared.clone(), shutdown);
+            let (session, serve) = (std::mem::size_of_val(&session), size_of(&serve));
+            assert!(session <= 768, "Session is {session} bytes");
+            assert!(serve <= 1024, "the serve future is {serve} bytes");
+        });
+    }
+}
