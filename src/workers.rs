@@ -35,17 +35,21 @@ impl Workers {
             0 => thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let stop = CancellationToken::new();
-        let mut handles = Vec::with_capacity(n);
+        // Built up in place: if a later worker cannot start, dropping `workers` stops the
+        // threads already started.
+        let mut workers = Workers {
+            handles: Vec::with_capacity(n),
+            stop: CancellationToken::new(),
+        };
         for i in 0..n {
             let runtime = Builder::new_current_thread().enable_all().build()?;
-            handles.push(runtime.handle().clone());
-            let stop = stop.clone();
+            workers.handles.push(runtime.handle().clone());
+            let stop = workers.stop.clone();
             thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
                 .spawn(move || runtime.block_on(stop.cancelled()))?;
         }
-        Ok(Workers { handles, stop })
+        Ok(workers)
     }
 
     /// The runtime that serves connections from `client`.
