@@ -33,6 +33,18 @@ ensure_promtool() {
     command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }
 
+# redis-py, the Python client the hitless tests drive, in a virtualenv of its own under target/
+# (Debian's system Python refuses pip installs): target/redis-py/bin/python.
+ensure_redis_py() {
+    local venv=target/redis-py
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import redis' 2>/dev/null; then
+        return
+    fi
+    python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
+    python3 -m venv "$venv" || { apt_install python3-venv && rm -rf "$venv" && python3 -m venv "$venv"; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'redis>=5'
+}
+
 # A loopback TCP port nobody listens on (probed, so a small race remains; callers retry). Taken
 # below the kernel's ephemeral range, where busy client connections would make bind() fail.
 free_port() {

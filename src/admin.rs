@@ -113,7 +113,14 @@ fn status(shared: &Shared) -> serde_json::Value {
         "problem": st.last_problem,
         "master_reported_down": st.master_reported_down,
         "sentinels": st.sentinels,
-        "switches": st.switches,
+        "switches": st.switches.iter().map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                // What the sessions did at this switch: moved (by kind) or closed (by reason).
+                o.insert("sessions".into(), json!(shared.tally.get(s.generation)));
+            }
+            v
+        }).collect::<Vec<_>>(),
         "failovers": st.failovers,
         "config": {
             "listen": cfg.listen.to_string(),

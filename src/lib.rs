@@ -51,6 +51,8 @@ pub struct Shared {
     pub route: route::RouteTable,
     pub metrics: metrics::Metrics,
     pub watcher: sentinel::watcher::WatcherState,
+    /// What sessions did at each switch (moved, by kind; closed, by reason), for /status.
+    pub tally: session::tally::Tally,
     /// Tells the watcher that the configuration changed.
     pub reloaded: tokio::sync::Notify,
 }
@@ -62,6 +64,7 @@ impl Shared {
             route: route::RouteTable::new(),
             metrics: metrics::Metrics::new(),
             watcher: Default::default(),
+            tally: Default::default(),
             reloaded: tokio::sync::Notify::new(),
         }
     }

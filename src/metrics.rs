@@ -26,6 +26,7 @@ pub struct Metrics {
     pub held_requests_total: IntCounterVec,
     pub hold_seconds: Histogram,
     pub migrations_total: IntCounterVec,
+    pub moves_total: IntCounterVec,
     pub pipe_sessions_total: IntCounterVec,
     pub not_master_replies_total: IntCounter,
     pub protocol_errors_total: IntCounter,
@@ -156,6 +157,11 @@ impl Metrics {
                 "sentinel_proxy_session_migrations_total",
                 "Client sessions moved to a new master at a request boundary, by result (ok, failed).",
                 &["result"],
+            ),
+            moves_total: counter_vec(
+                "sentinel_proxy_session_moves_total",
+                "Client sessions moved to a new master, by what they carried there (plain, pubsub, blocking, transaction, tracking, monitor).",
+                &["kind"],
             ),
             pipe_sessions_total: counter_vec(
                 "sentinel_proxy_pipe_sessions_total",

@@ -4,11 +4,14 @@
 //! - [`RequestTracker`] reads the client → server stream (RESP multibulk and inline commands, as
 //!   Redis parses them), counts the replies each request will produce (honouring
 //!   `CLIENT REPLY OFF|SKIP|ON`), and notes the commands that change what a boundary means:
-//!   MULTI/WATCH…EXEC, SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE, MONITOR, blocking commands, and the
-//!   connection-state commands (AUTH, HELLO, SELECT, CLIENT SETNAME) that a migrated session must
-//!   replay on its new backend, which it captures. `RESET` clears all of that, as Redis does;
-//!   `QUIT` ends the stream (Redis runs nothing after it); `SYNC`/`PSYNC` turn the connection into
-//!   a replication stream, which is no longer request/reply.
+//!   MULTI/WATCH…EXEC, SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE, MONITOR, blocking commands. The requests a
+//!   migrated session may have to carry to a new backend (connection state such as AUTH, HELLO,
+//!   SELECT, CLIENT SETNAME/TRACKING; MULTI and what it queues; WATCH; blocking commands) are
+//!   re-encoded into [`RequestTracker::captured`], each with the number of the reply that will
+//!   say whether it worked; the session decides what to keep (`session/carry.rs`). `RESET` clears
+//!   the modes, as Redis does; `QUIT` ends the stream (Redis runs nothing after it);
+//!   `SYNC`/`PSYNC` turn the connection into a replication stream, which is no longer
+//!   request/reply.
 //! - [`ReplyTracker`] reads the server → client stream, RESP2 and RESP3 alike (type bytes do not
 //!   overlap), counting complete top-level replies at any nesting depth; push frames (`>`) and
 //!   attributes (`|`) are not replies. It flags `-READONLY`/`-MASTERDOWN` replies, which mean the
@@ -27,8 +30,43 @@ const NAME_LEN: usize = 16;
 const MAX_INLINE: usize = 64 * 1024;
 /// Redis's limit for the number of arguments.
 const MAX_ARGS: i64 = i32::MAX as i64;
-/// Connection-state commands longer than this are not captured (the session is then not migrated).
-const MAX_CAPTURE: usize = 4096;
+/// Captured requests longer than this are recorded without their bytes (they cannot be carried).
+const MAX_CAPTURE: usize = 64 * 1024;
+
+/// What a captured request is to a session that may have to carry it to another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureKind {
+    /// AUTH, HELLO, SELECT, CLIENT SETNAME/SETINFO/NO-EVICT/NO-TOUCH: replayed if it worked.
+    State,
+    /// CLIENT TRACKING.
+    Tracking,
+    /// MULTI, and a command queued after it.
+    Multi,
+    Queued,
+    /// EXEC or DISCARD: the transaction (and any WATCH) is over.
+    Exec,
+    Watch,
+    Unwatch,
+    /// A blocking command (BLPOP, BLMOVE, XREAD…), outside MULTI.
+    Blocking,
+    /// SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE (the session's subscriptions come from the
+    /// confirmations; this marks where they start).
+    Subscribe,
+    /// RESET: back to a fresh connection.
+    Reset,
+}
+
+/// A request a session may have to carry: its kind, the replies expected before it (counted like
+/// `expected_replies`), whether a reply answers it (then reply number `before + 1` does), and its
+/// bytes in `captured_bytes` re-encoded as a multibulk (`None`: inline or too large, so it
+/// cannot be carried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub kind: CaptureKind,
+    pub before: u64,
+    pub answered: bool,
+    pub bytes: Option<(u32, u32)>,
+}
 
 /// A request stream Redis itself would reject; the text follows `-ERR Protocol error: `.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,25 +132,30 @@ pub struct RequestTracker {
     pub blocking_seq: u64,
     /// Between MULTI (or WATCH) and EXEC/DISCARD (or UNWATCH).
     pub in_transaction: bool,
+    /// Between MULTI and EXEC/DISCARD: commands are queued.
+    pub multi: bool,
+    /// Between WATCH and EXEC/DISCARD/UNWATCH.
+    pub watching: bool,
+    /// The connection speaks RESP3 (told by the session once HELLO 3 succeeded): subscribe
+    /// commands are then answered with push frames, not replies.
+    pub resp3: bool,
     /// SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE seen: replies arrive without requests from now on.
     pub pubsub: bool,
     /// MONITOR seen.
     pub monitor: bool,
-    /// State that cannot be recreated on another backend (CLIENT TRACKING, inline state
-    /// commands, oversized state commands…).
-    pub unmigratable: bool,
     /// `QUIT` seen: Redis answers it, closes, and runs nothing sent after it, so nothing after it
     /// is counted.
     pub quit: bool,
     /// `SYNC` or `PSYNC` seen: what follows is a replication stream (an RDB payload without a
     /// trailing CRLF, then commands), not replies; the session must stop tracking.
     pub replication: bool,
-    /// Connection-state commands (AUTH, HELLO, SELECT, CLIENT SETNAME/SETINFO), re-encoded, to
-    /// replay on a new backend; and how many replies they produce. Empty for most sessions.
-    pub replay: Vec<u8>,
-    pub replay_count: u32,
+    /// Requests a session may have to carry (see [`Captured`]), oldest first; the session takes
+    /// them after each `feed`. Empty for most sessions.
+    pub captured: Vec<Captured>,
+    pub captured_bytes: Vec<u8>,
     capture: Vec<u8>,
     capturing: bool,
+    capture_overflow: bool,
 }
 
 impl RequestTracker {
@@ -136,15 +179,18 @@ impl RequestTracker {
             expected_replies: 0,
             blocking_seq: 0,
             in_transaction: false,
+            multi: false,
+            watching: false,
+            resp3: false,
             pubsub: false,
             monitor: false,
-            unmigratable: false,
             quit: false,
             replication: false,
-            replay: Vec::new(),
-            replay_count: 0,
+            captured: Vec::new(),
+            captured_bytes: Vec::new(),
             capture: Vec::new(),
             capturing: false,
+            capture_overflow: false,
         }
     }
 
@@ -271,9 +317,10 @@ impl RequestTracker {
                     i += take;
                     if self.data_left == 0 {
                         if self.arg_index == 0 {
-                            self.capturing = self.is_state_command_name();
+                            self.capturing = self.multi || self.is_captured_name();
                             if self.capturing {
                                 self.capture.clear();
+                                self.capture_overflow = false;
                                 self.capture_arg_header_first();
                             }
                         }
@@ -329,14 +376,33 @@ impl RequestTracker {
         &self.names[idx][..self.name_lens[idx] as usize]
     }
 
-    fn is_state_command_name(&self) -> bool {
-        matches!(self.name(0), b"AUTH" | b"HELLO" | b"SELECT" | b"CLIENT")
+    fn is_captured_name(&self) -> bool {
+        matches!(
+            self.name(0),
+            b"AUTH"
+                | b"HELLO"
+                | b"SELECT"
+                | b"CLIENT"
+                | b"MULTI"
+                | b"EXEC"
+                | b"DISCARD"
+                | b"WATCH"
+                | b"UNWATCH"
+                | b"RESET"
+                | b"SUBSCRIBE"
+                | b"PSUBSCRIBE"
+                | b"SSUBSCRIBE"
+        ) || is_blocking(self.name(0))
     }
 
     fn capture_arg_header_first(&mut self) {
         // Re-encode as `*N\r\n$len\r\narg0\r\n`; N is known (args_left counts the rest).
         let n = self.args_left;
         let name_len = self.name_lens[0] as usize;
+        if self.names[0][0] == 0 {
+            // Longer than the name buffer: its bytes were not kept.
+            self.capture_overflow = true;
+        }
         let mut hdr = [0u8; 64];
         let mut w = Writer::new(&mut hdr);
         w.byte(b'*');
@@ -366,10 +432,13 @@ impl RequestTracker {
     }
 
     fn capture_bytes_raw(&mut self, data: &[u8]) {
+        if self.capture_overflow {
+            return;
+        }
         if self.capture.len() + data.len() > MAX_CAPTURE {
-            self.capturing = false;
-            self.unmigratable = true;
-            self.capture.clear();
+            // Still recorded (its reply must be matched), without bytes.
+            self.capture_overflow = true;
+            self.capture = Vec::new();
             return;
         }
         self.capture.extend_from_slice(data);
@@ -409,8 +478,29 @@ impl RequestTracker {
             }
         };
         let mut blocking = false;
-        let mut state_cmd = false;
+        let mut kind = None;
+        // Redis queues these in MULTI (SYNC is refused there; the tracker still takes it as the
+        // start of a replication stream, which only makes the session a byte pipe).
+        let queued = self.multi
+            && !matches!(
+                n0,
+                b"EXEC"
+                    | b"DISCARD"
+                    | b"MULTI"
+                    | b"WATCH"
+                    | b"QUIT"
+                    | b"RESET"
+                    | b"SYNC"
+                    | b"PSYNC"
+            );
         match n0 {
+            _ if queued => {
+                kind = Some(CaptureKind::Queued);
+                if matches!(n0, b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE") {
+                    // Subscribed once EXEC runs it.
+                    self.pubsub = true;
+                }
+            }
             b"CLIENT" if n1 == b"REPLY" => match n2 {
                 b"OFF" => {
                     self.reply_mode = ReplyMode::Off;
@@ -428,9 +518,11 @@ impl RequestTracker {
                 }
                 _ => {}
             },
-            b"CLIENT" if n1 == b"SETNAME" || n1 == b"SETINFO" => state_cmd = true,
-            b"CLIENT" if n1 == b"TRACKING" => self.unmigratable = true,
-            b"AUTH" | b"HELLO" | b"SELECT" => state_cmd = true,
+            b"CLIENT" if matches!(n1, b"SETNAME" | b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH") => {
+                kind = Some(CaptureKind::State)
+            }
+            b"CLIENT" if n1 == b"TRACKING" => kind = Some(CaptureKind::Tracking),
+            b"AUTH" | b"HELLO" | b"SELECT" => kind = Some(CaptureKind::State),
             b"RESET" => {
                 // Redis's RESET: out of MULTI/WATCH, pub/sub, MONITOR, tracking and
                 // `CLIENT REPLY OFF`, back to db 0, RESP2, the default user and no name. Nothing
@@ -438,41 +530,90 @@ impl RequestTracker {
                 self.reply_mode = ReplyMode::On;
                 expects = true;
                 self.in_transaction = false;
+                self.multi = false;
+                self.watching = false;
                 self.pubsub = false;
                 self.monitor = false;
-                self.unmigratable = false;
-                self.replay.clear();
-                self.replay_count = 0;
+                self.resp3 = false;
+                kind = Some(CaptureKind::Reset);
             }
             b"QUIT" => self.quit = true,
             b"SYNC" | b"PSYNC" => self.replication = true,
-            b"MULTI" | b"WATCH" => self.in_transaction = true,
-            b"EXEC" | b"DISCARD" | b"UNWATCH" => self.in_transaction = false,
-            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => self.pubsub = true,
+            b"MULTI" => {
+                self.multi = true;
+                kind = Some(CaptureKind::Multi);
+            }
+            b"WATCH" => {
+                self.watching = true;
+                kind = Some(CaptureKind::Watch);
+            }
+            b"EXEC" | b"DISCARD" => {
+                self.multi = false;
+                self.watching = false;
+                kind = Some(CaptureKind::Exec);
+            }
+            b"UNWATCH" => {
+                self.watching = false;
+                kind = Some(CaptureKind::Unwatch);
+            }
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => {
+                self.pubsub = true;
+                kind = Some(CaptureKind::Subscribe);
+                if self.resp3 {
+                    // Answered with push frames only.
+                    expects = false;
+                }
+            }
+            b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" if self.resp3 => expects = false,
             b"MONITOR" => self.monitor = true,
-            b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN"
-            | b"BZPOPMAX" | b"BZMPOP" | b"XREAD" | b"XREADGROUP" | b"WAIT" | b"WAITAOF" => {
-                blocking = true
+            b"WAIT" | b"WAITAOF" => blocking = true,
+            _ if is_blocking(n0) => {
+                blocking = true;
+                kind = Some(CaptureKind::Blocking);
             }
             _ => {}
         }
+        self.in_transaction = self.multi || self.watching;
+        let before = self.expected_replies;
         if expects {
             self.expected_replies += 1;
             if blocking {
                 self.blocking_seq = self.expected_replies;
             }
         }
-        if state_cmd {
-            if multibulk && captured && expects {
-                self.replay.extend_from_slice(&self.capture);
-                self.replay_count += 1;
-            } else {
-                // Inline, unreplied or too large: it cannot be replayed faithfully.
-                self.unmigratable = true;
-            }
-            self.capture.clear();
+        if let Some(kind) = kind {
+            let bytes = (multibulk && captured && !self.capture_overflow).then(|| {
+                let start = self.captured_bytes.len() as u32;
+                self.captured_bytes.extend_from_slice(&self.capture);
+                (start, self.captured_bytes.len() as u32)
+            });
+            self.captured.push(Captured {
+                kind,
+                before,
+                answered: expects,
+                bytes,
+            });
         }
+        self.capture.clear();
     }
+}
+
+/// Commands that may block the connection until data arrives or their timeout passes, and that a
+/// session can re-issue elsewhere (WAIT and WAITAOF block too, but mean nothing on another node).
+fn is_blocking(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"BLPOP"
+            | b"BRPOP"
+            | b"BRPOPLPUSH"
+            | b"BLMOVE"
+            | b"BLMPOP"
+            | b"BZPOPMIN"
+            | b"BZPOPMAX"
+            | b"BZMPOP"
+            | b"XREAD"
+            | b"XREADGROUP"
+    )
 }
 
 /// Tracks the server → client byte stream. See the module doc.
@@ -501,6 +642,9 @@ pub struct ReplyTracker {
     pub errors: u64,
     /// A top-level `-READONLY` or `-MASTERDOWN` error was seen.
     pub saw_not_master: bool,
+    /// Whether the last complete top-level reply was an error.
+    pub last_error: bool,
+    frame_done: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,6 +687,8 @@ impl ReplyTracker {
             pushes: 0,
             errors: 0,
             saw_not_master: false,
+            last_error: false,
+            frame_done: false,
         }
     }
 
@@ -552,8 +698,22 @@ impl ReplyTracker {
     }
 
     pub fn feed(&mut self, buf: &[u8]) -> Result<(), ReplyError> {
+        self.feed_until(buf, false).map(|_| ())
+    }
+
+    /// Feed bytes up to the end of the next top-level frame (a reply or a push): returns how many
+    /// were taken. A frame ended there if `at_reply_boundary()`; otherwise all of `buf` was taken.
+    pub fn feed_frame(&mut self, buf: &[u8]) -> Result<usize, ReplyError> {
+        self.feed_until(buf, true)
+    }
+
+    fn feed_until(&mut self, buf: &[u8], one_frame: bool) -> Result<usize, ReplyError> {
         let mut i = 0;
+        self.frame_done = false;
         while i < buf.len() {
+            if one_frame && self.frame_done {
+                return Ok(i);
+            }
             match self.state {
                 RepState::Type => {
                     let b = buf[i];
@@ -613,7 +773,7 @@ impl ReplyTracker {
                 }
             }
         }
-        Ok(())
+        Ok(i)
     }
 
     fn length_done(&mut self, n: i64) -> Result<(), ReplyError> {
@@ -656,13 +816,18 @@ impl ReplyTracker {
             if self.depth == 0 {
                 match self.top_kind {
                     b'>' => self.pushes += 1,
-                    b'|' => {} // an attribute: the reply it decorates follows
+                    b'|' => return, // an attribute: the reply it decorates follows
                     b'-' | b'!' => {
                         self.replies += 1;
                         self.errors += 1;
+                        self.last_error = true;
                     }
-                    _ => self.replies += 1,
+                    _ => {
+                        self.replies += 1;
+                        self.last_error = false;
+                    }
                 }
+                self.frame_done = true;
                 return;
             }
             let top = self.top_level();
@@ -834,7 +999,8 @@ mod tests {
         }
         assert_eq!(whole.requests, bytewise.requests);
         assert_eq!(whole.expected_replies, bytewise.expected_replies);
-        assert_eq!(whole.replay, bytewise.replay);
+        assert_eq!(whole.captured, bytewise.captured);
+        assert_eq!(whole.captured_bytes, bytewise.captured_bytes);
         for cut in 0..stream.len() {
             let t = req(&[&stream[..cut], &stream[cut..]]);
             assert_eq!(t.expected_replies, whole.expected_replies, "cut at {cut}");
@@ -878,21 +1044,64 @@ mod tests {
     }
 
     #[test]
-    fn state_commands_are_captured_for_replay() {
+    fn requests_to_carry_are_captured() {
         let t = every_split_req(
             b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n*2\r\n$6\r\nselect\r\n$1\r\n3\r\n*1\r\n$4\r\nPING\r\n*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$3\r\napp\r\n",
         );
-        assert_eq!(t.replay_count, 3);
         assert_eq!(
-            t.replay,
+            t.captured_bytes,
             b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$3\r\napp\r\n"
         );
-        assert!(!t.unmigratable);
-        assert!(
-            every_split_req(b"SELECT 3\r\n").unmigratable,
-            "inline state commands"
+        let befores: Vec<_> = t.captured.iter().map(|c| (c.kind, c.before)).collect();
+        assert_eq!(
+            befores,
+            [
+                (CaptureKind::State, 0),
+                (CaptureKind::State, 1),
+                (CaptureKind::State, 3)
+            ]
         );
-        assert!(every_split_req(b"CLIENT TRACKING on\r\n").unmigratable);
+        // Inline: recorded without bytes (it cannot be replayed faithfully).
+        let t = every_split_req(b"SELECT 3\r\n");
+        assert_eq!(t.captured[0].bytes, None);
+        // Everything queued in MULTI is captured; a long command name too.
+        let t = every_split_req(
+            b"*1\r\n$5\r\nMULTI\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n$20\r\nGEORADIUSBYMEMBER_RO\r\n*1\r\n$4\r\nEXEC\r\n",
+        );
+        let kinds: Vec<_> = t
+            .captured
+            .iter()
+            .map(|c| (c.kind, c.bytes.is_some()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (CaptureKind::Multi, true),
+                (CaptureKind::Queued, true),
+                (CaptureKind::Queued, false),
+                (CaptureKind::Exec, true)
+            ]
+        );
+        // RESP3 subscribe commands are answered with pushes, not replies.
+        let mut t = RequestTracker::new(MAX);
+        t.resp3 = true;
+        t.feed(b"SUBSCRIBE a b\r\nPING\r\n").unwrap();
+        assert_eq!(t.expected_replies, 1);
+    }
+
+    #[test]
+    fn frames_one_at_a_time() {
+        let stream: &[u8] = b"+OK\r\n>2\r\n$1\r\na\r\n:1\r\n-ERR x\r\n";
+        let mut t = ReplyTracker::new();
+        let n = t.feed_frame(stream).unwrap();
+        assert_eq!((n, t.replies, t.last_error), (5, 1, false));
+        let m = t.feed_frame(&stream[n..]).unwrap();
+        assert_eq!((m, t.pushes), (15, 1));
+        let k = t.feed_frame(&stream[n + m..]).unwrap();
+        assert_eq!((k, t.replies, t.last_error), (8, 2, true));
+        let mut t = ReplyTracker::new();
+        assert_eq!(t.feed_frame(b"$5\r\nhel").unwrap(), 7);
+        assert!(!t.at_reply_boundary());
     }
 
     #[test]
@@ -994,11 +1203,12 @@ mod tests {
         let t = every_split_req(
             b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\nMULTI\r\nCLIENT TRACKING on\r\nCLIENT REPLY OFF\r\nSUBSCRIBE c\r\nRESET\r\nPING\r\n",
         );
-        assert_eq!((t.replay_count, t.replay.len()), (0, 0));
-        assert!(!t.in_transaction && !t.pubsub && !t.unmigratable);
+        assert_eq!(t.captured.last().map(|c| c.kind), Some(CaptureKind::Reset));
+        assert!(!t.in_transaction && !t.pubsub);
         assert_eq!(
-            t.expected_replies, 5,
-            "SELECT, MULTI, TRACKING, then RESET and PING"
+            t.expected_replies, 7,
+            "SELECT, MULTI, then +QUEUED for what MULTI queues (CLIENT REPLY OFF only takes effect \
+             at EXEC), then RESET and PING"
         );
     }
 

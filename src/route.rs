@@ -63,6 +63,10 @@ pub struct RouteTable {
     /// Sessions whose backend belongs to each generation (slot = generation % 8), so the watcher
     /// can tell when the old master is drained. Touched at connect, move and close only.
     attached: [AtomicUsize; ATTACHED_SLOTS],
+    /// Sessions per generation (same ring) that subscribe or MONITOR: at a switch they re-create
+    /// that on the new master before other sessions are released there (the gate), so a message
+    /// published through the proxy during a failover reaches every subscriber.
+    carriers: [AtomicUsize; ATTACHED_SLOTS],
     /// Bumped on every change; sessions wait on it instead of polling.
     changed: watch::Sender<u64>,
     /// Sessions that fail to reach the master ask the watcher to look again now.
@@ -89,7 +93,35 @@ impl RouteTable {
             changed: watch::Sender::new(0),
             recheck: Notify::new(),
             attached: Default::default(),
+            carriers: Default::default(),
         }
+    }
+
+    /// A subscriber or MONITOR session joined (`carrier_attach`) or left a backend of `generation`.
+    pub fn carrier_attach(&self, generation: u64) {
+        self.carriers[generation as usize % ATTACHED_SLOTS].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn carrier_detach(&self, generation: u64) {
+        let left =
+            self.carriers[generation as usize % ATTACHED_SLOTS].fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && generation != self.generation() {
+            // The last one moved off an old master: open the gate now.
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Subscriber or MONITOR sessions still on a backend of another generation than `current`:
+    /// while there are any, sessions hold their requests (for a bounded time) rather than
+    /// release them on the new master.
+    pub fn carriers_elsewhere(&self, current: u64) -> usize {
+        let slot = current as usize % ATTACHED_SLOTS;
+        self.carriers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != slot)
+            .map(|(_, c)| c.load(Ordering::Acquire))
+            .sum()
     }
 
     /// A session attached to (`+1`) or left (`-1`) a backend of `generation`.
@@ -240,6 +272,22 @@ mod tests {
         t.set_paused(true);
         let (r, _) = t.set_master("127.0.0.1:2".parse().unwrap());
         assert!(!r.paused);
+    }
+
+    #[test]
+    fn the_gate_counts_carriers_on_other_generations() {
+        let t = RouteTable::new();
+        t.set_master("127.0.0.1:1".parse().unwrap());
+        t.carrier_attach(1);
+        assert_eq!(t.carriers_elsewhere(1), 0);
+        t.set_master("127.0.0.1:2".parse().unwrap());
+        assert_eq!(t.carriers_elsewhere(2), 1);
+        let mut rx = t.subscribe();
+        rx.borrow_and_update();
+        t.carrier_attach(2);
+        t.carrier_detach(1);
+        assert_eq!(t.carriers_elsewhere(2), 0);
+        assert!(rx.has_changed().unwrap(), "the gate opening wakes sessions");
     }
 
     #[test]

@@ -159,9 +159,8 @@ fn req_state(t: &RequestTracker) -> impl PartialEq + std::fmt::Debug {
         t.pubsub,
         t.monitor,
         t.blocking_seq,
-        t.replay.clone(),
-        t.replay_count,
-        t.unmigratable,
+        t.captured.clone(),
+        t.captured_bytes.clone(),
         t.quit,
         t.replication,
     )

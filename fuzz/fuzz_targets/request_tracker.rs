@@ -15,8 +15,8 @@ fn state(t: &RequestTracker) -> impl PartialEq + std::fmt::Debug {
         t.pubsub,
         t.monitor,
         t.blocking_seq,
-        t.replay.clone(),
-        t.unmigratable,
+        t.captured.clone(),
+        t.captured_bytes.clone(),
     )
 }
 

@@ -38,10 +38,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{Span, debug, info};
+use tracing::{debug, info};
 
+use super::carry::{Carry, Kind};
 use super::io::{Pending, SCRATCH, read_scratch, write_now};
-use super::{Close, Pipe, tune};
+use super::{Close, Pipe};
 use crate::Shared;
 use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
 
@@ -51,35 +52,45 @@ use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
 struct Forwarded {
     at_boundary: bool,
     expected_replies: u64,
-    in_transaction: bool,
     requests: u64,
 }
 
+/// Other sessions hold their requests at most this long after a switch while subscribers and
+/// MONITOR sessions re-create their subscriptions on the new master (see `RouteTable::carriers`).
+const GATE_MAX: Duration = Duration::from_secs(1);
+
 pub(super) struct Session<'a> {
-    shared: &'a Shared,
+    pub(super) shared: &'a Shared,
     pub(super) client: TcpStream,
-    backend: TcpStream,
+    pub(super) backend: TcpStream,
     pub(super) generation: u64,
-    req: RequestTracker,
-    rep: ReplyTracker,
+    pub(super) req: RequestTracker,
+    pub(super) rep: ReplyTracker,
     /// Replies received from earlier backends of this session.
-    reply_base: u64,
+    pub(super) reply_base: u64,
+    /// What the client built on its connection that a move must re-create (`carry.rs`); only for
+    /// sessions that sent such a request.
+    pub(super) carry: Option<Box<Carry>>,
+    /// Counted in the route's carriers (a subscriber or MONITOR) on `generation`.
+    pub(super) carrier: bool,
+    /// Waiting for carriers to move (the gate), at most `GATE_MAX` after the switch.
+    gated: bool,
     changes: watch::Receiver<u64>,
     /// Read from the client and not yet forwarded: the fence holds it, or the route moved.
-    held: Pending,
+    pub(super) held: Pending,
     held_since: Option<Instant>,
     forwarded: Forwarded,
     /// Forwarded to this backend (counted in `forwarded`) but not yet written: its socket was full.
-    unsent: Pending,
+    pub(super) unsent: Pending,
     /// Read from the backend and not yet written to the client: the client's socket was full.
-    replies: Pending,
+    pub(super) replies: Pending,
     /// `step()` found the route open to this session's backend (same generation, no pause, not
     /// shutting down), so client bytes may go straight on while `changes` shows no change.
     open: bool,
     /// `--idle-timeout` is on: keep `last_active`.
     idle_on: bool,
     client_eof: bool,
-    backend_gone: bool,
+    pub(super) backend_gone: bool,
     protocol_error: Option<ProtocolError>,
     /// Set when the session must reach a boundary by then (after a switch, or a dead backend).
     deadline: Option<Instant>,
@@ -101,7 +112,7 @@ enum Ready {
     ClientReadable,
 }
 
-enum Step {
+pub(super) enum Step {
     /// Nothing more to do until something happens.
     Continue,
     /// The state changed (e.g. the session moved): act on it again before waiting.
@@ -111,6 +122,12 @@ enum Step {
     /// Answer the client's malformed input and close.
     Refuse(ProtocolError),
     Close(Close),
+}
+
+/// When the gate of `route`'s switch opens at the latest.
+fn gate_until(route: &crate::route::Route) -> Instant {
+    let since = route.since.elapsed().unwrap_or_default();
+    Instant::now() + GATE_MAX.saturating_sub(since)
 }
 
 impl<'a> Session<'a> {
@@ -124,7 +141,6 @@ impl<'a> Session<'a> {
         let forwarded = Forwarded {
             at_boundary: true,
             expected_replies: 0,
-            in_transaction: false,
             requests: 0,
         };
         Session {
@@ -135,6 +151,9 @@ impl<'a> Session<'a> {
             req,
             rep: ReplyTracker::new(),
             reply_base: 0,
+            carry: None,
+            carrier: false,
+            gated: false,
             changes: shared.route.subscribe(),
             held: Pending::default(),
             held_since: None,
@@ -156,13 +175,17 @@ impl<'a> Session<'a> {
     }
 
     /// Replies the current forwarded stream still owes the client.
-    fn in_flight(&self) -> u64 {
+    pub(super) fn in_flight(&self) -> u64 {
         self.forwarded
             .expected_replies
             .saturating_sub(self.reply_base + self.rep.replies)
     }
 
     /// The state of the stream actually forwarded: before the held chunk if one is held.
+    pub(super) fn forwarded_expected(&self) -> u64 {
+        self.forwarded_state().expected_replies
+    }
+
     fn forwarded_state(&self) -> Forwarded {
         if !self.held.is_empty() {
             self.forwarded
@@ -175,7 +198,6 @@ impl<'a> Session<'a> {
         Forwarded {
             at_boundary: self.req.at_request_boundary(),
             expected_replies: self.req.expected_replies,
-            in_transaction: self.req.in_transaction,
             requests: self.req.requests,
         }
     }
@@ -256,7 +278,12 @@ impl<'a> Session<'a> {
         let read_backend = !self.backend_gone && self.replies.is_empty();
         let flush_backend = !self.backend_gone && !self.unsent.is_empty();
         let flush_client = !self.replies.is_empty();
-        match (self.deadline, &mut self.deadline_timer) {
+        let gate = self.gated.then(|| gate_until(&self.shared.route.load()));
+        let wake = match (self.deadline, gate) {
+            (Some(d), Some(g)) => Some(d.min(g)),
+            (d, g) => d.or(g),
+        };
+        match (wake, &mut self.deadline_timer) {
             (None, timer) => *timer = None,
             (Some(d), Some(timer)) if timer.deadline() != d => timer.as_mut().reset(d),
             (Some(_), Some(_)) => {}
@@ -327,6 +354,10 @@ impl<'a> Session<'a> {
                 if quiet { Step::Close(Close::IdleTimeout) } else { Step::Continue }
             }
             _ = deadline_passed => {
+                if self.deadline.is_none_or(|d| Instant::now() < d) {
+                    // The gate's time is up, not the deadline: look again.
+                    return Step::Continue;
+                }
                 if self.backend_gone && !self.shutting_down {
                     Step::Close(Close::BackendClosed)
                 } else if self.shutting_down {
@@ -365,6 +396,9 @@ impl<'a> Session<'a> {
         if self.req.replication && self.pipe.is_none() {
             self.become_pipe(Pipe::Replication);
         }
+        if !self.req.captured.is_empty() {
+            self.take_captures();
+        }
         let chunk = &bytes[..valid];
         // `held` and `unsent` are empty here: the client is read only then.
         if self.open && !self.backend_gone && matches!(self.changes.has_changed(), Ok(false)) {
@@ -372,6 +406,19 @@ impl<'a> Session<'a> {
         }
         self.held.push(chunk);
         Step::Continue
+    }
+
+    /// Requests the tracker captured go to the carry (created at the first), which resolves them
+    /// as their replies pass.
+    fn take_captures(&mut self) {
+        let carry = self.carry.get_or_insert_with(|| Box::new(Carry::new()));
+        carry.capture(&self.req.captured, &self.req.captured_bytes);
+        self.req.captured.clear();
+        self.req.captured_bytes.clear();
+        if (self.req.pubsub || self.req.monitor) && !self.carrier {
+            self.carrier = true;
+            self.shared.route.carrier_attach(self.generation);
+        }
     }
 
     /// Commit client bytes to the backend: written now as far as its socket takes them, the
@@ -389,12 +436,18 @@ impl<'a> Session<'a> {
     }
 
     /// Bytes just read from the backend: track the replies and write them to the client.
-    fn relay_reply(&mut self, bytes: &[u8]) -> Step {
+    pub(super) fn relay_reply(&mut self, bytes: &[u8]) -> Step {
         if self.idle_on {
             self.last_active = Instant::now();
         }
-        if self.pipe.is_none() && self.rep.feed(bytes).is_err() {
-            self.become_pipe(Pipe::UntrackedReply);
+        if self.pipe.is_none() {
+            let tracked = match &self.carry {
+                Some(c) if c.inspecting || c.next_stop().is_some() => self.track_framed(bytes),
+                _ => self.rep.feed(bytes).is_ok(),
+            };
+            if !tracked {
+                self.become_pipe(Pipe::UntrackedReply);
+            }
         }
         if self.rep.saw_not_master && !self.rechecked {
             // A partitioned or demoted master: have the watcher look now.
@@ -412,6 +465,33 @@ impl<'a> Session<'a> {
                 debug!(error = %e, "client write error");
                 Step::Close(Close::ClientClosed)
             }
+        }
+    }
+
+    /// Track replies one frame at a time while the carry waits for the answer to a captured
+    /// request, or inspects a subscribed connection's frames. False: not RESP.
+    fn track_framed(&mut self, bytes: &[u8]) -> bool {
+        let Some(carry) = self.carry.as_mut() else {
+            return self.rep.feed(bytes).is_ok();
+        };
+        let mut rest = bytes;
+        loop {
+            carry.replies_done(self.reply_base + self.rep.replies, self.rep.last_error);
+            // HELLO 3 worked: subscribe commands are now answered with pushes.
+            self.req.resp3 = carry.resp3;
+            if rest.is_empty() {
+                return true;
+            }
+            if !carry.inspecting && carry.next_stop().is_none() {
+                return self.rep.feed(rest).is_ok();
+            }
+            let Ok(n) = self.rep.feed_frame(rest) else {
+                return false;
+            };
+            if carry.inspecting {
+                carry.inspect(&rest[..n], self.rep.at_reply_boundary());
+            }
+            rest = &rest[n..];
         }
     }
 
@@ -470,8 +550,10 @@ impl<'a> Session<'a> {
             return Step::Close(Close::ClientClosed);
         }
         // A reply was owed, a request was cut, or the session cannot be moved: the client must
-        // see the loss.
-        if self.in_flight() > 0 || !self.unsent.is_empty() || !self.movable() {
+        // see the loss. A blocking command is the exception: nothing was popped for it on a node
+        // that is gone, so it is re-issued on the next master. So are a subscriber's replies.
+        let owed = self.in_flight() > 0 && !self.req.pubsub && !self.blocked_last();
+        if owed || !self.unsent.is_empty() || !self.movable() {
             return Step::Close(Close::BackendClosed);
         }
         // Idle on a master that went away: wait for the next verified master and move there.
@@ -486,13 +568,39 @@ impl<'a> Session<'a> {
 
     /// Whether the forwarded stream is at a clean boundary from which the session can move.
     fn movable(&self) -> bool {
-        let f = self.forwarded_state();
-        f.at_boundary
-            && self.pipe.is_none()
-            && !f.in_transaction
-            && !self.req.pubsub
-            && !self.req.monitor
-            && !self.req.unmigratable
+        self.forwarded_state().at_boundary && self.pipe.is_none() && self.uncarriable().is_none()
+    }
+
+    /// What the session carries (for counting).
+    pub(super) fn kind(&self) -> Kind {
+        match &self.carry {
+            Some(c) => c.kind(self.req.monitor),
+            None if self.req.monitor => Kind::Monitor,
+            None => Kind::Plain,
+        }
+    }
+
+    /// A blocking command is the last request forwarded, and its reply has not come.
+    pub(super) fn blocked_last(&self) -> bool {
+        let Some(b) = self.carry.as_ref().and_then(|c| c.blocked.as_ref()) else {
+            return false;
+        };
+        b.reply == self.forwarded_state().expected_replies
+            && self.reply_base + self.rep.replies < b.reply
+    }
+
+    /// Why this session cannot be moved to another master, as the close reason.
+    fn uncarriable(&self) -> Option<Close> {
+        let forwarded = self.forwarded_state().expected_replies;
+        let why = self.carry.as_ref().and_then(|c| c.why_not(forwarded))?;
+        debug!(why, "session state cannot be carried to the new master");
+        Some(match self.kind() {
+            Kind::PubSub => Close::SwitchPubSub,
+            Kind::Monitor => Close::SwitchMonitor,
+            Kind::Blocking => Close::SwitchBlocking,
+            Kind::Transaction => Close::SwitchTransaction,
+            _ => Close::SwitchUnmigratable,
+        })
     }
 
     /// Act on the current state: forward held bytes, migrate, close.
@@ -530,18 +638,6 @@ impl<'a> Session<'a> {
         }
 
         if switched || self.backend_gone {
-            if switched && !self.backend_gone {
-                if self.req.pubsub {
-                    return Step::Close(Close::SwitchPubSub);
-                }
-                if self.req.monitor {
-                    return Step::Close(Close::SwitchMonitor);
-                }
-                let replies = self.reply_base + self.rep.replies;
-                if replies < self.req.blocking_seq && self.in_flight() > 0 {
-                    return Step::Close(Close::SwitchBlocking);
-                }
-            }
             let f = self.forwarded_state();
             if !f.at_boundary {
                 // Part of a request went to the old master; nothing can complete it now.
@@ -550,8 +646,12 @@ impl<'a> Session<'a> {
             if self.deadline.is_none() {
                 self.deadline = Some(Instant::now() + self.shared.config().drain_timeout);
             }
-            if self.in_flight() > 0 || !self.unsent.is_empty() {
-                if route.previous_down && !self.backend_gone {
+            // Replies still owed are awaited from the old master, except where the move itself
+            // collects them: a subscriber's (a marker PING drains them) and a blocking command's
+            // (unblocked on the old master, or re-issued if that one is gone).
+            let collected = self.req.pubsub || self.blocked_last();
+            if !self.unsent.is_empty() || (self.in_flight() > 0 && !collected) {
+                if route.previous_down && !self.backend_gone && !self.blocked_last() {
                     // A hung or cut-off master: it may run these requests when it comes back,
                     // after its replacement was promoted, and that data is lost when it is
                     // demoted. The client must see an error, never that late "OK".
@@ -559,11 +659,8 @@ impl<'a> Session<'a> {
                 }
                 return Step::Continue; // let the old master take its requests and finish replying
             }
-            if f.in_transaction {
-                return Step::Close(Close::SwitchTransaction);
-            }
-            if self.req.unmigratable {
-                return Step::Close(Close::SwitchUnmigratable);
+            if let Some(close) = self.uncarriable() {
+                return Step::Close(close);
             }
             if self.shutting_down {
                 return Step::Close(Close::Shutdown);
@@ -574,6 +671,15 @@ impl<'a> Session<'a> {
             let Some(addr) = route.target() else {
                 return Step::Continue; // no verified master yet: hold until one, or the deadline
             };
+            self.gated = false;
+            if !self.carrier
+                && self.shared.route.carriers_elsewhere(route.generation) > 0
+                && gate_until(&route) > Instant::now()
+            {
+                // Subscribers re-subscribe on the new master before anyone can publish there.
+                self.gated = true;
+                return Step::Continue;
+            }
             return Step::Move(addr, route.generation);
         }
 
@@ -638,6 +744,11 @@ impl<'a> Session<'a> {
                     .with_label_values(&["ok"])
                     .inc();
                 self.deadline = None;
+                self.gated = false;
+                self.rechecked = false;
+                if !self.held.is_empty() {
+                    self.count_held("new_master");
+                }
                 Step::Again // release what is held to the new master now
             }
             Err(None) => {
@@ -677,67 +788,6 @@ impl<'a> Session<'a> {
         }
         self.shared.route.request_recheck();
         Step::Continue
-    }
-
-    /// Move to the new master: connect, replay connection state, swallow its replies.
-    /// `Err(None)`: the connect failed (worth another try); `Err(Some(_))`: give up.
-    async fn migrate(&mut self, addr: SocketAddr, generation: u64) -> Result<(), Option<Close>> {
-        let cfg = &self.shared.config();
-        let began = Instant::now();
-        let mut backend = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let m = &self.shared.metrics;
-                m.backend_connect_seconds
-                    .observe(began.elapsed().as_secs_f64());
-                s
-            }
-            _ => {
-                self.shared.metrics.backend_connect_failures_total.inc();
-                return Err(None);
-            }
-        };
-        tune(&backend, cfg.tcp_keepalive);
-        if self.req.replay_count > 0 {
-            let replay = async {
-                backend.write_all(&self.req.replay).await?;
-                let mut tracker = ReplyTracker::new();
-                let mut buf = [0u8; 1024];
-                while tracker.replies < self.req.replay_count as u64 {
-                    let n = backend.read(&mut buf).await?;
-                    if n == 0 {
-                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-                    }
-                    tracker.feed(&buf[..n]).map_err(|_| {
-                        io::Error::new(io::ErrorKind::InvalidData, "reply is not RESP")
-                    })?;
-                    if tracker.errors > 0 {
-                        return Err(io::Error::other("replayed command failed"));
-                    }
-                }
-                Ok::<(), io::Error>(())
-            };
-            if let Err(e) = timeout(cfg.connect_timeout, replay)
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-            {
-                info!(backend = %addr, error = %e, "could not replay connection state on the new master");
-                return Err(Some(Close::MigrateFailed));
-            }
-        }
-        self.reply_base += self.rep.replies;
-        self.rep = ReplyTracker::new();
-        self.backend = backend;
-        self.backend_gone = false;
-        self.shared.route.attach(generation);
-        self.shared.route.detach(self.generation);
-        self.generation = generation;
-        self.rechecked = false;
-        Span::current().record("backend", tracing::field::display(addr));
-        debug!(backend = %addr, "session moved to the new master");
-        if !self.held.is_empty() {
-            self.count_held("new_master");
-        }
-        Ok(())
     }
 
     fn count_held(&mut self, outcome: &str) {

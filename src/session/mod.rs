@@ -5,8 +5,11 @@
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
+mod carry;
 mod dedicated;
 mod io;
+mod migrate;
+pub mod tally;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +59,23 @@ pub enum Close {
 }
 
 impl Close {
+    /// Closed because the route moved and the session could not follow.
+    pub fn at_switch(self) -> bool {
+        matches!(
+            self,
+            Close::SwitchPubSub
+                | Close::SwitchMonitor
+                | Close::SwitchBlocking
+                | Close::SwitchTransaction
+                | Close::SwitchMidRequest
+                | Close::SwitchUnmigratable
+                | Close::SwitchPipe
+                | Close::SwitchMasterDown
+                | Close::DrainDeadline
+                | Close::MigrateFailed
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Close::ClientClosed => "client_closed",
@@ -119,9 +139,13 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
             let Session {
                 mut client,
                 generation,
+                carrier,
                 ..
             } = *session;
             shared.route.detach(generation);
+            if carrier {
+                shared.route.carrier_detach(generation);
+            }
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             close
         }
@@ -139,6 +163,11 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
         }
     };
     debug!(reason = close.label(), "session closed");
+    if close.at_switch() {
+        shared
+            .tally
+            .closed(shared.route.generation(), close.label());
+    }
     m.sessions_closed_total
         .with_label_values(&[close.label()])
         .inc();

@@ -1,0 +1,834 @@
+//! The state a client built on its connection, and how it is re-created on another master so that
+//! a failover costs the client latency, not an error (pure: no sockets; `migrate.rs` does the I/O).
+//!
+//! What is kept comes from what Redis *answered*, not from what the client asked: a request the
+//! request tracker captured (`resp::Captured`) is resolved when its reply passes, and only then
+//! counts. So `CLIENT SETINFO` that Redis 7.0 rejects is not replayed, a failed `SELECT` does not
+//! change the db, and a nested `MULTI` does not open a second transaction. Subscriptions come from
+//! the confirmations Redis sends (`subscribe`, `unsubscribe`… frames), which is the only place
+//! where `UNSUBSCRIBE` with no arguments says what it removed.
+//!
+//! Carried: connection state (AUTH, HELLO, SELECT, CLIENT SETNAME/SETINFO/NO-EVICT/NO-TOUCH, each
+//! kind once, the last that worked), CLIENT TRACKING (without REDIRECT, whose id means nothing on
+//! another node; the client then gets the flush-everything invalidation), an open MULTI with its
+//! queue (bounded), WATCH (the new master cannot check keys watched on the old one, so the EXEC
+//! that follows must fail as for a touched key), subscriptions, MONITOR, and a blocking command in
+//! flight (re-issued with what is left of its timeout). Anything else a session did that changes
+//! its connection is unknown to the proxy and not carried.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::resp::{CaptureKind, Captured};
+
+/// A transaction's queue bigger than this is not carried (the session closes as before).
+const MAX_TRANSACTION_BYTES: usize = 1024 * 1024;
+/// Frames of a subscribed connection are inspected from this much of their start (a
+/// confirmation is kind + channel + count; a message's payload is not needed).
+const MAX_FRAME_PREFIX: usize = 64 * 1024 + 64;
+/// The key that makes a WATCH fail on the new master (see `plan`).
+pub(super) const BROKEN_WATCH_KEY: &[u8] = b"sentinel-proxy:broken-watch";
+
+/// Connection-state slots, replayed in this order (authentication first).
+const SLOTS: usize = 8;
+
+/// What the session is, for counting moves and closes by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Plain,
+    PubSub,
+    Blocking,
+    Transaction,
+    Tracking,
+    Monitor,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Plain => "plain",
+            Kind::PubSub => "pubsub",
+            Kind::Blocking => "blocking",
+            Kind::Transaction => "transaction",
+            Kind::Tracking => "tracking",
+            Kind::Monitor => "monitor",
+        }
+    }
+}
+
+struct Pend {
+    kind: CaptureKind,
+    /// The absolute reply number that answers it (0: none will).
+    reply: u64,
+    /// Replies expected before it.
+    before: u64,
+    bytes: Option<Vec<u8>>,
+}
+
+/// A blocking command in flight.
+pub(super) struct Blocked {
+    pub bytes: Vec<u8>,
+    pub reply: u64,
+    pub sent: Instant,
+}
+
+#[derive(Default)]
+struct Transaction {
+    bytes: Vec<u8>,
+    /// Per queued command (MULTI first): whether Redis answered it with an error.
+    errors: Vec<bool>,
+    /// A queued command could not be captured, or the queue is too big.
+    broken: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    pub channels: BTreeSet<Vec<u8>>,
+    pub patterns: BTreeSet<Vec<u8>>,
+    pub shard: BTreeSet<Vec<u8>>,
+}
+
+impl Subscriptions {
+    pub fn count(&self) -> usize {
+        self.channels.len() + self.patterns.len() + self.shard.len()
+    }
+}
+
+enum Tracking {
+    Off,
+    On(Vec<u8>),
+    Redirect,
+}
+
+/// See the module doc. Boxed in the session and created at its first captured request.
+pub(super) struct Carry {
+    pending: VecDeque<Pend>,
+    slots: [Option<Vec<u8>>; SLOTS],
+    pub resp3: bool,
+    tracking: Tracking,
+    transaction: Option<Transaction>,
+    pub watching: bool,
+    pub blocked: Option<Blocked>,
+    pub subs: Subscriptions,
+    /// Subscribed-connection frames are inspected from here on.
+    pub inspecting: bool,
+    frame: Vec<u8>,
+    /// Why this session cannot be carried, if it cannot.
+    pub uncarriable: Option<&'static str>,
+}
+
+/// What to send to a new master before the client's own requests, and what it must answer.
+pub(super) struct Plan {
+    pub bytes: Vec<u8>,
+    /// Per command, in order: whether its answer must be an error (as it was on the old master).
+    pub replies: Vec<bool>,
+    /// Subscription confirmations to swallow after those replies.
+    pub confirmations: usize,
+    /// The blocking command is re-sent last; its reply is the client's.
+    pub reissued: bool,
+}
+
+/// A frame of a subscribed connection, as far as the proxy cares.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Frame<'a> {
+    /// `(p|s)subscribe` / `(p|s)unsubscribe` confirmation; the channel is `None` for the
+    /// `unsubscribe` Redis sends when nothing was subscribed.
+    Confirmation {
+        subscribe: bool,
+        set: u8,
+        channel: Option<&'a [u8]>,
+    },
+    /// The answer to the proxy's own `PING <token>`.
+    Marker,
+    Other,
+}
+
+impl Carry {
+    pub fn new() -> Carry {
+        Carry {
+            pending: VecDeque::new(),
+            slots: Default::default(),
+            resp3: false,
+            tracking: Tracking::Off,
+            transaction: None,
+            watching: false,
+            blocked: None,
+            subs: Subscriptions::default(),
+            inspecting: false,
+            frame: Vec::new(),
+            uncarriable: None,
+        }
+    }
+
+    /// Take what the request tracker captured (`bytes` is its `captured_bytes`).
+    pub fn capture(&mut self, captured: &[Captured], bytes: &[u8]) {
+        for c in captured {
+            let b = c.bytes.map(|(s, e)| bytes[s as usize..e as usize].to_vec());
+            let reply = if c.answered { c.before + 1 } else { 0 };
+            if c.kind == CaptureKind::Blocking {
+                match &b {
+                    Some(b) if c.answered => {
+                        self.blocked = Some(Blocked {
+                            bytes: b.clone(),
+                            reply,
+                            sent: Instant::now(),
+                        })
+                    }
+                    _ => self.uncarriable = Some("blocking"),
+                }
+            }
+            self.pending.push_back(Pend {
+                kind: c.kind,
+                reply,
+                before: c.before,
+                bytes: b,
+            });
+        }
+    }
+
+    /// The absolute reply count at which the oldest pending capture resolves, if any: the session
+    /// feeds replies frame by frame up to it. `None` when nothing is pending.
+    pub fn next_stop(&self) -> Option<u64> {
+        self.pending.front().map(|p| match p.kind {
+            CaptureKind::Subscribe => p.before,
+            _ if p.reply == 0 => p.before,
+            _ => p.reply,
+        })
+    }
+
+    /// `replies` (absolute) have completed, the last one an error if `last_error`: resolve what
+    /// they answer.
+    pub fn replies_done(&mut self, replies: u64, last_error: bool) {
+        while let Some(p) = self.pending.front() {
+            let stop = match p.kind {
+                CaptureKind::Subscribe => p.before,
+                _ if p.reply == 0 => p.before,
+                _ => p.reply,
+            };
+            if stop > replies {
+                return;
+            }
+            let Some(p) = self.pending.pop_front() else {
+                return;
+            };
+            // Only the capture answered by exactly the last reply knows its outcome.
+            let error = if p.reply == replies {
+                Some(last_error)
+            } else {
+                None
+            };
+            self.resolve(p, error);
+        }
+    }
+
+    /// `error`: how Redis answered (None: no answer to go by).
+    fn resolve(&mut self, p: Pend, error: Option<bool>) {
+        let ok = error == Some(false);
+        match p.kind {
+            CaptureKind::State => match (error, p.bytes) {
+                (Some(true), _) => {}
+                (Some(false), Some(b)) => {
+                    if let Some(slot) = state_slot(&b) {
+                        if slot == 1 {
+                            self.resp3 = hello_version(&b).map_or(self.resp3, |v| v == b"3");
+                        }
+                        self.slots[slot] = Some(b);
+                    }
+                }
+                _ => self.uncarriable = Some("state"),
+            },
+            CaptureKind::Tracking => match (error, p.bytes) {
+                (Some(true), _) => {}
+                (Some(false), Some(b)) => {
+                    let args = args(&b);
+                    let on = args.get(2).is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                    let redirect = args.iter().any(|a| a.eq_ignore_ascii_case(b"redirect"));
+                    self.tracking = match (on, redirect) {
+                        (false, _) => Tracking::Off,
+                        (true, true) => Tracking::Redirect,
+                        (true, false) => Tracking::On(b),
+                    };
+                }
+                _ => self.uncarriable = Some("tracking"),
+            },
+            CaptureKind::Multi => {
+                if ok {
+                    let mut t = Transaction::default();
+                    match p.bytes {
+                        Some(b) => t.bytes = b,
+                        None => t.broken = true,
+                    }
+                    t.errors.push(false);
+                    self.transaction = Some(t);
+                }
+            }
+            CaptureKind::Queued => {
+                let name = p
+                    .bytes
+                    .as_deref()
+                    .and_then(|b| args(b).first().map(|n| n.to_ascii_uppercase()));
+                if matches!(
+                    name.as_deref(),
+                    Some(b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE")
+                ) {
+                    // Its confirmations come inside EXEC's reply: not followed.
+                    self.uncarriable = Some("pubsub");
+                }
+                if let Some(t) = &mut self.transaction {
+                    match (error, p.bytes) {
+                        (Some(e), Some(b)) if t.bytes.len() + b.len() <= MAX_TRANSACTION_BYTES => {
+                            t.bytes.extend_from_slice(&b);
+                            t.errors.push(e);
+                        }
+                        _ => t.broken = true,
+                    }
+                }
+            }
+            CaptureKind::Exec => {
+                self.transaction = None;
+                self.watching = false;
+            }
+            CaptureKind::Watch => {
+                if ok {
+                    self.watching = true;
+                }
+            }
+            CaptureKind::Unwatch => self.watching = false,
+            CaptureKind::Blocking => {
+                if self.blocked.as_ref().is_some_and(|b| b.reply == p.reply) {
+                    self.blocked = None;
+                }
+            }
+            CaptureKind::Subscribe => self.inspecting = true,
+            CaptureKind::Reset => {
+                if error != Some(true) {
+                    let inspecting = self.inspecting;
+                    *self = Carry::new();
+                    // Confirmations of what RESET dropped may still be on their way.
+                    self.inspecting = inspecting;
+                }
+            }
+        }
+    }
+
+    /// Bytes of a frame of a subscribed connection (`end`: the frame is complete): keeps its
+    /// start, and at its end applies a confirmation to the subscriptions.
+    pub fn inspect(&mut self, bytes: &[u8], end: bool) {
+        let room = MAX_FRAME_PREFIX.saturating_sub(self.frame.len());
+        self.frame
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        if !end {
+            return;
+        }
+        let frame = std::mem::take(&mut self.frame);
+        if let Frame::Confirmation {
+            subscribe,
+            set,
+            channel,
+        } = parse_frame(&frame, b"")
+        {
+            self.confirm(subscribe, set, channel);
+        } else if frame.len() >= MAX_FRAME_PREFIX && looks_like_confirmation(&frame) {
+            self.uncarriable = Some("pubsub");
+        }
+        self.frame = frame;
+        self.frame.clear();
+        if self.frame.capacity() > 4096 {
+            self.frame = Vec::new();
+        }
+    }
+
+    pub fn confirm(&mut self, subscribe: bool, set: u8, channel: Option<&[u8]>) {
+        let Some(ch) = channel else { return };
+        let set = match set {
+            b'p' => &mut self.subs.patterns,
+            b's' => &mut self.subs.shard,
+            _ => &mut self.subs.channels,
+        };
+        if subscribe {
+            set.insert(ch.to_vec());
+        } else {
+            set.remove(ch);
+        }
+    }
+
+    /// Whether a blocking command is in flight (sent, not answered).
+    #[cfg(test)]
+    pub fn blocking_in_flight(&self) -> bool {
+        self.blocked.is_some()
+    }
+
+    /// What kind of session this is (the most demanding of what it carries).
+    pub fn kind(&self, monitor: bool) -> Kind {
+        if self.subs.count() > 0 || self.inspecting {
+            Kind::PubSub
+        } else if monitor {
+            Kind::Monitor
+        } else if self.blocked.is_some() {
+            Kind::Blocking
+        } else if self.transaction.is_some() || self.watching {
+            Kind::Transaction
+        } else if !matches!(self.tracking, Tracking::Off) {
+            Kind::Tracking
+        } else {
+            Kind::Plain
+        }
+    }
+
+    /// Why the session cannot be carried now, if it cannot. `forwarded`: the replies expected
+    /// for what was forwarded (requests read but held are not on any master yet).
+    pub fn why_not(&self, forwarded: u64) -> Option<&'static str> {
+        if let Some(why) = self.uncarriable {
+            return Some(why);
+        }
+        if matches!(self.tracking, Tracking::Redirect) {
+            return Some("tracking_redirect");
+        }
+        if self.transaction.as_ref().is_some_and(|t| t.broken) {
+            return Some("transaction");
+        }
+        if self
+            .pending
+            .iter()
+            .any(|p| p.kind != CaptureKind::Blocking && p.before < forwarded)
+        {
+            // A state change whose outcome is still unknown.
+            return Some("pending");
+        }
+        None
+    }
+
+    pub fn tracking_on(&self) -> bool {
+        matches!(self.tracking, Tracking::On(_))
+    }
+
+    /// The commands that re-create this connection's state on a new master. `monitor`: the
+    /// session is in MONITOR; `now`: to compute what is left of a blocking timeout.
+    pub fn plan(&self, monitor: bool, reissue_blocked: bool, now: Instant) -> Plan {
+        let mut plan = Plan {
+            bytes: Vec::new(),
+            replies: Vec::new(),
+            confirmations: 0,
+            reissued: false,
+        };
+        for b in self.slots.iter().flatten() {
+            plan.bytes.extend_from_slice(b);
+            plan.replies.push(false);
+        }
+        if let Tracking::On(b) = &self.tracking {
+            plan.bytes.extend_from_slice(b);
+            plan.replies.push(false);
+        }
+        if self.watching {
+            // The keys were watched on the old master; the new one cannot tell whether they
+            // changed, so the transaction must fail as for a touched key. Watching a key of the
+            // proxy's and touching it from this same connection does exactly that in Redis.
+            encode(&mut plan.bytes, &[b"WATCH", BROKEN_WATCH_KEY]);
+            encode(&mut plan.bytes, &[b"SET", BROKEN_WATCH_KEY, b"1"]);
+            encode(&mut plan.bytes, &[b"DEL", BROKEN_WATCH_KEY]);
+            plan.replies.extend([false, false, false]);
+        }
+        if let Some(t) = &self.transaction {
+            plan.bytes.extend_from_slice(&t.bytes);
+            plan.replies.extend_from_slice(&t.errors);
+        }
+        for (name, set) in [
+            (&b"SUBSCRIBE"[..], &self.subs.channels),
+            (b"PSUBSCRIBE", &self.subs.patterns),
+            (b"SSUBSCRIBE", &self.subs.shard),
+        ] {
+            if !set.is_empty() {
+                let mut a: Vec<&[u8]> = vec![name];
+                a.extend(set.iter().map(|c| c.as_slice()));
+                encode(&mut plan.bytes, &a);
+                plan.confirmations += set.len();
+            }
+        }
+        if monitor {
+            encode(&mut plan.bytes, &[b"MONITOR"]);
+            plan.replies.push(false);
+        }
+        if reissue_blocked && let Some(b) = &self.blocked {
+            let left = now.saturating_duration_since(b.sent);
+            plan.bytes
+                .extend_from_slice(&with_timeout_left(&b.bytes, left));
+            plan.reissued = true;
+        }
+        plan
+    }
+}
+
+/// The slot of a connection-state command (replay order), or `None` for one not kept.
+fn state_slot(cmd: &[u8]) -> Option<usize> {
+    let a = args(cmd);
+    let name = a.first()?;
+    let up = |x: &[u8]| x.to_ascii_uppercase();
+    Some(match up(name).as_slice() {
+        b"AUTH" => 0,
+        b"HELLO" => 1,
+        b"SELECT" => 2,
+        b"CLIENT" => match up(a.get(1)?).as_slice() {
+            b"SETNAME" => 3,
+            b"SETINFO" => match up(a.get(2)?).as_slice() {
+                b"LIB-NAME" => 4,
+                _ => 5,
+            },
+            b"NO-EVICT" => 6,
+            b"NO-TOUCH" => 7,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+fn hello_version(cmd: &[u8]) -> Option<&[u8]> {
+    args(cmd).get(1).copied()
+}
+
+/// The arguments of a multibulk request as the request tracker re-encodes it.
+pub(super) fn args(cmd: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = cmd;
+    let line = |r: &[u8]| -> Option<(usize, usize)> {
+        let nl = r.iter().position(|&b| b == b'\n')?;
+        let n = std::str::from_utf8(r.get(1..nl.checked_sub(1)?)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        Some((n, nl + 1))
+    };
+    let Some((n, used)) = line(rest) else {
+        return out;
+    };
+    rest = &rest[used..];
+    for _ in 0..n {
+        let Some((len, used)) = line(rest) else {
+            break;
+        };
+        let Some(arg) = rest.get(used..used + len) else {
+            break;
+        };
+        out.push(arg);
+        rest = rest.get(used + len + 2..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// Encode a command as a RESP multibulk.
+pub(super) fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The blocking command `cmd` with its timeout reduced by `elapsed` (never to 0, which means
+/// forever: to the smallest timeout instead). A command without a timeout (XREAD without BLOCK)
+/// or with 0 is unchanged.
+pub(super) fn with_timeout_left(cmd: &[u8], elapsed: Duration) -> Vec<u8> {
+    let mut a: Vec<Vec<u8>> = args(cmd).into_iter().map(|x| x.to_vec()).collect();
+    let Some(name) = a.first().map(|n| n.to_ascii_uppercase()) else {
+        return cmd.to_vec();
+    };
+    // Where the timeout is, and whether it is in seconds (a float) or milliseconds.
+    let at = match name.as_slice() {
+        b"BLMPOP" | b"BZMPOP" => Some((1, true)),
+        b"XREAD" | b"XREADGROUP" => a
+            .iter()
+            .position(|x| x.eq_ignore_ascii_case(b"block"))
+            .map(|i| (i + 1, false)),
+        _ => Some((a.len().saturating_sub(1), true)),
+    };
+    if let Some((i, seconds)) = at
+        && let Some(t) = a.get(i).and_then(|t| std::str::from_utf8(t).ok())
+        && let Ok(t) = t.parse::<f64>()
+        && t > 0.0
+    {
+        let total = if seconds { t } else { t / 1000.0 };
+        let left = (total - elapsed.as_secs_f64()).max(0.001);
+        a[i] = if seconds {
+            format!("{left:.3}").into_bytes()
+        } else {
+            format!("{}", (left * 1000.0).ceil() as u64).into_bytes()
+        };
+    }
+    let refs: Vec<&[u8]> = a.iter().map(|x| x.as_slice()).collect();
+    let mut out = Vec::new();
+    encode(&mut out, &refs);
+    out
+}
+
+fn looks_like_confirmation(frame: &[u8]) -> bool {
+    frame.len() > 8 && (frame[0] == b'*' || frame[0] == b'>') && frame[1] == b'3'
+}
+
+/// Read a `$<len>\r\n<data>\r\n` (or a null) at the start of `b`: (data, rest).
+fn bulk(b: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    if let Some(rest) = b.strip_prefix(b"_\r\n") {
+        return Some((None, rest));
+    }
+    let b = b.strip_prefix(b"$")?;
+    let nl = b.iter().position(|&c| c == b'\n')?;
+    let n: i64 = std::str::from_utf8(b.get(..nl.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let rest = &b[nl + 1..];
+    if n < 0 {
+        return Some((None, rest));
+    }
+    let n = n as usize;
+    Some((Some(rest.get(..n)?), rest.get(n + 2..)?))
+}
+
+/// What a complete frame of a subscribed connection is. `token`: the proxy's own PING marker
+/// (empty: none expected).
+pub(super) fn parse_frame<'a>(frame: &'a [u8], token: &[u8]) -> Frame<'a> {
+    if !token.is_empty() {
+        // `PING <token>` answers `*2 pong <token>` while subscribed (RESP2) and a bulk string
+        // otherwise.
+        let marker = match frame.first() {
+            Some(b'*') => frame
+                .strip_prefix(b"*2\r\n$4\r\npong\r\n")
+                .and_then(bulk)
+                .is_some_and(|(d, _)| d == Some(token)),
+            Some(b'$') => bulk(frame).is_some_and(|(d, _)| d == Some(token)),
+            _ => false,
+        };
+        if marker {
+            return Frame::Marker;
+        }
+    }
+    let Some(body) = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))
+    else {
+        return Frame::Other;
+    };
+    let Some((Some(kind), rest)) = bulk(body) else {
+        return Frame::Other;
+    };
+    let (subscribe, set) = match kind {
+        b"subscribe" => (true, b'c'),
+        b"psubscribe" => (true, b'p'),
+        b"ssubscribe" => (true, b's'),
+        b"unsubscribe" => (false, b'c'),
+        b"punsubscribe" => (false, b'p'),
+        b"sunsubscribe" => (false, b's'),
+        _ => return Frame::Other,
+    };
+    match bulk(rest) {
+        Some((channel, rest)) if rest.first() == Some(&b':') => Frame::Confirmation {
+            subscribe,
+            set,
+            channel,
+        },
+        _ => Frame::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::{ReplyTracker, RequestTracker};
+
+    /// Feed requests and their replies as a session does; returns the carry.
+    fn session(requests: &[u8], replies: &[u8]) -> Carry {
+        let mut req = RequestTracker::new(1 << 20);
+        req.feed(requests).unwrap();
+        let mut c = Carry::new();
+        c.capture(&req.captured, &req.captured_bytes);
+        let mut rep = ReplyTracker::new();
+        let mut rest = replies;
+        while !rest.is_empty() {
+            let n = rep.feed_frame(rest).unwrap();
+            if c.inspecting {
+                c.inspect(&rest[..n], rep.at_reply_boundary());
+            }
+            rest = &rest[n..];
+            c.replies_done(rep.replies, rep.last_error);
+        }
+        c
+    }
+
+    fn cmd(a: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode(&mut v, a);
+        v
+    }
+
+    #[test]
+    fn a_state_command_that_failed_is_not_replayed() {
+        // redis-py's connect sequence against Redis 7.0, which has no CLIENT SETINFO.
+        let c = session(
+            &[
+                cmd(&[b"HELLO", b"3"]),
+                cmd(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"redis-py"]),
+                cmd(&[b"CLIENT", b"SETINFO", b"LIB-VER", b"5.0"]),
+                cmd(&[b"SELECT", b"2"]),
+                cmd(&[b"CLIENT", b"SETNAME", b"app"]),
+            ]
+            .concat(),
+            b"%1\r\n+server\r\n+redis\r\n-ERR unknown subcommand 'SETINFO'\r\n-ERR unknown subcommand 'SETINFO'\r\n+OK\r\n+OK\r\n",
+        );
+        assert!(c.resp3);
+        assert_eq!(c.why_not(u64::MAX), None);
+        let p = c.plan(false, false, Instant::now());
+        assert_eq!(
+            p.bytes,
+            [
+                cmd(&[b"HELLO", b"3"]),
+                cmd(&[b"SELECT", b"2"]),
+                cmd(&[b"CLIENT", b"SETNAME", b"app"])
+            ]
+            .concat()
+        );
+        assert_eq!(p.replies, vec![false; 3]);
+    }
+
+    #[test]
+    fn the_last_state_of_each_kind_is_kept() {
+        let c = session(
+            b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n*2\r\n$6\r\nSELECT\r\n$2\r\n99\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n",
+            b"+OK\r\n-ERR DB index is out of range\r\n+OK\r\n",
+        );
+        assert_eq!(
+            c.plan(false, false, Instant::now()).bytes,
+            cmd(&[b"SELECT", b"3"])
+        );
+        // An inline state command cannot be replayed.
+        assert_eq!(
+            session(b"SELECT 3\r\n", b"+OK\r\n").why_not(u64::MAX),
+            Some("state")
+        );
+        // One whose reply has not come yet is not known.
+        assert_eq!(
+            session(b"SELECT 3\r\n", b"").why_not(u64::MAX),
+            Some("pending")
+        );
+    }
+
+    #[test]
+    fn subscriptions_come_from_confirmations() {
+        let c = session(
+            b"GET a\r\nSUBSCRIBE a b\r\nPSUBSCRIBE p*\r\nUNSUBSCRIBE b\r\n",
+            b"$1\r\nx\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n*3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:3\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:2\r\n",
+        );
+        assert_eq!(c.kind(false), Kind::PubSub);
+        let p = c.plan(false, false, Instant::now());
+        assert_eq!(
+            p.bytes,
+            [cmd(&[b"SUBSCRIBE", b"a"]), cmd(&[b"PSUBSCRIBE", b"p*"])].concat()
+        );
+        assert_eq!(p.confirmations, 2);
+        // RESP3: pushes, and an unsubscribe of nothing has a null channel.
+        let mut c = Carry::new();
+        c.inspecting = true;
+        c.inspect(b">3\r\n$10\r\nssubscribe\r\n$1\r\ns\r\n:1\r\n", true);
+        c.inspect(b">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n", true);
+        assert_eq!(c.subs.shard.len(), 1);
+    }
+
+    #[test]
+    fn frames_are_recognised() {
+        assert_eq!(
+            parse_frame(b"*2\r\n$4\r\npong\r\n$3\r\ntok\r\n", b"tok"),
+            Frame::Marker
+        );
+        assert_eq!(parse_frame(b"$3\r\ntok\r\n", b"tok"), Frame::Marker);
+        assert_eq!(parse_frame(b"$3\r\ntok\r\n", b"other"), Frame::Other);
+        assert_eq!(
+            parse_frame(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n", b""),
+            Frame::Confirmation {
+                subscribe: false,
+                set: b'c',
+                channel: None
+            }
+        );
+        assert_eq!(
+            parse_frame(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", b""),
+            Frame::Other
+        );
+    }
+
+    #[test]
+    fn transactions_and_watch() {
+        let c = session(
+            b"WATCH k\r\n*1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*1\r\n$4\r\nNOPE\r\n",
+            b"+OK\r\n+OK\r\n+QUEUED\r\n-ERR unknown command 'NOPE'\r\n",
+        );
+        assert_eq!(c.kind(false), Kind::Transaction);
+        assert_eq!(c.why_not(u64::MAX), None);
+        let p = c.plan(false, false, Instant::now());
+        assert_eq!(p.replies, vec![false, false, false, false, false, true]);
+        assert!(p.bytes.starts_with(&cmd(&[b"WATCH", BROKEN_WATCH_KEY])));
+        assert!(p.bytes.ends_with(&cmd(&[b"NOPE"])));
+        let c = session(b"MULTI\r\nSET a 1\r\n", b"+OK\r\n+QUEUED\r\n");
+        assert_eq!(
+            c.why_not(u64::MAX),
+            Some("transaction"),
+            "inline: not captured"
+        );
+        let c = session(
+            b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEC\r\n",
+            b"+OK\r\n*0\r\n",
+        );
+        assert_eq!(c.kind(false), Kind::Plain);
+    }
+
+    #[test]
+    fn tracking_is_carried_without_redirect() {
+        let on = cmd(&[b"CLIENT", b"TRACKING", b"on", b"BCAST"]);
+        let c = session(&on, b"+OK\r\n");
+        assert!(c.tracking_on());
+        assert_eq!(c.plan(false, false, Instant::now()).bytes, on);
+        let c = session(
+            &cmd(&[b"CLIENT", b"TRACKING", b"on", b"REDIRECT", b"7"]),
+            b"+OK\r\n",
+        );
+        assert_eq!(c.why_not(u64::MAX), Some("tracking_redirect"));
+        let c = session(
+            &[on.clone(), cmd(&[b"CLIENT", b"TRACKING", b"off"])].concat(),
+            b"+OK\r\n+OK\r\n",
+        );
+        assert_eq!(c.kind(false), Kind::Plain);
+    }
+
+    #[test]
+    fn a_blocking_command_is_reissued_with_the_time_left() {
+        let c = session(&cmd(&[b"BLPOP", b"q", b"10"]), b"");
+        assert!(c.blocking_in_flight());
+        let p = c.plan(false, true, Instant::now() + Duration::from_secs(4));
+        assert!(p.reissued);
+        let a = args(&p.bytes)
+            .iter()
+            .map(|a| a.to_vec())
+            .collect::<Vec<_>>();
+        let left: f64 = std::str::from_utf8(&a[2]).unwrap().parse().unwrap();
+        assert!((5.9..=6.0).contains(&left), "{left}");
+        assert_eq!(
+            with_timeout_left(&cmd(&[b"BLPOP", b"q", b"0"]), Duration::from_secs(9)),
+            cmd(&[b"BLPOP", b"q", b"0"]),
+            "0 is forever"
+        );
+        assert_eq!(
+            with_timeout_left(
+                &cmd(&[b"XREAD", b"BLOCK", b"5000", b"STREAMS", b"s", b"$"]),
+                Duration::from_secs(2)
+            ),
+            cmd(&[b"XREAD", b"BLOCK", b"3000", b"STREAMS", b"s", b"$"])
+        );
+        assert_eq!(
+            with_timeout_left(
+                &cmd(&[b"BLMPOP", b"1", b"1", b"q", b"LEFT"]),
+                Duration::from_secs(5)
+            ),
+            cmd(&[b"BLMPOP", b"0.001", b"1", b"q", b"LEFT"])
+        );
+        // Answered: no longer in flight.
+        let c = session(&cmd(&[b"BLPOP", b"q", b"10"]), b"*-1\r\n");
+        assert!(!c.blocking_in_flight());
+    }
+}

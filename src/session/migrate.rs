@@ -1,0 +1,400 @@
+//! Moving a session to a new master so that the client sees latency, never an error: connect,
+//! wind down what is still in flight on the old master, re-create the client's connection state
+//! on the new one (`carry.rs`), and swallow the new master's answers to that.
+//!
+//! Winding down, by what the session is:
+//! - **A subscriber**: `PING <token>` on the old connection, and every frame before its answer is
+//!   relayed (messages published before the fence, confirmations), so nothing published through
+//!   the proxy is lost; the marker itself is swallowed.
+//! - **A blocking command in flight**: unblocked on the old master with
+//!   `CLIENT UNBLOCK <id> TIMEOUT` (over the proxy's own connection, with `--master-password`; the
+//!   id is found in `CLIENT LIST` by this connection's address, so opening a connection costs no
+//!   extra round trip). If the old master answers as for a timeout, that answer is swallowed and
+//!   the command is re-issued on the new master with what is left of its timeout; if it answers
+//!   with data, the client gets it. If the old master is gone, the command is re-issued: nothing
+//!   was popped for it on a node that no client can reach.
+//!
+//! The new master must answer the replayed commands as the old one did (an error where there was
+//! one, success where there was success); otherwise the move fails and the session is closed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{Span, debug, info};
+
+use super::carry::{Carry, Frame, Plan, encode, parse_frame};
+use super::dedicated::{Session, Step};
+use super::io::Pending;
+use super::{Close, tune};
+use crate::resp::ReplyTracker;
+use crate::sentinel::client::RespConn;
+
+/// Read size while winding down or replaying (rare paths: a buffer of their own).
+const READ: usize = 16 * 1024;
+
+/// What RESP3 sends for `FLUSHALL` to a tracking client: forget every key.
+const INVALIDATE_ALL: &[u8] = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
+
+/// Why winding down or replaying failed.
+enum Failed {
+    /// The old master did not answer: it is going away.
+    OldGone,
+    /// The session must close.
+    Close(Close),
+}
+
+impl<'a> Session<'a> {
+    /// Move to the new master. `Err(None)`: the connect failed (worth another try);
+    /// `Err(Some(_))`: give up and close.
+    pub(super) async fn migrate(
+        &mut self,
+        addr: SocketAddr,
+        generation: u64,
+    ) -> Result<(), Option<Close>> {
+        let cfg = self.shared.config();
+        let began = Instant::now();
+        let mut backend = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let m = &self.shared.metrics;
+                m.backend_connect_seconds
+                    .observe(began.elapsed().as_secs_f64());
+                s
+            }
+            _ => {
+                self.shared.metrics.backend_connect_failures_total.inc();
+                return Err(None);
+            }
+        };
+        tune(&backend, cfg.tcp_keepalive);
+        let kind = self.kind();
+        let wind_down = Instant::now() + cfg.connect_timeout;
+
+        let mut reissue = false;
+        if self.blocked_last() {
+            reissue = if self.backend_gone {
+                true
+            } else {
+                match self.unblock_old(wind_down).await {
+                    Ok(r) => r,
+                    Err(Failed::OldGone) => true,
+                    Err(Failed::Close(c)) => return Err(Some(c)),
+                }
+            };
+        } else if self.req.pubsub && !self.backend_gone {
+            match self.drain_subscriber(wind_down).await {
+                Ok(()) | Err(Failed::OldGone) => {}
+                Err(Failed::Close(c)) => return Err(Some(c)),
+            }
+        }
+
+        let carry = self.carry.take().unwrap_or_else(|| Box::new(Carry::new()));
+        let plan = carry.plan(self.req.monitor, reissue, std::time::Instant::now());
+        let tracking = carry.tracking_on() && carry.resp3;
+        self.carry = Some(carry);
+        let mut leftover = Vec::new();
+        if !plan.bytes.is_empty() {
+            let replay = self.replay(&mut backend, &plan, &mut leftover);
+            match timeout(cfg.connect_timeout, replay).await {
+                Ok(Ok(())) => {}
+                Ok(Err(Failed::Close(c))) => return Err(Some(c)),
+                Ok(Err(Failed::OldGone)) | Err(_) => {
+                    info!(backend = %addr, "could not re-create the connection's state on the new master");
+                    return Err(Some(Close::MigrateFailed));
+                }
+            }
+        }
+        if tracking && !self.send_client(INVALIDATE_ALL, cfg.drain_timeout).await {
+            return Err(Some(Close::ClientClosed));
+        }
+
+        // The replies of the new backend start after those the client has had (a re-issued
+        // blocking command's is the first of them).
+        self.reply_base = self.forwarded_expected() - reissue as u64;
+        self.rep = ReplyTracker::new();
+        self.backend = backend;
+        self.backend_gone = false;
+        self.unsent = Pending::default();
+        let route = &self.shared.route;
+        route.attach(generation);
+        route.detach(self.generation);
+        if self.carrier {
+            route.carrier_attach(generation);
+            route.carrier_detach(self.generation);
+        }
+        self.generation = generation;
+        Span::current().record("backend", tracing::field::display(addr));
+        debug!(backend = %addr, kind = kind.label(), "session moved to the new master");
+        self.shared
+            .metrics
+            .moves_total
+            .with_label_values(&[kind.label()])
+            .inc();
+        self.shared.tally.moved(generation, kind.label());
+        if !leftover.is_empty()
+            && let Step::Close(c) = self.relay_reply(&leftover)
+        {
+            return Err(Some(c));
+        }
+        Ok(())
+    }
+
+    /// Write to the client what it is owed first, then `bytes`, within `limit`.
+    async fn send_client(&mut self, bytes: &[u8], limit: Duration) -> bool {
+        let write = async {
+            if !self.replies.is_empty() {
+                self.client.write_all(self.replies.bytes()).await?;
+                self.replies = Pending::default();
+            }
+            self.client.write_all(bytes).await
+        };
+        let ok = matches!(timeout(limit, write).await, Ok(Ok(())));
+        if ok {
+            let m = &self.shared.metrics;
+            m.client_bytes_sent_total.inc_by(bytes.len() as u64);
+        }
+        ok
+    }
+
+    /// A subscriber: relay everything the old master sends before the answer to our marker.
+    async fn drain_subscriber(&mut self, until: Instant) -> Result<(), Failed> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let token = format!("sentinel-proxy-drain-{nanos:x}").into_bytes();
+        let mut ping = Vec::new();
+        encode(&mut ping, &[b"PING", &token]);
+        match timeout_at(until, self.backend.write_all(&ping)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(Failed::OldGone),
+        }
+        let limit = self.shared.config().drain_timeout;
+        let mut buf = vec![0u8; READ];
+        let mut frame = Vec::new();
+        loop {
+            let n = match timeout_at(until, self.backend.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return Err(Failed::OldGone),
+            };
+            let mut rest = &buf[..n];
+            let mut out = Vec::new();
+            while !rest.is_empty() {
+                let Ok(used) = self.rep.feed_frame(rest) else {
+                    return Err(Failed::Close(Close::SwitchPubSub));
+                };
+                frame.extend_from_slice(&rest[..used]);
+                rest = &rest[used..];
+                if !self.rep.at_reply_boundary() {
+                    continue;
+                }
+                if parse_frame(&frame, &token) == Frame::Marker {
+                    // Whatever follows was published after the fence, not through the proxy.
+                    out.extend_from_slice(rest);
+                    if !self.send_client(&out, limit).await {
+                        return Err(Failed::Close(Close::ClientClosed));
+                    }
+                    return Ok(());
+                }
+                if let Some(c) = self.carry.as_mut() {
+                    c.inspect(&frame, true);
+                }
+                out.extend_from_slice(&frame);
+                frame.clear();
+            }
+            if !self.send_client(&out, limit).await {
+                return Err(Failed::Close(Close::ClientClosed));
+            }
+        }
+    }
+
+    /// A blocking command in flight on the old master: unblock it there and collect the replies
+    /// still owed. Returns whether the command must be re-issued (it timed out there).
+    async fn unblock_old(&mut self, until: Instant) -> Result<bool, Failed> {
+        let cfg = self.shared.config();
+        let (Ok(old), Ok(me)) = (self.backend.peer_addr(), self.backend.local_addr()) else {
+            return Err(Failed::OldGone);
+        };
+        let Some(target) = self.carry.as_ref().and_then(|c| c.blocked.as_ref()) else {
+            return Ok(false);
+        };
+        let target = target.reply;
+        let conn = timeout_at(
+            until,
+            RespConn::connect_addr(old, &cfg.master_auth, cfg.connect_timeout),
+        )
+        .await;
+        let Ok(Ok(mut conn)) = conn else {
+            return Err(Failed::OldGone);
+        };
+        let mut buf = vec![0u8; READ];
+        let mut frame = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            // Not yet blocked (the command is still on its way) answers 0: try again shortly.
+            let unblocked = async {
+                let list = conn.call(&[b"CLIENT", b"LIST", b"TYPE", b"normal"]).await?;
+                let id = client_id(&frame_text(&list), &me.to_string());
+                match id {
+                    Some(id) => {
+                        let r = conn
+                            .call(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), b"TIMEOUT"])
+                            .await?;
+                        Ok::<bool, crate::sentinel::client::ClientError>(frame_text(&r) == "1")
+                    }
+                    None => Ok(false),
+                }
+            };
+            if let Err(e) = timeout_at(until, unblocked)
+                .await
+                .unwrap_or(Err(crate::sentinel::client::ClientError::Timeout))
+            {
+                info!(error = %e, "could not unblock the client's command on the old master");
+                return Err(Failed::Close(Close::SwitchBlocking));
+            }
+            let round = Instant::now() + Duration::from_millis(50);
+            loop {
+                let n = match timeout_at(round.min(until), self.backend.read(&mut buf)).await {
+                    Err(_) if Instant::now() >= until => {
+                        return Err(Failed::Close(Close::SwitchBlocking));
+                    }
+                    Err(_) => break, // unblock again
+                    Ok(Ok(n)) if n > 0 => n,
+                    Ok(_) => return Err(Failed::OldGone),
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let Ok(used) = self.rep.feed_frame(rest) else {
+                        return Err(Failed::Close(Close::SwitchBlocking));
+                    };
+                    frame.extend_from_slice(&rest[..used]);
+                    rest = &rest[used..];
+                    if !self.rep.at_reply_boundary() {
+                        continue;
+                    }
+                    let done = self.reply_base + self.rep.replies;
+                    if done == target {
+                        let timed_out =
+                            matches!(frame.as_slice(), b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
+                        if !timed_out {
+                            out.extend_from_slice(&frame);
+                            if let Some(c) = self.carry.as_mut() {
+                                c.replies_done(done, self.rep.last_error);
+                            }
+                        }
+                        // Nothing else was sent after it: whatever follows is a push.
+                        out.extend_from_slice(rest);
+                        if !self.send_client(&out, cfg.drain_timeout).await {
+                            return Err(Failed::Close(Close::ClientClosed));
+                        }
+                        return Ok(timed_out);
+                    }
+                    if let Some(c) = self.carry.as_mut() {
+                        c.replies_done(done, self.rep.last_error);
+                    }
+                    out.extend_from_slice(&frame);
+                    frame.clear();
+                }
+            }
+        }
+    }
+
+    /// Send the plan to the new master and check its answers; frames meant for the client that
+    /// arrive meanwhile (pushes, messages) go to it, and what arrives after the last answer is
+    /// left in `leftover`.
+    async fn replay(
+        &mut self,
+        backend: &mut TcpStream,
+        plan: &Plan,
+        leftover: &mut Vec<u8>,
+    ) -> Result<(), Failed> {
+        if backend.write_all(&plan.bytes).await.is_err() {
+            return Err(Failed::OldGone);
+        }
+        if plan.replies.is_empty() && plan.confirmations == 0 {
+            return Ok(()); // only a re-issued command, whose reply is the client's
+        }
+        let limit = self.shared.config().drain_timeout;
+        let mut t = ReplyTracker::new();
+        let mut buf = vec![0u8; READ];
+        let mut frame = Vec::new();
+        let (mut answered, mut confirmed) = (0, 0);
+        loop {
+            let n = match backend.read(&mut buf).await {
+                Ok(n) if n > 0 => n,
+                _ => return Err(Failed::OldGone),
+            };
+            let mut rest = &buf[..n];
+            let mut out = Vec::new();
+            while !rest.is_empty() {
+                let Ok(used) = t.feed_frame(rest) else {
+                    return Err(Failed::Close(Close::MigrateFailed));
+                };
+                frame.extend_from_slice(&rest[..used]);
+                rest = &rest[used..];
+                if !t.at_reply_boundary() {
+                    continue;
+                }
+                let push = frame.first() == Some(&b'>');
+                if answered < plan.replies.len() && !push {
+                    if t.last_error != plan.replies[answered] {
+                        let shown = String::from_utf8_lossy(&frame[..frame.len().min(120)]);
+                        info!(answer = %shown.trim_end(), "the new master answered a replayed command differently");
+                        return Err(Failed::Close(Close::MigrateFailed));
+                    }
+                    answered += 1;
+                } else if confirmed < plan.confirmations
+                    && matches!(parse_frame(&frame, b""), Frame::Confirmation { .. })
+                {
+                    confirmed += 1;
+                } else {
+                    out.extend_from_slice(&frame);
+                }
+                frame.clear();
+                if answered == plan.replies.len() && confirmed == plan.confirmations {
+                    leftover.extend_from_slice(rest);
+                    if !out.is_empty() && !self.send_client(&out, limit).await {
+                        return Err(Failed::Close(Close::ClientClosed));
+                    }
+                    return Ok(());
+                }
+            }
+            if !out.is_empty() && !self.send_client(&out, limit).await {
+                return Err(Failed::Close(Close::ClientClosed));
+            }
+        }
+    }
+}
+
+/// The text of a simple reply (`CLIENT LIST`'s bulk string, `CLIENT UNBLOCK`'s integer).
+fn frame_text(f: &redis_protocol::resp2::types::OwnedFrame) -> String {
+    use redis_protocol::resp2::types::OwnedFrame as F;
+    match f {
+        F::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        F::SimpleString(b) => String::from_utf8_lossy(b).into_owned(),
+        F::Integer(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The id of the client connected from `addr`, in `CLIENT LIST` output.
+fn client_id(list: &str, addr: &str) -> Option<String> {
+    let want = format!("addr={addr}");
+    list.lines()
+        .find(|l| l.split(' ').any(|f| f == want))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_id_is_found_by_address() {
+        let list = "id=3 addr=127.0.0.1:5000 laddr=127.0.0.1:6379 fd=8 name=\nid=7 addr=127.0.0.1:5001 laddr=127.0.0.1:6379 fd=9\n";
+        assert_eq!(client_id(list, "127.0.0.1:5001").as_deref(), Some("7"));
+        assert_eq!(client_id(list, "127.0.0.1:500"), None);
+    }
+}

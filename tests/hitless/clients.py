@@ -1,0 +1,374 @@
+"""Real redis-py clients of every stateful kind, driven through the proxy by tests/hitless.rs.
+
+Usage: clients.py PORT. Each kind runs in its own thread on its own connection(s), with redis-py's
+own retries off (so any error the proxy lets through is seen) and a socket timeout longer than
+any failover hold. Commands on stdin, one per line:
+  progress  print {"kind": operations done, ...} as one JSON line
+  kill      what follows is the kill -9 phase (errors are counted apart)
+  stop      stop producing, let consumers drain, print the report (one JSON line) and exit
+A "reconnect" is a client whose socket changed (redis-py reconnects after an error).
+"""
+
+import json
+import sys
+import threading
+import time
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+PORT = int(sys.argv[1])
+stopping = threading.Event()  # producers stop
+drained = threading.Event()  # consumers stop (once they took everything)
+phase = ["planned"]
+lock = threading.Lock()
+
+
+def connect(protocol=2):
+    return redis.Redis(
+        host="127.0.0.1",
+        port=PORT,
+        protocol=protocol,
+        socket_timeout=60,
+        socket_connect_timeout=10,
+        retry=Retry(NoBackoff(), 0),
+        single_connection_client=True,
+    )
+
+
+def sockname(conn):
+    sock = getattr(conn, "_sock", None)
+    try:
+        return sock.getsockname() if sock is not None else None
+    except OSError:
+        return None
+
+
+class Kind:
+    """What one kind of client saw."""
+
+    def __init__(self, name):
+        self.name = name
+        self.ops = 0
+        self.errors = {"planned": [], "kill": []}
+        self.reconnects = {"planned": 0, "kill": 0}
+        self.acked = []
+        self.received = {}
+        self.notes = {}
+        self._socks = {}
+
+    def error(self, e):
+        with lock:
+            self.errors[phase[0]].append(f"{type(e).__name__}: {e}"[:200])
+
+    def watch_socket(self, key, conn):
+        """Count a reconnect when `conn`'s socket is not the one it had."""
+        now = sockname(conn)
+        if now is None:
+            return
+        before = self._socks.get(key)
+        if before is not None and before != now:
+            with lock:
+                self.reconnects[phase[0]] += 1
+        self._socks[key] = now
+
+    def got(self, key, value):
+        k = (key, value)
+        self.received[k] = self.received.get(k, 0) + 1
+
+    def report(self, expected):
+        """expected: (key, value) pairs that must each have been received exactly once."""
+        lost = [k for k in expected if self.received.get(k, 0) == 0]
+        dup = [k for k, n in self.received.items() if n > 1]
+        return {
+            "ops": self.ops,
+            "errors_planned": len(self.errors["planned"]),
+            "errors_kill": len(self.errors["kill"]),
+            "first_errors": (self.errors["planned"] + self.errors["kill"])[:5],
+            "reconnects_planned": self.reconnects["planned"],
+            "reconnects_kill": self.reconnects["kill"],
+            "expected": len(expected),
+            "lost": len(lost),
+            "lost_sample": [list(map(str, k)) for k in lost[:5]],
+            "duplicated": len(dup),
+            **self.notes,
+        }
+
+
+kinds = {
+    n: Kind(n)
+    for n in ["pubsub", "publisher", "blocking", "blmove", "producers", "multi", "watch"]
+}
+producers = kinds["producers"]
+
+
+def guarded(kind, body, until=stopping):
+    def run():
+        while not until.is_set():
+            try:
+                if body() is False:
+                    return
+            except Exception as e:  # noqa: BLE001 - every error is a finding
+                kind.error(e)
+                time.sleep(0.05)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+# ---- pub/sub: a RESP2 subscriber (channel + pattern), a RESP3 one (channel + shard channel) ----
+ps = kinds["pubsub"]
+sub2_client, sub3_client = connect(2), connect(3)
+sub2 = sub2_client.pubsub(ignore_subscribe_messages=True)
+sub2.subscribe("hl:chan")
+sub2.psubscribe("hl:pat:*")
+sub3 = sub3_client.pubsub(ignore_subscribe_messages=True)
+sub3.subscribe("hl:chan")
+sub3.ssubscribe("hl:shard")
+subs_done = {"sub2": False, "sub3": False}
+
+
+def subscriber(name, p):
+    def body():
+        m = p.get_message(timeout=0.5)
+        if p.connection is not None:
+            ps.watch_socket(name, p.connection)
+        if m is None:
+            return None
+        kind = m["type"]
+        if kind in ("message", "pmessage", "smessage"):
+            ps.got(f"{name}:{kind}", int(m["data"]))
+            ps.ops += 1
+        return None
+
+    def run():
+        while True:
+            try:
+                body()
+            except Exception as e:  # noqa: BLE001
+                ps.error(e)
+                time.sleep(0.05)
+            if stopping.is_set() and subs_done[name]:
+                return
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+pub = connect(2)
+pub_seq = [0]
+publ = kinds["publisher"]
+
+
+def publisher():
+    if stopping.is_set():
+        return False
+    seq = pub_seq[0] + 1
+    pub_seq[0] = seq
+    n_chan = pub.publish("hl:chan", seq)
+    n_pat = pub.publish("hl:pat:x", seq)
+    n_shard = pub.execute_command("SPUBLISH", "hl:shard", seq)
+    publ.watch_socket("pub", pub.connection)
+    ps.acked.append((seq, n_chan, n_pat, n_shard))
+    publ.ops += 1
+    time.sleep(0.01)
+
+
+# ---- blocking pops: BRPOP consumer, LPUSH producer ----
+bl = kinds["blocking"]
+bl_prod, bl_cons = connect(), connect()
+bl_seq = [0]
+
+
+def bl_producer():
+    if stopping.is_set():
+        return False
+    seq = bl_seq[0] + 1
+    bl_seq[0] = seq
+    bl_prod.lpush("hl:jobs", seq)
+    producers.watch_socket("bl", bl_prod.connection)
+    producers.ops += 1
+    bl.acked.append(seq)
+    time.sleep(0.01)
+
+
+def bl_consumer():
+    r = bl_cons.brpop(["hl:jobs"], timeout=1)
+    bl.watch_socket("cons", bl_cons.connection)
+    if r is not None:
+        bl.got("jobs", int(r[1]))
+        bl.ops += 1
+
+
+# ---- a reliable queue: BLMOVE into a processing list, LREM when done ----
+rq = kinds["blmove"]
+rq_prod, rq_cons = connect(), connect()
+rq_seq = [0]
+
+
+def rq_producer():
+    if stopping.is_set():
+        return False
+    seq = rq_seq[0] + 1
+    rq_seq[0] = seq
+    rq_prod.lpush("hl:rq", seq)
+    producers.watch_socket("rq", rq_prod.connection)
+    rq.acked.append(seq)
+    time.sleep(0.01)
+
+
+def rq_consumer():
+    v = rq_cons.blmove("hl:rq", "hl:rq:processing", 1, "RIGHT", "LEFT")
+    rq.watch_socket("cons", rq_cons.connection)
+    if v is not None:
+        rq.got("rq", int(v))
+        rq_cons.lrem("hl:rq:processing", 1, v)
+        rq.ops += 1
+
+
+# ---- MULTI left open across requests (so a switch can fall inside it) ----
+mt = kinds["multi"]
+mt_conn = connect()
+mt_seq = [0]
+mt_unknown = []
+
+
+def multi_writer():
+    if stopping.is_set():
+        return False
+    seq = mt_seq[0] + 1
+    mt_seq[0] = seq
+    try:
+        mt_conn.execute_command("MULTI")
+        mt_conn.execute_command("INCR", "hl:txn")
+        time.sleep(0.02)
+        mt_conn.execute_command("RPUSH", "hl:txlog", seq)
+        r = mt_conn.execute_command("EXEC")
+    except Exception:
+        mt_unknown.append(seq)  # its outcome is unknown
+        raise
+    finally:
+        mt.watch_socket("conn", mt_conn.connection)
+    if isinstance(r, list) and len(r) == 2:
+        mt.acked.append(seq)
+        mt.ops += 1
+
+
+# ---- WATCH / MULTI / EXEC optimistic retry loop ----
+wt = kinds["watch"]
+wt_conn = connect()
+wt_seq = [0]
+wt_unknown = []
+wt.notes["aborted_exec"] = 0
+
+
+def watch_writer():
+    if stopping.is_set():
+        return False
+    seq = wt_seq[0] + 1
+    wt_seq[0] = seq
+    while True:
+        try:
+            wt_conn.execute_command("WATCH", "hl:w")
+            v = int(wt_conn.execute_command("GET", "hl:w") or 0)
+            time.sleep(0.01)
+            wt_conn.execute_command("MULTI")
+            wt_conn.execute_command("SET", "hl:w", v + 1)
+            wt_conn.execute_command("RPUSH", "hl:wlog", seq)
+            r = wt_conn.execute_command("EXEC")
+        except Exception:
+            wt_unknown.append(seq)
+            raise
+        finally:
+            wt.watch_socket("conn", wt_conn.connection)
+        if r is None:
+            wt.notes["aborted_exec"] += 1  # a watched key changed: the loop retries
+            continue
+        wt.acked.append(seq)
+        wt.ops += 1
+        return None
+
+
+threads = [
+    subscriber("sub2", sub2),
+    subscriber("sub3", sub3),
+    guarded(publ, publisher),
+    guarded(producers, bl_producer),
+    guarded(bl, bl_consumer, until=drained),
+    guarded(producers, rq_producer),
+    guarded(rq, rq_consumer, until=drained),
+    guarded(mt, multi_writer),
+    guarded(wt, watch_writer),
+]
+
+
+def drain(limit=15):
+    """After the producers stop: wait until the consumers took everything acknowledged."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        done = (
+            all(bl.received.get(("jobs", s)) for s in bl.acked)
+            and all(rq.received.get(("rq", s)) for s in rq.acked)
+            and all(
+                ps.received.get((k, s))
+                for (s, _, _, _) in ps.acked
+                for k in ("sub2:message", "sub2:pmessage", "sub3:message", "sub3:smessage")
+            )
+        )
+        if done:
+            return
+        time.sleep(0.1)
+
+
+def report():
+    check = connect()
+    out = {}
+    expected_ps = []
+    short = 0
+    for seq, n_chan, n_pat, n_shard in ps.acked:
+        if (n_chan, n_pat, n_shard) != (2, 1, 1):
+            short += 1
+        for k in ("sub2:message", "sub2:pmessage", "sub3:message", "sub3:smessage"):
+            expected_ps.append((k, seq))
+    ps.notes["published_to_fewer_subscribers"] = short
+    out["pubsub"] = ps.report(expected_ps)
+    out["blocking"] = bl.report([("jobs", s) for s in bl.acked])
+    out["blocking"]["left_in_list"] = check.llen("hl:jobs")
+    out["blmove"] = rq.report([("rq", s) for s in rq.acked])
+    out["blmove"]["left_processing"] = check.llen("hl:rq:processing")
+    out["publisher"] = publ.report([])
+    out["producers"] = producers.report([])
+    for kind, key, log, unknown in (
+        (mt, "hl:txn", "hl:txlog", mt_unknown),
+        (wt, "hl:w", "hl:wlog", wt_unknown),
+    ):
+        for v in check.lrange(log, 0, -1):
+            kind.got("log", int(v))
+        r = kind.report([("log", s) for s in kind.acked])
+        # A transaction whose EXEC got an error may or may not have run (kill -9 only).
+        extra = [s for (_, s) in kind.received if s not in set(kind.acked)]
+        r["applied_unacknowledged"] = len([s for s in extra if s not in unknown])
+        r["counter"] = int(check.get(key) or 0)
+        r["counter_matches_log"] = r["counter"] == sum(kind.received.values())
+        out[kind.name] = r
+    return out
+
+
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "progress":
+        print(json.dumps({k: v.ops for k, v in kinds.items()}), flush=True)
+    elif cmd == "kill":
+        phase[0] = "kill"
+    elif cmd == "stop":
+        break
+
+stopping.set()
+drain()
+drained.set()
+subs_done["sub2"] = subs_done["sub3"] = True
+time.sleep(0.6)
+print(json.dumps(report()), flush=True)
