@@ -12,7 +12,7 @@
 //!        │ read per connection, generation checked per forwarded read
 //!        ▼
 //! listener (accept loop) ──► workers (a current-thread runtime per thread)
-//!        ──► session (forward both ways, resp.rs boundaries, fence, migrate)
+//!        ──► session (forward both ways, resp/ boundaries, fence, carry + migrate)
 //! admin (hyper: /metrics /healthz /readyz /status) ◄── metrics, route, watcher state
 //! shutdown: signal → CancellationToken → sessions close at a boundary → TaskTracker waits (deadline)
 //! ```

@@ -63,9 +63,10 @@ pub struct RouteTable {
     /// Sessions whose backend belongs to each generation (slot = generation % 8), so the watcher
     /// can tell when the old master is drained. Touched at connect, move and close only.
     attached: [AtomicUsize; ATTACHED_SLOTS],
-    /// Sessions per generation (same ring) that subscribe or MONITOR: at a switch they re-create
-    /// that on the new master before other sessions are released there (the gate), so a message
-    /// published through the proxy during a failover reaches every subscriber.
+    /// Sessions per generation (same ring) that subscribe, MONITOR or wait in a blocking command:
+    /// at a switch they re-create that on the new master before other sessions are released there
+    /// (the gate), so a message published through the proxy during a failover reaches every
+    /// subscriber, and an entry added there comes after a re-issued `XREAD … $`.
     carriers: [AtomicUsize; ATTACHED_SLOTS],
     /// Bumped on every change; sessions wait on it instead of polling.
     changed: watch::Sender<u64>,
@@ -97,7 +98,7 @@ impl RouteTable {
         }
     }
 
-    /// A subscriber or MONITOR session joined (`carrier_attach`) or left a backend of `generation`.
+    /// A carrier (see `carriers`) joined (`carrier_attach`) or left a backend of `generation`.
     pub fn carrier_attach(&self, generation: u64) {
         self.carriers[generation as usize % ATTACHED_SLOTS].fetch_add(1, Ordering::Relaxed);
     }
@@ -111,7 +112,7 @@ impl RouteTable {
         }
     }
 
-    /// Subscriber or MONITOR sessions still on a backend of another generation than `current`:
+    /// Carriers still on a backend of another generation than `current`:
     /// while there are any, sessions hold their requests (for a bounded time) rather than
     /// release them on the new master.
     pub fn carriers_elsewhere(&self, current: u64) -> usize {

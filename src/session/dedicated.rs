@@ -1,5 +1,5 @@
 //! The dedicated (1:1) session: one client, one backend connection, bytes forwarded both ways
-//! unchanged while RESP request/reply boundaries are tracked (`resp.rs`), so the proxy always
+//! unchanged while RESP request/reply boundaries are tracked (`resp/`), so the proxy always
 //! knows whether a request is in flight.
 //!
 //! The safety rules live here:
@@ -8,12 +8,13 @@
 //!   client is not read further, so memory stays bounded) while replies still in flight are
 //!   relayed. No client byte ever reaches an old master after the swap.
 //! - **Migration.** When the route moves to a new master, a session at a clean request boundary
-//!   (no reply owed, not mid-request, not in MULTI/WATCH) reconnects to the new master, replays its
-//!   connection state (AUTH, HELLO, SELECT, CLIENT SETNAME), and releases the held requests there:
-//!   the client sees latency, not an error. The same happens when the master dies under an idle
-//!   session. A session that cannot be moved (pub/sub, MONITOR, a blocking command in flight, an
-//!   open transaction, state it cannot replay) is closed, at a boundary where there is one, and at
-//!   the latest after `--drain-timeout`; requests it held were never sent anywhere.
+//!   (no reply owed, not mid-request) reconnects to the new master, re-creates what the client
+//!   built on its connection (`carry.rs`: state, subscriptions, an open MULTI, WATCH, tracking,
+//!   MONITOR, a blocking command in flight; `migrate.rs` does it), and releases the held requests
+//!   there: the client sees latency, not an error. The same happens when the master dies under
+//!   the session. A session whose state cannot be carried is closed, at a boundary where there is
+//!   one, and at the latest after `--drain-timeout`; requests it held were never sent anywhere.
+//!   When to move is decided in `fence.rs`.
 //! - **Byte pipe.** After `SYNC`/`PSYNC` (a replication stream: an RDB payload, then commands)
 //!   or a reply the tracker cannot follow, the session stops tracking and passes bytes through
 //!   unchanged for the rest of its life, like an L4 splice. The fence still holds its bytes while
@@ -40,7 +41,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::carry::{Carry, Kind};
+use super::carry::Carry;
+use super::fence::gate_until;
 use super::io::{Pending, SCRATCH, read_scratch, write_now};
 use super::{Close, Pipe};
 use crate::Shared;
@@ -49,15 +51,11 @@ use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
 /// The request tracker's state just before the chunk that is held, i.e. of the stream actually
 /// forwarded so far.
 #[derive(Clone, Copy)]
-struct Forwarded {
-    at_boundary: bool,
-    expected_replies: u64,
-    requests: u64,
+pub(super) struct Forwarded {
+    pub(super) at_boundary: bool,
+    pub(super) expected_replies: u64,
+    pub(super) requests: u64,
 }
-
-/// Other sessions hold their requests at most this long after a switch while subscribers and
-/// MONITOR sessions re-create their subscriptions on the new master (see `RouteTable::carriers`).
-const GATE_MAX: Duration = Duration::from_secs(1);
 
 pub(super) struct Session<'a> {
     pub(super) shared: &'a Shared,
@@ -71,37 +69,37 @@ pub(super) struct Session<'a> {
     /// What the client built on its connection that a move must re-create (`carry.rs`); only for
     /// sessions that sent such a request.
     pub(super) carry: Option<Box<Carry>>,
-    /// Counted in the route's carriers (a subscriber or MONITOR) on `generation`.
+    /// Counted in the route's carriers (a subscriber, MONITOR or blocked command) on `generation`.
     pub(super) carrier: bool,
     /// Waiting for carriers to move (the gate), at most `GATE_MAX` after the switch.
-    gated: bool,
-    changes: watch::Receiver<u64>,
+    pub(super) gated: bool,
+    pub(super) changes: watch::Receiver<u64>,
     /// Read from the client and not yet forwarded: the fence holds it, or the route moved.
     pub(super) held: Pending,
-    held_since: Option<Instant>,
-    forwarded: Forwarded,
+    pub(super) held_since: Option<Instant>,
+    pub(super) forwarded: Forwarded,
     /// Forwarded to this backend (counted in `forwarded`) but not yet written: its socket was full.
     pub(super) unsent: Pending,
     /// Read from the backend and not yet written to the client: the client's socket was full.
     pub(super) replies: Pending,
     /// `step()` found the route open to this session's backend (same generation, no pause, not
     /// shutting down), so client bytes may go straight on while `changes` shows no change.
-    open: bool,
+    pub(super) open: bool,
     /// `--idle-timeout` is on: keep `last_active`.
-    idle_on: bool,
-    client_eof: bool,
+    pub(super) idle_on: bool,
+    pub(super) client_eof: bool,
     pub(super) backend_gone: bool,
-    protocol_error: Option<ProtocolError>,
+    pub(super) protocol_error: Option<ProtocolError>,
     /// Set when the session must reach a boundary by then (after a switch, or a dead backend).
-    deadline: Option<Instant>,
+    pub(super) deadline: Option<Instant>,
     /// The timer of `deadline`, boxed and only while there is one: idle sessions stay small.
-    deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    shutting_down: bool,
-    rechecked: bool,
+    pub(super) deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub(super) shutting_down: bool,
+    pub(super) rechecked: bool,
     /// No longer tracking RESP: bytes pass through unchanged.
-    pipe: Option<Pipe>,
+    pub(super) pipe: Option<Pipe>,
     /// Last time bytes moved either way (only kept when `--idle-timeout` is on).
-    last_active: Instant,
+    pub(super) last_active: Instant,
 }
 
 /// Which socket is ready for what (see `Session::wait`).
@@ -122,12 +120,6 @@ pub(super) enum Step {
     /// Answer the client's malformed input and close.
     Refuse(ProtocolError),
     Close(Close),
-}
-
-/// When the gate of `route`'s switch opens at the latest.
-fn gate_until(route: &crate::route::Route) -> Instant {
-    let since = route.since.elapsed().unwrap_or_default();
-    Instant::now() + GATE_MAX.saturating_sub(since)
 }
 
 impl<'a> Session<'a> {
@@ -186,7 +178,7 @@ impl<'a> Session<'a> {
         self.forwarded_state().expected_replies
     }
 
-    fn forwarded_state(&self) -> Forwarded {
+    pub(super) fn forwarded_state(&self) -> Forwarded {
         if !self.held.is_empty() {
             self.forwarded
         } else {
@@ -194,7 +186,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn snapshot(&self) -> Forwarded {
+    pub(super) fn snapshot(&self) -> Forwarded {
         Forwarded {
             at_boundary: self.req.at_request_boundary(),
             expected_replies: self.req.expected_replies,
@@ -410,20 +402,35 @@ impl<'a> Session<'a> {
 
     /// Requests the tracker captured go to the carry (created at the first), which resolves them
     /// as their replies pass.
-    fn take_captures(&mut self) {
+    pub(super) fn take_captures(&mut self) {
         let carry = self.carry.get_or_insert_with(|| Box::new(Carry::new()));
         carry.capture(&self.req.captured, &self.req.captured_bytes);
         self.req.captured.clear();
         self.req.captured_bytes.clear();
-        if (self.req.pubsub || self.req.monitor) && !self.carrier {
-            self.carrier = true;
-            self.shared.route.carrier_attach(self.generation);
+        self.sync_carrier();
+    }
+
+    /// Count this session in the route's carriers while it subscribes, MONITORs or waits in a
+    /// blocking command: at a switch, other sessions are held until it has moved, so nothing a
+    /// producer sends on the new master comes before its subscription, MONITOR or re-issued pop
+    /// (an `XREAD … $` would miss it).
+    pub(super) fn sync_carrier(&mut self) {
+        let carrying = self.req.pubsub
+            || self.req.monitor
+            || self.carry.as_ref().is_some_and(|c| c.blocked.is_some());
+        if carrying != self.carrier {
+            self.carrier = carrying;
+            if carrying {
+                self.shared.route.carrier_attach(self.generation);
+            } else {
+                self.shared.route.carrier_detach(self.generation);
+            }
         }
     }
 
     /// Commit client bytes to the backend: written now as far as its socket takes them, the
     /// rest kept in `unsent`. Either way they count as forwarded from here on.
-    fn forward(&mut self, bytes: &[u8]) -> Step {
+    pub(super) fn forward(&mut self, bytes: &[u8]) -> Step {
         match write_now(&self.backend, bytes) {
             Ok(w) => self.unsent.push(&bytes[w..]),
             Err(e) => {
@@ -447,6 +454,9 @@ impl<'a> Session<'a> {
             };
             if !tracked {
                 self.become_pipe(Pipe::UntrackedReply);
+            }
+            if self.carrier {
+                self.sync_carrier();
             }
         }
         if self.rep.saw_not_master && !self.rechecked {
@@ -536,7 +546,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn backend_lost(&mut self) -> Step {
+    pub(super) fn backend_lost(&mut self) -> Step {
         self.backend_gone = true;
         // Redis closes after answering QUIT; so does the client's connection, once every byte
         // before that end has been relayed (never moved to a new backend, which would answer
@@ -562,158 +572,6 @@ impl<'a> Session<'a> {
         }
         if self.deadline.is_none() {
             self.deadline = Some(Instant::now() + self.shared.config().connect_wait);
-        }
-        Step::Continue
-    }
-
-    /// Whether the forwarded stream is at a clean boundary from which the session can move.
-    fn movable(&self) -> bool {
-        self.forwarded_state().at_boundary && self.pipe.is_none() && self.uncarriable().is_none()
-    }
-
-    /// What the session carries (for counting).
-    pub(super) fn kind(&self) -> Kind {
-        match &self.carry {
-            Some(c) => c.kind(self.req.monitor),
-            None if self.req.monitor => Kind::Monitor,
-            None => Kind::Plain,
-        }
-    }
-
-    /// A blocking command is the last request forwarded, and its reply has not come.
-    pub(super) fn blocked_last(&self) -> bool {
-        let Some(b) = self.carry.as_ref().and_then(|c| c.blocked.as_ref()) else {
-            return false;
-        };
-        b.reply == self.forwarded_state().expected_replies
-            && self.reply_base + self.rep.replies < b.reply
-    }
-
-    /// Why this session cannot be moved to another master, as the close reason.
-    fn uncarriable(&self) -> Option<Close> {
-        let forwarded = self.forwarded_state().expected_replies;
-        let why = self.carry.as_ref().and_then(|c| c.why_not(forwarded))?;
-        debug!(why, "session state cannot be carried to the new master");
-        Some(match self.kind() {
-            Kind::PubSub => Close::SwitchPubSub,
-            Kind::Monitor => Close::SwitchMonitor,
-            Kind::Blocking => Close::SwitchBlocking,
-            Kind::Transaction => Close::SwitchTransaction,
-            _ => Close::SwitchUnmigratable,
-        })
-    }
-
-    /// Act on the current state: forward held bytes, migrate, close.
-    fn step(&mut self) -> Step {
-        self.open = false;
-        // Mark the change seen before loading, so a change after the load shows in `changes`
-        // (`mark_unchanged` is one atomic load; `borrow_and_update` would take the watch's lock).
-        self.changes.mark_unchanged();
-        let route = self.shared.route.load();
-        let switched = route.generation != self.generation;
-
-        // A byte pipe has no boundaries to move at (a lost backend ends it in `backend_lost`);
-        // otherwise its bytes are held while the route is paused, like any session's.
-        if self.pipe.is_some() {
-            if switched {
-                return Step::Close(Close::SwitchPipe);
-            }
-            if self.shutting_down {
-                return Step::Close(Close::Shutdown);
-            }
-        }
-
-        // The client has closed its side and is owed nothing: done, wherever the backend is.
-        // (Moving such a session to a new master would leave it waiting there for an end of
-        // stream that never comes, since the FIN went to the old one.)
-        if self.client_eof
-            && self.pipe.is_none()
-            && self.in_flight() == 0
-            && self.held.is_empty()
-            && self.unsent.is_empty()
-            && self.replies.is_empty()
-            && self.forwarded_state().at_boundary
-        {
-            return Step::Close(Close::ClientClosed);
-        }
-
-        if switched || self.backend_gone {
-            let f = self.forwarded_state();
-            if !f.at_boundary {
-                // Part of a request went to the old master; nothing can complete it now.
-                return Step::Close(Close::SwitchMidRequest);
-            }
-            if self.deadline.is_none() {
-                self.deadline = Some(Instant::now() + self.shared.config().drain_timeout);
-            }
-            // Replies still owed are awaited from the old master, except where the move itself
-            // collects them: a subscriber's (a marker PING drains them) and a blocking command's
-            // (unblocked on the old master, or re-issued if that one is gone).
-            let collected = self.req.pubsub || self.blocked_last();
-            if !self.unsent.is_empty() || (self.in_flight() > 0 && !collected) {
-                if route.previous_down && !self.backend_gone && !self.blocked_last() {
-                    // A hung or cut-off master: it may run these requests when it comes back,
-                    // after its replacement was promoted, and that data is lost when it is
-                    // demoted. The client must see an error, never that late "OK".
-                    return Step::Close(Close::SwitchMasterDown);
-                }
-                return Step::Continue; // let the old master take its requests and finish replying
-            }
-            if let Some(close) = self.uncarriable() {
-                return Step::Close(close);
-            }
-            if self.shutting_down {
-                return Step::Close(Close::Shutdown);
-            }
-            if !self.held.is_empty() && self.held_since.is_none() {
-                self.held_since = Some(Instant::now());
-            }
-            let Some(addr) = route.target() else {
-                return Step::Continue; // no verified master yet: hold until one, or the deadline
-            };
-            self.gated = false;
-            if !self.carrier
-                && self.shared.route.carriers_elsewhere(route.generation) > 0
-                && gate_until(&route) > Instant::now()
-            {
-                // Subscribers re-subscribe on the new master before anyone can publish there.
-                self.gated = true;
-                return Step::Continue;
-            }
-            return Step::Move(addr, route.generation);
-        }
-
-        if self.shutting_down {
-            // Two-phase shutdown: nothing new is forwarded; close at the first boundary.
-            let f = self.forwarded_state();
-            if f.at_boundary && self.in_flight() == 0 && self.unsent.is_empty() {
-                return Step::Close(Close::Shutdown);
-            }
-            return Step::Continue;
-        }
-
-        if route.paused && !self.held.is_empty() {
-            if self.held_since.is_none() {
-                self.held_since = Some(Instant::now());
-            }
-            return Step::Continue;
-        }
-        if !route.paused && !self.held.is_empty() && self.unsent.is_empty() {
-            if self.held_since.is_some() {
-                self.count_held("same_master");
-            }
-            let held = std::mem::take(&mut self.held);
-            if let Step::Close(c) = self.forward(held.bytes()) {
-                return Step::Close(c);
-            }
-        }
-        self.open = !route.paused && self.held.is_empty();
-
-        if let Some(e) = self.protocol_error
-            && self.in_flight() == 0
-            && self.unsent.is_empty()
-        {
-            return Step::Refuse(e);
         }
         Step::Continue
     }
@@ -790,7 +648,7 @@ impl<'a> Session<'a> {
         Step::Continue
     }
 
-    fn count_held(&mut self, outcome: &str) {
+    pub(super) fn count_held(&mut self, outcome: &str) {
         let requests = self.req.requests - self.forwarded.requests;
         let m = &self.shared.metrics;
         m.held_requests_total

@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Span, debug, info};
 
-use super::carry::{Carry, Frame, Plan, encode, parse_frame};
+use super::carry::{Carry, Plan};
+use super::commands::{Frame, encode, parse_frame};
 use super::dedicated::{Session, Step};
 use super::io::Pending;
 use super::{Close, tune};

@@ -1,12 +1,17 @@
 //! One client connection, from accept to close: wait for a verified master, connect, run the
-//! session (`dedicated.rs`: one backend connection per client, with the fence, migration and
-//! byte-pipe rules), and count why it ended. `io.rs` holds the byte-moving primitives (one
-//! scratch buffer per thread, bytes kept only while a peer cannot take them).
+//! session (`dedicated.rs`: one backend connection per client, with the byte-pipe and QUIT
+//! rules; `fence.rs`: when its bytes may go and when it moves; `carry.rs`: what the client built
+//! that a move re-creates; `migrate.rs`: the move itself; `commands.rs`: the commands and frames
+//! the proxy composes or inspects there), and count why it ended (`tally.rs` keeps it per switch
+//! for /status). `io.rs` holds the byte-moving primitives (one scratch buffer per thread, bytes
+//! kept only while a peer cannot take them).
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
 mod carry;
+mod commands;
 mod dedicated;
+mod fence;
 mod io;
 mod migrate;
 pub mod tally;
