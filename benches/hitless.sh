@@ -76,17 +76,22 @@ for target in "${TARGETS[@]}"; do
     echo kill >&"${CL[1]}"
     old=$(lab_master_port)
     before=$(progress)
-    # The master's PID among those the lab started (redis-server titles itself "host:port").
-    pid=$(while read -r p; do
-        tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "redis-server .*:$old\b" && echo "$p"
-    done <"$LAB_DIR/pids" | head -n 1)
+    # The master's PID, as it reports it (a process this script's lab started).
+    pid=$(redis-cli -p "$old" INFO server | tr -d '\r' | sed -n 's/^process_id://p')
     kill -9 "$pid"
     wait_for 60 "a new master after the kill -9" master_moved "$old"
     wait_for 60 "the clients to go on after the kill -9" advanced "$before" || true
     echo stop >&"${CL[1]}"
     read -r -t 60 report <&"${CL[0]}" || report='{"error": "no report"}'
     echo "== $target"
-    "$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); [print(f"{k:10} {json.dumps({f: v for f, v in r[k].items() if f not in (\"first_errors\", \"lost_sample\")})}") for k in r]' "$report"
+    echo "$report" >"target/hitless-$target.json"
+    "$PY" - "$report" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+for kind, v in r.items():
+    shown = {f: x for f, x in v.items() if f not in ("first_errors", "lost_sample")}
+    print(f"{kind:10} {json.dumps(shown)}")
+PY
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     lab_stop
     rm -rf "$LAB_DIR"

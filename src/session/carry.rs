@@ -340,6 +340,21 @@ impl Carry {
         }
     }
 
+    /// Nothing to carry and nothing pending: the session can drop it (most clients only send a
+    /// few state commands at connect, some of which fail).
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+            && self.slots.iter().all(Option::is_none)
+            && !self.resp3
+            && matches!(self.tracking, Tracking::Off)
+            && self.transaction.is_none()
+            && !self.watching
+            && self.blocked.is_none()
+            && self.subs.count() == 0
+            && !self.inspecting
+            && self.uncarriable.is_none()
+    }
+
     /// Whether a blocking command is in flight (sent, not answered).
     #[cfg(test)]
     pub fn blocking_in_flight(&self) -> bool {
@@ -532,6 +547,17 @@ mod tests {
             .concat()
         );
         assert_eq!(p.replies, vec![false; 3]);
+    }
+
+    #[test]
+    fn a_carry_with_nothing_left_is_empty() {
+        let c = session(
+            &cmd(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"x"]),
+            b"-ERR unknown subcommand\r\n",
+        );
+        assert!(c.is_empty());
+        assert!(!session(&cmd(&[b"SELECT", b"1"]), b"+OK\r\n").is_empty());
+        assert!(!session(&cmd(&[b"SELECT", b"1"]), b"").is_empty());
     }
 
     #[test]

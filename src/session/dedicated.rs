@@ -458,6 +458,9 @@ impl<'a> Session<'a> {
             if self.carrier {
                 self.sync_carrier();
             }
+            if self.carry.as_ref().is_some_and(|c| c.is_empty()) {
+                self.carry = None; // back to the lean path
+            }
         }
         if self.rep.saw_not_master && !self.rechecked {
             // A partitioned or demoted master: have the watcher look now.

@@ -191,8 +191,8 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 if parse_frame(&frame, &token) == Frame::Marker {
-                    // Whatever follows was published after the fence, not through the proxy.
-                    out.extend_from_slice(rest);
+                    // Whatever follows was published after the fence, not through the proxy (and
+                    // may end mid-frame): it is not the client's to have from this connection.
                     if !self.send_client(&out, limit).await {
                         return Err(Failed::Close(Close::ClientClosed));
                     }
@@ -284,8 +284,9 @@ impl<'a> Session<'a> {
                                 c.replies_done(done, self.rep.last_error);
                             }
                         }
-                        // Nothing else was sent after it: whatever follows is a push.
-                        out.extend_from_slice(rest);
+                        // Nothing was sent after it: what may follow are pushes (tracking
+                        // invalidations, superseded by the flush a tracking client gets after
+                        // the move), possibly cut mid-frame; they stay behind.
                         if !self.send_client(&out, cfg.drain_timeout).await {
                             return Err(Failed::Close(Close::ClientClosed));
                         }

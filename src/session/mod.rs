@@ -203,7 +203,12 @@ async fn acquire_backend(
         changes.borrow_and_update();
         let route = shared.route.load();
         let mut failed = false;
-        if let Some(addr) = route.target() {
+        // Just after a switch, a new client waits for the gate too (`fence.rs`): subscribers
+        // re-subscribe on the new master before anyone can publish there.
+        let gate = (shared.route.carriers_elsewhere(route.generation) > 0)
+            .then(|| fence::gate_until(&route))
+            .filter(|until| *until > Instant::now());
+        if let Some(addr) = route.target().filter(|_| gate.is_none()) {
             let began = Instant::now();
             match timeout(shared.config().connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
@@ -226,10 +231,10 @@ async fn acquire_backend(
             failed = true;
         }
         let retry = async {
-            if failed {
-                sleep(RETRY_EVERY).await
-            } else {
-                std::future::pending::<()>().await
+            match (failed, gate) {
+                (true, _) => sleep(RETRY_EVERY).await,
+                (false, Some(until)) => sleep_until(until).await,
+                (false, None) => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
