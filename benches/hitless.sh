@@ -22,6 +22,8 @@ cargo build --release --quiet
 PY=target/redis-py/bin/python
 
 master_is() { [ "$(lab_master_port)" = "$1" ] && redis-cli -p "$1" ROLE 2>/dev/null | head -n 1 | grep -qx master; }
+# Both replicas of the current master are online (synced), as Sentinel would want to promote one.
+replicas_online() { [ "$(redis-cli -p "$(lab_master_port)" INFO replication | grep -c 'state=online')" -eq 2 ]; }
 master_moved() { local m; m=$(lab_master_port); [ "$m" != "$1" ] && master_is "$m"; }
 failover() {
     local s
@@ -61,6 +63,8 @@ for target in "${TARGETS[@]}"; do
     fi
     PIDS+=($!)
     wait_for 20 "$target" redis-cli -p "$port" SET hitless:probe 1
+    # A replica still in its first sync would lose what it missed if it were promoted.
+    wait_for 60 "both replicas online" replicas_online
     coproc CL { exec "$PY" tests/hitless/clients.py "$port"; }
     start='{}'
     wait_for 30 "the clients to start" advanced "$start"
@@ -71,6 +75,7 @@ for target in "${TARGETS[@]}"; do
         wait_for 60 "a new master" master_moved "$old"
         wait_for 60 "the clients to go on after failover $i" advanced "$before" || true
         wait_for 60 "the lab to settle" lab_settled
+        wait_for 60 "both replicas online" replicas_online
         echo "failover $i: $old -> $(lab_master_port)" >&2
     done
     echo kill >&"${CL[1]}"

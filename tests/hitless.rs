@@ -1,8 +1,8 @@
 //! Hitless for every kind of client: real redis-py clients (pub/sub in RESP2 and RESP3 with
-//! channels, patterns and shard channels; a BRPOP consumer; a BLMOVE reliable queue; a MULTI left
-//! open across requests; a WATCH/MULTI retry loop; `tests/hitless/clients.py`) plus a RESP3
-//! tracking client and a MONITOR client, all through the proxy across five planned failovers in a
-//! row and a kill -9 of the master. Across the planned ones: no error, no reconnect, nothing lost,
+//! channels, patterns and shard channels; a BRPOP consumer; a BLMOVE reliable queue; an
+//! XREADGROUP BLOCK consumer; a MULTI left open across requests; a WATCH/MULTI retry loop;
+//! `tests/hitless/clients.py`) plus a RESP3 tracking client and a MONITOR client, all through the
+//! proxy across five planned failovers in a row and a kill -9 of the master. Across the planned ones: no error, no reconnect, nothing lost,
 //! nothing duplicated. Across the kill -9, clients waiting (subscribers, blocked pops, tracking,
 //! MONITOR) ride through the same way; only a request in flight on the dead master may fail.
 
@@ -335,14 +335,14 @@ async fn every_kind_of_client_rides_through_five_failovers_and_a_kill_9() {
     let errors = seen.errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "tracking/MONITOR errors: {errors:?}");
     assert!(seen.tracking_gets.load(Ordering::Relaxed) > 0);
-    for kind in ["pubsub", "blocking", "blmove", "multi", "watch"] {
+    for kind in ["pubsub", "blocking", "blmove", "stream", "multi", "watch"] {
         for f in ["errors_planned", "reconnects_planned", "lost", "duplicated"] {
             assert_eq!(field(&report, kind, f), 0, "{kind}.{f}: {report}");
         }
         assert!(field(&report, kind, "expected") > 0, "{kind}: {report}");
     }
     // Waiting clients ride through the kill -9 too.
-    for kind in ["pubsub", "blocking", "blmove"] {
+    for kind in ["pubsub", "blocking", "blmove", "stream"] {
         for f in ["errors_kill", "reconnects_kill"] {
             assert_eq!(field(&report, kind, f), 0, "{kind}.{f}: {report}");
         }
@@ -352,12 +352,11 @@ async fn every_kind_of_client_rides_through_five_failovers_and_a_kill_9() {
         0,
         "{report}"
     );
-    for kind in ["blocking", "blmove"] {
-        let left = if kind == "blocking" {
-            "left_in_list"
-        } else {
-            "left_processing"
-        };
+    for (kind, left) in [
+        ("blocking", "left_in_list"),
+        ("blmove", "left_processing"),
+        ("stream", "pending"),
+    ] {
         assert_eq!(field(&report, kind, left), 0, "{kind}: {report}");
     }
     for kind in ["multi", "watch"] {

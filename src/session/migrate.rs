@@ -182,13 +182,10 @@ impl<'a> Session<'a> {
             let mut rest = &buf[..n];
             let mut out = Vec::new();
             while !rest.is_empty() {
-                let Ok(used) = self.rep.feed_frame(rest) else {
-                    return Err(Failed::Close(Close::SwitchPubSub));
-                };
-                frame.extend_from_slice(&rest[..used]);
-                rest = &rest[used..];
-                if !self.rep.at_reply_boundary() {
-                    continue;
+                match take_frame(&mut self.rep, &mut rest, &mut frame) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => return Err(Failed::Close(Close::SwitchPubSub)),
                 }
                 if parse_frame(&frame, &token) == Frame::Marker {
                     // Whatever follows was published after the fence, not through the proxy (and
@@ -266,13 +263,10 @@ impl<'a> Session<'a> {
                 };
                 let mut rest = &buf[..n];
                 while !rest.is_empty() {
-                    let Ok(used) = self.rep.feed_frame(rest) else {
-                        return Err(Failed::Close(Close::SwitchBlocking));
-                    };
-                    frame.extend_from_slice(&rest[..used]);
-                    rest = &rest[used..];
-                    if !self.rep.at_reply_boundary() {
-                        continue;
+                    match take_frame(&mut self.rep, &mut rest, &mut frame) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(_) => return Err(Failed::Close(Close::SwitchBlocking)),
                     }
                     let done = self.reply_base + self.rep.replies;
                     if done == target {
@@ -330,13 +324,10 @@ impl<'a> Session<'a> {
             let mut rest = &buf[..n];
             let mut out = Vec::new();
             while !rest.is_empty() {
-                let Ok(used) = t.feed_frame(rest) else {
-                    return Err(Failed::Close(Close::MigrateFailed));
-                };
-                frame.extend_from_slice(&rest[..used]);
-                rest = &rest[used..];
-                if !t.at_reply_boundary() {
-                    continue;
+                match take_frame(&mut t, &mut rest, &mut frame) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => return Err(Failed::Close(Close::MigrateFailed)),
                 }
                 let push = frame.first() == Some(&b'>');
                 if answered < plan.replies.len() && !push {
@@ -367,6 +358,19 @@ impl<'a> Session<'a> {
             }
         }
     }
+}
+
+/// Move the next piece of a frame from `rest` to `frame`, tracked by `t`: whether the frame is
+/// now complete.
+fn take_frame(
+    t: &mut ReplyTracker,
+    rest: &mut &[u8],
+    frame: &mut Vec<u8>,
+) -> Result<bool, crate::resp::ReplyError> {
+    let used = t.feed_frame(rest)?;
+    frame.extend_from_slice(&rest[..used]);
+    *rest = &rest[used..];
+    Ok(t.at_reply_boundary())
 }
 
 /// The text of a simple reply (`CLIENT LIST`'s bulk string, `CLIENT UNBLOCK`'s integer).

@@ -1,4 +1,7 @@
-"""Real redis-py clients of every stateful kind, driven through the proxy by tests/hitless.rs.
+"""Real redis-py clients of every stateful kind, driven through the proxy by tests/hitless.rs
+(and through HAProxy by benches/hitless.sh): pub/sub (RESP2: channel + pattern; RESP3: channel +
+shard channel), a BRPOP consumer, a BLMOVE reliable queue, an XREADGROUP BLOCK consumer, a MULTI
+left open across requests, a WATCH/MULTI retry loop, and the producers that feed them.
 
 Usage: clients.py PORT. Each kind runs in its own thread on its own connection(s), with redis-py's
 own retries off (so any error the proxy lets through is seen) and a socket timeout longer than
@@ -98,7 +101,7 @@ class Kind:
 
 kinds = {
     n: Kind(n)
-    for n in ["pubsub", "publisher", "blocking", "blmove", "producers", "multi", "watch"]
+    for n in ["pubsub", "publisher", "blocking", "blmove", "stream", "producers", "multi", "watch"]
 }
 producers = kinds["producers"]
 
@@ -229,6 +232,34 @@ def rq_consumer():
         rq.ops += 1
 
 
+# ---- a stream consumer group: XREADGROUP BLOCK, XACK ----
+st = kinds["stream"]
+st_prod, st_cons = connect(), connect()
+st_seq = [0]
+st_prod.execute_command("XGROUP", "CREATE", "hl:stream", "g", "$", "MKSTREAM")
+
+
+def st_producer():
+    if stopping.is_set():
+        return False
+    seq = st_seq[0] + 1
+    st_seq[0] = seq
+    st_prod.xadd("hl:stream", {"n": seq})
+    producers.watch_socket("st", st_prod.connection)
+    st.acked.append(seq)
+    time.sleep(0.01)
+
+
+def st_consumer():
+    r = st_cons.xreadgroup("g", "c", {"hl:stream": ">"}, count=10, block=1000)
+    st.watch_socket("cons", st_cons.connection)
+    for _, entries in r or []:
+        for entry_id, fields in entries:
+            st.got("stream", int(fields[b"n"]))
+            st_cons.xack("hl:stream", "g", entry_id)
+            st.ops += 1
+
+
 # ---- MULTI left open across requests (so a switch can fall inside it) ----
 mt = kinds["multi"]
 mt_conn = connect()
@@ -299,6 +330,8 @@ threads = [
     guarded(producers, bl_producer),
     guarded(bl, bl_consumer, until=drained),
     guarded(producers, rq_producer),
+    guarded(producers, st_producer),
+    guarded(st, st_consumer, until=drained),
     guarded(rq, rq_consumer, until=drained),
     guarded(mt, multi_writer),
     guarded(wt, watch_writer),
@@ -312,6 +345,7 @@ def drain(limit=15):
         done = (
             all(bl.received.get(("jobs", s)) for s in bl.acked)
             and all(rq.received.get(("rq", s)) for s in rq.acked)
+            and all(st.received.get(("stream", s)) for s in st.acked)
             and all(
                 ps.received.get((k, s))
                 for (s, _, _, _) in ps.acked
@@ -339,6 +373,8 @@ def report():
     out["blocking"]["left_in_list"] = check.llen("hl:jobs")
     out["blmove"] = rq.report([("rq", s) for s in rq.acked])
     out["blmove"]["left_processing"] = check.llen("hl:rq:processing")
+    out["stream"] = st.report([("stream", s) for s in st.acked])
+    out["stream"]["pending"] = check.xpending("hl:stream", "g")["pending"]
     out["publisher"] = publ.report([])
     out["producers"] = producers.report([])
     for kind, key, log, unknown in (
