@@ -20,6 +20,17 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(proxy haproxy)
 cargo build --release --quiet
 PY=target/redis-py/bin/python
+PIDS=()
+# Whatever happens, stop what this script started, by PID: the clients, the target, the lab.
+cleanup() {
+    [ -n "${CL_PID:-}" ] && kill "$CL_PID" 2>/dev/null
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    PIDS=()
+    lab_stop
+    [ -n "${LAB_DIR:-}" ] && rm -rf "$LAB_DIR"
+    return 0
+}
+trap cleanup EXIT
 
 master_is() { [ "$(lab_master_port)" = "$1" ] && redis-cli -p "$1" ROLE 2>/dev/null | head -n 1 | grep -qx master; }
 # Both replicas of the current master are online (synced), as Sentinel would want to promote one.
@@ -42,7 +53,6 @@ advanced() {
 
 for target in "${TARGETS[@]}"; do
     LAB_DIR=$(mktemp -d)
-    PIDS=()
     lab_start
     port=$(free_port)
     if [ "$target" = proxy ]; then
@@ -97,7 +107,5 @@ for kind, v in r.items():
     shown = {f: x for f, x in v.items() if f not in ("first_errors", "lost_sample")}
     print(f"{kind:10} {json.dumps(shown)}")
 PY
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    lab_stop
-    rm -rf "$LAB_DIR"
+    cleanup
 done
