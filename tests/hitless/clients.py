@@ -180,22 +180,27 @@ def publisher():
     time.sleep(0.01)
 
 
+def producer(name, conn, push, kind):
+    """A producer loop body: push the next sequence number, count it acknowledged for `kind`."""
+    seq = [0]
+
+    def body():
+        if stopping.is_set():
+            return False
+        seq[0] += 1
+        push(seq[0])
+        producers.watch_socket(name, conn.connection)
+        producers.ops += 1
+        kind.acked.append(seq[0])
+        time.sleep(0.01)
+
+    return body
+
+
 # ---- blocking pops: BRPOP consumer, LPUSH producer ----
 bl = kinds["blocking"]
 bl_prod, bl_cons = connect(), connect()
-bl_seq = [0]
-
-
-def bl_producer():
-    if stopping.is_set():
-        return False
-    seq = bl_seq[0] + 1
-    bl_seq[0] = seq
-    bl_prod.lpush("hl:jobs", seq)
-    producers.watch_socket("bl", bl_prod.connection)
-    producers.ops += 1
-    bl.acked.append(seq)
-    time.sleep(0.01)
+bl_producer = producer("bl", bl_prod, lambda seq: bl_prod.lpush("hl:jobs", seq), bl)
 
 
 def bl_consumer():
@@ -209,18 +214,7 @@ def bl_consumer():
 # ---- a reliable queue: BLMOVE into a processing list, LREM when done ----
 rq = kinds["blmove"]
 rq_prod, rq_cons = connect(), connect()
-rq_seq = [0]
-
-
-def rq_producer():
-    if stopping.is_set():
-        return False
-    seq = rq_seq[0] + 1
-    rq_seq[0] = seq
-    rq_prod.lpush("hl:rq", seq)
-    producers.watch_socket("rq", rq_prod.connection)
-    rq.acked.append(seq)
-    time.sleep(0.01)
+rq_producer = producer("rq", rq_prod, lambda seq: rq_prod.lpush("hl:rq", seq), rq)
 
 
 def rq_consumer():
@@ -235,19 +229,8 @@ def rq_consumer():
 # ---- a stream consumer group: XREADGROUP BLOCK, XACK ----
 st = kinds["stream"]
 st_prod, st_cons = connect(), connect()
-st_seq = [0]
 st_prod.execute_command("XGROUP", "CREATE", "hl:stream", "g", "$", "MKSTREAM")
-
-
-def st_producer():
-    if stopping.is_set():
-        return False
-    seq = st_seq[0] + 1
-    st_seq[0] = seq
-    st_prod.xadd("hl:stream", {"n": seq})
-    producers.watch_socket("st", st_prod.connection)
-    st.acked.append(seq)
-    time.sleep(0.01)
+st_producer = producer("st", st_prod, lambda seq: st_prod.xadd("hl:stream", {"n": seq}), st)
 
 
 def st_consumer():
