@@ -1,6 +1,8 @@
 //! Everything that talks to Sentinel: a small RESP client for the proxy's own queries, the parser
-//! of Sentinel's pub/sub events, and the watcher that turns both into route changes.
+//! of Sentinel's pub/sub events, the watcher that turns both into route changes, and the timeline
+//! of what it lived (for /status).
 
 pub mod client;
 pub mod events;
+pub mod timeline;
 pub mod watcher;

@@ -22,7 +22,7 @@
 //! (`+switch-master`), the failover aborts, or 30 s pass.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -35,6 +35,8 @@ use tracing::{debug, error, info, warn};
 
 use super::client::{self, ClientError, RespConn, Role, SentinelAnswer, frame_text};
 use super::events::{self, Event, Kind};
+pub use super::timeline::WatcherState;
+use super::timeline::{FailoverRecord, SwitchRecord, unix_ms};
 use crate::Shared;
 use crate::config::{Discovery, HostPort};
 
@@ -47,106 +49,6 @@ const PROMOTION_POLL_EVERY: Duration = Duration::from_millis(5);
 const PROMOTION_WATCH_MAX: Duration = Duration::from_secs(30);
 /// How long a switch made ahead of the sentinels is protected from their lagging answers.
 const EARLY_GUARD: Duration = Duration::from_secs(30);
-/// How many switches /status remembers.
-const SWITCH_HISTORY: usize = 20;
-
-/// What the watcher knows, for /status. Touched only by control-plane tasks and the admin server.
-#[derive(Default)]
-pub struct WatcherState {
-    inner: Mutex<StateInner>,
-}
-
-#[derive(Default, Clone, serde::Serialize)]
-pub struct StateInner {
-    pub sentinels: Vec<SentinelHealth>,
-    pub switches: Vec<SwitchRecord>,
-    pub last_problem: Option<String>,
-    /// Recent failovers as the proxy lived them, newest last.
-    pub failovers: Vec<FailoverRecord>,
-    /// The last `+sdown`/`+odown` (true) or `-sdown`/`-odown` (false) a sentinel published
-    /// about the master; reset when the route moves.
-    pub master_reported_down: Option<bool>,
-}
-
-#[derive(Clone, serde::Serialize)]
-pub struct SentinelHealth {
-    pub address: String,
-    pub query_ok: bool,
-    pub subscribed: bool,
-    pub last_error: Option<String>,
-}
-
-/// One failover, step by step: milliseconds from the first sign of it (a sentinel's failover
-/// event, or the switch itself when no event came first).
-#[derive(Clone, serde::Serialize)]
-pub struct FailoverRecord {
-    #[serde(skip)]
-    id: u64,
-    pub started_unix_ms: u128,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    /// New requests held from here (the fence).
-    pub paused_ms: Option<f64>,
-    /// The new master answered `ROLE` as master.
-    pub verified_ms: Option<f64>,
-    /// The route moved to it.
-    pub swapped_ms: Option<f64>,
-    /// No session left on the old master.
-    pub drained_ms: Option<f64>,
-    /// `in_progress`, `switched`, `aborted` or `timed_out`.
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, serde::Serialize)]
-pub struct SwitchRecord {
-    pub at_unix_ms: u128,
-    pub from: Option<String>,
-    pub to: String,
-    pub generation: u64,
-    pub cause: String,
-    /// From the event's arrival to the swap, when an event caused it.
-    pub latency_ms: Option<f64>,
-}
-
-impl WatcherState {
-    pub fn snapshot(&self) -> StateInner {
-        self.lock().clone()
-    }
-
-    /// Update the failover record `id`, if it is still kept.
-    fn failover(&self, id: u64, f: impl FnOnce(&mut FailoverRecord)) {
-        if let Some(r) = self.lock().failovers.iter_mut().find(|r| r.id == id) {
-            f(r);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
-        // A panic elsewhere while holding this lock leaves only status data behind; keep going.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn forget(&self, addr: &HostPort) {
-        let key = addr.to_string();
-        self.lock().sentinels.retain(|h| h.address != key);
-    }
-
-    fn sentinel(&self, addr: &HostPort, f: impl FnOnce(&mut SentinelHealth)) {
-        let key = addr.to_string();
-        let mut s = self.lock();
-        if let Some(h) = s.sentinels.iter_mut().find(|h| h.address == key) {
-            f(h);
-        } else {
-            let mut h = SentinelHealth {
-                address: key,
-                query_ok: false,
-                subscribed: false,
-                last_error: None,
-            };
-            f(&mut h);
-            s.sentinels.push(h);
-        }
-    }
-}
 
 enum Msg {
     Event {
@@ -421,21 +323,7 @@ impl Resolver {
         let id = self.next_failover_id;
         self.next_failover_id += 1;
         let from = self.shared.route.load().master.map(|a| a.to_string());
-        let mut st = self.shared.watcher.lock();
-        st.failovers.push(FailoverRecord {
-            id,
-            started_unix_ms: unix_ms(SystemTime::now()),
-            from,
-            to: None,
-            paused_ms: None,
-            verified_ms: None,
-            swapped_ms: None,
-            drained_ms: None,
-            outcome: "in_progress",
-        });
-        if st.failovers.len() > SWITCH_HISTORY {
-            st.failovers.remove(0);
-        }
+        self.shared.watcher.open_failover(id, from);
         self.failover = Some((id, at));
         (id, at)
     }
@@ -826,8 +714,7 @@ impl Resolver {
                 self.watch_drain(id, started, before.generation);
             }
         }
-        let mut st = self.shared.watcher.lock();
-        st.switches.push(SwitchRecord {
+        self.shared.watcher.switched(SwitchRecord {
             at_unix_ms: unix_ms(SystemTime::now()),
             from,
             to: addr.to_string(),
@@ -835,11 +722,6 @@ impl Resolver {
             cause: cause.to_string(),
             latency_ms: latency.map(|l| l.as_secs_f64() * 1000.0),
         });
-        if st.switches.len() > SWITCH_HISTORY {
-            st.switches.remove(0);
-        }
-        st.last_problem = None;
-        st.master_reported_down = None;
     }
 
     fn publish_gauges(&self) {
@@ -894,12 +776,6 @@ impl Resolver {
             }
         }
     }
-}
-
-fn unix_ms(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 /// Keep one subscription to `sentinel` alive until shutdown, reconnecting with backoff.
