@@ -4,5 +4,6 @@
 
 pub mod client;
 pub mod events;
+mod subscription;
 pub mod timeline;
 pub mod watcher;

@@ -1,8 +1,8 @@
 //! The watcher: finds the master of the group, verifies it, and keeps the route current.
 //!
 //! Inputs, all funnelled into one resolver task so that decisions never race:
-//! - one pub/sub subscription per known sentinel (`PSUBSCRIBE *`): failover events are published
-//!   only by the leading sentinel, so listening to a single one is not enough;
+//! - one pub/sub subscription per known sentinel (`PSUBSCRIBE *`, `subscription.rs`): failover
+//!   events are published only by the leading sentinel, so listening to a single one is not enough;
 //! - `+selected-slave` / `+failover-state-send-slaveof-noone` name the replica being promoted: a
 //!   promotion watch asks it `ROLE` every 5 ms and routes to it the moment it says master
 //!   (Sentinel itself notices only at its next 1 s INFO poll, then publishes `+promoted-slave`);
@@ -26,31 +26,27 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-use redis_protocol::resp2::types::OwnedFrame;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{MissedTickBehavior, interval, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::client::{self, ClientError, RespConn, Role, SentinelAnswer, frame_text};
-use super::events::{self, Event, Kind};
+use super::client::{self, ClientError, RespConn, Role, SentinelAnswer};
+use super::events::{Event, Kind};
+use super::subscription::subscription;
 pub use super::timeline::WatcherState;
 use super::timeline::{FailoverRecord, SwitchRecord, unix_ms};
 use crate::Shared;
 use crate::config::{Discovery, HostPort};
 
-/// How often a subscription is pinged, and how long silence means it is dead.
-const SUB_PING_EVERY: Duration = Duration::from_secs(1);
-const SUB_DEAD_AFTER: Duration = Duration::from_secs(3);
-const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the replica being promoted is asked `ROLE`, and for how long at most.
 const PROMOTION_POLL_EVERY: Duration = Duration::from_millis(5);
 const PROMOTION_WATCH_MAX: Duration = Duration::from_secs(30);
 /// How long a switch made ahead of the sentinels is protected from their lagging answers.
 const EARLY_GUARD: Duration = Duration::from_secs(30);
 
-enum Msg {
+pub(super) enum Msg {
     Event {
         event: Event,
         at: Instant,
@@ -776,97 +772,4 @@ impl Resolver {
             }
         }
     }
-}
-
-/// Keep one subscription to `sentinel` alive until shutdown, reconnecting with backoff.
-async fn subscription(
-    sentinel: HostPort,
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Msg>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = subscribe_once(&sentinel, &shared, &tx) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        shared.watcher.sentinel(&sentinel, |h| {
-            h.subscribed = false;
-            if let Err(e) = &result {
-                h.last_error = Some(e.to_string());
-            }
-        });
-        if let Err(e) = result {
-            debug!(sentinel = %sentinel, error = %e, "sentinel subscription lost");
-        }
-        if tx.is_closed() {
-            return;
-        }
-        if started.elapsed() > RESUBSCRIBE_MAX_BACKOFF * 2 {
-            backoff = Duration::from_millis(100);
-        }
-        tokio::select! {
-            _ = sleep(backoff) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(RESUBSCRIBE_MAX_BACKOFF);
-    }
-}
-
-async fn subscribe_once(
-    sentinel: &HostPort,
-    shared: &Shared,
-    tx: &mpsc::Sender<Msg>,
-) -> Result<(), ClientError> {
-    let cfg = &shared.config();
-    let mut conn = RespConn::connect(sentinel, &cfg.sentinel_auth, cfg.sentinel_timeout).await?;
-    conn.call(&[b"PSUBSCRIBE", b"*"]).await?;
-    shared.watcher.sentinel(sentinel, |h| h.subscribed = true);
-    debug!(sentinel = %sentinel, "subscribed to sentinel events");
-    // Events may have been missed while unsubscribed: look again now.
-    if tx.send(Msg::Subscribed).await.is_err() {
-        return Ok(());
-    }
-    let mut ping = interval(SUB_PING_EVERY);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    loop {
-        tokio::select! {
-            frame = conn.read_frame() => {
-                let frame = frame?;
-                last_heard = Instant::now();
-                if let Some((channel, payload)) = pmessage(&frame) {
-                    let at = Instant::now();
-                    shared.metrics.sentinel_events_total
-                        .with_label_values(&[events::channel_label(channel)]).inc();
-                    debug!(sentinel = %sentinel, channel, payload, "sentinel event");
-                    if let Some(event) = events::parse(channel, payload)
-                        && event.master_name == cfg.master_name
-                        && tx.send(Msg::Event { event, at }).await.is_err()
-                    {
-                        return Ok(());
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > SUB_DEAD_AFTER {
-                    return Err(ClientError::Timeout);
-                }
-                conn.send(&[b"PING"]).await?;
-            }
-        }
-    }
-}
-
-/// `["pmessage", pattern, channel, payload]` → (channel, payload).
-fn pmessage(frame: &OwnedFrame) -> Option<(&str, &str)> {
-    let OwnedFrame::Array(items) = frame else {
-        return None;
-    };
-    if items.len() != 4 || frame_text(&items[0]) != Some("pmessage") {
-        return None;
-    }
-    Some((frame_text(&items[2])?, frame_text(&items[3])?))
 }

@@ -1,0 +1,118 @@
+//! One pub/sub subscription per sentinel (`PSUBSCRIBE *`), kept alive: pinged every second, taken
+//! for dead after 3 s of silence, re-made with backoff. Failover events are published only by the
+//! leading sentinel, so the watcher listens to every one; each event for our master goes to the
+//! resolver (`watcher.rs`) with the instant it arrived, and a (re)made subscription tells it to look
+//! again, since events may have been missed meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::client::{ClientError, RespConn, frame_text};
+use super::events;
+use super::watcher::Msg;
+use crate::Shared;
+use crate::config::HostPort;
+
+/// How often a subscription is pinged, and how long silence means it is dead.
+const SUB_PING_EVERY: Duration = Duration::from_secs(1);
+const SUB_DEAD_AFTER: Duration = Duration::from_secs(3);
+const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Keep one subscription to `sentinel` alive until shutdown, reconnecting with backoff.
+pub(super) async fn subscription(
+    sentinel: HostPort,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Msg>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = subscribe_once(&sentinel, &shared, &tx) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        shared.watcher.sentinel(&sentinel, |h| {
+            h.subscribed = false;
+            if let Err(e) = &result {
+                h.last_error = Some(e.to_string());
+            }
+        });
+        if let Err(e) = result {
+            debug!(sentinel = %sentinel, error = %e, "sentinel subscription lost");
+        }
+        if tx.is_closed() {
+            return;
+        }
+        if started.elapsed() > RESUBSCRIBE_MAX_BACKOFF * 2 {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::select! {
+            _ = sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(RESUBSCRIBE_MAX_BACKOFF);
+    }
+}
+
+async fn subscribe_once(
+    sentinel: &HostPort,
+    shared: &Shared,
+    tx: &mpsc::Sender<Msg>,
+) -> Result<(), ClientError> {
+    let cfg = &shared.config();
+    let mut conn = RespConn::connect(sentinel, &cfg.sentinel_auth, cfg.sentinel_timeout).await?;
+    conn.call(&[b"PSUBSCRIBE", b"*"]).await?;
+    shared.watcher.sentinel(sentinel, |h| h.subscribed = true);
+    debug!(sentinel = %sentinel, "subscribed to sentinel events");
+    // Events may have been missed while unsubscribed: look again now.
+    if tx.send(Msg::Subscribed).await.is_err() {
+        return Ok(());
+    }
+    let mut ping = interval(SUB_PING_EVERY);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            frame = conn.read_frame() => {
+                let frame = frame?;
+                last_heard = Instant::now();
+                if let Some((channel, payload)) = pmessage(&frame) {
+                    let at = Instant::now();
+                    shared.metrics.sentinel_events_total
+                        .with_label_values(&[events::channel_label(channel)]).inc();
+                    debug!(sentinel = %sentinel, channel, payload, "sentinel event");
+                    if let Some(event) = events::parse(channel, payload)
+                        && event.master_name == cfg.master_name
+                        && tx.send(Msg::Event { event, at }).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SUB_DEAD_AFTER {
+                    return Err(ClientError::Timeout);
+                }
+                conn.send(&[b"PING"]).await?;
+            }
+        }
+    }
+}
+
+/// `["pmessage", pattern, channel, payload]` → (channel, payload).
+fn pmessage(frame: &OwnedFrame) -> Option<(&str, &str)> {
+    let OwnedFrame::Array(items) = frame else {
+        return None;
+    };
+    if items.len() != 4 || frame_text(&items[0]) != Some("pmessage") {
+        return None;
+    }
+    Some((frame_text(&items[2])?, frame_text(&items[3])?))
+}
