@@ -174,10 +174,6 @@ impl<'a> Session<'a> {
     }
 
     /// The state of the stream actually forwarded: before the held chunk if one is held.
-    pub(super) fn forwarded_expected(&self) -> u64 {
-        self.forwarded_state().expected_replies
-    }
-
     pub(super) fn forwarded_state(&self) -> Forwarded {
         if !self.held.is_empty() {
             self.forwarded

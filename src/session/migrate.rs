@@ -113,7 +113,7 @@ impl<'a> Session<'a> {
 
         // The replies of the new backend start after those the client has had (a re-issued
         // blocking command's is the first of them).
-        self.reply_base = self.forwarded_expected() - reissue as u64;
+        self.reply_base = self.forwarded_state().expected_replies - reissue as u64;
         self.rep = ReplyTracker::new();
         self.backend = backend;
         self.backend_gone = false;
