@@ -14,8 +14,9 @@ use super::Close;
 use super::carry::Kind;
 use super::dedicated::{Session, Step};
 
-/// Other sessions hold their requests at most this long after a switch while subscribers and
-/// MONITOR sessions re-create their subscriptions on the new master (see `RouteTable::carriers`).
+/// Other sessions hold their requests at most this long after a switch while the carriers
+/// (subscribers, MONITOR sessions, sessions blocked in a command) re-create what they had on the
+/// new master (see `RouteTable::carriers`).
 const GATE_MAX: Duration = Duration::from_secs(1);
 
 /// When the gate of `route`'s switch opens at the latest.
