@@ -19,10 +19,9 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
-use super::commands::{
-    Frame, args, encode, looks_like_confirmation, parse_frame, with_timeout_left,
-};
+use super::commands::{Frame, args, looks_like_confirmation, parse_frame, with_timeout_left};
 use crate::resp::{CaptureKind, Captured};
+use crate::sentinel::client::encode_command as encode;
 
 /// A transaction's queue bigger than this is not carried (the session closes as before).
 const MAX_TRANSACTION_BYTES: usize = 1024 * 1024;
@@ -66,6 +65,18 @@ struct Pend {
     /// Replies expected before it.
     before: u64,
     bytes: Option<Vec<u8>>,
+}
+
+impl Pend {
+    /// The reply count at which it resolves: once its own reply passed, or (a subscription, whose
+    /// confirmations are inspected from there; a request without a reply) once those before it did.
+    fn stop(&self) -> u64 {
+        match self.kind {
+            CaptureKind::Subscribe => self.before,
+            _ if self.reply == 0 => self.before,
+            _ => self.reply,
+        }
+    }
 }
 
 /// A blocking command in flight.
@@ -186,23 +197,14 @@ impl Carry {
     /// The absolute reply count at which the oldest pending capture resolves, if any: the session
     /// feeds replies frame by frame up to it. `None` when nothing is pending.
     pub fn next_stop(&self) -> Option<u64> {
-        self.pending.front().map(|p| match p.kind {
-            CaptureKind::Subscribe => p.before,
-            _ if p.reply == 0 => p.before,
-            _ => p.reply,
-        })
+        self.pending.front().map(Pend::stop)
     }
 
     /// `replies` (absolute) have completed, the last one an error if `last_error`: resolve what
     /// they answer.
     pub fn replies_done(&mut self, replies: u64, last_error: bool) {
         while let Some(p) = self.pending.front() {
-            let stop = match p.kind {
-                CaptureKind::Subscribe => p.before,
-                _ if p.reply == 0 => p.before,
-                _ => p.reply,
-            };
-            if stop > replies {
+            if p.stop() > replies {
                 return;
             }
             let Some(p) = self.pending.pop_front() else {

@@ -1,10 +1,12 @@
 //! The few commands and frames the proxy composes or looks into itself, on the rare paths where a
 //! session is carried to a new master (`carry.rs`, `migrate.rs`): the arguments of a captured
-//! command, encoding a command, a blocking command with what is left of its timeout, and what a
+//! command, a blocking command with what is left of its timeout, and what a
 //! frame of a subscribed connection is (a subscription confirmation, the proxy's marker, or
 //! anything else). Pure: no sockets.
 
 use std::time::Duration;
+
+use crate::sentinel::client::encode_command as encode;
 
 /// A frame of a subscribed connection, as far as the proxy cares.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,16 +50,6 @@ pub(super) fn args(cmd: &[u8]) -> Vec<&[u8]> {
         rest = rest.get(used + len + 2..).unwrap_or(&[]);
     }
     out
-}
-
-/// Encode a command as a RESP multibulk.
-pub(super) fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// The blocking command `cmd` with its timeout reduced by `elapsed` (never to 0, which means

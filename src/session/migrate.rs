@@ -20,18 +20,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Span, debug, info};
 
 use super::carry::{Carry, Plan};
-use super::commands::{Frame, encode, parse_frame};
+use super::commands::{Frame, parse_frame};
 use super::dedicated::{Session, Step};
 use super::io::Pending;
 use super::{Close, tune};
 use crate::resp::ReplyTracker;
-use crate::sentinel::client::RespConn;
+use crate::sentinel::client::{ClientError, RespConn, encode_command as encode, frame_text};
 
 /// Read size while winding down or replaying (rare paths: a buffer of their own).
 const READ: usize = 16 * 1024;
@@ -233,20 +234,20 @@ impl<'a> Session<'a> {
             // Not yet blocked (the command is still on its way) answers 0: try again shortly.
             let unblocked = async {
                 let list = conn.call(&[b"CLIENT", b"LIST", b"TYPE", b"normal"]).await?;
-                let id = client_id(&frame_text(&list), &me.to_string());
+                let id = client_id(frame_text(&list).unwrap_or_default(), &me.to_string());
                 match id {
                     Some(id) => {
                         let r = conn
                             .call(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), b"TIMEOUT"])
                             .await?;
-                        Ok::<bool, crate::sentinel::client::ClientError>(frame_text(&r) == "1")
+                        Ok::<bool, ClientError>(matches!(r, OwnedFrame::Integer(1)))
                     }
                     None => Ok(false),
                 }
             };
             if let Err(e) = timeout_at(until, unblocked)
                 .await
-                .unwrap_or(Err(crate::sentinel::client::ClientError::Timeout))
+                .unwrap_or(Err(ClientError::Timeout))
             {
                 info!(error = %e, "could not unblock the client's command on the old master");
                 return Err(Failed::Close(Close::SwitchBlocking));
@@ -371,17 +372,6 @@ fn take_frame(
     frame.extend_from_slice(&rest[..used]);
     *rest = &rest[used..];
     Ok(t.at_reply_boundary())
-}
-
-/// The text of a simple reply (`CLIENT LIST`'s bulk string, `CLIENT UNBLOCK`'s integer).
-fn frame_text(f: &redis_protocol::resp2::types::OwnedFrame) -> String {
-    use redis_protocol::resp2::types::OwnedFrame as F;
-    match f {
-        F::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        F::SimpleString(b) => String::from_utf8_lossy(b).into_owned(),
-        F::Integer(i) => i.to_string(),
-        _ => String::new(),
-    }
 }
 
 /// The id of the client connected from `addr`, in `CLIENT LIST` output.
