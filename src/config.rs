@@ -96,6 +96,12 @@ pub struct Cli {
     /// stays on one): `0` is one per CPU; `1` suits a sidecar sharing its cores [default: 0].
     #[arg(long, env = "SENTINEL_PROXY_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+    /// Pooled mode: client requests share N pipelined connections to the master per worker
+    /// thread; a client whose command needs a connection of its own (MULTI, SUBSCRIBE, SELECT n,
+    /// AUTH, a blocking command, …) is pinned to a dedicated one. `0` is 1:1 mode: one master
+    /// connection per client [default: 0].
+    #[arg(long, env = "SENTINEL_PROXY_POOL", value_name = "N")]
+    pub pool: Option<usize>,
     /// Close a client idle this long (no bytes either way, nothing in flight; not pub/sub or
     /// MONITOR), like Redis's `timeout`; `0s` keeps idle clients forever [default: 0s].
     #[arg(long, env = "SENTINEL_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
@@ -158,6 +164,7 @@ pub struct FileConfig {
     pub max_request_bytes: Option<String>,
     pub max_clients: Option<usize>,
     pub threads: Option<usize>,
+    pub pool: Option<usize>,
     pub tcp_keepalive: Option<String>,
     pub idle_timeout: Option<String>,
 }
@@ -285,6 +292,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Runtime threads; zero: one per CPU.
     pub threads: usize,
+    /// Shared master connections per worker thread; zero: 1:1 mode.
+    pub pool: usize,
     /// Zero: no keepalive.
     pub tcp_keepalive: Duration,
     /// Zero: idle clients are kept.
@@ -318,6 +327,7 @@ impl Config {
             max_request_bytes: 512 * 1024 * 1024,
             max_clients: 10_000,
             threads: 0,
+            pool: 0,
             tcp_keepalive: Duration::from_secs(60),
             idle_timeout: Duration::ZERO,
         }
@@ -433,6 +443,12 @@ impl Config {
         }
         if let Some(n) = cli.threads.or(file.threads) {
             cfg.threads = n;
+        }
+        if let Some(n) = cli.pool.or(file.pool) {
+            if n > 64 {
+                bail!("pool: at most 64 connections per thread (got {n})");
+            }
+            cfg.pool = n;
         }
         if let Some(text) = pick(&cli.max_request_bytes, file.max_request_bytes) {
             cfg.max_request_bytes =

@@ -96,6 +96,10 @@ impl Shared {
             restart.push("threads");
             new.threads = old.threads;
         }
+        if new.pool != old.pool {
+            restart.push("pool");
+            new.pool = old.pool;
+        }
         if new.log_format != old.log_format {
             restart.push("log-format");
             new.log_format = old.log_format;

@@ -54,6 +54,32 @@ pub async fn run(
                 };
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
+                if shared.config().pool > 0 {
+                    // Pooled clients share connections with the other clients of their thread
+                    // (`session/pool.rs`), through `Rc`s: they run on its `LocalSet`.
+                    let tracked = tracker.token();
+                    workers.spawn_local_for(
+                        peer.ip(),
+                        Box::new(move || {
+                            Box::pin(
+                                async move {
+                                    match TcpStream::from_std(stream) {
+                                        Ok(stream) => {
+                                            session::serve_pooled(stream, shared, shutdown).await
+                                        }
+                                        Err(e) => {
+                                            warn!(error = %e, "could not register a connection")
+                                        }
+                                    }
+                                    drop(permit);
+                                    drop(tracked);
+                                }
+                                .instrument(span),
+                            )
+                        }),
+                    );
+                    continue;
+                }
                 tracker.spawn_on(
                     async move {
                         match TcpStream::from_std(stream) {

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub migrations_total: IntCounterVec,
     pub moves_total: IntCounterVec,
     pub pipe_sessions_total: IntCounterVec,
+    pub pinned_sessions_total: IntCounterVec,
+    pub pool_connections: IntGauge,
     pub not_master_replies_total: IntCounter,
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: IntCounterVec,
@@ -167,6 +169,15 @@ impl Metrics {
                 "sentinel_proxy_pipe_sessions_total",
                 "Client sessions that stopped tracking RESP and became byte pipes, by reason (replication: SYNC/PSYNC; untracked_reply: a reply the tracker could not follow).",
                 &["reason"],
+            ),
+            pinned_sessions_total: counter_vec(
+                "sentinel_proxy_pinned_sessions_total",
+                "Pooled mode: clients given a master connection of their own, by the kind of command that needed it (transaction, pubsub, monitor, blocking, select, auth, client, read_mode, replication, reset, inline, unknown).",
+                &["reason"],
+            ),
+            pool_connections: gauge(
+                "sentinel_proxy_pool_connections",
+                "Pooled mode: open master connections shared by clients (all worker threads).",
             ),
             not_master_replies_total: counter(
                 "sentinel_proxy_not_master_replies_total",

@@ -15,16 +15,25 @@
 //! order, and a sidecar (every client on 127.0.0.1) runs on one thread; many client hosts spread
 //! over the threads.
 
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::thread;
 
 use tokio::runtime::{Builder, Handle};
+use tokio::sync::mpsc;
+use tokio::task::LocalSet;
 use tokio_util::sync::CancellationToken;
+
+/// A task to start on a worker's `LocalSet`: built there, so it may hold `Rc`s (pooled mode's
+/// shared connections are per thread and need no locks).
+pub type LocalJob = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 pub struct Workers {
     handles: Vec<Handle>,
+    locals: Vec<mpsc::UnboundedSender<LocalJob>>,
     stop: CancellationToken,
 }
 
@@ -39,17 +48,40 @@ impl Workers {
         // threads already started.
         let mut workers = Workers {
             handles: Vec::with_capacity(n),
+            locals: Vec::with_capacity(n),
             stop: CancellationToken::new(),
         };
         for i in 0..n {
             let runtime = Builder::new_current_thread().enable_all().build()?;
             workers.handles.push(runtime.handle().clone());
+            let (tx, mut jobs) = mpsc::unbounded_channel::<LocalJob>();
+            workers.locals.push(tx);
             let stop = workers.stop.clone();
             thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || runtime.block_on(stop.cancelled()))?;
+                .spawn(move || {
+                    let local = LocalSet::new();
+                    runtime.block_on(local.run_until(async move {
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                job = jobs.recv() => match job {
+                                    Some(job) => {
+                                        tokio::task::spawn_local(job());
+                                    }
+                                    None => stop.cancelled().await,
+                                },
+                            }
+                        }
+                    }))
+                })?;
         }
         Ok(workers)
+    }
+
+    /// Start `job` on the `LocalSet` of the worker that serves `client`.
+    pub fn spawn_local_for(&self, client: IpAddr, job: LocalJob) {
+        let _ = self.locals[pick(client, self.locals.len())].send(job);
     }
 
     /// The runtime that serves connections from `client`.

@@ -21,6 +21,7 @@
 //! requests and every expected reply has arrived. Chunks can split the stream anywhere: feeding
 //! the same bytes in any split gives the same counts (tested below).
 
+pub mod pinning;
 mod reply;
 mod request;
 

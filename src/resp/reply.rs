@@ -88,20 +88,26 @@ impl ReplyTracker {
     }
 
     pub fn feed(&mut self, buf: &[u8]) -> Result<(), ReplyError> {
-        self.feed_until(buf, false).map(|_| ())
+        self.feed_until(buf, false, u64::MAX).map(|_| ())
+    }
+
+    /// Feed bytes up to the end of the reply that makes `replies` reach `until` (pooled mode:
+    /// where one client's replies end and the next client's begin): returns how many were taken.
+    pub fn feed_replies(&mut self, buf: &[u8], until: u64) -> Result<usize, ReplyError> {
+        self.feed_until(buf, false, until)
     }
 
     /// Feed bytes up to the end of the next top-level frame (a reply or a push): returns how many
     /// were taken. A frame ended there if `at_reply_boundary()`; otherwise all of `buf` was taken.
     pub fn feed_frame(&mut self, buf: &[u8]) -> Result<usize, ReplyError> {
-        self.feed_until(buf, true)
+        self.feed_until(buf, true, u64::MAX)
     }
 
-    fn feed_until(&mut self, buf: &[u8], one_frame: bool) -> Result<usize, ReplyError> {
+    fn feed_until(&mut self, buf: &[u8], one_frame: bool, until: u64) -> Result<usize, ReplyError> {
         let mut i = 0;
         self.frame_done = false;
         while i < buf.len() {
-            if one_frame && self.frame_done {
+            if (one_frame && self.frame_done) || self.replies >= until {
                 return Ok(i);
             }
             match self.state {

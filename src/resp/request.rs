@@ -1,5 +1,6 @@
 //! The client → server side: [`RequestTracker`] (see the module doc of `resp`).
 
+use super::pinning::{self, ByName, Pin};
 use super::{MAX_ARGS, NumStep, ProtocolError, Writer, number_byte};
 
 /// Bytes of an argument kept for recognising commands (command names and sub-commands are short).
@@ -107,6 +108,17 @@ pub struct RequestTracker {
     /// them after each `feed`. Empty for most sessions.
     pub captured: Vec<Captured>,
     pub captured_bytes: Vec<u8>,
+    /// Pooled mode (`resp/pinning.rs`): `feed` stops at the first request that pins the client,
+    /// and says so in `pin`.
+    pub pool: bool,
+    /// Why `feed` stopped, and where the pinning request begins in the buffer last fed (`None`:
+    /// in an earlier one). The tracker is not fed again after this.
+    pub pin: Option<(Pin, Option<usize>)>,
+    /// Offset in the buffer last fed just past its last complete request (or where it stopped).
+    pub boundary: usize,
+    req_start: Option<usize>,
+    /// The current request's name left the decision to its first argument.
+    pin_by_argument: bool,
     capture: Vec<u8>,
     capturing: bool,
     capture_overflow: bool,
@@ -142,6 +154,11 @@ impl RequestTracker {
             replication: false,
             captured: Vec::new(),
             captured_bytes: Vec::new(),
+            pool: false,
+            pin: None,
+            boundary: 0,
+            req_start: None,
+            pin_by_argument: false,
             capture: Vec::new(),
             capturing: false,
             capture_overflow: false,
@@ -158,11 +175,20 @@ impl RequestTracker {
     pub fn feed(&mut self, buf: &[u8]) -> Result<(), (ProtocolError, usize)> {
         let mut i = 0;
         let mut last_complete = 0;
+        self.boundary = 0;
+        if self.state != ReqState::Start {
+            self.req_start = None;
+        }
         while i < buf.len() && !self.quit && !self.replication {
             let b = buf[i];
             match self.state {
                 ReqState::Start => {
                     self.reset_request();
+                    self.req_start = Some(i);
+                    if self.pool && b != b'*' {
+                        self.stop(Pin::Inline, last_complete);
+                        return Ok(());
+                    }
                     if b == b'*' {
                         self.state = ReqState::MultibulkLen;
                         self.start_number();
@@ -270,6 +296,12 @@ impl RequestTracker {
                     self.data_left -= take as u64;
                     i += take;
                     if self.data_left == 0 {
+                        if self.pool
+                            && let Some(pin) = self.pins()
+                        {
+                            self.stop(pin, last_complete);
+                            return Ok(());
+                        }
                         if self.arg_index == 0 {
                             self.capturing = self.multi || self.is_captured_name();
                             if self.capturing {
@@ -291,7 +323,39 @@ impl RequestTracker {
                 }
             }
         }
+        self.boundary = last_complete;
         Ok(())
+    }
+
+    /// Pooled mode, an argument just ended: does the request pin its client? Decided at the
+    /// name, or at the first argument for SELECT and CLIENT (`*1 SELECT` pins: Redis answers it
+    /// with an arity error either way).
+    fn pins(&mut self) -> Option<Pin> {
+        if self.arg_index == 0 {
+            self.pin_by_argument = false;
+            if self.names[0][0] == 0 && self.name_lens[0] > 0 {
+                return Some(Pin::Unknown); // longer than any name we know
+            }
+            return match pinning::by_name(self.name(0)) {
+                ByName::Shared => None,
+                ByName::Pin(pin) => Some(pin),
+                ByName::Argument if self.args_left == 1 => Some(Pin::Unknown),
+                ByName::Argument => {
+                    self.pin_by_argument = true;
+                    None
+                }
+            };
+        }
+        if self.arg_index == 1 && self.pin_by_argument {
+            self.pin_by_argument = false;
+            return pinning::by_argument(self.name(0), self.name(1));
+        }
+        None
+    }
+
+    fn stop(&mut self, pin: Pin, last_complete: usize) {
+        self.pin = Some((pin, self.req_start));
+        self.boundary = last_complete;
     }
 
     fn reset_request(&mut self) {

@@ -364,7 +364,7 @@ impl<'a> Session<'a> {
 
     /// Bytes just read from the client: track them, then forward them at once if the route is
     /// open (the common case: no copy), else keep them as held for `step()` to decide.
-    fn take_request_bytes(&mut self, bytes: &[u8]) -> Step {
+    pub(super) fn take_request_bytes(&mut self, bytes: &[u8]) -> Step {
         if self.idle_on {
             self.last_active = Instant::now();
         }

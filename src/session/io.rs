@@ -80,3 +80,20 @@ pub(super) async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<us
     })
     .await
 }
+
+/// [`write_now`] for a pooled client's write half (its replies come from its connection's task).
+pub(super) fn write_now_half(
+    stream: &tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match stream.try_write(&bytes[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

@@ -14,6 +14,8 @@ mod dedicated;
 mod fence;
 mod io;
 mod migrate;
+mod pool;
+mod pooled;
 pub mod tally;
 
 use std::net::SocketAddr;
@@ -124,23 +126,78 @@ impl Pipe {
     }
 }
 
-/// Serve one client until it ends. Runs inside the connection's tracing span.
-pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Serve one client until it ends (1:1 mode). Runs inside the connection's tracing span.
+pub async fn serve(client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
     let m = &shared.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, shared.config().tcp_keepalive);
+    let close = dedicated(client, &shared, &shutdown, &[]).await;
+    closed(&shared, close);
+}
+
+/// Serve one client in pooled mode, on its worker's `LocalSet`: in the pool until a request pins
+/// it, then as a dedicated session.
+pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let m = &shared.metrics;
+    m.client_connections.inc();
+    m.client_connections_total.inc();
+    tune(&client, shared.config().tcp_keepalive);
+    let pool = pool::Pool::for_thread(shared.config().pool);
+    let session = Box::new(pooled::Pooled::new(client, &shared, pool));
+    let close = match Box::pin(session.run(&shutdown)).await {
+        pooled::Outcome::Closed(close) => close,
+        pooled::Outcome::Pinned(client, first, why) => {
+            debug!(
+                reason = why.label(),
+                "pinned to a master connection of its own"
+            );
+            m.pinned_sessions_total
+                .with_label_values(&[why.label()])
+                .inc();
+            dedicated(client, &shared, &shutdown, &first).await
+        }
+    };
+    closed(&shared, close);
+}
+
+fn closed(shared: &Shared, close: Close) {
+    debug!(reason = close.label(), "session closed");
+    if close.at_switch() {
+        shared
+            .tally
+            .closed(shared.route.generation(), close.label());
+    }
+    let m = &shared.metrics;
+    m.sessions_closed_total
+        .with_label_values(&[close.label()])
+        .inc();
+    m.client_connections.dec();
+}
+
+/// The dedicated (1:1) session of `client`, whose first bytes (`first`, already read) are
+/// forwarded before anything else it sends.
+async fn dedicated(
+    mut client: TcpStream,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    first: &[u8],
+) -> Close {
+    let m = &shared.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
     // short-lived) are boxed and freed once connected, the session lives in one box, and no
     // temporary is kept across the session's life.
     let connect_wait = shared.config().connect_wait;
-    let acquired = Box::pin(acquire_backend(&shared, &shutdown, connect_wait)).await;
-    let close = match acquired {
+    let acquired = Box::pin(acquire_backend(shared, shutdown, connect_wait)).await;
+    match acquired {
         Ok((backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
             shared.route.attach(generation);
-            let mut session = Box::new(Session::new(client, backend, generation, &shared));
-            let close = session.run(&shutdown).await;
+            let mut session = Box::new(Session::new(client, backend, generation, shared));
+            if !first.is_empty() {
+                session.take_request_bytes(first);
+            }
+            let close = session.run(shutdown).await;
             let Session {
                 mut client,
                 generation,
@@ -166,17 +223,7 @@ pub async fn serve(mut client: TcpStream, shared: Arc<Shared>, shutdown: Cancell
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             close
         }
-    };
-    debug!(reason = close.label(), "session closed");
-    if close.at_switch() {
-        shared
-            .tally
-            .closed(shared.route.generation(), close.label());
     }
-    m.sessions_closed_total
-        .with_label_values(&[close.label()])
-        .inc();
-    m.client_connections.dec();
 }
 
 /// TCP_NODELAY (requests and replies are small and latency-bound) and keepalive (so a peer that

@@ -531,6 +531,10 @@ impl Proxy {
         let mut cfg = Config::new(sentinels, MASTER_NAME);
         cfg.listen = "127.0.0.1:0".parse().unwrap();
         cfg.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        // `scripts/test` runs the end-to-end tests a second time in pooled mode.
+        if let Ok(n) = std::env::var("SENTINEL_PROXY_TEST_POOL") {
+            cfg.pool = n.parse().expect("SENTINEL_PROXY_TEST_POOL: a pool size");
+        }
         tweak(&mut cfg);
         let server = Server::bind(cfg).await.expect("bind proxy");
         let token = CancellationToken::new();

@@ -1,0 +1,510 @@
+//! A client in pooled mode (`--pool`): its requests go on one of its thread's shared master
+//! connections (`pool.rs`) until it sends one that needs a connection of its own
+//! (`resp/pinning.rs`). Then it is pinned: once every reply it is owed has been delivered, it
+//! leaves the pool and continues as a dedicated session (`dedicated.rs`), starting with that
+//! request, for the rest of its life.
+//!
+//! Only complete requests go on a shared connection (the start of one is kept until its end
+//! arrives), and all of a client's requests in flight are on the same connection, so Redis runs
+//! them in the order sent. The fence is the dedicated session's: requests are held while the
+//! route is paused, while there is no verified master, and while carriers move after a switch
+//! (the gate); after a switch, a client owed replies on the old master waits for them before its
+//! next requests go to a connection to the new one.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Close;
+use super::fence::gate_until;
+use super::io::{Pending, SCRATCH};
+use super::pool::{Client, Conn, Pool, Wait};
+use crate::Shared;
+use crate::resp::pinning::Pin;
+use crate::resp::{ProtocolError, RequestTracker};
+
+/// How a pooled client's time in the pool ended.
+pub(super) enum Outcome {
+    Closed(Close),
+    /// Continue as a dedicated session: the socket, the pinning request and what the client sent
+    /// after it.
+    Pinned(TcpStream, Vec<u8>, Pin),
+}
+
+enum Step {
+    Continue,
+    Close(Close),
+    Refuse(ProtocolError),
+    Pin,
+}
+
+/// Why held requests cannot go now.
+enum Hold {
+    Paused,
+    NoMaster,
+    Gate(Instant),
+    /// Replies are owed on a connection to an older master: they come first.
+    Draining,
+    Connecting(Option<Instant>),
+}
+
+pub(super) struct Pooled<'a> {
+    shared: &'a Arc<Shared>,
+    read: OwnedReadHalf,
+    client: Rc<Client>,
+    pool: Rc<Pool>,
+    slot: usize,
+    /// The connection its requests go on (the one its owed replies come from, if any).
+    conn: Option<Rc<Conn>>,
+    req: RequestTracker,
+    /// The start of a request whose end has not arrived.
+    partial: Pending,
+    /// Complete requests not yet sent (the fence holds them, or no connection is ready).
+    held: Pending,
+    held_replies: u64,
+    held_since: Option<Instant>,
+    /// The request that pins the client, and what followed it.
+    pin: Option<(Pin, Pending)>,
+    protocol_error: Option<ProtocolError>,
+    client_eof: bool,
+    shutting_down: bool,
+    /// `step()` found the route open on `conn`: requests may go straight on while `changes`
+    /// shows no change.
+    open: bool,
+    waiting_conn: bool,
+    changes: watch::Receiver<u64>,
+    /// Held requests give up then.
+    deadline: Option<Instant>,
+    /// Look again then (the gate opens, a connect may be retried).
+    wake_at: Option<Instant>,
+    idle_on: bool,
+    last_active: Instant,
+}
+
+impl<'a> Pooled<'a> {
+    pub(super) fn new(stream: TcpStream, shared: &'a Arc<Shared>, pool: Rc<Pool>) -> Self {
+        let (read, write) = stream.into_split();
+        let mut req = RequestTracker::new(shared.config().max_request_bytes);
+        req.pool = true;
+        let slot = pool.assign();
+        Pooled {
+            shared,
+            read,
+            client: Rc::new(Client::new(write)),
+            pool,
+            slot,
+            conn: None,
+            req,
+            partial: Pending::default(),
+            held: Pending::default(),
+            held_replies: 0,
+            held_since: None,
+            pin: None,
+            protocol_error: None,
+            client_eof: false,
+            shutting_down: false,
+            open: false,
+            waiting_conn: false,
+            changes: shared.route.subscribe(),
+            deadline: None,
+            wake_at: None,
+            idle_on: !shared.config().idle_timeout.is_zero(),
+            last_active: Instant::now(),
+        }
+    }
+
+    pub(super) async fn run(mut self, shutdown: &CancellationToken) -> Outcome {
+        let idle = self.shared.config().idle_timeout;
+        let mut idle_check = (!idle.is_zero()).then(|| {
+            let mut i = tokio::time::interval_at(Instant::now() + idle / 4, idle / 4);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let close = loop {
+            match self.step() {
+                Step::Continue => {}
+                Step::Close(c) => break c,
+                Step::Refuse(e) => {
+                    self.shared.metrics.protocol_errors_total.inc();
+                    let msg = format!("-ERR Protocol error: {}\r\n", e.message());
+                    write_all(&self.client, msg.as_bytes()).await;
+                    break Close::ProtocolError;
+                }
+                Step::Pin => return self.pinned(),
+            }
+            if let Some(c) = self.wait(shutdown, idle_check.as_mut(), idle).await {
+                break c;
+            }
+        };
+        self.client.broken.set(Some(close)); // replies still to come are dropped
+        if close == Close::NoMaster {
+            self.shared.metrics.no_master_rejections_total.inc();
+            let msg = format!(
+                "-ERR sentinel-proxy: no master available for '{}'\r\n",
+                self.shared.config().master_name
+            );
+            write_all(&self.client, msg.as_bytes()).await;
+        } else {
+            let out = std::mem::take(&mut *self.client.out.borrow_mut());
+            write_all(&self.client, out.bytes()).await;
+        }
+        if !self.held.is_empty() {
+            self.count_held("dropped");
+        }
+        Outcome::Closed(close)
+    }
+
+    fn pinned(self) -> Outcome {
+        let Pooled {
+            read, client, pin, ..
+        } = self;
+        let Some((why, rest)) = pin else {
+            return Outcome::Closed(Close::IoError);
+        };
+        let client = match Rc::try_unwrap(client) {
+            Ok(c) => c,
+            Err(c) => {
+                debug!(
+                    refs = Rc::strong_count(&c),
+                    "pinning: the client is still referred to"
+                );
+                return Outcome::Closed(Close::IoError);
+            }
+        };
+        match read.reunite(client.write) {
+            Ok(stream) => Outcome::Pinned(stream, rest.bytes().to_vec(), why),
+            Err(_) => Outcome::Closed(Close::IoError),
+        }
+    }
+
+    fn step(&mut self) -> Step {
+        if let Some(why) = self.client.broken.get() {
+            return Step::Close(why);
+        }
+        // The steady state: the route was open on `conn` and nothing changed since.
+        if self.open
+            && self.held.is_empty()
+            && matches!(self.changes.has_changed(), Ok(false))
+            && self.conn.as_ref().is_some_and(|c| !c.dead.get())
+        {
+            return Step::Continue;
+        }
+        self.open = false;
+        self.waiting_conn = false;
+        self.wake_at = None;
+        self.changes.mark_unchanged();
+        if self.shutting_down && self.client.owed.get() == 0 && self.client.out.borrow().is_empty()
+        {
+            return Step::Close(Close::Shutdown);
+        }
+        if !self.held.is_empty() && !self.shutting_down {
+            self.release();
+        }
+        let owed = self.client.owed.get();
+        let out_empty = self.client.out.borrow().is_empty();
+        if self.held.is_empty() && owed == 0 && out_empty {
+            if self.pin.is_some() {
+                return Step::Pin;
+            }
+            if let Some(e) = self.protocol_error {
+                return Step::Refuse(e);
+            }
+            if self.client_eof {
+                return Step::Close(Close::ClientClosed);
+            }
+        }
+        let waiting = self.pin.is_some()
+            || self.protocol_error.is_some()
+            || self.client_eof
+            || self.shutting_down
+            || !self.held.is_empty();
+        self.client.want_idle.set(owed > 0 && waiting);
+        if self.held.is_empty() && !waiting {
+            self.open = self.usable().is_ok();
+        }
+        Step::Continue
+    }
+
+    /// The connection requests may go on now, or why they must wait.
+    fn usable(&mut self) -> Result<Rc<Conn>, Hold> {
+        let route = self.shared.route.load();
+        if route.paused {
+            return Err(Hold::Paused);
+        }
+        let Some(addr) = route.target() else {
+            return Err(Hold::NoMaster);
+        };
+        if self.shared.route.carriers_elsewhere(route.generation) > 0 {
+            let until = gate_until(&route);
+            if until > Instant::now() {
+                return Err(Hold::Gate(until));
+            }
+        }
+        if let Some(c) = &self.conn {
+            if c.generation == route.generation && !c.dead.get() {
+                return Ok(c.clone());
+            }
+            if self.client.owed.get() > 0 {
+                return Err(Hold::Draining);
+            }
+            self.conn = None;
+        }
+        match self
+            .pool
+            .conn(self.slot, route.generation, addr, self.shared)
+        {
+            Ok(c) => {
+                self.conn = Some(c.clone());
+                Ok(c)
+            }
+            Err(Wait::Connecting(at)) => Err(Hold::Connecting(at)),
+        }
+    }
+
+    /// Send the held requests if the route allows, else note what to wait for.
+    fn release(&mut self) {
+        let now = Instant::now();
+        match self.usable() {
+            Ok(conn) => {
+                conn.push(&self.client, &[self.held.bytes()], self.held_replies);
+                self.held = Pending::default();
+                self.held_replies = 0;
+                self.deadline = None;
+                if self.held_since.is_some() {
+                    self.count_held("released");
+                }
+            }
+            Err(hold) => {
+                self.held_since.get_or_insert(now);
+                match hold {
+                    Hold::Paused => {}
+                    Hold::NoMaster => {
+                        self.deadline
+                            .get_or_insert(now + self.shared.config().connect_wait);
+                    }
+                    Hold::Gate(until) => self.wake_at = Some(until),
+                    Hold::Draining => {}
+                    Hold::Connecting(at) => {
+                        self.waiting_conn = true;
+                        self.wake_at = at;
+                        self.deadline
+                            .get_or_insert(now + self.shared.config().connect_wait);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_held(&mut self, outcome: &str) {
+        let m = &self.shared.metrics;
+        m.held_requests_total.with_label_values(&[outcome]).inc();
+        if let Some(since) = self.held_since.take() {
+            m.hold_seconds.observe(since.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Bytes just read from the client: complete requests go on (or are held), the start of an
+    /// incomplete one is kept, a pinning request stops the reading.
+    fn take(&mut self, bytes: &[u8]) {
+        if self.idle_on {
+            self.last_active = Instant::now();
+        }
+        self.shared
+            .metrics
+            .client_bytes_received_total
+            .inc_by(bytes.len() as u64);
+        let before = self.req.expected_replies;
+        let end = match self.req.feed(bytes) {
+            Ok(()) => self.req.boundary,
+            Err((e, valid)) => {
+                self.protocol_error = Some(e);
+                valid
+            }
+        };
+        let replies = self.req.expected_replies - before;
+        if self.protocol_error.is_some() || self.req.pin.is_some() {
+            self.open = false; // `step()` must look at it
+        }
+        let (complete, rest) = bytes.split_at(end);
+        // The kept start belongs to the first complete request, unless none completed.
+        let carried = if end > 0 || replies > 0 {
+            std::mem::take(&mut self.partial)
+        } else {
+            Pending::default()
+        };
+        if let Some((why, start)) = self.req.pin {
+            let mut pinned = Pending::default();
+            if start.is_none() {
+                pinned.push(self.partial.bytes());
+                self.partial = Pending::default();
+            }
+            pinned.push(rest);
+            self.pin = Some((why, pinned));
+        } else if self.protocol_error.is_none() {
+            self.partial.push(rest);
+        }
+        if complete.is_empty() && carried.is_empty() {
+            return;
+        }
+        let parts = [carried.bytes(), complete];
+        if self.open
+            && matches!(self.changes.has_changed(), Ok(false))
+            && let Some(conn) = self.conn.as_ref().filter(|c| !c.dead.get())
+        {
+            conn.push(&self.client, &parts, replies);
+            return;
+        }
+        for p in parts {
+            self.held.push(p);
+        }
+        self.held_replies += replies;
+        self.open = false;
+    }
+
+    async fn wait(
+        &mut self,
+        shutdown: &CancellationToken,
+        idle_check: Option<&mut tokio::time::Interval>,
+        idle: Duration,
+    ) -> Option<Close> {
+        let flush = !self.client.out.borrow().is_empty();
+        let read_client = self.held.is_empty()
+            && self.pin.is_none()
+            && self.protocol_error.is_none()
+            && !self.client_eof
+            && !self.shutting_down
+            && !flush;
+        let seen = self.client.events.get();
+        let client = &self.client;
+        let events = std::future::poll_fn(|cx| {
+            if client.events.get() != seen || client.broken.get().is_some() {
+                return Poll::Ready(());
+            }
+            let mut w = client.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        });
+        let wake = match (self.deadline, self.wake_at) {
+            (Some(d), Some(w)) => Some(d.min(w)),
+            (d, w) => d.or(w),
+        };
+        let timer = async {
+            match wake {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let idle_tick = async {
+            match idle_check {
+                Some(i) => {
+                    i.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let read = &mut self.read;
+        let readable = std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut rb = tokio::io::ReadBuf::new(scratch);
+                match std::pin::Pin::new(&mut *read).poll_read(cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
+                }
+            })
+        });
+        let waiting_conn = self.waiting_conn;
+        tokio::select! {
+            biased;
+            r = readable, if read_client => match r {
+                Ok(0) => {
+                    self.client_eof = true;
+                    self.open = false;
+                }
+                Ok(n) => SCRATCH.with_borrow(|s| self.take(&s[..n])),
+                Err(e) => {
+                    debug!(error = %e, "client read error");
+                    return Some(Close::IoError);
+                }
+            },
+            r = self.client.write.writable(), if flush => {
+                if r.is_err() {
+                    return Some(Close::ClientClosed);
+                }
+                return self.flush();
+            }
+            // `changed()` marks the change seen: `step()` must not take its fast path after it.
+            _ = events => self.open = false,
+            _ = self.changes.changed() => self.open = false,
+            _ = self.pool.changed.notified(), if waiting_conn => self.open = false,
+            _ = timer => {
+                self.open = false;
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    let owed = self.client.owed.get();
+                    if self.shutting_down {
+                        return Some(Close::Shutdown);
+                    }
+                    return Some(if owed == 0 { Close::NoMaster } else { Close::DrainDeadline });
+                }
+            }
+            _ = idle_tick => {
+                let quiet = self.last_active.elapsed() >= idle
+                    && self.client.owed.get() == 0
+                    && self.client.out.borrow().is_empty()
+                    && self.held.is_empty()
+                    && self.partial.is_empty();
+                if quiet {
+                    return Some(Close::IdleTimeout);
+                }
+            }
+            _ = shutdown.cancelled(), if !self.shutting_down => {
+                self.shutting_down = true;
+                self.open = false;
+                self.deadline = Some(Instant::now() + self.shared.config().shutdown_timeout);
+            }
+        }
+        None
+    }
+
+    /// Write replies the client's socket could not take earlier.
+    fn flush(&mut self) -> Option<Close> {
+        let mut out = self.client.out.borrow_mut();
+        match super::io::write_now_half(&self.client.write, out.bytes()) {
+            Ok(w) => {
+                self.shared.metrics.client_bytes_sent_total.inc_by(w as u64);
+                out.consume(w);
+                None
+            }
+            Err(e) => {
+                debug!(error = %e, "client write error");
+                Some(Close::ClientClosed)
+            }
+        }
+    }
+}
+
+/// Write `bytes` to the client, waiting at most a second (used when closing).
+async fn write_all(client: &Client, mut bytes: &[u8]) {
+    let write = async {
+        while !bytes.is_empty() {
+            if client.write.writable().await.is_err() {
+                return;
+            }
+            match super::io::write_now_half(&client.write, bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = timeout(Duration::from_secs(1), write).await;
+}
