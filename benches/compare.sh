@@ -8,7 +8,8 @@
 #   - for the -c 1 scenario, p50/p99 latency and what the target adds over direct;
 #   - CPU seconds per million requests of the target process (redis-server itself for direct),
 #     read from /proc;
-#   - RSS per idle proxied connection with IDLE client connections open (benches/idle_conns.py).
+#   - RSS per idle proxied connection with IDLE client connections open (benches/idle_conns.py),
+#     and how many connections the target then holds on the master.
 #
 #   benches/compare.sh                        # ROUNDS=3 N=100000 IDLE=9900
 #   ROUNDS=5 SCENARIOS="c50p16" benches/compare.sh
@@ -53,8 +54,12 @@ declare -A PORTS=([direct]=$MASTER)
 declare -A CPU_PID=([direct]=$(head -n 1 "$LAB_DIR/pids"))
 NAMES=(direct)
 BIN=target/release/sentinel-proxy
-for spec in "proxy=$BIN --threads 1" "proxy-mt=$BIN --threads 0" ${EXTRA:-}; do
-    name=${spec%%=*} cmd=${spec#*=}
+# `pooled` (--pool) shares master connections between clients (one thread, like a sidecar's
+# clients, which all come from 127.0.0.1); `proxy` is 1:1. EXTRA entries are name=path pairs;
+# a path may carry flags joined with commas (old=/path/bin,--pool,2).
+for spec in "proxy=$BIN --threads 1" "pooled=$BIN --threads 1 --pool 1" \
+    "proxy-mt=$BIN --threads 0" ${EXTRA:-}; do
+    name=${spec%%=*} cmd=${spec#*=} cmd=${cmd//,/ }
     port=$(free_port)
     # shellcheck disable=SC2086
     $cmd --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \

@@ -70,10 +70,10 @@ pub struct RequestTracker {
     neg: bool,
     digits: u32,
     args_left: i64,
-    arg_index: u32,
+    arg_index: u8,
     data_left: u64,
-    inline_len: usize,
-    inline_word: u32,
+    inline_len: u32,
+    inline_word: u8,
     inline_in_word: bool,
     names: [[u8; NAME_LEN]; 3],
     name_lens: [u8; 3],
@@ -111,12 +111,13 @@ pub struct RequestTracker {
     /// Pooled mode (`resp/pinning.rs`): `feed` stops at the first request that pins the client,
     /// and says so in `pin`.
     pub pool: bool,
-    /// Why `feed` stopped, and where the pinning request begins in the buffer last fed (`None`:
-    /// in an earlier one). The tracker is not fed again after this.
-    pub pin: Option<(Pin, Option<usize>)>,
+    /// Why `feed` stopped (see [`RequestTracker::pin_start`]). The tracker is not fed again
+    /// after this.
+    pub pin: Option<Pin>,
     /// Offset in the buffer last fed just past its last complete request (or where it stopped).
-    pub boundary: usize,
-    req_start: Option<usize>,
+    pub boundary: u32,
+    /// Where the current request began in the buffer last fed (`u32::MAX`: in an earlier one).
+    req_start: u32,
     /// The current request's name left the decision to its first argument.
     pin_by_argument: bool,
     capture: Vec<u8>,
@@ -157,7 +158,7 @@ impl RequestTracker {
             pool: false,
             pin: None,
             boundary: 0,
-            req_start: None,
+            req_start: u32::MAX,
             pin_by_argument: false,
             capture: Vec::new(),
             capturing: false,
@@ -177,14 +178,14 @@ impl RequestTracker {
         let mut last_complete = 0;
         self.boundary = 0;
         if self.state != ReqState::Start {
-            self.req_start = None;
+            self.req_start = u32::MAX;
         }
         while i < buf.len() && !self.quit && !self.replication {
             let b = buf[i];
             match self.state {
                 ReqState::Start => {
                     self.reset_request();
-                    self.req_start = Some(i);
+                    self.req_start = i as u32;
                     if self.pool && b != b'*' {
                         self.stop(Pin::Inline, last_complete);
                         return Ok(());
@@ -205,7 +206,7 @@ impl RequestTracker {
                         last_complete = i;
                         continue;
                     }
-                    if self.inline_len > MAX_INLINE {
+                    if self.inline_len as usize > MAX_INLINE {
                         return Err((ProtocolError::TooBigInline, last_complete));
                     }
                     if b == b'"' || b == b'\'' {
@@ -216,7 +217,7 @@ impl RequestTracker {
                     }
                     if b == b' ' || b == b'\t' || b == b'\r' {
                         if self.inline_in_word {
-                            self.inline_word += 1;
+                            self.inline_word = self.inline_word.saturating_add(1);
                         }
                         self.inline_in_word = false;
                     } else {
@@ -310,7 +311,7 @@ impl RequestTracker {
                                 self.capture_arg_header_first();
                             }
                         }
-                        self.arg_index += 1;
+                        self.arg_index = self.arg_index.saturating_add(1);
                         self.args_left -= 1;
                         if self.args_left == 0 {
                             self.finish_multibulk();
@@ -323,8 +324,14 @@ impl RequestTracker {
                 }
             }
         }
-        self.boundary = last_complete;
+        self.boundary = last_complete as u32;
         Ok(())
+    }
+
+    /// Where the request that pinned the client begins in the buffer last fed (`None`: it
+    /// began in an earlier one).
+    pub fn pin_start(&self) -> Option<usize> {
+        (self.req_start != u32::MAX).then_some(self.req_start as usize)
     }
 
     /// Pooled mode, an argument just ended: does the request pin its client? Decided at the
@@ -354,8 +361,8 @@ impl RequestTracker {
     }
 
     fn stop(&mut self, pin: Pin, last_complete: usize) {
-        self.pin = Some((pin, self.req_start));
-        self.boundary = last_complete;
+        self.pin = Some(pin);
+        self.boundary = last_complete as u32;
     }
 
     fn reset_request(&mut self) {
@@ -470,7 +477,7 @@ impl RequestTracker {
 
     fn finish_inline(&mut self) {
         if self.inline_in_word {
-            self.inline_word += 1;
+            self.inline_word = self.inline_word.saturating_add(1);
         }
         if self.inline_word == 0 {
             // An empty line: Redis runs nothing and sends nothing.

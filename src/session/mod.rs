@@ -143,10 +143,15 @@ pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: Canc
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, shared.config().tcp_keepalive);
-    let pool = pool::Pool::for_thread(shared.config().pool);
-    let session = Box::new(pooled::Pooled::new(client, &shared, pool));
-    let close = match Box::pin(session.run(&shutdown)).await {
+    let pool = pool::Pool::for_thread(shared.config().pool, &shared, &shutdown);
+    let mut session = Box::new(pooled::Pooled::new(client, &shared, pool));
+    let mut outcome = session.run().await;
+    if let pooled::Outcome::Pin = outcome {
+        outcome = session.pinned();
+    }
+    let close = match outcome {
         pooled::Outcome::Closed(close) => close,
+        pooled::Outcome::Pin => Close::IoError,
         pooled::Outcome::Pinned(client, first, why) => {
             debug!(
                 reason = why.label(),
@@ -155,7 +160,8 @@ pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: Canc
             m.pinned_sessions_total
                 .with_label_values(&[why.label()])
                 .inc();
-            dedicated(client, &shared, &shutdown, &first).await
+            // Boxed: an idle pooled client's task does not carry a dedicated session's space.
+            Box::pin(dedicated(client, &shared, &shutdown, &first)).await
         }
     };
     closed(&shared, close);
@@ -300,9 +306,9 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// An idle connection's memory is its task (the `serve` future) plus the boxed session, and
-    /// no buffer (docs/PERFORMANCE.md). This fails if a change puts a buffer, or a large future
-    /// alive for the whole connection, back into either.
+    /// An idle connection's memory is its task (the `serve` or `serve_pooled` future) plus the
+    /// boxed session, and no buffer (docs/PERFORMANCE.md). This fails if a change puts a buffer,
+    /// or a large future alive for the whole connection, back into either.
     #[test]
     fn an_idle_session_stays_small() {
         let shared = Arc::new(Shared::new(crate::Config::new(vec![], "m")));
@@ -321,6 +327,27 @@ mod tests {
             let (session, serve) = (std::mem::size_of_val(&session), size_of(&serve));
             assert!(session <= 768, "Session is {session} bytes");
             assert!(serve <= 1024, "the serve future is {serve} bytes");
+            let sd = CancellationToken::new();
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async {
+                    let pool = pool::Pool::for_thread(1, &shared, &sd);
+                    let mut pooled = pooled::Pooled::new(socket().await.unwrap(), &shared, pool);
+                    let pooled_size = std::mem::size_of_val(&pooled);
+                    let run_size = size_of(&pooled.run());
+                    let serve_pooled =
+                        serve_pooled(socket().await.unwrap(), shared.clone(), sd.clone());
+                    let serve_size = size_of(&serve_pooled);
+                    // A pooled client's memory: the task (`serve_pooled`), the boxed session and
+                    // its `run` future; no buffer, no backend socket.
+                    assert!(pooled_size <= 512, "Pooled is {pooled_size} bytes");
+                    assert!(run_size <= 320, "the pooled run future is {run_size} bytes");
+                    assert!(
+                        serve_size <= 512,
+                        "the serve_pooled future is {serve_size} bytes"
+                    );
+                })
+                .await;
         });
     }
 }

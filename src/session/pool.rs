@@ -12,6 +12,10 @@
 //! `out`). Shared connections speak RESP2 on db 0 with no other state: a client that would change
 //! that is pinned to a connection of its own first (`resp/pinning.rs`).
 //!
+//! One task per thread watches the route and shutdown for all of them and wakes the clients and
+//! connections (`Pool::wake_all`), so a waiting client holds no timer or notification future and
+//! takes no lock per request.
+//!
 //! The fence, per connection: a connection serves one route generation. Clients append only
 //! while the route is open on it (`pooled.rs` checks); after a switch it takes nothing new,
 //! delivers the replies in flight and ends. Requests appended just before a switch and not yet
@@ -23,7 +27,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -31,8 +35,8 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Close;
@@ -42,8 +46,9 @@ use crate::resp::ReplyTracker;
 
 /// The part of a pooled client that its connection's task touches.
 pub(super) struct Client {
-    /// Replies go straight to this socket from the connection's task.
-    pub(super) write: OwnedWriteHalf,
+    /// Replies go straight to this socket from the connection's task (`try_write`); the
+    /// client's task flushes what it could not take (`poll_write`).
+    pub(super) write: RefCell<OwnedWriteHalf>,
     /// Replies the client's socket could not take yet; the client's task flushes them.
     pub(super) out: RefCell<Pending>,
     /// Replies still to come on its connection.
@@ -56,12 +61,15 @@ pub(super) struct Client {
     /// Bumped when something the client's task waits for happened.
     pub(super) events: Cell<u64>,
     pub(super) waker: RefCell<Option<Waker>>,
+    /// Its place in the pool's list of clients (woken at route changes and shutdown).
+    pub(super) id: Cell<usize>,
 }
 
 impl Client {
     pub(super) fn new(write: OwnedWriteHalf) -> Client {
         Client {
-            write,
+            write: RefCell::new(write),
+            id: Cell::new(usize::MAX),
             out: RefCell::new(Pending::default()),
             owed: Cell::new(0),
             broken: Cell::new(None),
@@ -71,7 +79,7 @@ impl Client {
         }
     }
 
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         self.events.set(self.events.get() + 1);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -93,7 +101,7 @@ impl Client {
         let mut out = self.out.borrow_mut();
         let mut w = 0;
         if out.is_empty() {
-            w = match super::io::write_now_half(&self.write, bytes) {
+            w = match super::io::write_now_half(&self.write.borrow(), bytes) {
                 Ok(w) => w,
                 Err(_) => {
                     drop(out);
@@ -133,6 +141,7 @@ pub(super) struct Conn {
     /// The connection ended: nothing more may be appended.
     pub(super) dead: Cell<bool>,
     task: RefCell<Option<Waker>>,
+    kicked: Cell<bool>,
 }
 
 impl Conn {
@@ -153,6 +162,14 @@ impl Conn {
             client.owed.set(client.owed.get() + replies);
         }
         if was_empty && let Some(w) = self.task.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Have the task look at the route again.
+    fn wake(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.task.borrow_mut().take() {
             w.wake();
         }
     }
@@ -180,19 +197,23 @@ enum Slot {
     Ready(Rc<Conn>),
 }
 
-/// This thread's shared connections.
+/// This thread's shared connections, and its pooled clients.
 pub(super) struct Pool {
     slots: RefCell<Vec<Slot>>,
-    /// Notified when a connect ends, either way.
-    pub(super) changed: Notify,
+    /// Every pooled client of the thread (a free list of places), woken by `wake_all`.
+    clients: RefCell<Vec<Weak<Client>>>,
+    free: RefCell<Vec<usize>>,
     /// The last connect failed then: clients wait `RETRY_EVERY` before the next.
     failed_at: Cell<Option<Instant>>,
     next_slot: Cell<usize>,
+    /// Shutdown began: clients close at their next boundary.
+    pub(super) shutting_down: Cell<bool>,
 }
 
 /// Why a client cannot have a connection now.
 pub(super) enum Wait {
-    /// A connect is under way (or just failed): wait for `Pool::changed`, at most until then.
+    /// A connect is under way (or just failed): the pool wakes the client when it ends; or look
+    /// again then.
     Connecting(Option<Instant>),
 }
 
@@ -203,19 +224,76 @@ thread_local! {
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 impl Pool {
-    /// This thread's pool of `size` connections.
-    pub(super) fn for_thread(size: usize) -> Rc<Pool> {
+    /// This thread's pool of `size` connections, and the task that wakes its clients and
+    /// connections when the route changes or shutdown begins. Call on the thread's `LocalSet`.
+    pub(super) fn for_thread(
+        size: usize,
+        shared: &Arc<Shared>,
+        shutdown: &CancellationToken,
+    ) -> Rc<Pool> {
         POOL.with_borrow_mut(|p| {
             p.get_or_insert_with(|| {
-                Rc::new(Pool {
+                let pool = Rc::new(Pool {
                     slots: RefCell::new((0..size.max(1)).map(|_| Slot::Empty).collect()),
-                    changed: Notify::new(),
+                    clients: RefCell::new(Vec::new()),
+                    free: RefCell::new(Vec::new()),
                     failed_at: Cell::new(None),
                     next_slot: Cell::new(0),
-                })
+                    shutting_down: Cell::new(false),
+                });
+                tokio::task::spawn_local(watch(
+                    Rc::downgrade(&pool),
+                    shared.clone(),
+                    shutdown.clone(),
+                ));
+                pool
             })
             .clone()
         })
+    }
+
+    /// Count `client` among those `wake_all` wakes.
+    pub(super) fn register(&self, client: &Rc<Client>) {
+        let weak = Rc::downgrade(client);
+        let id = match self.free.borrow_mut().pop() {
+            Some(id) => {
+                self.clients.borrow_mut()[id] = weak;
+                id
+            }
+            None => {
+                let mut clients = self.clients.borrow_mut();
+                clients.push(weak);
+                clients.len() - 1
+            }
+        };
+        client.id.set(id);
+    }
+
+    pub(super) fn deregister(&self, client: &Client) {
+        let id = client.id.replace(usize::MAX);
+        if id != usize::MAX {
+            self.clients.borrow_mut()[id] = Weak::new();
+            self.free.borrow_mut().push(id);
+        }
+    }
+
+    /// Wake every client and connection of the thread to look at the route again.
+    fn wake_all(&self) {
+        // Collected first: a woken client may register or deregister others.
+        let clients: Vec<Rc<Client>> = self
+            .clients
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for c in clients {
+            c.wake();
+        }
+        for slot in self.slots.borrow().iter() {
+            if let Slot::Ready(c) = slot {
+                c.wake();
+            }
+        }
     }
 
     /// The slot a new client uses (round robin over the pool).
@@ -268,7 +346,32 @@ impl Pool {
             slots[slot] = to.map_or(Slot::Empty, Slot::Ready);
         }
         drop(slots);
-        self.changed.notify_waiters();
+        self.wake_all(); // clients waiting for a connection look again
+    }
+}
+
+/// The thread's watcher: wakes clients and connections at every route change, and when shutdown
+/// begins.
+async fn watch(pool: Weak<Pool>, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut changes = shared.route.subscribe();
+    loop {
+        let stopping = pool.upgrade().is_none_or(|p| p.shutting_down.get());
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.cancelled(), if !stopping => {
+                if let Some(p) = pool.upgrade() {
+                    p.shutting_down.set(true);
+                }
+            }
+        }
+        match pool.upgrade() {
+            Some(p) => p.wake_all(),
+            None => return,
+        }
     }
 }
 
@@ -309,6 +412,7 @@ async fn connect(
         unwritten: Cell::new(0),
         dead: Cell::new(false),
         task: RefCell::new(None),
+        kicked: Cell::new(false),
     });
     if shared.route.generation() != generation {
         pool.set(slot, generation, None); // moved on while connecting
@@ -328,7 +432,8 @@ async fn connect(
 
 enum Event {
     Readable,
-    Changed,
+    /// The thread's watcher saw a route change.
+    Kicked,
     Deadline,
 }
 
@@ -336,12 +441,11 @@ enum Event {
 /// ended; the caller closes the clients still owed replies with that reason.
 async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -> Close {
     let mut rep = ReplyTracker::new();
-    let mut changes = shared.route.subscribe();
     let mut retired = false;
     let mut rechecked = false;
     let mut deadline: Option<Instant> = None;
     loop {
-        changes.mark_unchanged();
+        // The thread's watcher wakes this task at every route change.
         if !retired && shared.route.generation() != conn.generation {
             retired = true;
             conn.dead.set(true);
@@ -402,6 +506,9 @@ async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -> Close {
                         Err(_) => return Poll::Ready(Err(())),
                     }
                 }
+                if conn.kicked.replace(false) {
+                    return Poll::Ready(Ok(false));
+                }
                 let waker = cx.waker();
                 let mut task = conn.task.borrow_mut();
                 if !task.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -409,7 +516,7 @@ async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -> Close {
                 }
                 drop(task);
                 match stream.poll_read_ready(cx) {
-                    Poll::Ready(_) => Poll::Ready(Ok(())),
+                    Poll::Ready(_) => Poll::Ready(Ok(true)),
                     Poll::Pending => Poll::Pending,
                 }
             });
@@ -422,15 +529,15 @@ async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -> Close {
             tokio::select! {
                 biased;
                 r = io => match r {
-                    Ok(()) => Event::Readable,
+                    Ok(true) => Event::Readable,
+                    Ok(false) => Event::Kicked,
                     Err(()) => return Close::IoError,
                 },
-                _ = changes.changed() => Event::Changed,
                 _ = timer => Event::Deadline,
             }
         };
         match event {
-            Event::Changed => {}
+            Event::Kicked => {}
             Event::Deadline => return Close::DrainDeadline,
             Event::Readable => {
                 let read = std::future::poll_fn(|cx| {

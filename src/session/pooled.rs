@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::AsyncRead;
+use std::pin::Pin;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
-use tokio_util::sync::CancellationToken;
+
+use tokio::time::{Instant, Interval, Sleep, sleep_until, timeout};
 use tracing::debug;
 
 use super::Close;
@@ -29,15 +30,17 @@ use super::fence::gate_until;
 use super::io::{Pending, SCRATCH};
 use super::pool::{Client, Conn, Pool, Wait};
 use crate::Shared;
-use crate::resp::pinning::Pin;
+use crate::resp::pinning::Pin as PinReason;
 use crate::resp::{ProtocolError, RequestTracker};
 
 /// How a pooled client's time in the pool ended.
 pub(super) enum Outcome {
     Closed(Close),
+    /// A request pins the client: take it out with `pinned()`.
+    Pin,
     /// Continue as a dedicated session: the socket, the pinning request and what the client sent
     /// after it.
-    Pinned(TcpStream, Vec<u8>, Pin),
+    Pinned(TcpStream, Vec<u8>, PinReason),
 }
 
 enum Step {
@@ -73,7 +76,7 @@ pub(super) struct Pooled<'a> {
     held_replies: u64,
     held_since: Option<Instant>,
     /// The request that pins the client, and what followed it.
-    pin: Option<(Pin, Pending)>,
+    pin: Option<(PinReason, Pending)>,
     protocol_error: Option<ProtocolError>,
     client_eof: bool,
     shutting_down: bool,
@@ -86,8 +89,21 @@ pub(super) struct Pooled<'a> {
     deadline: Option<Instant>,
     /// Look again then (the gate opens, a connect may be retried).
     wake_at: Option<Instant>,
+    /// The timer of `deadline`/`wake_at`, boxed and only while there is one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// `--idle-timeout`'s check, a few times per period (only when it is on).
+    idle_check: Option<Box<Interval>>,
     idle_on: bool,
     last_active: Instant,
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Flushed(usize),
+    WriteFailed,
+    Woken,
+    Timer,
+    IdleTick,
 }
 
 impl<'a> Pooled<'a> {
@@ -117,18 +133,21 @@ impl<'a> Pooled<'a> {
             changes: shared.route.subscribe(),
             deadline: None,
             wake_at: None,
+            timer: None,
+            idle_check: None,
             idle_on: !shared.config().idle_timeout.is_zero(),
             last_active: Instant::now(),
         }
     }
 
-    pub(super) async fn run(mut self, shutdown: &CancellationToken) -> Outcome {
+    pub(super) async fn run(&mut self) -> Outcome {
         let idle = self.shared.config().idle_timeout;
-        let mut idle_check = (!idle.is_zero()).then(|| {
+        if !idle.is_zero() {
             let mut i = tokio::time::interval_at(Instant::now() + idle / 4, idle / 4);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
+            self.idle_check = Some(Box::new(i));
+        }
+        self.pool.register(&self.client);
         let close = loop {
             match self.step() {
                 Step::Continue => {}
@@ -139,12 +158,16 @@ impl<'a> Pooled<'a> {
                     write_all(&self.client, msg.as_bytes()).await;
                     break Close::ProtocolError;
                 }
-                Step::Pin => return self.pinned(),
+                Step::Pin => {
+                    self.pool.deregister(&self.client);
+                    return Outcome::Pin;
+                }
             }
-            if let Some(c) = self.wait(shutdown, idle_check.as_mut(), idle).await {
+            if let Some(c) = self.wait().await {
                 break c;
             }
         };
+        self.pool.deregister(&self.client);
         self.client.broken.set(Some(close)); // replies still to come are dropped
         if close == Close::NoMaster {
             self.shared.metrics.no_master_rejections_total.inc();
@@ -163,7 +186,9 @@ impl<'a> Pooled<'a> {
         Outcome::Closed(close)
     }
 
-    fn pinned(self) -> Outcome {
+    /// After `run` returned `Outcome::Pin`: the client's socket, whole again, with the pinning
+    /// request and what followed it.
+    pub(super) fn pinned(self) -> Outcome {
         let Pooled {
             read, client, pin, ..
         } = self;
@@ -180,7 +205,7 @@ impl<'a> Pooled<'a> {
                 return Outcome::Closed(Close::IoError);
             }
         };
-        match read.reunite(client.write) {
+        match read.reunite(client.write.into_inner()) {
             Ok(stream) => Outcome::Pinned(stream, rest.bytes().to_vec(), why),
             Err(_) => Outcome::Closed(Close::IoError),
         }
@@ -189,6 +214,12 @@ impl<'a> Pooled<'a> {
     fn step(&mut self) -> Step {
         if let Some(why) = self.client.broken.get() {
             return Step::Close(why);
+        }
+        if !self.shutting_down && self.pool.shutting_down.get() {
+            // Two-phase shutdown: nothing new goes on; close at the first boundary.
+            self.shutting_down = true;
+            self.open = false;
+            self.deadline = Some(Instant::now() + self.shared.config().shutdown_timeout);
         }
         // The steady state: the route was open on `conn` and nothing changed since.
         if self.open
@@ -324,7 +355,7 @@ impl<'a> Pooled<'a> {
             .inc_by(bytes.len() as u64);
         let before = self.req.expected_replies;
         let end = match self.req.feed(bytes) {
-            Ok(()) => self.req.boundary,
+            Ok(()) => self.req.boundary as usize,
             Err((e, valid)) => {
                 self.protocol_error = Some(e);
                 valid
@@ -341,7 +372,8 @@ impl<'a> Pooled<'a> {
         } else {
             Pending::default()
         };
-        if let Some((why, start)) = self.req.pin {
+        if let Some(why) = self.req.pin {
+            let start = self.req.pin_start();
             let mut pinned = Pending::default();
             if start.is_none() {
                 pinned.push(self.partial.bytes());
@@ -370,12 +402,10 @@ impl<'a> Pooled<'a> {
         self.open = false;
     }
 
-    async fn wait(
-        &mut self,
-        shutdown: &CancellationToken,
-        idle_check: Option<&mut tokio::time::Interval>,
-        idle: Duration,
-    ) -> Option<Close> {
+    /// Wait for the next thing to happen: client bytes, room for its pending replies, an event
+    /// from its connection or the thread's watcher (route change, shutdown, a connect ended), a
+    /// deadline. One small future, no timer unless one is set, no lock.
+    async fn wait(&mut self) -> Option<Close> {
         let flush = !self.client.out.borrow().is_empty();
         let read_client = self.held.is_empty()
             && self.pin.is_none()
@@ -383,81 +413,104 @@ impl<'a> Pooled<'a> {
             && !self.client_eof
             && !self.shutting_down
             && !flush;
+        let wake = match (self.deadline, self.wake_at) {
+            (Some(d), Some(w)) => Some(d.min(w)),
+            (d, w) => d.or(w),
+        };
+        match (wake, &mut self.timer) {
+            (None, timer) => *timer = None,
+            (Some(at), Some(timer)) if timer.deadline() != at => timer.as_mut().reset(at),
+            (Some(_), Some(_)) => {}
+            (Some(at), timer @ None) => *timer = Some(Box::pin(sleep_until(at))),
+        }
         let seen = self.client.events.get();
-        let client = &self.client;
-        let events = std::future::poll_fn(|cx| {
+        let (client, read, timer, idle) = (
+            &self.client,
+            &mut self.read,
+            &mut self.timer,
+            &mut self.idle_check,
+        );
+        let event = std::future::poll_fn(|cx| {
+            if read_client {
+                let r = SCRATCH.with_borrow_mut(|scratch| {
+                    let mut rb = tokio::io::ReadBuf::new(scratch);
+                    match std::pin::Pin::new(&mut *read).poll_read(cx, &mut rb) {
+                        Poll::Pending => None,
+                        Poll::Ready(r) => Some(r.map(|()| rb.filled().len())),
+                    }
+                });
+                if let Some(r) = r {
+                    return Poll::Ready(Event::Read(r));
+                }
+            }
+            if flush {
+                let mut out = client.out.borrow_mut();
+                let mut write = client.write.borrow_mut();
+                if let Poll::Ready(r) = std::pin::Pin::new(&mut *write).poll_write(cx, out.bytes())
+                {
+                    return Poll::Ready(match r {
+                        Ok(n) => {
+                            out.consume(n);
+                            Event::Flushed(n)
+                        }
+                        Err(_) => Event::WriteFailed,
+                    });
+                }
+            }
             if client.events.get() != seen || client.broken.get().is_some() {
-                return Poll::Ready(());
+                return Poll::Ready(Event::Woken);
             }
             let mut w = client.waker.borrow_mut();
             if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *w = Some(cx.waker().clone());
             }
+            drop(w);
+            if let Some(t) = timer
+                && t.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::Timer);
+            }
+            if let Some(i) = idle
+                && i.poll_tick(cx).is_ready()
+            {
+                return Poll::Ready(Event::IdleTick);
+            }
             Poll::Pending
-        });
-        let wake = match (self.deadline, self.wake_at) {
-            (Some(d), Some(w)) => Some(d.min(w)),
-            (d, w) => d.or(w),
-        };
-        let timer = async {
-            match wake {
-                Some(at) => sleep_until(at).await,
-                None => std::future::pending().await,
+        })
+        .await;
+        match event {
+            Event::Read(Ok(0)) => {
+                self.client_eof = true;
+                self.open = false;
             }
-        };
-        let idle_tick = async {
-            match idle_check {
-                Some(i) => {
-                    i.tick().await;
-                }
-                None => std::future::pending::<()>().await,
+            Event::Read(Ok(n)) => SCRATCH.with_borrow(|s| self.take(&s[..n])),
+            Event::Read(Err(e)) => {
+                debug!(error = %e, "client read error");
+                return Some(Close::IoError);
             }
-        };
-        let read = &mut self.read;
-        let readable = std::future::poll_fn(|cx| {
-            SCRATCH.with_borrow_mut(|scratch| {
-                let mut rb = tokio::io::ReadBuf::new(scratch);
-                match std::pin::Pin::new(&mut *read).poll_read(cx, &mut rb) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
-                }
-            })
-        });
-        let waiting_conn = self.waiting_conn;
-        tokio::select! {
-            biased;
-            r = readable, if read_client => match r {
-                Ok(0) => {
-                    self.client_eof = true;
-                    self.open = false;
-                }
-                Ok(n) => SCRATCH.with_borrow(|s| self.take(&s[..n])),
-                Err(e) => {
-                    debug!(error = %e, "client read error");
-                    return Some(Close::IoError);
-                }
-            },
-            r = self.client.write.writable(), if flush => {
-                if r.is_err() {
-                    return Some(Close::ClientClosed);
-                }
-                return self.flush();
+            Event::Flushed(n) => {
+                self.shared.metrics.client_bytes_sent_total.inc_by(n as u64);
+                self.open = false;
             }
-            // `changed()` marks the change seen: `step()` must not take its fast path after it.
-            _ = events => self.open = false,
-            _ = self.changes.changed() => self.open = false,
-            _ = self.pool.changed.notified(), if waiting_conn => self.open = false,
-            _ = timer => {
+            Event::WriteFailed => return Some(Close::ClientClosed),
+            // What `step()` looks at changed: it must not take its fast path.
+            Event::Woken => self.open = false,
+            Event::Timer => {
                 self.open = false;
                 if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                    let owed = self.client.owed.get();
                     if self.shutting_down {
                         return Some(Close::Shutdown);
                     }
-                    return Some(if owed == 0 { Close::NoMaster } else { Close::DrainDeadline });
+                    let owed = self.client.owed.get();
+                    return Some(if owed == 0 {
+                        Close::NoMaster
+                    } else {
+                        Close::DrainDeadline
+                    });
                 }
             }
-            _ = idle_tick => {
+            Event::IdleTick => {
+                let idle = self.shared.config().idle_timeout;
                 let quiet = self.last_active.elapsed() >= idle
                     && self.client.owed.get() == 0
                     && self.client.out.borrow().is_empty()
@@ -467,42 +520,24 @@ impl<'a> Pooled<'a> {
                     return Some(Close::IdleTimeout);
                 }
             }
-            _ = shutdown.cancelled(), if !self.shutting_down => {
-                self.shutting_down = true;
-                self.open = false;
-                self.deadline = Some(Instant::now() + self.shared.config().shutdown_timeout);
-            }
         }
         None
-    }
-
-    /// Write replies the client's socket could not take earlier.
-    fn flush(&mut self) -> Option<Close> {
-        let mut out = self.client.out.borrow_mut();
-        match super::io::write_now_half(&self.client.write, out.bytes()) {
-            Ok(w) => {
-                self.shared.metrics.client_bytes_sent_total.inc_by(w as u64);
-                out.consume(w);
-                None
-            }
-            Err(e) => {
-                debug!(error = %e, "client write error");
-                Some(Close::ClientClosed)
-            }
-        }
     }
 }
 
 /// Write `bytes` to the client, waiting at most a second (used when closing).
 async fn write_all(client: &Client, mut bytes: &[u8]) {
+    // The write half is borrowed only inside each poll: the connection's task may write to it
+    // between polls.
     let write = async {
         while !bytes.is_empty() {
-            if client.write.writable().await.is_err() {
-                return;
-            }
-            match super::io::write_now_half(&client.write, bytes) {
-                Ok(n) => bytes = &bytes[n..],
-                Err(_) => return,
+            let n = std::future::poll_fn(|cx| {
+                std::pin::Pin::new(&mut *client.write.borrow_mut()).poll_write(cx, bytes)
+            })
+            .await;
+            match n {
+                Ok(n) if n > 0 => bytes = &bytes[n..],
+                _ => return,
             }
         }
     };

@@ -1,0 +1,273 @@
+//! Pooled mode (`--pool`): many clients on a few shared master connections, each getting exactly
+//! its own replies; clients pinned to a connection of their own by the commands that need one,
+//! and counted; a shared connection lost with requests in flight closes exactly the clients that
+//! were owed replies.
+
+mod support;
+
+use std::time::Duration;
+
+use redis_protocol::resp2::types::OwnedFrame;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn bulk(s: &str) -> OwnedFrame {
+    OwnedFrame::BulkString(s.as_bytes().to_vec())
+}
+
+fn multibulk(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Connections on the master that last ran a command of the test's (`SET`/`GET`), by
+/// `CLIENT LIST`: the proxy's shared connections (sentinels and the proxy's own checks run others).
+async fn connections_on(master: u16) -> (usize, String) {
+    let mut c = conn(master).await.unwrap();
+    match cmd(&mut c, &["CLIENT", "LIST", "TYPE", "normal"])
+        .await
+        .unwrap()
+    {
+        OwnedFrame::BulkString(b) => {
+            let list = String::from_utf8_lossy(&b).into_owned();
+            let n = list
+                .lines()
+                .filter(|l| l.contains(" cmd=set ") || l.contains(" cmd=get "))
+                .count();
+            (n, list)
+        }
+        other => panic!("CLIENT LIST: {other:?}"),
+    }
+}
+
+/// Forty clients pipeline SETs and GETs of values from 1 byte to 1 MiB at once through a pool of
+/// one connection per thread: every client reads back exactly its own values, in order, and the
+/// master sees no more connections than threads × pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_a_few_connections_and_get_their_own_replies() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 1;
+        c.threads = 2;
+    })
+    .await;
+    let master = proxy.wait_ready().await;
+    let mut tasks = Vec::new();
+    for client in 0..40usize {
+        let port = proxy.port;
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr(port)).await.unwrap();
+            for round in 0..5usize {
+                // One pipeline: SET k v, GET k for several keys, sizes varying per client.
+                let mut out = Vec::new();
+                let mut expected = Vec::new();
+                for j in 0..8usize {
+                    let size = match (client + j + round) % 4 {
+                        0 => 1,
+                        1 => 100,
+                        2 => 20_000,
+                        _ => 1 << 20,
+                    };
+                    let key = format!("c{client}:r{round}:k{j}");
+                    let val: Vec<u8> = (0..size)
+                        .map(|i| b'a' + ((i + client) % 26) as u8)
+                        .collect();
+                    out.extend(multibulk(&[b"SET", key.as_bytes(), &val]));
+                    out.extend(multibulk(&[b"GET", key.as_bytes()]));
+                    expected.extend_from_slice(b"+OK\r\n");
+                    expected.extend(format!("${}\r\n", val.len()).into_bytes());
+                    expected.extend_from_slice(&val);
+                    expected.extend_from_slice(b"\r\n");
+                }
+                let (mut r, mut w) = s.split();
+                let write = async { w.write_all(&out).await.unwrap() };
+                let read = async {
+                    let mut got = vec![0u8; expected.len()];
+                    r.read_exact(&mut got).await.unwrap();
+                    got
+                };
+                let ((), got) = tokio::join!(write, read);
+                assert!(
+                    got == expected,
+                    "client {client} round {round}: replies not its own"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (on_master, list) = connections_on(master).await;
+    assert!(
+        (1..=2).contains(&on_master),
+        "{on_master} proxy connections on the master (2 threads × pool 1):\n{list}"
+    );
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_pinned_sessions_total{reason=\"unknown\"}"
+        ),
+        None
+    );
+}
+
+/// Each kind of connection-bound command pins its client, which then behaves exactly as on a
+/// connection of its own, and the pin is counted by reason. Requests sent before the pinning one
+/// are answered first, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_commands_pin_their_client_and_are_counted() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 2;
+    })
+    .await;
+    proxy.wait_ready().await;
+    let ok = OwnedFrame::SimpleString(b"OK".to_vec());
+
+    // SELECT 2: the value lands in db 2 and stays there for this client only.
+    let mut a = conn(proxy.port).await.unwrap();
+    assert_eq!(cmd(&mut a, &["SET", "pin:k", "db0"]).await.unwrap(), ok);
+    assert_eq!(cmd(&mut a, &["SELECT", "2"]).await.unwrap(), ok);
+    assert_eq!(cmd(&mut a, &["SET", "pin:k", "db2"]).await.unwrap(), ok);
+    assert_eq!(cmd(&mut a, &["GET", "pin:k"]).await.unwrap(), bulk("db2"));
+    let mut b = conn(proxy.port).await.unwrap();
+    assert_eq!(cmd(&mut b, &["GET", "pin:k"]).await.unwrap(), bulk("db0"));
+    // SELECT 0 does not pin.
+    assert_eq!(cmd(&mut b, &["SELECT", "0"]).await.unwrap(), ok);
+
+    // MULTI pipelined right after plain requests: the replies come in order.
+    let mut s = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    let mut out = multibulk(&[b"SET", b"pin:t", b"1"]);
+    out.extend(multibulk(&[b"INCR", b"pin:t"]));
+    out.extend(multibulk(&[b"MULTI"]));
+    out.extend(multibulk(&[b"INCR", b"pin:t"]));
+    out.extend(multibulk(&[b"EXEC"]));
+    s.write_all(&out).await.unwrap();
+    let want = b"+OK\r\n:2\r\n+OK\r\n+QUEUED\r\n*1\r\n:3\r\n";
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+
+    // CLIENT ID answers for the client's own connection, and stays the same.
+    let mut c = conn(proxy.port).await.unwrap();
+    let id1 = cmd(&mut c, &["CLIENT", "ID"]).await.unwrap();
+    assert_eq!(cmd(&mut c, &["CLIENT", "ID"]).await.unwrap(), id1);
+
+    // A blocking pop waits on its own connection while others go on through the pool.
+    let mut blocked = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    blocked
+        .write_all(&multibulk(&[b"BLPOP", b"pin:list", b"5"]))
+        .await
+        .unwrap();
+    let mut d = conn(proxy.port).await.unwrap();
+    eventually(Duration::from_secs(5), "the pop to block", || async {
+        let mut m = conn(lab.master_port().await?).await.ok()?;
+        let info = cmd(&mut m, &["INFO", "clients"]).await.ok()?;
+        let OwnedFrame::BulkString(b) = info else {
+            return None;
+        };
+        String::from_utf8_lossy(&b)
+            .contains("blocked_clients:1")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        cmd(&mut d, &["RPUSH", "pin:list", "x"]).await.unwrap(),
+        OwnedFrame::Integer(1)
+    );
+    let want = b"*2\r\n$8\r\npin:list\r\n$1\r\nx\r\n";
+    let mut got = vec![0u8; want.len()];
+    blocked.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, want);
+
+    // An inline command pins (telnet users), and gets its answer.
+    let mut t = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    t.write_all(b"PING\r\n").await.unwrap();
+    let mut got = [0u8; 7];
+    t.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"+PONG\r\n");
+
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    for (reason, n) in [
+        ("select", 1.0),
+        ("transaction", 1.0),
+        ("client", 1.0),
+        ("blocking", 1.0),
+        ("inline", 1.0),
+    ] {
+        let series = format!("sentinel_proxy_pinned_sessions_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &series), Some(n), "{series}\n{text}");
+    }
+    if let Some(complaints) = promtool_check(&text) {
+        assert_eq!(complaints, "", "promtool check metrics");
+    }
+}
+
+/// The master dies while one client's request is in flight on a shared connection and another
+/// client of the same connection is idle: the first sees its connection close (the outcome of its
+/// request is unknown), the second never sees an error and is served by the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_fails_exactly_the_clients_it_owed_replies() {
+    let mut lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 1;
+        c.threads = 1;
+        c.connect_wait = Duration::from_secs(30);
+    })
+    .await;
+    let old = proxy.wait_ready().await;
+    let mut idle = writer_conn(proxy.port).await;
+    assert_eq!(
+        cmd(&mut idle, &["SET", "lost:idle", "1"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"OK".to_vec())
+    );
+    let mut busy = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    busy.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n*1\r\n$4\r\nPING\r\n")
+        .await
+        .unwrap();
+    let mut got = [0u8; 12];
+    busy.read_exact(&mut got).await.unwrap(); // "$-1\r\n+PONG\r\n": the pool connection is up
+    let pid = lab.proc_by_port(old).pid().unwrap();
+    signal(pid, "STOP");
+    busy.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n")
+        .await
+        .unwrap();
+    // The GET is on the shared connection, unanswered; then the master dies.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    lab.proc_by_port(old).kill();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut rest))
+        .await
+        .expect("the client owed a reply is closed")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "no reply for a request lost with the master: {rest:?}"
+    );
+    // The idle client of the same shared connection is served by the new master, no error.
+    assert_eq!(
+        cmd(&mut idle, &["SET", "lost:idle", "2"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"OK".to_vec())
+    );
+    let new = node_port(&mut idle).await.unwrap();
+    assert_ne!(new, old);
+}
+
+async fn writer_conn(port: u16) -> sentinel_proxy::sentinel::client::RespConn {
+    support::writer::patient(port).await.unwrap()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
