@@ -26,8 +26,7 @@ fn multibulk(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// Connections on the master that last ran a command of the test's (`SET`/`GET`), by
-/// `CLIENT LIST`: the proxy's shared connections (sentinels and the proxy's own checks run others).
+/// The proxy's shared connections on the master (named `sentinel-proxy-pool`), by `CLIENT LIST`.
 async fn connections_on(master: u16) -> (usize, String) {
     let mut c = conn(master).await.unwrap();
     match cmd(&mut c, &["CLIENT", "LIST", "TYPE", "normal"])
@@ -38,7 +37,7 @@ async fn connections_on(master: u16) -> (usize, String) {
             let list = String::from_utf8_lossy(&b).into_owned();
             let n = list
                 .lines()
-                .filter(|l| l.contains(" cmd=set ") || l.contains(" cmd=get "))
+                .filter(|l| l.contains(" name=sentinel-proxy-pool "))
                 .count();
             (n, list)
         }

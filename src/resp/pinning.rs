@@ -33,10 +33,13 @@ pub enum Pin {
     Inline,
     /// A command pooled mode does not know to be connection-free.
     Unknown,
+    /// A request larger than pooled mode keeps whole (it is streamed on a connection of its own
+    /// instead of being held until its end arrives).
+    Large,
 }
 
 impl Pin {
-    pub const ALL: [Pin; 12] = [
+    pub const ALL: [Pin; 13] = [
         Pin::Transaction,
         Pin::PubSub,
         Pin::Monitor,
@@ -49,6 +52,7 @@ impl Pin {
         Pin::Reset,
         Pin::Inline,
         Pin::Unknown,
+        Pin::Large,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Pin {
             Pin::Reset => "reset",
             Pin::Inline => "inline",
             Pin::Unknown => "unknown",
+            Pin::Large => "large",
         }
     }
 }

@@ -398,6 +398,18 @@ async fn connect(
             return;
         }
     };
+    let mut stream = stream;
+    // Named, so `CLIENT LIST` on the master tells the proxy's shared connections apart. Any
+    // answer will do (`-NOAUTH` when Redis wants a password: the name is only a courtesy).
+    if timeout(config.connect_timeout, name(&mut stream))
+        .await
+        .is_err()
+    {
+        shared.metrics.backend_connect_failures_total.inc();
+        pool.failed_at.set(Some(Instant::now()));
+        pool.set(slot, generation, None);
+        return;
+    }
     shared
         .metrics
         .backend_connect_seconds
@@ -428,6 +440,29 @@ async fn connect(
     shared.route.detach(generation);
     shared.metrics.pool_connections.dec();
     pool.set(slot, generation, None);
+}
+
+/// `CLIENT SETNAME sentinel-proxy-pool`, and its one-line answer.
+async fn name(stream: &mut TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$19\r\nsentinel-proxy-pool\r\n")
+        .await?;
+    let mut line = [0u8; 256];
+    let mut got = 0;
+    while !line[..got].contains(&b'\n') {
+        if got == line.len() {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        match stream.read(&mut line[got..]).await? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    if !line[..got].ends_with(b"\n") {
+        return Err(std::io::ErrorKind::InvalidData.into()); // more than one line: not Redis
+    }
+    Ok(())
 }
 
 enum Event {

@@ -33,6 +33,10 @@ use crate::Shared;
 use crate::resp::pinning::Pin as PinReason;
 use crate::resp::{ProtocolError, RequestTracker};
 
+/// A request still incomplete at this size pins its client: it streams on a connection of its
+/// own rather than being kept whole here (a 100 MB value must not cost 100 MB of the proxy).
+const MAX_KEPT_REQUEST: usize = 1 << 20;
+
 /// How a pooled client's time in the pool ended.
 pub(super) enum Outcome {
     Closed(Close),
@@ -383,6 +387,13 @@ impl<'a> Pooled<'a> {
             self.pin = Some((why, pinned));
         } else if self.protocol_error.is_none() {
             self.partial.push(rest);
+            if self.partial.bytes().len() > MAX_KEPT_REQUEST {
+                // The tracker is dropped with the pool; the dedicated session parses the request
+                // again from its start, which `partial` holds.
+                let large = std::mem::take(&mut self.partial);
+                self.pin = Some((PinReason::Large, large));
+                self.open = false;
+            }
         }
         if complete.is_empty() && carried.is_empty() {
             return;

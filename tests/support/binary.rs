@@ -106,6 +106,11 @@ pub async fn proxy_binary(lab: &super::Lab, extra: &[&str]) -> (Binary, u16, u16
         sentinels.join(","),
     );
     let mut args = vec!["--listen", &l, "--metrics-listen", &a, "--sentinels", &s];
+    // `scripts/test` runs the end-to-end tests a second time in pooled mode.
+    let pool = std::env::var("SENTINEL_PROXY_TEST_POOL").unwrap_or_default();
+    if !pool.is_empty() {
+        args.extend_from_slice(&["--pool", &pool]);
+    }
     args.extend_from_slice(extra);
     let proxy = Binary::spawn(&args, &[("RUST_LOG", "warn")]);
     eventually(
