@@ -103,10 +103,10 @@ for r in $(seq 1 "$ROUNDS"); do
     for sc in $SCENARIOS; do
         n=${REQS[$sc]}
         for name in "${NAMES[@]}"; do
-            before=$(cpu_ticks "${CPU_PID[$name]}")
+            before=$(cpu_ticks "${CPU_PID[$name]}") rbefore=$(cpu_ticks "${CPU_PID[direct]}")
             # shellcheck disable=SC2086
             out=$(redis-benchmark -p "${PORTS[$name]}" -t set,get -n "$n" ${ARGS[$sc]} --csv)
-            after=$(cpu_ticks "${CPU_PID[$name]}")
+            after=$(cpu_ticks "${CPU_PID[$name]}") rafter=$(cpu_ticks "${CPU_PID[direct]}")
             for t in SET GET; do
                 R[$sc.$name.$t]+="$(field "$t" 2 <<<"$out") "
                 R[$sc.$name.$t.p50]+="$(field "$t" 5 <<<"$out") "
@@ -114,6 +114,8 @@ for r in $(seq 1 "$ROUNDS"); do
             done
             # CPU seconds per million requests (SET and GET together: 2 x n requests).
             R[$sc.$name.cpu]+="$(awk "BEGIN{print ($after - $before) / $TICK / (2 * $n / 1e6)}") "
+            # And what Redis itself spent per request through this target.
+            R[$sc.$name.rcpu]+="$(awk "BEGIN{print ($rafter - $rbefore) / $TICK / (2 * $n / 1e6)}") "
         done
     done
     echo "round $r of $ROUNDS done" >&2
@@ -125,15 +127,16 @@ echo "# $(nproc) CPUs; redis $(redis-server --version | grep -o 'v=[^ ]*'); medi
 for sc in $SCENARIOS; do
     echo
     echo "## $sc: redis-benchmark -t set,get -n ${REQS[$sc]} ${ARGS[$sc]}"
-    printf '%-10s %10s %10s %7s %7s %10s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
-        "GET p50/p99 us" "added p50/p99"
+    printf '%-10s %10s %10s %7s %7s %10s %10s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
+        "Redis s/M" "GET p50/p99 us" "added p50/p99"
     ds=$(m "$sc.direct.SET") dg=$(m "$sc.direct.GET")
     d50=$(m "$sc.direct.GET.p50") d99=$(m "$sc.direct.GET.p99")
     for name in "${NAMES[@]}"; do
         s=$(m "$sc.$name.SET") g=$(m "$sc.$name.GET")
         p50=$(m "$sc.$name.GET.p50") p99=$(m "$sc.$name.GET.p99")
-        printf '%-10s %10.0f %10.0f %7.2f %7.2f %10.1f %16s %16s\n' "$name" "$s" "$g" \
+        printf '%-10s %10.0f %10.0f %7.2f %7.2f %10.1f %10.1f %16s %16s\n' "$name" "$s" "$g" \
             "$(awk "BEGIN{print $s/$ds}")" "$(awk "BEGIN{print $g/$dg}")" "$(m "$sc.$name.cpu")" \
+            "$(m "$sc.$name.rcpu")" \
             "$(awk "BEGIN{printf \"%d/%d\", $p50*1000, $p99*1000}")" \
             "$(awk "BEGIN{printf \"%+d/%+d\", ($p50-$d50)*1000, ($p99-$d99)*1000}")"
     done
@@ -141,11 +144,12 @@ done
 
 echo
 echo "## RSS per idle proxied connection, $IDLE client connections open (each sent one PING)"
-printf '%-10s %12s %12s %12s\n' target "before KiB" "after KiB" "KiB/conn"
+printf '%-10s %12s %12s %12s %14s\n' target "before KiB" "after KiB" "KiB/conn" "on the master"
 for name in "${NAMES[@]}"; do
     [[ $name == direct ]] && continue
-    read -r _ before after per < <(python3 benches/idle_conns.py "${PORTS[$name]}" "${CPU_PID[$name]}" "$IDLE")
-    printf '%-10s %12s %12s %12s\n' "$name" "$before" "$after" "$per"
+    read -r _ before after per onmaster < <(python3 benches/idle_conns.py "${PORTS[$name]}" \
+        "${CPU_PID[$name]}" "$IDLE" "$MASTER")
+    printf '%-10s %12s %12s %12s %14s\n' "$name" "$before" "$after" "$per" "$onmaster"
     # Let the target close the connections before the next one is measured.
     sleep 2
 done

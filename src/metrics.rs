@@ -172,7 +172,7 @@ impl Metrics {
             ),
             pinned_sessions_total: counter_vec(
                 "sentinel_proxy_pinned_sessions_total",
-                "Pooled mode: clients given a master connection of their own, by the kind of command that needed it (transaction, pubsub, monitor, blocking, select, auth, client, read_mode, replication, reset, inline, unknown, large).",
+                "Pooled mode: clients given a master connection of their own, by the kind of command that needed it (transaction, pubsub, monitor, blocking, script, select, auth, client, read_mode, replication, reset, inline, unknown, large).",
                 &["reason"],
             ),
             pool_connections: gauge(

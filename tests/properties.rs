@@ -185,6 +185,32 @@ fn chunks(stream: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     at.windows(2).map(|w| stream[w[0]..w[1]].to_vec()).collect()
 }
 
+/// Feed `chunks` to a pooled-mode tracker the way `session/pooled.rs` does: the bytes it would
+/// put on a shared connection, and the pin (why, where in the stream) if one stopped it.
+fn pooled_feed(chunks: &[Vec<u8>]) -> (Vec<u8>, Option<(&'static str, usize)>) {
+    let mut t = RequestTracker::new(MAX_BULK);
+    t.pool = true;
+    let (mut partial, mut forwarded, mut offset) = (Vec::new(), Vec::new(), 0);
+    for c in chunks {
+        t.feed(c).unwrap();
+        let end = t.boundary as usize;
+        if end > 0 {
+            forwarded.append(&mut partial);
+            forwarded.extend_from_slice(&c[..end]);
+        }
+        if let Some(pin) = t.pin {
+            let at = match t.pin_start() {
+                Some(i) => offset + i,
+                None => offset - partial.len(),
+            };
+            return (forwarded, Some((pin.label(), at)));
+        }
+        partial.extend_from_slice(&c[end..]);
+        offset += c.len();
+    }
+    (forwarded, None)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -204,6 +230,23 @@ proptest! {
         prop_assert!(whole.at_request_boundary());
         // Every request is counted once, wherever the cuts fell.
         prop_assert_eq!(whole.requests, counted(&requests));
+    }
+
+    /// Pooled mode, fed as a pooled session feeds it (complete requests go on, the start of an
+    /// incomplete one is kept): what goes on is exactly the stream up to the first request that
+    /// pins, and the pin is found at the same place, wherever the cuts fell.
+    #[test]
+    fn pooled_mode_forwards_exactly_the_requests_before_the_pin(
+        requests in prop::collection::vec(request(), 1..12),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let stream = requests.concat();
+        let whole = pooled_feed(&[stream.clone()]);
+        let split = pooled_feed(&chunks(&stream, &cuts));
+        prop_assert_eq!(&whole, &split);
+        let (forwarded, pin) = whole;
+        let end = pin.map_or(stream.len(), |(_, at)| at);
+        prop_assert_eq!(&forwarded[..], &stream[..end]);
     }
 
     #[test]

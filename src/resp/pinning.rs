@@ -3,7 +3,7 @@
 //! name (and, for SELECT and CLIENT, the first argument).
 //!
 //! A command may share a connection when its effect and its answer do not depend on, or change,
-//! the connection it runs on: data commands, scripts, server-wide commands. Everything else pins,
+//! the connection it runs on: data commands, server-wide commands. Everything else pins,
 //! and so does every command this list does not name: a new or rare command costs a dedicated
 //! connection, never a wrong answer.
 
@@ -17,6 +17,10 @@ pub enum Pin {
     Monitor,
     /// A command that may block the connection (BLPOP, XREAD, WAIT …).
     Blocking,
+    /// EVAL, EVALSHA, FCALL and their read-only forms: a script that runs long makes Redis answer
+    /// other connections `-BUSY` (and take `SCRIPT KILL`), which clients queued behind it on a
+    /// shared connection would never get.
+    Script,
     /// SELECT to a database other than 0.
     Select,
     /// AUTH or HELLO.
@@ -39,11 +43,12 @@ pub enum Pin {
 }
 
 impl Pin {
-    pub const ALL: [Pin; 13] = [
+    pub const ALL: [Pin; 14] = [
         Pin::Transaction,
         Pin::PubSub,
         Pin::Monitor,
         Pin::Blocking,
+        Pin::Script,
         Pin::Select,
         Pin::Auth,
         Pin::Client,
@@ -61,6 +66,7 @@ impl Pin {
             Pin::PubSub => "pubsub",
             Pin::Monitor => "monitor",
             Pin::Blocking => "blocking",
+            Pin::Script => "script",
             Pin::Select => "select",
             Pin::Auth => "auth",
             Pin::Client => "client",
@@ -93,6 +99,9 @@ pub fn by_name(name: &[u8]) -> ByName {
         b"MONITOR" => Pin(self::Pin::Monitor),
         b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
         | b"BZMPOP" | b"XREAD" | b"XREADGROUP" | b"WAIT" | b"WAITAOF" => Pin(self::Pin::Blocking),
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
+            Pin(self::Pin::Script)
+        }
         b"AUTH" | b"HELLO" => Pin(self::Pin::Auth),
         b"READONLY" | b"READWRITE" | b"ASKING" => Pin(self::Pin::ReadMode),
         b"SYNC" | b"PSYNC" | b"REPLCONF" => Pin(self::Pin::Replication),
@@ -160,8 +169,7 @@ fn shared(name: &[u8]) -> bool {
             | b"PEXPIREAT" | b"EXPIRETIME" | b"PEXPIRETIME" | b"TTL" | b"PTTL" | b"PERSIST"
             | b"KEYS" | b"SCAN" | b"RANDOMKEY" | b"RENAME" | b"RENAMENX" | b"DUMP" | b"RESTORE"
             | b"OBJECT" | b"TOUCH" | b"COPY" | b"SORT" | b"SORT_RO" | b"MOVE"
-            // scripts and functions
-            | b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO"
+            // script and function management (running one pins: `Pin::Script`)
             | b"FUNCTION" | b"SCRIPT"
             // server-wide
             | b"PING" | b"ECHO" | b"DBSIZE" | b"INFO" | b"TIME" | b"LASTSAVE" | b"CONFIG"
@@ -177,14 +185,7 @@ mod tests {
 
     #[test]
     fn data_commands_share_and_connection_commands_pin() {
-        for name in [
-            &b"GET"[..],
-            b"SET",
-            b"EVALSHA",
-            b"XADD",
-            b"PUBLISH",
-            b"INFO",
-        ] {
+        for name in [&b"GET"[..], b"SET", b"SCRIPT", b"XADD", b"PUBLISH", b"INFO"] {
             assert_eq!(
                 by_name(name),
                 ByName::Shared,
@@ -201,6 +202,8 @@ mod tests {
             (b"BLPOP", Pin::Blocking),
             (b"XREADGROUP", Pin::Blocking),
             (b"WAIT", Pin::Blocking),
+            (b"EVALSHA", Pin::Script),
+            (b"FCALL_RO", Pin::Script),
             (b"AUTH", Pin::Auth),
             (b"HELLO", Pin::Auth),
             (b"READONLY", Pin::ReadMode),

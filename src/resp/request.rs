@@ -807,4 +807,62 @@ mod tests {
         assert_eq!(t.requests, 2);
         assert!(req(&[b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n"]).replication);
     }
+
+    fn pooled() -> RequestTracker {
+        let mut t = RequestTracker::new(MAX);
+        t.pool = true;
+        t
+    }
+
+    /// Pooled mode: `feed` stops at the first request that pins, says where it begins, and
+    /// counts only the requests before it.
+    #[test]
+    fn pooled_mode_stops_at_the_request_that_pins() {
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+        let multi = b"*1\r\n$5\r\nMULTI\r\n";
+        let mut t = pooled();
+        let stream = [&set[..], multi, set].concat();
+        t.feed(&stream).unwrap();
+        assert_eq!(t.pin, Some(Pin::Transaction));
+        assert_eq!(t.pin_start(), Some(set.len()));
+        assert_eq!(t.boundary as usize, set.len());
+        assert_eq!((t.requests, t.expected_replies), (1, 1));
+
+        // Shared requests: no stop, the boundary is after the last complete one.
+        let mut t = pooled();
+        t.feed(&[&set[..], &set[..5]].concat()).unwrap();
+        assert_eq!((t.pin, t.boundary as usize), (None, set.len()));
+        // The rest of a request begun in an earlier chunk: a pin there starts before this chunk.
+        let mut t = pooled();
+        t.feed(&multi[..6]).unwrap();
+        assert_eq!((t.pin, t.boundary), (None, 0));
+        t.feed(&multi[6..]).unwrap();
+        assert_eq!(t.pin, Some(Pin::Transaction));
+        assert_eq!(t.pin_start(), None);
+
+        // SELECT 0 shares; SELECT 5 pins, decided at its argument.
+        let mut t = pooled();
+        t.feed(b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n").unwrap();
+        assert_eq!((t.pin, t.requests), (None, 1));
+        t.feed(b"*2\r\n$6\r\nSELECT\r\n$1\r\n5\r\n").unwrap();
+        assert_eq!((t.pin, t.pin_start()), (Some(Pin::Select), Some(0)));
+        // CLIENT SETINFO shares, CLIENT ID pins; a lone CLIENT pins.
+        let mut t = pooled();
+        t.feed(b"*4\r\n$6\r\nclient\r\n$7\r\nsetinfo\r\n$8\r\nLIB-NAME\r\n$2\r\npy\r\n")
+            .unwrap();
+        assert_eq!(t.pin, None);
+        t.feed(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").unwrap();
+        assert_eq!(t.pin, Some(Pin::Client));
+        let mut t = pooled();
+        t.feed(b"*1\r\n$6\r\nCLIENT\r\n").unwrap();
+        assert_eq!(t.pin, Some(Pin::Unknown));
+
+        // An inline command pins at its first byte; so does a name longer than any known.
+        let mut t = pooled();
+        t.feed(&[&set[..], b"PING\r\n"].concat()).unwrap();
+        assert_eq!((t.pin, t.pin_start()), (Some(Pin::Inline), Some(set.len())));
+        let mut t = pooled();
+        t.feed(b"*1\r\n$20\r\nAVERYLONGCOMMANDNAME\r\n").unwrap();
+        assert_eq!(t.pin, Some(Pin::Unknown));
+    }
 }

@@ -190,8 +190,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Serve until the session ends; returns why.
-    pub(super) async fn run(&mut self, shutdown: &CancellationToken) -> Close {
+    /// Serve until the session ends; returns why. `sent` is called after the first step (which
+    /// forwards what the session holds, when the route allows) and before anything waits.
+    pub(super) async fn run(&mut self, shutdown: &CancellationToken, sent: impl FnOnce()) -> Close {
+        let mut sent = Some(sent);
         // One coarse timer per session, not one per request: checks idleness a few times per
         // timeout period.
         let idle = self.shared.config().idle_timeout;
@@ -208,6 +210,9 @@ impl<'a> Session<'a> {
                 Step::Refuse(e) => Box::pin(self.refuse(e)).await,
                 step => step,
             };
+            if let Some(sent) = sent.take() {
+                sent();
+            }
             match step {
                 Step::Close(c) => break c,
                 Step::Again => continue,

@@ -132,7 +132,7 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, shutdown: Cancellatio
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, shared.config().tcp_keepalive);
-    let close = dedicated(client, &shared, &shutdown, &[]).await;
+    let close = dedicated(client, &shared, &shutdown, &[], || {}).await;
     closed(&shared, close);
 }
 
@@ -152,7 +152,7 @@ pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: Canc
     let close = match outcome {
         pooled::Outcome::Closed(close) => close,
         pooled::Outcome::Pin => Close::IoError,
-        pooled::Outcome::Pinned(client, first, why) => {
+        pooled::Outcome::Pinned(client, first, why, barrier) => {
             debug!(
                 reason = why.label(),
                 "pinned to a master connection of its own"
@@ -161,7 +161,10 @@ pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: Canc
                 .with_label_values(&[why.label()])
                 .inc();
             // Boxed: an idle pooled client's task does not carry a dedicated session's space.
-            Box::pin(dedicated(client, &shared, &shutdown, &first)).await
+            // The pin barrier falls once the pinning request is written (`dedicated` runs the
+            // session's first step, which sends it, before this task next yields).
+            let sent = move || drop(barrier);
+            Box::pin(dedicated(client, &shared, &shutdown, &first, sent)).await
         }
     };
     closed(&shared, close);
@@ -188,6 +191,7 @@ async fn dedicated(
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     first: &[u8],
+    sent: impl FnOnce(),
 ) -> Close {
     let m = &shared.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
@@ -203,7 +207,7 @@ async fn dedicated(
             if !first.is_empty() {
                 session.take_request_bytes(first);
             }
-            let close = session.run(shutdown).await;
+            let close = session.run(shutdown, sent).await;
             let Session {
                 mut client,
                 generation,

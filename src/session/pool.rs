@@ -208,7 +208,38 @@ pub(super) struct Pool {
     next_slot: Cell<usize>,
     /// Shutdown began: clients close at their next boundary.
     pub(super) shutting_down: Cell<bool>,
+    /// Clients between reading a request that pins them and sending it on their own connection
+    /// (the pin barrier, see `PinGuard`), since when, and the clients holding requests meanwhile.
+    pinning: Cell<u32>,
+    pinning_since: Cell<Option<Instant>>,
+    pin_waiters: RefCell<Vec<Rc<Client>>>,
 }
+
+/// The pin barrier. Through an L4 splice, a request another client sends after a pinning one
+/// (a `DEL` after an `XREADGROUP … BLOCK`) reaches Redis after it, and Redis's own suite relies on
+/// that. A pinned client's request goes out only once its earlier replies are in and its own
+/// connection is up, so meanwhile the thread's pooled clients hold their new requests: from the
+/// read of the pinning request until it is written (when the guard is dropped), at most
+/// `PIN_BARRIER_MAX`.
+pub(super) struct PinGuard(Rc<Pool>);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let pool = &self.0;
+        let left = pool.pinning.get().saturating_sub(1);
+        pool.pinning.set(left);
+        if left == 0 {
+            pool.pinning_since.set(None);
+            let waiters = std::mem::take(&mut *pool.pin_waiters.borrow_mut());
+            for c in waiters {
+                c.wake();
+            }
+        }
+    }
+}
+
+/// The longest the pin barrier holds other clients' requests.
+const PIN_BARRIER_MAX: Duration = Duration::from_millis(50);
 
 /// Why a client cannot have a connection now.
 pub(super) enum Wait {
@@ -240,6 +271,9 @@ impl Pool {
                     failed_at: Cell::new(None),
                     next_slot: Cell::new(0),
                     shutting_down: Cell::new(false),
+                    pinning: Cell::new(0),
+                    pinning_since: Cell::new(None),
+                    pin_waiters: RefCell::new(Vec::new()),
                 });
                 tokio::task::spawn_local(watch(
                     Rc::downgrade(&pool),
@@ -250,6 +284,29 @@ impl Pool {
             })
             .clone()
         })
+    }
+
+    /// A client read a request that pins it: raise the barrier until the guard is dropped.
+    pub(super) fn pin_begin(self: &Rc<Self>) -> PinGuard {
+        if self.pinning.get() == 0 {
+            self.pinning_since.set(Some(Instant::now()));
+        }
+        self.pinning.set(self.pinning.get() + 1);
+        PinGuard(self.clone())
+    }
+
+    /// While the barrier stands: until when it holds at most.
+    pub(super) fn barrier(&self) -> Option<Instant> {
+        let until = self.pinning_since.get()? + PIN_BARRIER_MAX;
+        (self.pinning.get() > 0 && until > Instant::now()).then_some(until)
+    }
+
+    /// Wake `client` when the barrier falls.
+    pub(super) fn wait_barrier(&self, client: &Rc<Client>) {
+        let mut waiters = self.pin_waiters.borrow_mut();
+        if !waiters.iter().any(|c| Rc::ptr_eq(c, client)) {
+            waiters.push(client.clone());
+        }
     }
 
     /// Count `client` among those `wake_all` wakes.

@@ -28,7 +28,7 @@ use tracing::debug;
 use super::Close;
 use super::fence::gate_until;
 use super::io::{Pending, SCRATCH};
-use super::pool::{Client, Conn, Pool, Wait};
+use super::pool::{Client, Conn, PinGuard, Pool, Wait};
 use crate::Shared;
 use crate::resp::pinning::Pin as PinReason;
 use crate::resp::{ProtocolError, RequestTracker};
@@ -44,7 +44,7 @@ pub(super) enum Outcome {
     Pin,
     /// Continue as a dedicated session: the socket, the pinning request and what the client sent
     /// after it.
-    Pinned(TcpStream, Vec<u8>, PinReason),
+    Pinned(TcpStream, Vec<u8>, PinReason, Option<PinGuard>),
 }
 
 enum Step {
@@ -62,6 +62,8 @@ enum Hold {
     /// Replies are owed on a connection to an older master: they come first.
     Draining,
     Connecting(Option<Instant>),
+    /// Another client of the thread is being pinned (`PinGuard`).
+    Barrier(Instant),
 }
 
 pub(super) struct Pooled<'a> {
@@ -81,6 +83,8 @@ pub(super) struct Pooled<'a> {
     held_since: Option<Instant>,
     /// The request that pins the client, and what followed it.
     pin: Option<(PinReason, Pending)>,
+    /// Raised when the pinning request was read; dropped once it is sent (or the client ends).
+    pin_guard: Option<PinGuard>,
     protocol_error: Option<ProtocolError>,
     client_eof: bool,
     shutting_down: bool,
@@ -129,6 +133,7 @@ impl<'a> Pooled<'a> {
             held_replies: 0,
             held_since: None,
             pin: None,
+            pin_guard: None,
             protocol_error: None,
             client_eof: false,
             shutting_down: false,
@@ -194,7 +199,11 @@ impl<'a> Pooled<'a> {
     /// request and what followed it.
     pub(super) fn pinned(self) -> Outcome {
         let Pooled {
-            read, client, pin, ..
+            read,
+            client,
+            pin,
+            pin_guard,
+            ..
         } = self;
         let Some((why, rest)) = pin else {
             return Outcome::Closed(Close::IoError);
@@ -210,7 +219,7 @@ impl<'a> Pooled<'a> {
             }
         };
         match read.reunite(client.write.into_inner()) {
-            Ok(stream) => Outcome::Pinned(stream, rest.bytes().to_vec(), why),
+            Ok(stream) => Outcome::Pinned(stream, rest.bytes().to_vec(), why, pin_guard),
             Err(_) => Outcome::Closed(Close::IoError),
         }
     }
@@ -229,6 +238,7 @@ impl<'a> Pooled<'a> {
         if self.open
             && self.held.is_empty()
             && matches!(self.changes.has_changed(), Ok(false))
+            && self.pool.barrier().is_none()
             && self.conn.as_ref().is_some_and(|c| !c.dead.get())
         {
             return Step::Continue;
@@ -284,6 +294,9 @@ impl<'a> Pooled<'a> {
                 return Err(Hold::Gate(until));
             }
         }
+        if let Some(until) = self.pool.barrier() {
+            return Err(Hold::Barrier(until));
+        }
         if let Some(c) = &self.conn {
             if c.generation == route.generation && !c.dead.get() {
                 return Ok(c.clone());
@@ -327,6 +340,10 @@ impl<'a> Pooled<'a> {
                             .get_or_insert(now + self.shared.config().connect_wait);
                     }
                     Hold::Gate(until) => self.wake_at = Some(until),
+                    Hold::Barrier(until) => {
+                        self.pool.wait_barrier(&self.client);
+                        self.wake_at = Some(until);
+                    }
                     Hold::Draining => {}
                     Hold::Connecting(at) => {
                         self.waiting_conn = true;
@@ -385,6 +402,7 @@ impl<'a> Pooled<'a> {
             }
             pinned.push(rest);
             self.pin = Some((why, pinned));
+            self.pin_guard = Some(self.pool.pin_begin());
         } else if self.protocol_error.is_none() {
             self.partial.push(rest);
             if self.partial.bytes().len() > MAX_KEPT_REQUEST {
@@ -392,6 +410,7 @@ impl<'a> Pooled<'a> {
                 // again from its start, which `partial` holds.
                 let large = std::mem::take(&mut self.partial);
                 self.pin = Some((PinReason::Large, large));
+                self.pin_guard = Some(self.pool.pin_begin());
                 self.open = false;
             }
         }
@@ -401,6 +420,7 @@ impl<'a> Pooled<'a> {
         let parts = [carried.bytes(), complete];
         if self.open
             && matches!(self.changes.has_changed(), Ok(false))
+            && self.pool.barrier().is_none()
             && let Some(conn) = self.conn.as_ref().filter(|c| !c.dead.get())
         {
             conn.push(&self.client, &parts, replies);
