@@ -241,7 +241,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..12),
     ) {
         let stream = requests.concat();
-        let whole = pooled_feed(&[stream.clone()]);
+        let whole = pooled_feed(std::slice::from_ref(&stream));
         let split = pooled_feed(&chunks(&stream, &cuts));
         prop_assert_eq!(&whole, &split);
         let (forwarded, pin) = whole;
