@@ -97,3 +97,25 @@ pub(super) fn write_now_half(
     }
     Ok(done)
 }
+
+/// Send one command the proxy composed on a connection of its own and read its one-line answer
+/// (`+OK`, `+PONG`, an error: any will do). Fails on anything else, or an end of stream.
+pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(command).await?;
+    let mut line = [0u8; 256];
+    let mut got = 0;
+    while !line[..got].contains(&b'\n') {
+        if got == line.len() {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        match stream.read(&mut line[got..]).await? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    if !line[..got].ends_with(b"\n") {
+        return Err(io::ErrorKind::InvalidData.into()); // more than one line: not Redis
+    }
+    Ok(())
+}

@@ -132,7 +132,7 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, shutdown: Cancellatio
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, shared.config().tcp_keepalive);
-    let close = dedicated(client, &shared, &shutdown, &[], || {}).await;
+    let close = dedicated(client, &shared, &shutdown, &[], || {}, None).await;
     closed(&shared, close);
 }
 
@@ -144,7 +144,7 @@ pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: Canc
     m.client_connections_total.inc();
     tune(&client, shared.config().tcp_keepalive);
     let pool = pool::Pool::for_thread(shared.config().pool, &shared, &shutdown);
-    let mut session = Box::new(pooled::Pooled::new(client, &shared, pool));
+    let mut session = Box::new(pooled::Pooled::new(client, &shared, pool.clone()));
     let mut outcome = session.run().await;
     if let pooled::Outcome::Pin = outcome {
         outcome = session.pinned();
@@ -164,7 +164,8 @@ pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: Canc
             // The pin barrier falls once the pinning request is written (`dedicated` runs the
             // session's first step, which sends it, before this task next yields).
             let sent = move || drop(barrier);
-            Box::pin(dedicated(client, &shared, &shutdown, &first, sent)).await
+            let spare = pool.take_spare(&shared);
+            Box::pin(dedicated(client, &shared, &shutdown, &first, sent, spare)).await
         }
     };
     closed(&shared, close);
@@ -192,16 +193,36 @@ async fn dedicated(
     shutdown: &CancellationToken,
     first: &[u8],
     sent: impl FnOnce(),
+    spare: Option<(TcpStream, u64, SocketAddr)>,
 ) -> Close {
     let m = &shared.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
     // short-lived) are boxed and freed once connected, the session lives in one box, and no
     // temporary is kept across the session's life.
     let connect_wait = shared.config().connect_wait;
-    let acquired = Box::pin(acquire_backend(shared, shutdown, connect_wait)).await;
+    let fresh = spare.is_none();
+    let acquired = match spare {
+        Some(spare) => Ok(spare),
+        None => Box::pin(acquire_backend(shared, shutdown, connect_wait)).await,
+    };
     match acquired {
-        Ok((backend, generation, addr)) => {
+        Ok((mut backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
+            if !first.is_empty() && fresh {
+                // A pinned client: its request must reach Redis before what other clients send
+                // after it (the pin barrier), and Redis reads a connection it has not accepted
+                // yet only after the established ones. A PING answered means it has.
+                let ping = io::exchange(&mut backend, b"*1\r\n$4\r\nPING\r\n");
+                if !matches!(
+                    timeout(shared.config().connect_timeout, ping).await,
+                    Ok(Ok(()))
+                ) {
+                    debug!(backend = %addr, "no answer to PING on a new connection");
+                    shared.metrics.backend_connect_failures_total.inc();
+                    let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+                    return Close::BackendClosed;
+                }
+            }
             shared.route.attach(generation);
             let mut session = Box::new(Session::new(client, backend, generation, shared));
             if !first.is_empty() {

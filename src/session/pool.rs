@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Close;
-use super::io::{Pending, SCRATCH};
+use super::io::{Pending, SCRATCH, exchange};
 use crate::Shared;
 use crate::resp::ReplyTracker;
 
@@ -212,7 +212,17 @@ pub(super) struct Pool {
     /// (the pin barrier, see `PinGuard`), since when, and the clients holding requests meanwhile.
     pinning: Cell<u32>,
     pinning_since: Cell<Option<Instant>>,
-    pin_waiters: RefCell<Vec<Rc<Client>>>,
+    pin_waiters: RefCell<Vec<Weak<Client>>>,
+    /// A connection kept ready for the next client to pin (see `take_spare`).
+    spare: RefCell<Option<Spare>>,
+    spare_pending: Cell<bool>,
+}
+
+/// A master connection Redis has accepted and answered on (a `PING`), waiting for a client to pin.
+struct Spare {
+    stream: TcpStream,
+    generation: u64,
+    addr: SocketAddr,
 }
 
 /// The pin barrier. Through an L4 splice, a request another client sends after a pinning one
@@ -231,7 +241,7 @@ impl Drop for PinGuard {
         if left == 0 {
             pool.pinning_since.set(None);
             let waiters = std::mem::take(&mut *pool.pin_waiters.borrow_mut());
-            for c in waiters {
+            for c in waiters.iter().filter_map(Weak::upgrade) {
                 c.wake();
             }
         }
@@ -274,7 +284,10 @@ impl Pool {
                     pinning: Cell::new(0),
                     pinning_since: Cell::new(None),
                     pin_waiters: RefCell::new(Vec::new()),
+                    spare: RefCell::new(None),
+                    spare_pending: Cell::new(false),
                 });
+                pool.refill(shared);
                 tokio::task::spawn_local(watch(
                     Rc::downgrade(&pool),
                     shared.clone(),
@@ -284,6 +297,61 @@ impl Pool {
             })
             .clone()
         })
+    }
+
+    /// The spare connection for a client being pinned, if it is to the routed master, the route
+    /// is open and Redis has not closed it meanwhile; a new spare is made for the next one.
+    /// With it, the pinning request leaves in the same turn as it was read, as in 1:1 mode, so it
+    /// stays ahead of what other clients send after it (whether pooled or pinned already);
+    /// without it, connecting takes a round trip, covered only by the barrier.
+    pub(super) fn take_spare(
+        self: &Rc<Self>,
+        shared: &Arc<Shared>,
+    ) -> Option<(TcpStream, u64, SocketAddr)> {
+        let spare = self.spare.borrow_mut().take();
+        self.refill(shared);
+        let spare = spare?;
+        let route = shared.route.load();
+        let open = !route.paused
+            && route.generation == spare.generation
+            && route.target() == Some(spare.addr)
+            && shared.route.carriers_elsewhere(route.generation) == 0;
+        let mut byte = [0u8; 1];
+        let quiet = matches!(spare.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        (open && quiet).then_some((spare.stream, spare.generation, spare.addr))
+    }
+
+    /// Make a spare connection unless there is one or one is being made.
+    fn refill(self: &Rc<Self>, shared: &Arc<Shared>) {
+        if self.spare_pending.get() || self.spare.borrow().is_some() {
+            return;
+        }
+        self.spare_pending.set(true);
+        let (pool, shared) = (Rc::downgrade(self), shared.clone());
+        tokio::task::spawn_local(async move {
+            let route = shared.route.load();
+            let config = shared.config();
+            let made = async {
+                let addr = route.target()?;
+                let connect = async {
+                    let mut stream = TcpStream::connect(addr).await?;
+                    exchange(&mut stream, b"*1\r\n$4\r\nPING\r\n").await?;
+                    Ok::<_, std::io::Error>(stream)
+                };
+                let stream = timeout(config.connect_timeout, connect).await.ok()?.ok()?;
+                super::tune(&stream, config.tcp_keepalive);
+                Some(Spare {
+                    stream,
+                    generation: route.generation,
+                    addr,
+                })
+            }
+            .await;
+            if let Some(pool) = pool.upgrade() {
+                pool.spare_pending.set(false);
+                *pool.spare.borrow_mut() = made;
+            }
+        });
     }
 
     /// A client read a request that pins it: raise the barrier until the guard is dropped.
@@ -304,8 +372,9 @@ impl Pool {
     /// Wake `client` when the barrier falls.
     pub(super) fn wait_barrier(&self, client: &Rc<Client>) {
         let mut waiters = self.pin_waiters.borrow_mut();
-        if !waiters.iter().any(|c| Rc::ptr_eq(c, client)) {
-            waiters.push(client.clone());
+        let me = Rc::downgrade(client);
+        if !waiters.iter().any(|c| c.ptr_eq(&me)) {
+            waiters.push(me);
         }
     }
 
@@ -458,10 +527,11 @@ async fn connect(
     let mut stream = stream;
     // Named, so `CLIENT LIST` on the master tells the proxy's shared connections apart. Any
     // answer will do (`-NOAUTH` when Redis wants a password: the name is only a courtesy).
-    if timeout(config.connect_timeout, name(&mut stream))
-        .await
-        .is_err()
-    {
+    let setname = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$19\r\nsentinel-proxy-pool\r\n";
+    if !matches!(
+        timeout(config.connect_timeout, exchange(&mut stream, setname)).await,
+        Ok(Ok(()))
+    ) {
         shared.metrics.backend_connect_failures_total.inc();
         pool.failed_at.set(Some(Instant::now()));
         pool.set(slot, generation, None);
@@ -497,29 +567,6 @@ async fn connect(
     shared.route.detach(generation);
     shared.metrics.pool_connections.dec();
     pool.set(slot, generation, None);
-}
-
-/// `CLIENT SETNAME sentinel-proxy-pool`, and its one-line answer.
-async fn name(stream: &mut TcpStream) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$19\r\nsentinel-proxy-pool\r\n")
-        .await?;
-    let mut line = [0u8; 256];
-    let mut got = 0;
-    while !line[..got].contains(&b'\n') {
-        if got == line.len() {
-            return Err(std::io::ErrorKind::InvalidData.into());
-        }
-        match stream.read(&mut line[got..]).await? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => got += n,
-        }
-    }
-    if !line[..got].ends_with(b"\n") {
-        return Err(std::io::ErrorKind::InvalidData.into()); // more than one line: not Redis
-    }
-    Ok(())
 }
 
 enum Event {

@@ -294,7 +294,10 @@ impl<'a> Pooled<'a> {
                 return Err(Hold::Gate(until));
             }
         }
-        if let Some(until) = self.pool.barrier() {
+        // A client's own pin does not hold the requests it sent before it.
+        if self.pin_guard.is_none()
+            && let Some(until) = self.pool.barrier()
+        {
             return Err(Hold::Barrier(until));
         }
         if let Some(c) = &self.conn {
@@ -402,7 +405,6 @@ impl<'a> Pooled<'a> {
             }
             pinned.push(rest);
             self.pin = Some((why, pinned));
-            self.pin_guard = Some(self.pool.pin_begin());
         } else if self.protocol_error.is_none() {
             self.partial.push(rest);
             if self.partial.bytes().len() > MAX_KEPT_REQUEST {
@@ -410,14 +412,22 @@ impl<'a> Pooled<'a> {
                 // again from its start, which `partial` holds.
                 let large = std::mem::take(&mut self.partial);
                 self.pin = Some((PinReason::Large, large));
-                self.pin_guard = Some(self.pool.pin_begin());
                 self.open = false;
             }
         }
+        self.push_complete(carried.bytes(), complete, replies);
+        if self.pin.is_some() && self.pin_guard.is_none() {
+            // Raised after this client's own requests before the pin went on (or were held).
+            self.pin_guard = Some(self.pool.pin_begin());
+        }
+    }
+
+    /// Complete requests: on the connection now if the route is open, else held.
+    fn push_complete(&mut self, carried: &[u8], complete: &[u8], replies: u64) {
         if complete.is_empty() && carried.is_empty() {
             return;
         }
-        let parts = [carried.bytes(), complete];
+        let parts = [carried, complete];
         if self.open
             && matches!(self.changes.has_changed(), Ok(false))
             && self.pool.barrier().is_none()
