@@ -270,3 +270,66 @@ fn signal(pid: u32, sig: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Through an L4 splice, a request one client sends after another client's reaches Redis after
+/// it; Redis's own suite relies on it (`XREADGROUP … BLOCK` on one connection, then `DEL` on
+/// another must wake the reader with "no longer exists"). In pooled mode the first request pins
+/// its client to a connection of its own: it still goes first, whether the second client is
+/// pooled or pinned already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinning_request_stays_ahead_of_what_other_clients_send_after_it() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 2;
+    })
+    .await;
+    proxy.wait_ready().await;
+    let mut pooled = conn(proxy.port).await.unwrap();
+    let mut pinned = conn(proxy.port).await.unwrap();
+    cmd(&mut pinned, &["CLIENT", "SETNAME", "already-pinned"])
+        .await
+        .unwrap();
+    for round in 0..20 {
+        let other = if round % 2 == 0 {
+            &mut pooled
+        } else {
+            &mut pinned
+        };
+        cmd(other, &["DEL", "order:s"]).await.unwrap();
+        cmd(other, &["XADD", "order:s", "1-1", "f", "v"])
+            .await
+            .unwrap();
+        cmd(other, &["XGROUP", "CREATE", "order:s", "g", "$"])
+            .await
+            .unwrap();
+        let mut reader = TcpStream::connect(addr(proxy.port)).await.unwrap();
+        reader.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        let mut pong = [0u8; 7];
+        reader.read_exact(&mut pong).await.unwrap();
+        reader
+            .write_all(&multibulk(&[
+                b"XREADGROUP",
+                b"GROUP",
+                b"g",
+                b"alice",
+                b"BLOCK",
+                b"0",
+                b"STREAMS",
+                b"order:s",
+                b">",
+            ]))
+            .await
+            .unwrap();
+        cmd(other, &["DEL", "order:s"]).await.unwrap();
+        let mut got = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut got))
+            .await
+            .expect("the blocked reader is woken")
+            .unwrap();
+        let got = String::from_utf8_lossy(&got[..n]);
+        assert!(
+            got.contains("no longer exists"),
+            "round {round}: the DEL overtook the XREADGROUP: {got}"
+        );
+    }
+}
