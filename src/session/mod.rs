@@ -6,10 +6,15 @@
 //! for /status). `io.rs` holds the byte-moving primitives (one scratch buffer per thread, bytes
 //! kept only while a peer cannot take them).
 //!
+//! In pooled mode (`--pool`) a client starts in `pooled.rs`: its requests go on its thread's
+//! shared connections (`pool.rs`, each served by `conn.rs`) until one needs a connection of its
+//! own (`resp/pinning.rs`); then it continues here as a dedicated session.
+//!
 //! Everything that can fail ends this task only; the listener never sees it.
 
 mod carry;
 mod commands;
+mod conn;
 mod dedicated;
 mod fence;
 mod io;

@@ -1,194 +1,27 @@
-//! Pooled mode's shared master connections: `--pool` of them per worker thread, each carrying the
-//! requests of many clients, written in one batch per wake-up, with the replies handed back to
-//! their clients in order.
+//! Pooled mode's connections of one worker thread: `--pool` shared master connections (each one
+//! served by `conn.rs`), connected on demand to the routed master and replaced after a switch;
+//! the registry of the thread's pooled clients and the watcher task that wakes them and the
+//! connections at every route change and at shutdown (so a waiting client holds no timer or
+//! notification future and takes no lock per request); the pin barrier and the spare connection
+//! that keep a pinning request ahead of what other clients send after it.
 //!
 //! Everything here lives on one worker thread (its `LocalSet`), so clients and connections share
-//! state through `Rc`/`RefCell` without locks. A client appends complete requests to its
-//! connection's `out` and a waiter (itself, how many replies) to its queue; the connection's task
-//! writes `out` when it next runs, so the requests of every client served in that tick leave in
-//! one write. It reads replies into the thread's scratch buffer, splits them by counting replies
-//! (`ReplyTracker::feed_replies`) against the head waiter, and writes each run of replies straight
-//! to its client's socket; only what a client's socket cannot take now is kept (in that client's
-//! `out`). Shared connections speak RESP2 on db 0 with no other state: a client that would change
-//! that is pinned to a connection of its own first (`resp/pinning.rs`).
-//!
-//! One task per thread watches the route and shutdown for all of them and wakes the clients and
-//! connections (`Pool::wake_all`), so a waiting client holds no timer or notification future and
-//! takes no lock per request.
-//!
-//! The fence, per connection: a connection serves one route generation. Clients append only
-//! while the route is open on it (`pooled.rs` checks); after a switch it takes nothing new,
-//! delivers the replies in flight and ends. Requests appended just before a switch and not yet
-//! written are never written to the old master: their clients are closed, having been sent
-//! nowhere. When the old master is known to be down, its in-flight requests are failed at once
-//! (their outcome is unknown, and a late reply must not pass for an acknowledgement). A connection
-//! that breaks closes exactly the clients it owed replies; no client ever gets another's reply.
+//! state through `Rc`/`RefCell` without locks.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::Close;
-use super::io::{Pending, SCRATCH, exchange};
+use super::conn::{Client, Conn, drive};
+use super::io::exchange;
 use crate::Shared;
-use crate::resp::ReplyTracker;
-
-/// The part of a pooled client that its connection's task touches.
-pub(super) struct Client {
-    /// Replies go straight to this socket from the connection's task (`try_write`); the
-    /// client's task flushes what it could not take (`poll_write`).
-    pub(super) write: RefCell<OwnedWriteHalf>,
-    /// Replies the client's socket could not take yet; the client's task flushes them.
-    pub(super) out: RefCell<Pending>,
-    /// Replies still to come on its connection.
-    pub(super) owed: Cell<u64>,
-    /// Why the client must close: its connection broke with replies owed (their outcome is
-    /// unknown), or its socket failed.
-    pub(super) broken: Cell<Option<Close>>,
-    /// The client's task waits for `owed` to reach zero (otherwise it is not woken for that).
-    pub(super) want_idle: Cell<bool>,
-    /// Bumped when something the client's task waits for happened.
-    pub(super) events: Cell<u64>,
-    pub(super) waker: RefCell<Option<Waker>>,
-    /// Its place in the pool's list of clients (woken at route changes and shutdown).
-    pub(super) id: Cell<usize>,
-}
-
-impl Client {
-    pub(super) fn new(write: OwnedWriteHalf) -> Client {
-        Client {
-            write: RefCell::new(write),
-            id: Cell::new(usize::MAX),
-            out: RefCell::new(Pending::default()),
-            owed: Cell::new(0),
-            broken: Cell::new(None),
-            want_idle: Cell::new(false),
-            events: Cell::new(0),
-            waker: RefCell::new(None),
-        }
-    }
-
-    pub(super) fn wake(&self) {
-        self.events.set(self.events.get() + 1);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    fn fail(&self, why: Close) {
-        if self.broken.get().is_none() {
-            self.broken.set(Some(why));
-        }
-        self.wake();
-    }
-
-    /// Replies for this client: written now as far as its socket takes them.
-    fn deliver(&self, bytes: &[u8], shared: &Shared) {
-        if self.broken.get().is_some() {
-            return; // closing: the client is owed nothing more
-        }
-        let mut out = self.out.borrow_mut();
-        let mut w = 0;
-        if out.is_empty() {
-            w = match super::io::write_now_half(&self.write.borrow(), bytes) {
-                Ok(w) => w,
-                Err(_) => {
-                    drop(out);
-                    self.fail(Close::ClientClosed);
-                    return;
-                }
-            };
-            shared.metrics.client_bytes_sent_total.inc_by(w as u64);
-        }
-        if w < bytes.len() {
-            let was_empty = out.is_empty();
-            out.push(&bytes[w..]);
-            drop(out);
-            if was_empty {
-                self.wake(); // its task now waits for the socket to take the rest
-            }
-        }
-    }
-}
-
-struct Waiter {
-    client: Rc<Client>,
-    replies: u64,
-}
-
-/// One shared connection to the master of one route generation.
-pub(super) struct Conn {
-    pub(super) generation: u64,
-    /// Requests appended and not yet written.
-    out: RefCell<Vec<u8>>,
-    /// Bytes of `out` already written (its socket was full).
-    written: Cell<usize>,
-    /// Clients owed replies, in the order their requests were appended.
-    waiters: RefCell<VecDeque<Waiter>>,
-    /// Waiters at the back whose requests are still in `out`, wholly unwritten.
-    unwritten: Cell<usize>,
-    /// The connection ended: nothing more may be appended.
-    pub(super) dead: Cell<bool>,
-    task: RefCell<Option<Waker>>,
-    kicked: Cell<bool>,
-}
-
-impl Conn {
-    /// Commit complete requests (`replies` of them) of `client` to this connection.
-    pub(super) fn push(&self, client: &Rc<Client>, parts: &[&[u8]], replies: u64) {
-        let mut out = self.out.borrow_mut();
-        let was_empty = out.is_empty();
-        for p in parts {
-            out.extend_from_slice(p);
-        }
-        drop(out);
-        if replies > 0 {
-            self.waiters.borrow_mut().push_back(Waiter {
-                client: client.clone(),
-                replies,
-            });
-            self.unwritten.set(self.unwritten.get() + 1);
-            client.owed.set(client.owed.get() + replies);
-        }
-        if was_empty && let Some(w) = self.task.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    /// Have the task look at the route again.
-    fn wake(&self) {
-        self.kicked.set(true);
-        if let Some(w) = self.task.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    /// Close every client owed a reply here (`why`) and take nothing more.
-    fn fail_all(&self, why: Close) {
-        self.dead.set(true);
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters {
-            w.client
-                .owed
-                .set(w.client.owed.get().saturating_sub(w.replies));
-            w.client.fail(why);
-        }
-        self.unwritten.set(0);
-        self.out.borrow_mut().clear();
-        self.written.set(0);
-    }
-}
 
 enum Slot {
     Empty,
@@ -543,16 +376,7 @@ async fn connect(
         .observe(began.elapsed().as_secs_f64());
     pool.failed_at.set(None);
     super::tune(&stream, config.tcp_keepalive);
-    let conn = Rc::new(Conn {
-        generation,
-        out: RefCell::new(Vec::new()),
-        written: Cell::new(0),
-        waiters: RefCell::new(VecDeque::new()),
-        unwritten: Cell::new(0),
-        dead: Cell::new(false),
-        task: RefCell::new(None),
-        kicked: Cell::new(false),
-    });
+    let conn = Rc::new(Conn::new(generation));
     if shared.route.generation() != generation {
         pool.set(slot, generation, None); // moved on while connecting
         return;
@@ -567,174 +391,4 @@ async fn connect(
     shared.route.detach(generation);
     shared.metrics.pool_connections.dec();
     pool.set(slot, generation, None);
-}
-
-enum Event {
-    Readable,
-    /// The thread's watcher saw a route change.
-    Kicked,
-    Deadline,
-}
-
-/// Serve one shared connection: write what clients append, hand replies back. Returns why it
-/// ended; the caller closes the clients still owed replies with that reason.
-async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -> Close {
-    let mut rep = ReplyTracker::new();
-    let mut retired = false;
-    let mut rechecked = false;
-    let mut deadline: Option<Instant> = None;
-    loop {
-        // The thread's watcher wakes this task at every route change.
-        if !retired && shared.route.generation() != conn.generation {
-            retired = true;
-            conn.dead.set(true);
-            let route = shared.route.load();
-            if route.previous_down {
-                // A hung or cut-off master may run these when it comes back, after its
-                // replacement was promoted: their outcome is unknown.
-                return Close::SwitchMasterDown;
-            }
-            deadline = Some(Instant::now() + shared.config().drain_timeout);
-        }
-        if retired && conn.written.get() == 0 && conn.unwritten.get() > 0 {
-            // Appended just before the switch and never sent: they must not reach the old
-            // master. Their clients close, having been sent nowhere.
-            let n = conn.unwritten.replace(0);
-            let mut waiters = conn.waiters.borrow_mut();
-            let keep = waiters.len() - n;
-            for w in waiters.drain(keep..) {
-                w.client
-                    .owed
-                    .set(w.client.owed.get().saturating_sub(w.replies));
-                w.client.fail(Close::SwitchMidRequest);
-            }
-            conn.out.borrow_mut().clear();
-        }
-        if retired && conn.waiters.borrow().is_empty() && conn.out.borrow().is_empty() {
-            return Close::BackendClosed; // drained: no client is owed anything
-        }
-        let wake = deadline;
-        let event = {
-            let stream = &mut stream;
-            let io = std::future::poll_fn(|cx| {
-                // Write what is appended (one write for every client served this tick).
-                loop {
-                    let out = conn.out.borrow();
-                    if out.is_empty() {
-                        break;
-                    }
-                    let from = conn.written.get();
-                    match stream.try_write(&out[from..]) {
-                        Ok(n) if from + n == out.len() => {
-                            drop(out);
-                            conn.out.borrow_mut().clear();
-                            conn.written.set(0);
-                            conn.unwritten.set(0);
-                        }
-                        Ok(n) => {
-                            conn.written.set(from + n);
-                            conn.unwritten.set(0);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            drop(out);
-                            if stream.poll_write_ready(cx).is_ready() {
-                                continue;
-                            }
-                            break;
-                        }
-                        Err(_) => return Poll::Ready(Err(())),
-                    }
-                }
-                if conn.kicked.replace(false) {
-                    return Poll::Ready(Ok(false));
-                }
-                let waker = cx.waker();
-                let mut task = conn.task.borrow_mut();
-                if !task.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                    *task = Some(waker.clone());
-                }
-                drop(task);
-                match stream.poll_read_ready(cx) {
-                    Poll::Ready(_) => Poll::Ready(Ok(true)),
-                    Poll::Pending => Poll::Pending,
-                }
-            });
-            let timer = async {
-                match wake {
-                    Some(d) => sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                r = io => match r {
-                    Ok(true) => Event::Readable,
-                    Ok(false) => Event::Kicked,
-                    Err(()) => return Close::IoError,
-                },
-                _ = timer => Event::Deadline,
-            }
-        };
-        match event {
-            Event::Kicked => {}
-            Event::Deadline => return Close::DrainDeadline,
-            Event::Readable => {
-                let read = std::future::poll_fn(|cx| {
-                    SCRATCH.with_borrow_mut(|scratch| {
-                        let mut rb = tokio::io::ReadBuf::new(scratch);
-                        match std::pin::Pin::new(&mut stream).poll_read(cx, &mut rb) {
-                            Poll::Pending => Poll::Ready(None),
-                            Poll::Ready(r) => Poll::Ready(Some(r.map(|()| rb.filled().len()))),
-                        }
-                    })
-                })
-                .await;
-                match read {
-                    None => {}
-                    Some(Ok(0)) | Some(Err(_)) => return Close::BackendClosed,
-                    Some(Ok(n)) => {
-                        let ok = SCRATCH.with_borrow(|s| dispatch(conn, &mut rep, &s[..n], shared));
-                        if !ok {
-                            return Close::ProtocolError;
-                        }
-                        if rep.saw_not_master && !rechecked {
-                            rechecked = true;
-                            shared.metrics.not_master_replies_total.inc();
-                            shared.route.request_recheck();
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Hand a chunk of replies to the clients they answer, in order. False: bytes no client is owed,
-/// or not RESP (the connection must end).
-fn dispatch(conn: &Conn, rep: &mut ReplyTracker, mut bytes: &[u8], shared: &Shared) -> bool {
-    let mut waiters = conn.waiters.borrow_mut();
-    while !bytes.is_empty() {
-        let Some(head) = waiters.front_mut() else {
-            return false;
-        };
-        let before = rep.replies;
-        let Ok(n) = rep.feed_replies(bytes, before + head.replies) else {
-            return false;
-        };
-        let done = rep.replies - before;
-        head.client.deliver(&bytes[..n], shared);
-        bytes = &bytes[n..];
-        if done > 0 {
-            head.replies -= done;
-            let client = &head.client;
-            client.owed.set(client.owed.get() - done);
-            if client.owed.get() == 0 && client.want_idle.get() {
-                client.wake();
-            }
-            if head.replies == 0 {
-                waiters.pop_front();
-            }
-        }
-    }
-    true
 }

@@ -26,9 +26,10 @@ use tokio::time::{Instant, Interval, Sleep, sleep_until, timeout};
 use tracing::debug;
 
 use super::Close;
+use super::conn::{Client, Conn};
 use super::fence::gate_until;
 use super::io::{Pending, SCRATCH};
-use super::pool::{Client, Conn, PinGuard, Pool, Wait};
+use super::pool::{PinGuard, Pool, Wait};
 use crate::Shared;
 use crate::resp::pinning::Pin as PinReason;
 use crate::resp::{ProtocolError, RequestTracker};
