@@ -169,7 +169,7 @@ pub async fn serve_pooled(client: TcpStream, shared: Arc<Shared>, shutdown: Canc
             // The pin barrier falls once the pinning request is written (`dedicated` runs the
             // session's first step, which sends it, before this task next yields).
             let sent = move || drop(barrier);
-            let spare = pool.take_spare(&shared);
+            let spare = pool.take_spare(&shared).map(Box::new);
             Box::pin(dedicated(client, &shared, &shutdown, &first, sent, spare)).await
         }
     };
@@ -198,7 +198,7 @@ async fn dedicated(
     shutdown: &CancellationToken,
     first: &[u8],
     sent: impl FnOnce(),
-    spare: Option<(TcpStream, u64, SocketAddr)>,
+    spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
 ) -> Close {
     let m = &shared.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
@@ -207,7 +207,7 @@ async fn dedicated(
     let connect_wait = shared.config().connect_wait;
     let fresh = spare.is_none();
     let acquired = match spare {
-        Some(spare) => Ok(spare),
+        Some(spare) => Ok(*spare),
         None => Box::pin(acquire_backend(shared, shutdown, connect_wait)).await,
     };
     match acquired {
