@@ -52,6 +52,9 @@ pub(super) struct Client {
     pub(super) waker: RefCell<Option<Waker>>,
     /// Its place in the pool's list of clients (woken at route changes and shutdown).
     pub(super) id: Cell<usize>,
+    /// When bytes last moved either way (kept only with `--idle-timeout`): replies count, as
+    /// they do for Redis's `timeout`.
+    pub(super) last_active: Cell<Option<Instant>>,
 }
 
 impl Client {
@@ -59,6 +62,7 @@ impl Client {
         Client {
             write: RefCell::new(write),
             id: Cell::new(usize::MAX),
+            last_active: Cell::new(None),
             out: RefCell::new(Pending::default()),
             owed: Cell::new(0),
             broken: Cell::new(None),
@@ -86,6 +90,9 @@ impl Client {
     fn deliver(&self, bytes: &[u8], shared: &Shared) {
         if self.broken.get().is_some() {
             return; // closing: the client is owed nothing more
+        }
+        if self.last_active.get().is_some() {
+            self.last_active.set(Some(Instant::now()));
         }
         let mut out = self.out.borrow_mut();
         let mut w = 0;

@@ -103,7 +103,6 @@ pub(super) struct Pooled<'a> {
     /// `--idle-timeout`'s check, a few times per period (only when it is on).
     idle_check: Option<Box<Interval>>,
     idle_on: bool,
-    last_active: Instant,
 }
 
 enum Event {
@@ -121,10 +120,14 @@ impl<'a> Pooled<'a> {
         let mut req = RequestTracker::new(shared.config().max_request_bytes);
         req.pool = true;
         let slot = pool.assign();
+        let client = Rc::new(Client::new(write));
+        if !shared.config().idle_timeout.is_zero() {
+            client.last_active.set(Some(Instant::now()));
+        }
         Pooled {
             shared,
             read,
-            client: Rc::new(Client::new(write)),
+            client,
             pool,
             slot,
             conn: None,
@@ -146,7 +149,6 @@ impl<'a> Pooled<'a> {
             timer: None,
             idle_check: None,
             idle_on: !shared.config().idle_timeout.is_zero(),
-            last_active: Instant::now(),
         }
     }
 
@@ -372,7 +374,7 @@ impl<'a> Pooled<'a> {
     /// incomplete one is kept, a pinning request stops the reading.
     fn take(&mut self, bytes: &[u8]) {
         if self.idle_on {
-            self.last_active = Instant::now();
+            self.client.last_active.set(Some(Instant::now()));
         }
         self.shared
             .metrics
@@ -553,7 +555,8 @@ impl<'a> Pooled<'a> {
             }
             Event::IdleTick => {
                 let idle = self.shared.config().idle_timeout;
-                let quiet = self.last_active.elapsed() >= idle
+                let since = self.client.last_active.get().map(|t| t.elapsed());
+                let quiet = since.is_some_and(|d| d >= idle)
                     && self.client.owed.get() == 0
                     && self.client.out.borrow().is_empty()
                     && self.held.is_empty()
