@@ -98,6 +98,11 @@ pub(super) fn write_now_half(
     Ok(done)
 }
 
+/// A command that shows Redis has accepted a connection, without a trace a client could see:
+/// `CONFIG GET` of no parameter answers `*0` (or `-NOAUTH`, `-NOPERM`: any answer will do), and
+/// admin commands are not shown to MONITOR (a `PING` would be).
+pub(super) const ACCEPTED: &[u8] = b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$14\r\nsentinel-proxy\r\n";
+
 /// Send one command the proxy composed on a connection of its own and read its one-line answer
 /// (`+OK`, `+PONG`, an error: any will do). Fails on anything else, or an end of stream.
 pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Result<()> {

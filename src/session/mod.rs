@@ -216,13 +216,13 @@ async fn dedicated(
             if !first.is_empty() && fresh {
                 // A pinned client: its request must reach Redis before what other clients send
                 // after it (the pin barrier), and Redis reads a connection it has not accepted
-                // yet only after the established ones. A PING answered means it has.
-                let ping = io::exchange(&mut backend, b"*1\r\n$4\r\nPING\r\n");
+                // yet only after the established ones. An answer means it has.
+                let ping = io::exchange(&mut backend, io::ACCEPTED);
                 if !matches!(
                     timeout(shared.config().connect_timeout, ping).await,
                     Ok(Ok(()))
                 ) {
-                    debug!(backend = %addr, "no answer to PING on a new connection");
+                    debug!(backend = %addr, "no answer on a new connection");
                     shared.metrics.backend_connect_failures_total.inc();
                     let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
                     return Close::BackendClosed;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::conn::{Client, Conn, drive};
-use super::io::exchange;
+use super::io::{ACCEPTED, exchange};
 use crate::Shared;
 
 enum Slot {
@@ -51,7 +51,8 @@ pub(super) struct Pool {
     spare_pending: Cell<bool>,
 }
 
-/// A master connection Redis has accepted and answered on (a `PING`), waiting for a client to pin.
+/// A master connection Redis has accepted and answered on (`io::ACCEPTED`), waiting for a client
+/// to pin.
 struct Spare {
     stream: TcpStream,
     generation: u64,
@@ -168,7 +169,7 @@ impl Pool {
                 let addr = route.target()?;
                 let connect = async {
                     let mut stream = TcpStream::connect(addr).await?;
-                    exchange(&mut stream, b"*1\r\n$4\r\nPING\r\n").await?;
+                    exchange(&mut stream, ACCEPTED).await?;
                     Ok::<_, std::io::Error>(stream)
                 };
                 let stream = timeout(config.connect_timeout, connect).await.ok()?.ok()?;
