@@ -228,14 +228,6 @@ async fn frame3(
     }
 }
 
-fn multibulk(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
-}
-
 /// The replay is faithful: a RESP3 session (HELLO 3) moves with its database and name, and the
 /// state commands that failed when the client sent them (CLIENT SETINFO, which Redis 7.0 does not
 /// have; SELECT of a database that does not exist) are not replayed, so the move does not fail.

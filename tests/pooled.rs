@@ -16,16 +16,6 @@ fn bulk(s: &str) -> OwnedFrame {
     OwnedFrame::BulkString(s.as_bytes().to_vec())
 }
 
-fn multibulk(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// The proxy's shared connections on the master (named `sentinel-proxy-pool`), by `CLIENT LIST`.
 async fn connections_on(master: u16) -> (usize, String) {
     let mut c = conn(master).await.unwrap();
@@ -77,8 +67,8 @@ async fn many_clients_share_a_few_connections_and_get_their_own_replies() {
                     let val: Vec<u8> = (0..size)
                         .map(|i| b'a' + ((i + client) % 26) as u8)
                         .collect();
-                    out.extend(multibulk(&[b"SET", key.as_bytes(), &val]));
-                    out.extend(multibulk(&[b"GET", key.as_bytes()]));
+                    out.extend(multibulk(&[&b"SET"[..], key.as_bytes(), &val]));
+                    out.extend(multibulk(&[&b"GET"[..], key.as_bytes()]));
                     expected.extend_from_slice(b"+OK\r\n");
                     expected.extend(format!("${}\r\n", val.len()).into_bytes());
                     expected.extend_from_slice(&val);
@@ -143,11 +133,11 @@ async fn connection_commands_pin_their_client_and_are_counted() {
 
     // MULTI pipelined right after plain requests: the replies come in order.
     let mut s = TcpStream::connect(addr(proxy.port)).await.unwrap();
-    let mut out = multibulk(&[b"SET", b"pin:t", b"1"]);
-    out.extend(multibulk(&[b"INCR", b"pin:t"]));
-    out.extend(multibulk(&[b"MULTI"]));
-    out.extend(multibulk(&[b"INCR", b"pin:t"]));
-    out.extend(multibulk(&[b"EXEC"]));
+    let mut out = multibulk(&["SET", "pin:t", "1"]);
+    out.extend(multibulk(&["INCR", "pin:t"]));
+    out.extend(multibulk(&["MULTI"]));
+    out.extend(multibulk(&["INCR", "pin:t"]));
+    out.extend(multibulk(&["EXEC"]));
     s.write_all(&out).await.unwrap();
     let want = b"+OK\r\n:2\r\n+OK\r\n+QUEUED\r\n*1\r\n:3\r\n";
     let mut got = vec![0u8; want.len()];
@@ -162,7 +152,7 @@ async fn connection_commands_pin_their_client_and_are_counted() {
     // A blocking pop waits on its own connection while others go on through the pool.
     let mut blocked = TcpStream::connect(addr(proxy.port)).await.unwrap();
     blocked
-        .write_all(&multibulk(&[b"BLPOP", b"pin:list", b"5"]))
+        .write_all(&multibulk(&["BLPOP", "pin:list", "5"]))
         .await
         .unwrap();
     let mut d = conn(proxy.port).await.unwrap();
@@ -308,15 +298,15 @@ async fn a_pinning_request_stays_ahead_of_what_other_clients_send_after_it() {
         reader.read_exact(&mut pong).await.unwrap();
         reader
             .write_all(&multibulk(&[
-                b"XREADGROUP",
-                b"GROUP",
-                b"g",
-                b"alice",
-                b"BLOCK",
-                b"0",
-                b"STREAMS",
-                b"order:s",
-                b">",
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "alice",
+                "BLOCK",
+                "0",
+                "STREAMS",
+                "order:s",
+                ">",
             ]))
             .await
             .unwrap();

@@ -37,13 +37,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::carry::Carry;
 use super::fence::gate_until;
-use super::io::{Pending, SCRATCH, read_scratch, write_now};
+use super::io::{Pending, SCRATCH, arm, read_scratch, write_now};
 use super::{Close, Pipe};
 use crate::Shared;
 use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
@@ -272,16 +272,7 @@ impl<'a> Session<'a> {
         let flush_backend = !self.backend_gone && !self.unsent.is_empty();
         let flush_client = !self.replies.is_empty();
         let gate = self.gated.then(|| gate_until(&self.shared.route.load()));
-        let wake = match (self.deadline, gate) {
-            (Some(d), Some(g)) => Some(d.min(g)),
-            (d, g) => d.or(g),
-        };
-        match (wake, &mut self.deadline_timer) {
-            (None, timer) => *timer = None,
-            (Some(d), Some(timer)) if timer.deadline() != d => timer.as_mut().reset(d),
-            (Some(_), Some(_)) => {}
-            (Some(d), timer @ None) => *timer = Some(Box::pin(sleep_until(d))),
-        }
+        arm(&mut self.deadline_timer, self.deadline, gate);
         let deadline_timer = &mut self.deadline_timer;
         let deadline_passed = std::future::poll_fn(|cx| match deadline_timer {
             Some(timer) => timer.as_mut().poll(cx),

@@ -51,9 +51,21 @@ impl Pending {
 
 /// Write as much of `bytes` as the socket takes now, without waiting.
 pub(super) fn write_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    write_with(|b| stream.try_write(b), bytes)
+}
+
+/// [`write_now`] for a pooled client's write half (its replies come from its connection's task).
+pub(super) fn write_now_half(
+    stream: &tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    write_with(|b| stream.try_write(b), bytes)
+}
+
+fn write_with(try_write: impl Fn(&[u8]) -> io::Result<usize>, bytes: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < bytes.len() {
-        match stream.try_write(&bytes[done..]) {
+        match try_write(&bytes[done..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -81,23 +93,6 @@ pub(super) async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<us
     .await
 }
 
-/// [`write_now`] for a pooled client's write half (its replies come from its connection's task).
-pub(super) fn write_now_half(
-    stream: &tokio::net::tcp::OwnedWriteHalf,
-    bytes: &[u8],
-) -> io::Result<usize> {
-    let mut done = 0;
-    while done < bytes.len() {
-        match stream.try_write(&bytes[done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
 /// A command that shows Redis has accepted a connection, without a trace a client could see:
 /// `CONFIG GET` of no parameter answers `*0` (or `-NOAUTH`, `-NOPERM`: any answer will do), and
 /// admin commands are not shown to MONITOR (a `PING` would be).
@@ -123,4 +118,23 @@ pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Resu
         return Err(io::ErrorKind::InvalidData.into()); // more than one line: not Redis
     }
     Ok(())
+}
+
+/// A session's timer, boxed and only while it has something to wake for: set to the earliest of
+/// `a` and `b`, or dropped when neither is set (idle sessions stay small).
+pub(super) fn arm(
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) {
+    let wake = match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match (wake, timer) {
+        (None, timer) => *timer = None,
+        (Some(at), Some(timer)) if timer.deadline() != at => timer.as_mut().reset(at),
+        (Some(_), Some(_)) => {}
+        (Some(at), timer @ None) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
 }

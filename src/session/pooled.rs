@@ -22,13 +22,13 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 
-use tokio::time::{Instant, Interval, Sleep, sleep_until, timeout};
+use tokio::time::{Instant, Interval, Sleep, timeout};
 use tracing::debug;
 
 use super::Close;
 use super::conn::{Client, Conn};
 use super::fence::gate_until;
-use super::io::{Pending, SCRATCH};
+use super::io::{Pending, SCRATCH, arm};
 use super::pool::{PinGuard, Pool, Wait};
 use crate::Shared;
 use crate::resp::pinning::Pin as PinReason;
@@ -457,16 +457,7 @@ impl<'a> Pooled<'a> {
             && !self.client_eof
             && !self.shutting_down
             && !flush;
-        let wake = match (self.deadline, self.wake_at) {
-            (Some(d), Some(w)) => Some(d.min(w)),
-            (d, w) => d.or(w),
-        };
-        match (wake, &mut self.timer) {
-            (None, timer) => *timer = None,
-            (Some(at), Some(timer)) if timer.deadline() != at => timer.as_mut().reset(at),
-            (Some(_), Some(_)) => {}
-            (Some(at), timer @ None) => *timer = Some(Box::pin(sleep_until(at))),
-        }
+        arm(&mut self.timer, self.deadline, self.wake_at);
         let seen = self.client.events.get();
         let (client, read, timer, idle) = (
             &self.client,

@@ -676,3 +676,15 @@ pub fn promtool_check(text: &str) -> Option<String> {
     }
     Some(complaints.trim().to_string())
 }
+
+/// A request as clients send it: a RESP array of bulk strings.
+pub fn multibulk<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        let a = a.as_ref();
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
