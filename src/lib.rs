@@ -202,6 +202,7 @@ impl Server {
             master_name = %shared.config().master_name,
             sentinels = shared.config().sentinels.len(),
             threads = workers.len(),
+            pool = shared.config().pool,
             "sentinel-proxy started"
         );
         let tracker = TaskTracker::new();

@@ -23,8 +23,12 @@ fn main() -> ExitCode {
         return healthcheck(&config, ready);
     }
     if cli.check {
+        let mode = match config.pool {
+            0 => "1:1".to_string(),
+            n => format!("pooled, {n} per thread"),
+        };
         println!(
-            "sentinel-proxy: configuration ok (master '{}', {} sentinel(s), listen {}, metrics {})",
+            "sentinel-proxy: configuration ok (master '{}', {} sentinel(s), listen {}, metrics {}, {mode})",
             config.master_name,
             config.sentinels.len(),
             config.listen,
