@@ -32,7 +32,7 @@ async fn read_exactly(s: &mut TcpStream, want: usize, limit: Duration) -> Vec<u8
 
 /// Clients connected to a redis-server, from its INFO.
 /// Connections on the master other than the sentinels' and the proxy's shared ones (which are
-/// named), and the one asking.
+/// named), the proxy's spare, and the one asking.
 async fn proxy_clients(port: u16) -> Option<u64> {
     let mut c = conn(port).await.ok()?;
     let list = cmd(&mut c, &["CLIENT", "LIST"]).await.ok()?;
@@ -42,7 +42,13 @@ async fn proxy_clients(port: u16) -> Option<u64> {
     let text = String::from_utf8_lossy(&b).to_string();
     Some(
         text.lines()
-            .filter(|l| !l.contains(" name=sentinel") && !l.contains(" cmd=client|list"))
+            // In pooled mode the proxy also keeps a spare connection for the next client to
+            // pin, checked with CONFIG GET.
+            .filter(|l| {
+                !l.contains(" name=sentinel")
+                    && !l.contains(" cmd=client|list")
+                    && !l.contains(" cmd=config|get")
+            })
             .count() as u64,
     )
 }

@@ -208,7 +208,12 @@ async fn dedicated(
     let fresh = spare.is_none();
     let acquired = match spare {
         Some(spare) => Ok(*spare),
-        None => Box::pin(acquire_backend(shared, shutdown, connect_wait)).await,
+        None => {
+            // A pinned client is not new: like a 1:1 session that already has its connection, it
+            // is not held back by a master the watcher cannot reach right now.
+            let existing = !first.is_empty();
+            Box::pin(acquire_backend(shared, shutdown, connect_wait, existing)).await
+        }
     };
     match acquired {
         Ok((mut backend, generation, addr)) => {
@@ -279,6 +284,7 @@ async fn acquire_backend(
     shared: &Shared,
     shutdown: &CancellationToken,
     wait: Duration,
+    existing: bool,
 ) -> Result<(TcpStream, u64, SocketAddr), Close> {
     let deadline = Instant::now() + wait;
     let mut changes = shared.route.subscribe();
@@ -291,7 +297,11 @@ async fn acquire_backend(
         let gate = (shared.route.carriers_elsewhere(route.generation) > 0)
             .then(|| fence::gate_until(&route))
             .filter(|until| *until > Instant::now());
-        if let Some(addr) = route.target().filter(|_| gate.is_none()) {
+        let addr = match existing {
+            true => route.master.filter(|_| !route.paused),
+            false => route.target(),
+        };
+        if let Some(addr) = addr.filter(|_| gate.is_none()) {
             let began = Instant::now();
             match timeout(shared.config().connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {

@@ -148,7 +148,9 @@ impl Pool {
         let route = shared.route.load();
         let open = !route.paused
             && route.generation == spare.generation
-            && route.target() == Some(spare.addr)
+            // Not `target()`: a master the watcher cannot reach right now still takes the
+            // connections of clients it already serves (see `pooled.rs`).
+            && route.master == Some(spare.addr)
             && shared.route.carriers_elsewhere(route.generation) == 0;
         let mut byte = [0u8; 1];
         let quiet = matches!(spare.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
@@ -210,6 +212,11 @@ impl Pool {
         if !waiters.iter().any(|c| c.ptr_eq(&me)) {
             waiters.push(me);
         }
+    }
+
+    /// Whether `slot` has a live connection to the master of `generation`.
+    pub(super) fn ready(&self, slot: usize, generation: u64) -> bool {
+        matches!(&self.slots.borrow()[slot], Slot::Ready(c) if c.generation == generation && !c.dead.get())
     }
 
     /// Count `client` among those `wake_all` wakes.

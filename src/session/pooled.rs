@@ -288,7 +288,12 @@ impl<'a> Pooled<'a> {
         if route.paused {
             return Err(Hold::Paused);
         }
-        let Some(addr) = route.target() else {
+        // A master the watcher cannot reach right now (a long script, a busy moment) keeps the
+        // connections it has, as 1:1 sessions keep theirs; only a new one waits.
+        let live = |c: &Rc<Conn>| c.generation == route.generation && !c.dead.get();
+        let connected =
+            self.conn.as_ref().is_some_and(live) || self.pool.ready(self.slot, route.generation);
+        let Some(addr) = route.target().or(route.master.filter(|_| connected)) else {
             return Err(Hold::NoMaster);
         };
         if self.shared.route.carriers_elsewhere(route.generation) > 0 {
@@ -304,7 +309,7 @@ impl<'a> Pooled<'a> {
             return Err(Hold::Barrier(until));
         }
         if let Some(c) = &self.conn {
-            if c.generation == route.generation && !c.dead.get() {
+            if live(c) {
                 return Ok(c.clone());
             }
             if self.client.owed.get() > 0 {
