@@ -22,7 +22,9 @@ use crate::config::HostPort;
 /// How often a subscription is pinged, and how long silence means it is dead.
 const SUB_PING_EVERY: Duration = Duration::from_secs(1);
 const SUB_DEAD_AFTER: Duration = Duration::from_secs(3);
-const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A sentinel that comes back may lead the next failover at once, and its progress events are the
+/// fence's early warning: look for it at least every second (a connect attempt is cheap).
+const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Keep one subscription to `sentinel` alive until shutdown, reconnecting with backoff.
 pub(super) async fn subscription(
