@@ -92,7 +92,6 @@ pub(super) struct Pooled<'a> {
     /// `step()` found the route open on `conn`: requests may go straight on while `changes`
     /// shows no change.
     open: bool,
-    waiting_conn: bool,
     changes: watch::Receiver<u64>,
     /// Held requests give up then.
     deadline: Option<Instant>,
@@ -102,7 +101,6 @@ pub(super) struct Pooled<'a> {
     timer: Option<Pin<Box<Sleep>>>,
     /// `--idle-timeout`'s check, a few times per period (only when it is on).
     idle_check: Option<Box<Interval>>,
-    idle_on: bool,
 }
 
 enum Event {
@@ -142,13 +140,11 @@ impl<'a> Pooled<'a> {
             client_eof: false,
             shutting_down: false,
             open: false,
-            waiting_conn: false,
             changes: shared.route.subscribe(),
             deadline: None,
             wake_at: None,
             timer: None,
             idle_check: None,
-            idle_on: !shared.config().idle_timeout.is_zero(),
         }
     }
 
@@ -247,7 +243,6 @@ impl<'a> Pooled<'a> {
             return Step::Continue;
         }
         self.open = false;
-        self.waiting_conn = false;
         self.wake_at = None;
         self.changes.mark_unchanged();
         if self.shutting_down && self.client.owed.get() == 0 && self.client.out.borrow().is_empty()
@@ -357,7 +352,6 @@ impl<'a> Pooled<'a> {
                     }
                     Hold::Draining => {}
                     Hold::Connecting(at) => {
-                        self.waiting_conn = true;
                         self.wake_at = at;
                         self.deadline
                             .get_or_insert(now + self.shared.config().connect_wait);
@@ -378,7 +372,8 @@ impl<'a> Pooled<'a> {
     /// Bytes just read from the client: complete requests go on (or are held), the start of an
     /// incomplete one is kept, a pinning request stops the reading.
     fn take(&mut self, bytes: &[u8]) {
-        if self.idle_on {
+        // Kept only with `--idle-timeout` (set at the start then).
+        if self.client.last_active.get().is_some() {
             self.client.last_active.set(Some(Instant::now()));
         }
         self.shared
