@@ -2,6 +2,7 @@
 //! Exit codes: 0 clean shutdown or `--check` passed; 1 runtime failure (e.g. cannot bind);
 //! 2 invalid configuration or usage.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -67,7 +68,13 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log written to a file or a pipe (systemd, Docker,
+        // `2>file`) stays plain text. NO_COLOR turns it off on a terminal too.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

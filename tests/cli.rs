@@ -96,21 +96,23 @@ fn env_vars_configure_and_flags_override_them() {
 #[test]
 fn sigterm_exits_0_within_the_deadline() {
     // No sentinel listens at port 1: the proxy runs without a master, which is fine for this.
-    let mut child = Command::new(BIN)
-        .args([
-            "--sentinels",
-            "127.0.0.1:1",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--shutdown-timeout",
-            "2s",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "--sentinels",
+                "127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--shutdown-timeout",
+                "2s",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = child.0.stderr.take().unwrap();
     // Wait for the start-up line, so the signal handler is installed.
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
@@ -121,14 +123,19 @@ fn sigterm_exits_0_within_the_deadline() {
         assert!(n > 0, "exited early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    // The log goes to a pipe here, as under systemd, Docker or `2>file`: no colour codes.
+    assert!(
+        !seen.contains('\x1b'),
+        "ANSI escape codes in a log written to a pipe: {seen:?}"
+    );
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             assert_eq!(status.code(), Some(0));
             break;
         }
