@@ -25,7 +25,6 @@ use std::task::{Poll, Waker};
 
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Instant, sleep_until};
 
 use super::Close;
@@ -37,7 +36,9 @@ use crate::resp::ReplyTracker;
 pub(super) struct Client {
     /// Replies go straight to this socket from the connection's task (`try_write`); the
     /// client's task flushes what it could not take (`poll_write`).
-    pub(super) write: RefCell<OwnedWriteHalf>,
+    /// The client's socket, read by the client's task and written by both (unsplit: splitting
+    /// costs an allocation per client).
+    pub(super) stream: RefCell<TcpStream>,
     /// Replies the client's socket could not take yet; the client's task flushes them.
     pub(super) out: RefCell<Pending>,
     /// Replies still to come on its connection.
@@ -58,9 +59,9 @@ pub(super) struct Client {
 }
 
 impl Client {
-    pub(super) fn new(write: OwnedWriteHalf) -> Client {
+    pub(super) fn new(stream: TcpStream) -> Client {
         Client {
-            write: RefCell::new(write),
+            stream: RefCell::new(stream),
             id: Cell::new(usize::MAX),
             last_active: Cell::new(None),
             out: RefCell::new(Pending::default()),
@@ -97,7 +98,7 @@ impl Client {
         let mut out = self.out.borrow_mut();
         let mut w = 0;
         if out.is_empty() {
-            w = match super::io::write_now_half(&self.write.borrow(), bytes) {
+            w = match super::io::write_now(&self.stream.borrow(), bytes) {
                 Ok(w) => w,
                 Err(_) => {
                     drop(out);

@@ -54,14 +54,6 @@ pub(super) fn write_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     write_with(|b| stream.try_write(b), bytes)
 }
 
-/// [`write_now`] for a pooled client's write half (its replies come from its connection's task).
-pub(super) fn write_now_half(
-    stream: &tokio::net::tcp::OwnedWriteHalf,
-    bytes: &[u8],
-) -> io::Result<usize> {
-    write_with(|b| stream.try_write(b), bytes)
-}
-
 fn write_with(try_write: impl Fn(&[u8]) -> io::Result<usize>, bytes: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < bytes.len() {

@@ -13,13 +13,12 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 
 use tokio::time::{Instant, Interval, Sleep, timeout};
@@ -69,21 +68,15 @@ enum Hold {
 
 pub(super) struct Pooled<'a> {
     shared: &'a Arc<Shared>,
-    read: OwnedReadHalf,
     client: Rc<Client>,
     pool: Rc<Pool>,
     slot: usize,
     /// The connection its requests go on (the one its owed replies come from, if any).
     conn: Option<Rc<Conn>>,
     req: RequestTracker,
-    /// The start of a request whose end has not arrived.
-    partial: Pending,
-    /// Complete requests not yet sent (the fence holds them, or no connection is ready).
-    held: Pending,
-    held_replies: u64,
-    held_since: Option<Instant>,
-    /// The request that pins the client, and what followed it.
-    pin: Option<(PinReason, Pending)>,
+    /// Made the first time the client leaves the steady state, and kept (no allocation per
+    /// request); most clients never need it, and an idle one is the smaller for it.
+    slow: Option<Box<Slow>>,
     /// Raised when the pinning request was read; dropped once it is sent (or the client ends).
     pin_guard: Option<PinGuard>,
     protocol_error: Option<ProtocolError>,
@@ -93,14 +86,38 @@ pub(super) struct Pooled<'a> {
     /// shows no change.
     open: bool,
     changes: watch::Receiver<u64>,
-    /// Held requests give up then.
-    deadline: Option<Instant>,
-    /// Look again then (the gate opens, a connect may be retried).
-    wake_at: Option<Instant>,
     /// The timer of `deadline`/`wake_at`, boxed and only while there is one.
     timer: Option<Pin<Box<Sleep>>>,
     /// `--idle-timeout`'s check, a few times per period (only when it is on).
     idle_check: Option<Box<Interval>>,
+    /// Between polls: what the client waits for (`wait_for`), until an event comes.
+    waiting: Option<Waiting>,
+}
+
+#[derive(Clone, Copy)]
+struct Waiting {
+    /// `client.events` when the wait began: a change is an event.
+    seen: u64,
+    flush: bool,
+    read_client: bool,
+}
+
+/// A pooled client's state away from the steady state: a request split across reads, requests
+/// held by the fence, a pin under way, a deadline.
+#[derive(Default)]
+struct Slow {
+    /// The start of a request whose end has not arrived.
+    partial: Pending,
+    /// Complete requests not yet sent (the fence holds them, or no connection is ready).
+    held: Pending,
+    held_replies: u64,
+    held_since: Option<Instant>,
+    /// The request that pins the client, and what followed it.
+    pin: Option<(PinReason, Pending)>,
+    /// Held requests give up then.
+    deadline: Option<Instant>,
+    /// Look again then (the gate opens, a connect may be retried).
+    wake_at: Option<Instant>,
 }
 
 enum Event {
@@ -114,37 +131,30 @@ enum Event {
 
 impl<'a> Pooled<'a> {
     pub(super) fn new(stream: TcpStream, shared: &'a Arc<Shared>, pool: Rc<Pool>) -> Self {
-        let (read, write) = stream.into_split();
         let mut req = RequestTracker::new(shared.config().max_request_bytes);
         req.pool = true;
         let slot = pool.assign();
-        let client = Rc::new(Client::new(write));
+        let client = Rc::new(Client::new(stream));
         if !shared.config().idle_timeout.is_zero() {
             client.last_active.set(Some(Instant::now()));
         }
         Pooled {
             shared,
-            read,
             client,
             pool,
             slot,
             conn: None,
             req,
-            partial: Pending::default(),
-            held: Pending::default(),
-            held_replies: 0,
-            held_since: None,
-            pin: None,
+            slow: None,
             pin_guard: None,
             protocol_error: None,
             client_eof: false,
             shutting_down: false,
             open: false,
             changes: shared.route.subscribe(),
-            deadline: None,
-            wake_at: None,
             timer: None,
             idle_check: None,
+            waiting: None,
         }
     }
 
@@ -156,23 +166,19 @@ impl<'a> Pooled<'a> {
             self.idle_check = Some(Box::new(i));
         }
         self.pool.register(&self.client);
-        let close = loop {
-            match self.step() {
-                Step::Continue => {}
-                Step::Close(c) => break c,
-                Step::Refuse(e) => {
-                    self.shared.metrics.protocol_errors_total.inc();
-                    let msg = format!("-ERR Protocol error: {}\r\n", e.message());
-                    write_all(&self.client, msg.as_bytes()).await;
-                    break Close::ProtocolError;
-                }
-                Step::Pin => {
-                    self.pool.deregister(&self.client);
-                    return Outcome::Pin;
-                }
+        // The whole loop is one poll function: an idle client's task holds no future of its own
+        // beyond this one (its state is in `self`).
+        let close = match std::future::poll_fn(|cx| self.poll_loop(cx)).await {
+            Step::Close(c) => c,
+            Step::Refuse(e) => {
+                self.shared.metrics.protocol_errors_total.inc();
+                let msg = format!("-ERR Protocol error: {}\r\n", e.message());
+                write_all(&self.client, msg.into_bytes()).await;
+                Close::ProtocolError
             }
-            if let Some(c) = self.wait().await {
-                break c;
+            Step::Pin | Step::Continue => {
+                self.pool.deregister(&self.client);
+                return Outcome::Pin;
             }
         };
         self.pool.deregister(&self.client);
@@ -183,12 +189,17 @@ impl<'a> Pooled<'a> {
                 "-ERR sentinel-proxy: no master available for '{}'\r\n",
                 self.shared.config().master_name
             );
-            write_all(&self.client, msg.as_bytes()).await;
+            write_all(&self.client, msg.into_bytes()).await;
         } else {
-            let out = std::mem::take(&mut *self.client.out.borrow_mut());
-            write_all(&self.client, out.bytes()).await;
+            // Not kept across the write: the task would carry its size while idle.
+            let out = std::mem::take(&mut *self.client.out.borrow_mut())
+                .bytes()
+                .to_vec();
+            if !out.is_empty() {
+                write_all(&self.client, out).await;
+            }
         }
-        if !self.held.is_empty() {
+        if !self.held_empty() {
             self.count_held("dropped");
         }
         Outcome::Closed(close)
@@ -198,13 +209,12 @@ impl<'a> Pooled<'a> {
     /// request and what followed it.
     pub(super) fn pinned(self) -> Outcome {
         let Pooled {
-            read,
             client,
-            pin,
+            slow,
             pin_guard,
             ..
         } = self;
-        let Some((why, rest)) = pin else {
+        let Some((why, rest)) = slow.and_then(|s| s.pin) else {
             return Outcome::Closed(Close::IoError);
         };
         let client = match Rc::try_unwrap(client) {
@@ -217,10 +227,21 @@ impl<'a> Pooled<'a> {
                 return Outcome::Closed(Close::IoError);
             }
         };
-        match read.reunite(client.write.into_inner()) {
-            Ok(stream) => Outcome::Pinned(stream, rest.bytes().to_vec(), why, pin_guard),
-            Err(_) => Outcome::Closed(Close::IoError),
-        }
+        Outcome::Pinned(
+            client.stream.into_inner(),
+            rest.bytes().to_vec(),
+            why,
+            pin_guard,
+        )
+    }
+
+    fn held_empty(&self) -> bool {
+        self.slow.as_ref().is_none_or(|s| s.held.is_empty())
+    }
+
+    /// A request that pins the client was read.
+    fn pinning(&self) -> bool {
+        self.slow.as_ref().is_some_and(|s| s.pin.is_some())
     }
 
     fn step(&mut self) -> Step {
@@ -231,11 +252,12 @@ impl<'a> Pooled<'a> {
             // Two-phase shutdown: nothing new goes on; close at the first boundary.
             self.shutting_down = true;
             self.open = false;
-            self.deadline = Some(Instant::now() + self.shared.config().shutdown_timeout);
+            self.slow.get_or_insert_default().deadline =
+                Some(Instant::now() + self.shared.config().shutdown_timeout);
         }
         // The steady state: the route was open on `conn` and nothing changed since.
         if self.open
-            && self.held.is_empty()
+            && self.held_empty()
             && matches!(self.changes.has_changed(), Ok(false))
             && self.pool.barrier().is_none()
             && self.conn.as_ref().is_some_and(|c| !c.dead.get())
@@ -243,19 +265,21 @@ impl<'a> Pooled<'a> {
             return Step::Continue;
         }
         self.open = false;
-        self.wake_at = None;
+        if let Some(s) = &mut self.slow {
+            s.wake_at = None;
+        }
         self.changes.mark_unchanged();
         if self.shutting_down && self.client.owed.get() == 0 && self.client.out.borrow().is_empty()
         {
             return Step::Close(Close::Shutdown);
         }
-        if !self.held.is_empty() && !self.shutting_down {
+        if !self.held_empty() && !self.shutting_down {
             self.release();
         }
         let owed = self.client.owed.get();
         let out_empty = self.client.out.borrow().is_empty();
-        if self.held.is_empty() && owed == 0 && out_empty {
-            if self.pin.is_some() {
+        if self.held_empty() && owed == 0 && out_empty {
+            if self.pinning() {
                 return Step::Pin;
             }
             if let Some(e) = self.protocol_error {
@@ -265,13 +289,13 @@ impl<'a> Pooled<'a> {
                 return Step::Close(Close::ClientClosed);
             }
         }
-        let waiting = self.pin.is_some()
+        let waiting = self.pinning()
             || self.protocol_error.is_some()
             || self.client_eof
             || self.shutting_down
-            || !self.held.is_empty();
+            || !self.held_empty();
         self.client.want_idle.set(owed > 0 && waiting);
-        if self.held.is_empty() && !waiting {
+        if self.held_empty() && !waiting {
             self.open = self.usable().is_ok();
         }
         Step::Continue
@@ -327,33 +351,35 @@ impl<'a> Pooled<'a> {
     /// Send the held requests if the route allows, else note what to wait for.
     fn release(&mut self) {
         let now = Instant::now();
-        match self.usable() {
+        let usable = self.usable();
+        let s = self.slow.get_or_insert_default();
+        match usable {
             Ok(conn) => {
-                conn.push(&self.client, &[self.held.bytes()], self.held_replies);
-                self.held = Pending::default();
-                self.held_replies = 0;
-                self.deadline = None;
-                if self.held_since.is_some() {
+                conn.push(&self.client, &[s.held.bytes()], s.held_replies);
+                s.held = Pending::default();
+                s.held_replies = 0;
+                s.deadline = None;
+                if s.held_since.is_some() {
                     self.count_held("released");
                 }
             }
             Err(hold) => {
-                self.held_since.get_or_insert(now);
+                s.held_since.get_or_insert(now);
                 match hold {
                     Hold::Paused => {}
                     Hold::NoMaster => {
-                        self.deadline
+                        s.deadline
                             .get_or_insert(now + self.shared.config().connect_wait);
                     }
-                    Hold::Gate(until) => self.wake_at = Some(until),
+                    Hold::Gate(until) => s.wake_at = Some(until),
                     Hold::Barrier(until) => {
                         self.pool.wait_barrier(&self.client);
-                        self.wake_at = Some(until);
+                        s.wake_at = Some(until);
                     }
                     Hold::Draining => {}
                     Hold::Connecting(at) => {
-                        self.wake_at = at;
-                        self.deadline
+                        s.wake_at = at;
+                        s.deadline
                             .get_or_insert(now + self.shared.config().connect_wait);
                     }
                 }
@@ -364,7 +390,7 @@ impl<'a> Pooled<'a> {
     fn count_held(&mut self, outcome: &str) {
         let m = &self.shared.metrics;
         m.held_requests_total.with_label_values(&[outcome]).inc();
-        if let Some(since) = self.held_since.take() {
+        if let Some(since) = self.slow.as_mut().and_then(|s| s.held_since.take()) {
             m.hold_seconds.observe(since.elapsed().as_secs_f64());
         }
     }
@@ -394,32 +420,33 @@ impl<'a> Pooled<'a> {
         }
         let (complete, rest) = bytes.split_at(end);
         // The kept start belongs to the first complete request, unless none completed.
-        let carried = if end > 0 || replies > 0 {
-            std::mem::take(&mut self.partial)
-        } else {
-            Pending::default()
+        let carried = match &mut self.slow {
+            Some(s) if end > 0 || replies > 0 => std::mem::take(&mut s.partial),
+            _ => Pending::default(),
         };
         if let Some(why) = self.req.pin {
             let start = self.req.pin_start();
+            let s = self.slow.get_or_insert_default();
             let mut pinned = Pending::default();
             if start.is_none() {
-                pinned.push(self.partial.bytes());
-                self.partial = Pending::default();
+                pinned.push(s.partial.bytes());
+                s.partial = Pending::default();
             }
             pinned.push(rest);
-            self.pin = Some((why, pinned));
-        } else if self.protocol_error.is_none() {
-            self.partial.push(rest);
-            if self.partial.bytes().len() > MAX_KEPT_REQUEST {
+            s.pin = Some((why, pinned));
+        } else if self.protocol_error.is_none() && !rest.is_empty() {
+            let s = self.slow.get_or_insert_default();
+            s.partial.push(rest);
+            if s.partial.bytes().len() > MAX_KEPT_REQUEST {
                 // The tracker is dropped with the pool; the dedicated session parses the request
                 // again from its start, which `partial` holds.
-                let large = std::mem::take(&mut self.partial);
-                self.pin = Some((PinReason::Large, large));
+                let large = std::mem::take(&mut s.partial);
+                s.pin = Some((PinReason::Large, large));
                 self.open = false;
             }
         }
         self.push_complete(carried.bytes(), complete, replies);
-        if self.pin.is_some() && self.pin_guard.is_none() {
+        if self.pinning() && self.pin_guard.is_none() {
             // Raised after this client's own requests before the pin went on (or were held).
             self.pin_guard = Some(self.pool.pin_begin());
         }
@@ -439,80 +466,118 @@ impl<'a> Pooled<'a> {
             conn.push(&self.client, &parts, replies);
             return;
         }
+        let s = self.slow.get_or_insert_default();
         for p in parts {
-            self.held.push(p);
+            s.held.push(p);
         }
-        self.held_replies += replies;
+        s.held_replies += replies;
         self.open = false;
     }
 
-    /// Wait for the next thing to happen: client bytes, room for its pending replies, an event
-    /// from its connection or the thread's watcher (route change, shutdown, a connect ended), a
-    /// deadline. One small future, no timer unless one is set, no lock.
-    async fn wait(&mut self) -> Option<Close> {
+    /// `step()`, then wait for the next thing to happen, until a step ends the client's time in
+    /// the pool (`Step::Close`, `Refuse` or `Pin`).
+    fn poll_loop(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        loop {
+            let waiting = match self.waiting {
+                Some(w) => w,
+                None => {
+                    match self.step() {
+                        Step::Continue => {}
+                        done => return Poll::Ready(done),
+                    }
+                    self.wait_for()
+                }
+            };
+            let event = std::task::ready!(self.poll_event(cx, waiting));
+            self.waiting = None;
+            if let Some(c) = self.on_event(event) {
+                return Poll::Ready(Step::Close(c));
+            }
+        }
+    }
+
+    /// What to wait for after a step: client bytes (unless requests are held or a pin, an error
+    /// or the end is being waited out), room for its pending replies, an event from its
+    /// connection or the thread's watcher (route change, shutdown, a connect ended), a deadline.
+    /// No timer unless one is set, no lock.
+    fn wait_for(&mut self) -> Waiting {
         let flush = !self.client.out.borrow().is_empty();
-        let read_client = self.held.is_empty()
-            && self.pin.is_none()
+        let read_client = self.held_empty()
+            && !self.pinning()
             && self.protocol_error.is_none()
             && !self.client_eof
             && !self.shutting_down
             && !flush;
-        arm(&mut self.timer, self.deadline, self.wake_at);
-        let seen = self.client.events.get();
-        let (client, read, timer, idle) = (
-            &self.client,
-            &mut self.read,
-            &mut self.timer,
-            &mut self.idle_check,
-        );
-        let event = std::future::poll_fn(|cx| {
-            if read_client {
-                let r = SCRATCH.with_borrow_mut(|scratch| {
-                    let mut rb = tokio::io::ReadBuf::new(scratch);
-                    match std::pin::Pin::new(&mut *read).poll_read(cx, &mut rb) {
-                        Poll::Pending => None,
-                        Poll::Ready(r) => Some(r.map(|()| rb.filled().len())),
+        let (deadline, wake_at) = self
+            .slow
+            .as_ref()
+            .map_or((None, None), |s| (s.deadline, s.wake_at));
+        arm(&mut self.timer, deadline, wake_at);
+        let waiting = Waiting {
+            seen: self.client.events.get(),
+            flush,
+            read_client,
+        };
+        self.waiting = Some(waiting);
+        waiting
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>, waiting: Waiting) -> Poll<Event> {
+        let Waiting {
+            seen,
+            flush,
+            read_client,
+        } = waiting;
+        let (client, timer, idle) = (&self.client, &mut self.timer, &mut self.idle_check);
+        if read_client {
+            let r = SCRATCH.with_borrow_mut(|scratch| {
+                let mut rb = tokio::io::ReadBuf::new(scratch);
+                let mut stream = client.stream.borrow_mut();
+                match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                    Poll::Pending => None,
+                    Poll::Ready(r) => Some(r.map(|()| rb.filled().len())),
+                }
+            });
+            if let Some(r) = r {
+                return Poll::Ready(Event::Read(r));
+            }
+        }
+        if flush {
+            let mut out = client.out.borrow_mut();
+            let mut write = client.stream.borrow_mut();
+            if let Poll::Ready(r) = std::pin::Pin::new(&mut *write).poll_write(cx, out.bytes()) {
+                return Poll::Ready(match r {
+                    Ok(n) => {
+                        out.consume(n);
+                        Event::Flushed(n)
                     }
+                    Err(_) => Event::WriteFailed,
                 });
-                if let Some(r) = r {
-                    return Poll::Ready(Event::Read(r));
-                }
             }
-            if flush {
-                let mut out = client.out.borrow_mut();
-                let mut write = client.write.borrow_mut();
-                if let Poll::Ready(r) = std::pin::Pin::new(&mut *write).poll_write(cx, out.bytes())
-                {
-                    return Poll::Ready(match r {
-                        Ok(n) => {
-                            out.consume(n);
-                            Event::Flushed(n)
-                        }
-                        Err(_) => Event::WriteFailed,
-                    });
-                }
-            }
-            if client.events.get() != seen || client.broken.get().is_some() {
-                return Poll::Ready(Event::Woken);
-            }
-            let mut w = client.waker.borrow_mut();
-            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
-            drop(w);
-            if let Some(t) = timer
-                && t.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Event::Timer);
-            }
-            if let Some(i) = idle
-                && i.poll_tick(cx).is_ready()
-            {
-                return Poll::Ready(Event::IdleTick);
-            }
-            Poll::Pending
-        })
-        .await;
+        }
+        if client.events.get() != seen || client.broken.get().is_some() {
+            return Poll::Ready(Event::Woken);
+        }
+        let mut w = client.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *w = Some(cx.waker().clone());
+        }
+        drop(w);
+        if let Some(t) = timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::Timer);
+        }
+        if let Some(i) = idle
+            && i.poll_tick(cx).is_ready()
+        {
+            return Poll::Ready(Event::IdleTick);
+        }
+        Poll::Pending
+    }
+
+    /// What an event changes; `Some` when the client must close.
+    fn on_event(&mut self, event: Event) -> Option<Close> {
         match event {
             Event::Read(Ok(0)) => {
                 self.client_eof = true;
@@ -532,7 +597,8 @@ impl<'a> Pooled<'a> {
             Event::Woken => self.open = false,
             Event::Timer => {
                 self.open = false;
-                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                let deadline = self.slow.as_ref().and_then(|s| s.deadline);
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     if self.shutting_down {
                         return Some(Close::Shutdown);
                     }
@@ -550,8 +616,10 @@ impl<'a> Pooled<'a> {
                 let quiet = since.is_some_and(|d| d >= idle)
                     && self.client.owed.get() == 0
                     && self.client.out.borrow().is_empty()
-                    && self.held.is_empty()
-                    && self.partial.is_empty();
+                    && self
+                        .slow
+                        .as_ref()
+                        .is_none_or(|s| s.held.is_empty() && s.partial.is_empty());
                 if quiet {
                     return Some(Close::IdleTimeout);
                 }
@@ -561,14 +629,23 @@ impl<'a> Pooled<'a> {
     }
 }
 
-/// Write `bytes` to the client, waiting at most a second (used when closing).
-async fn write_all(client: &Client, mut bytes: &[u8]) {
+/// Write `bytes` to the client, waiting at most a second (used when closing). Boxed: its timer
+/// would otherwise make every idle client's `run` future larger.
+fn write_all(
+    client: &Client,
+    bytes: Vec<u8>,
+) -> Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+    Box::pin(write_all_now(client, bytes))
+}
+
+async fn write_all_now(client: &Client, bytes: Vec<u8>) {
+    let mut bytes = &bytes[..];
     // The write half is borrowed only inside each poll: the connection's task may write to it
     // between polls.
     let write = async {
         while !bytes.is_empty() {
             let n = std::future::poll_fn(|cx| {
-                std::pin::Pin::new(&mut *client.write.borrow_mut()).poll_write(cx, bytes)
+                std::pin::Pin::new(&mut *client.stream.borrow_mut()).poll_write(cx, bytes)
             })
             .await;
             match n {
