@@ -20,31 +20,34 @@
 //! `--discovery quorum`, a majority) names the same other node; and after a switch made ahead of
 //! the sentinels, a poll does not switch back to the master it came from until they catch up
 //! (`+switch-master`), the failover aborts, or 30 s pass.
+//!
+//! The resolver's parts: `known.rs` (the sentinels followed), `failover.rs` (the fence, the
+//! promotion watch, the guard and the record of a failover); here, the task, event handling,
+//! polls and their decision, verification and the swap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{MissedTickBehavior, interval, sleep, sleep_until, timeout};
+use tokio::time::{MissedTickBehavior, interval, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::client::{self, ClientError, RespConn, Role, SentinelAnswer};
+mod failover;
+mod known;
+
+use failover::Early;
+use known::Known;
+
+use super::client::{self, ClientError, Role, SentinelAnswer};
 use super::events::{Event, Kind};
-use super::subscription::subscription;
 pub use super::timeline::WatcherState;
-use super::timeline::{FailoverRecord, SwitchRecord, unix_ms};
+use super::timeline::{SwitchRecord, unix_ms};
 use crate::Shared;
 use crate::config::{Discovery, HostPort};
-
-/// How often the replica being promoted is asked `ROLE`, and for how long at most.
-const PROMOTION_POLL_EVERY: Duration = Duration::from_millis(5);
-const PROMOTION_WATCH_MAX: Duration = Duration::from_secs(30);
-/// How long a switch made ahead of the sentinels is protected from their lagging answers.
-const EARLY_GUARD: Duration = Duration::from_secs(30);
 
 pub(super) enum Msg {
     Event {
@@ -60,24 +63,6 @@ pub(super) enum Msg {
         addr: SocketAddr,
         at: Instant,
     },
-}
-
-/// A sentinel the proxy knows: configured, or learned from `SENTINEL sentinels`.
-struct Known {
-    addr: HostPort,
-    configured: bool,
-    /// Since when it has failed every query (None while it answers).
-    failing_since: Option<Instant>,
-    /// Cancels its subscription when it is pruned.
-    stop: CancellationToken,
-}
-
-/// A switch made ahead of the sentinels (on an observed promotion): until they confirm it, a poll
-/// that still hears the old master from them must not switch back.
-struct Early {
-    from: Option<SocketAddr>,
-    to: SocketAddr,
-    until: Instant,
 }
 
 /// Run the watcher until `shutdown`: subscriptions plus the resolver loop.
@@ -153,63 +138,6 @@ struct Resolver {
 }
 
 impl Resolver {
-    /// After a reload: sentinels newly configured are added, ones no longer configured are
-    /// dropped (they come back as discovered ones if their peers still name them).
-    fn sync_configured(&mut self) {
-        let wanted = self.shared.config().sentinels.clone();
-        let mut kept = Vec::with_capacity(self.known.len());
-        for mut k in std::mem::take(&mut self.known) {
-            if wanted.contains(&k.addr) {
-                k.configured = true;
-                kept.push(k);
-            } else if k.configured {
-                info!(sentinel = %k.addr, "sentinel removed from the configuration");
-                self.forget(&k);
-            } else {
-                kept.push(k);
-            }
-        }
-        self.known = kept;
-        for s in wanted {
-            self.learn(s, true);
-        }
-    }
-
-    /// Stop following a sentinel: its subscription, its /status entry, its metric series.
-    fn forget(&self, k: &Known) {
-        k.stop.cancel();
-        self.shared.watcher.forget(&k.addr);
-        let _ = self
-            .shared
-            .metrics
-            .sentinel_up
-            .remove_label_values(&[&k.addr.to_string()]);
-    }
-
-    /// Add a sentinel to the known set (if new) and subscribe to its events.
-    fn learn(&mut self, addr: HostPort, configured: bool) {
-        if self.known.iter().any(|k| k.addr == addr) {
-            return;
-        }
-        if !configured {
-            info!(sentinel = %addr, "discovered sentinel");
-        }
-        let stop = self.shutdown.child_token();
-        self.shared.watcher.sentinel(&addr, |_| {});
-        tokio::spawn(subscription(
-            addr.clone(),
-            self.shared.clone(),
-            self.tx.clone(),
-            stop.clone(),
-        ));
-        self.known.push(Known {
-            addr,
-            configured,
-            failing_since: None,
-            stop,
-        });
-    }
-
     async fn on_event(&mut self, event: Event, at: Instant) {
         let name = self.shared.config().master_name.clone();
         match event.kind {
@@ -294,147 +222,6 @@ impl Resolver {
                 }
                 self.shared.watcher.lock().master_reported_down = Some(down);
             }
-        }
-    }
-
-    /// The selected replica said `role:master`: route to it now, before Sentinel announces it.
-    fn on_promoted(&mut self, addr: SocketAddr, at: Instant) {
-        self.promotion = None;
-        let from = self.shared.route.load().master;
-        if from == Some(addr) {
-            // Already routed there (a poll or an event was first): the fence has done its job.
-            self.end_pause("switched");
-            return;
-        }
-        self.failover_step_at(at, |r, ms| r.verified_ms = Some(ms));
-        self.swap(addr, "PromotionObserved", Some(at));
-        self.guard_early(from, addr);
-    }
-
-    /// The failover record in progress, opened at `at` if there is none.
-    fn failover_record(&mut self, at: Instant) -> (u64, Instant) {
-        if let Some(f) = self.failover {
-            return f;
-        }
-        let id = self.next_failover_id;
-        self.next_failover_id += 1;
-        let from = self.shared.route.load().master.map(|a| a.to_string());
-        self.shared.watcher.open_failover(id, from);
-        self.failover = Some((id, at));
-        (id, at)
-    }
-
-    /// Note a step of the failover in progress (opening one if needed), as of now.
-    fn failover_step(&mut self, f: impl FnOnce(&mut FailoverRecord, f64)) {
-        self.failover_step_at(Instant::now(), f)
-    }
-
-    /// The same, as of `at`: `f` gets the milliseconds since the failover started.
-    fn failover_step_at(&mut self, at: Instant, f: impl FnOnce(&mut FailoverRecord, f64)) {
-        let (id, started) = self.failover_record(at);
-        let ms = at.saturating_duration_since(started).as_secs_f64() * 1000.0;
-        self.shared.watcher.failover(id, |r| f(r, ms));
-    }
-
-    /// Record when the last session left the old master (bounded by the drain timeout).
-    fn watch_drain(&self, id: u64, started: Instant, old_generation: u64) {
-        let shared = self.shared.clone();
-        let limit = Instant::now() + shared.config().drain_timeout + Duration::from_secs(2);
-        tokio::spawn(async move {
-            while Instant::now() < limit {
-                if shared.route.attached(old_generation) == 0 {
-                    let ms = started.elapsed().as_secs_f64() * 1000.0;
-                    shared.watcher.failover(id, |r| r.drained_ms = Some(ms));
-                    return;
-                }
-                sleep(Duration::from_millis(5)).await;
-            }
-        });
-    }
-
-    fn failover_end(&mut self, outcome: &'static str) {
-        if let Some((id, _)) = self.failover.take() {
-            self.shared.watcher.failover(id, |r| r.outcome = outcome);
-        }
-    }
-
-    /// The fence: sessions hold new requests until the new master is verified (or the pause
-    /// runs out, or the failover aborts). Requests in flight still complete on the old master.
-    fn start_pause(&mut self) {
-        let route = self.shared.route.load();
-        if route.master.is_none() || self.pause_until.is_some() {
-            return;
-        }
-        self.shared.route.set_paused(true);
-        self.pause_until = Some(Instant::now() + self.shared.config().failover_pause);
-        self.failover_step(|r, ms| r.paused_ms = Some(ms));
-    }
-
-    fn end_pause(&mut self, outcome: &str) {
-        if self.pause_until.take().is_some() {
-            self.shared.route.set_paused(false);
-            self.shared
-                .metrics
-                .failover_pauses_total
-                .with_label_values(&[outcome])
-                .inc();
-        }
-    }
-
-    fn guard_early(&mut self, from: Option<SocketAddr>, to: SocketAddr) {
-        self.early = Some(Early {
-            from,
-            to,
-            until: Instant::now() + EARLY_GUARD,
-        });
-    }
-
-    /// Ask the selected replica `ROLE` every few milliseconds (on one connection) until it says
-    /// master. Sentinel itself only looks once a second, so this is how the proxy switches within
-    /// milliseconds of the promotion instead of up to a second later.
-    fn watch_promotion(&mut self, addr: SocketAddr) {
-        if self.promotion.as_ref().is_some_and(|(a, _)| *a == addr) {
-            return;
-        }
-        self.stop_promotion_watch();
-        let tx = self.tx.clone();
-        let auth = self.shared.config().master_auth.clone();
-        let t = self.shared.config().sentinel_timeout;
-        let handle = tokio::spawn(async move {
-            let deadline = Instant::now() + PROMOTION_WATCH_MAX;
-            let mut conn: Option<RespConn> = None;
-            while Instant::now() < deadline {
-                if conn.is_none() {
-                    conn = RespConn::connect_addr(addr, &auth, t).await.ok();
-                }
-                if let Some(c) = conn.as_mut() {
-                    match c
-                        .call(&[b"ROLE"])
-                        .await
-                        .and_then(|f| client::parse_role(&f))
-                    {
-                        Ok(Role::Master) => {
-                            let _ = tx
-                                .send(Msg::Promoted {
-                                    addr,
-                                    at: Instant::now(),
-                                })
-                                .await;
-                            return;
-                        }
-                        Ok(Role::Other(_)) => {}
-                        Err(_) => conn = None,
-                    }
-                }
-                sleep(PROMOTION_POLL_EVERY).await;
-            }
-        });
-        self.promotion = Some((addr, handle));
-    }
-
-    fn stop_promotion_watch(&mut self) {
-        if let Some((_, h)) = self.promotion.take() {
-            h.abort();
         }
     }
 
@@ -577,47 +364,6 @@ impl Resolver {
         }
         if !self.shared.route.load().ready() && reachable > 0 && !answers.is_empty() {
             self.problem("no node named by the sentinels verifies as master".to_string());
-        }
-    }
-
-    /// The result of one query to one sentinel, for /metrics and /status.
-    fn record_health(&self, sentinel: &HostPort, error: Option<String>) {
-        self.shared
-            .metrics
-            .sentinel_up
-            .with_label_values(&[&sentinel.to_string()])
-            .set(error.is_none() as i64);
-        self.shared.watcher.sentinel(sentinel, |h| {
-            h.query_ok = error.is_none();
-            h.last_error = error;
-        });
-    }
-
-    /// Record who answered, learn the peers they named, prune long-dead discovered sentinels,
-    /// and move the ones that answered to the front.
-    fn update_known(&mut self, ok: &[bool], peers: Vec<HostPort>) {
-        let now = Instant::now();
-        for (k, ok) in self.known.iter_mut().zip(ok) {
-            k.failing_since = if *ok {
-                None
-            } else {
-                Some(k.failing_since.unwrap_or(now))
-            };
-        }
-        let prune_after = self.shared.config().sentinel_prune_after;
-        let mut kept = Vec::with_capacity(self.known.len());
-        for k in std::mem::take(&mut self.known) {
-            if !k.configured && k.failing_since.is_some_and(|t| now - t > prune_after) {
-                info!(sentinel = %k.addr, "forgetting a discovered sentinel that stayed unreachable");
-                self.forget(&k);
-            } else {
-                kept.push(k);
-            }
-        }
-        kept.sort_by_key(|k| k.failing_since.is_some());
-        self.known = kept;
-        for p in peers {
-            self.learn(p, false);
         }
     }
 
