@@ -5,269 +5,23 @@
 //! `master-name = …`), so an operator never has to translate between them. Validation happens here,
 //! once, so the rest of the proxy only ever sees values that make sense. Secrets are held in
 //! [`Secret`], whose `Debug` prints a mask, so a config dumped to a log or /status leaks nothing.
+//!
+//! Here: [`Config`] and the merge that validates it; `cli.rs` the flags and env, `file.rs` the
+//! TOML file, `values.rs` the value types and parsers.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
-use serde::Deserialize;
+use anyhow::bail;
 
-/// The command line. Every field is optional here so that a value that was not given on the
-/// command line or in the environment can still come from the file.
-#[derive(Parser, Debug, Default)]
-#[command(
-    name = "sentinel-proxy",
-    version,
-    about = "A Sentinel-aware TCP proxy for Redis"
-)]
-pub struct Cli {
-    /// TOML configuration file; flags and env vars override its values.
-    #[arg(long, env = "SENTINEL_PROXY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address clients connect to [default: 0.0.0.0:6379].
-    #[arg(long, env = "SENTINEL_PROXY_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Comma-separated Sentinel addresses, `host:port,host:port` (required).
-    #[arg(long, env = "SENTINEL_PROXY_SENTINELS", value_name = "LIST")]
-    pub sentinels: Option<String>,
-    /// Name of the Sentinel master group [default: mymaster].
-    #[arg(long, env = "SENTINEL_PROXY_MASTER_NAME", value_name = "NAME")]
-    pub master_name: Option<String>,
-    /// Address of the HTTP admin endpoints (/metrics, /healthz, /readyz, /status) [default: 0.0.0.0:9379].
-    #[arg(long, env = "SENTINEL_PROXY_METRICS_LISTEN", value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
-    /// ACL username for the proxy's own Sentinel connections.
-    #[arg(long, env = "SENTINEL_PROXY_SENTINEL_USERNAME", value_name = "USER")]
-    pub sentinel_username: Option<String>,
-    /// Password for the proxy's own Sentinel connections.
-    #[arg(
-        long,
-        env = "SENTINEL_PROXY_SENTINEL_PASSWORD",
-        value_name = "PASS",
-        hide_env_values = true
-    )]
-    pub sentinel_password: Option<String>,
-    /// ACL username for the proxy's ROLE checks on Redis nodes (clients AUTH themselves).
-    #[arg(long, env = "SENTINEL_PROXY_MASTER_USERNAME", value_name = "USER")]
-    pub master_username: Option<String>,
-    /// Password for the proxy's ROLE checks on Redis nodes.
-    #[arg(
-        long,
-        env = "SENTINEL_PROXY_MASTER_PASSWORD",
-        value_name = "PASS",
-        hide_env_values = true
-    )]
-    pub master_password: Option<String>,
-    /// Log output format [default: text].
-    #[arg(long, env = "SENTINEL_PROXY_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// How often the Sentinels are re-queried as a safety net beside their events [default: 1s].
-    #[arg(long, env = "SENTINEL_PROXY_POLL_INTERVAL", value_name = "DURATION")]
-    pub poll_interval: Option<String>,
-    /// Connect and reply timeout of every Sentinel query and ROLE check [default: 500ms].
-    #[arg(long, env = "SENTINEL_PROXY_SENTINEL_TIMEOUT", value_name = "DURATION")]
-    pub sentinel_timeout: Option<String>,
-    /// Timeout of one connect to the master on behalf of a client [default: 1s].
-    #[arg(long, env = "SENTINEL_PROXY_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-    /// How long a new client waits for a verified master before it gets an error [default: 5s].
-    #[arg(long, env = "SENTINEL_PROXY_CONNECT_WAIT", value_name = "DURATION")]
-    pub connect_wait: Option<String>,
-    /// On SIGTERM/SIGINT, how long open sessions get before the process exits [default: 5s].
-    #[arg(long, env = "SENTINEL_PROXY_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
-    pub shutdown_timeout: Option<String>,
-    /// When a failover starts, hold new requests this long at most for the new master [default: 5s].
-    #[arg(long, env = "SENTINEL_PROXY_FAILOVER_PAUSE", value_name = "DURATION")]
-    pub failover_pause: Option<String>,
-    /// After a switch, how long a session on the old master may take to reach a request boundary [default: 5s].
-    #[arg(long, env = "SENTINEL_PROXY_DRAIN_TIMEOUT", value_name = "DURATION")]
-    pub drain_timeout: Option<String>,
-    /// Largest bulk argument a client may send, like Redis's proto-max-bulk-len (e.g. 512mb) [default: 512mb].
-    #[arg(long, env = "SENTINEL_PROXY_MAX_REQUEST_BYTES", value_name = "SIZE")]
-    pub max_request_bytes: Option<String>,
-    /// Most client connections at once; over it a client gets `-ERR max number of clients reached` [default: 10000].
-    #[arg(long, env = "SENTINEL_PROXY_MAX_CLIENTS", value_name = "N")]
-    pub max_clients: Option<usize>,
-    /// Worker threads serving client connections, each with a runtime of its own (a connection
-    /// stays on one): `0` is one per CPU; `1` suits a sidecar sharing its cores [default: 0].
-    #[arg(long, env = "SENTINEL_PROXY_THREADS", value_name = "N")]
-    pub threads: Option<usize>,
-    /// Pooled mode: client requests share N pipelined connections to the master per worker
-    /// thread; a client whose command needs a connection of its own (MULTI, SUBSCRIBE, SELECT n,
-    /// AUTH, a blocking command, …) is pinned to a dedicated one. `0` is 1:1 mode: one master
-    /// connection per client [default: 0].
-    #[arg(long, env = "SENTINEL_PROXY_POOL", value_name = "N")]
-    pub pool: Option<usize>,
-    /// Close a client idle this long (no bytes either way, nothing in flight; not pub/sub or
-    /// MONITOR), like Redis's `timeout`; `0s` keeps idle clients forever [default: 0s].
-    #[arg(long, env = "SENTINEL_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
-    pub idle_timeout: Option<String>,
-    /// TCP keepalive idle time on client and backend sockets, `0s` to turn it off [default: 60s].
-    #[arg(long, env = "SENTINEL_PROXY_TCP_KEEPALIVE", value_name = "DURATION")]
-    pub tcp_keepalive: Option<String>,
-    /// Forget a *discovered* sentinel that stayed unreachable this long (configured ones are kept) [default: 10m].
-    #[arg(
-        long,
-        env = "SENTINEL_PROXY_SENTINEL_PRUNE_AFTER",
-        value_name = "DURATION"
-    )]
-    pub sentinel_prune_after: Option<String>,
-    /// How a poll picks the master: `first` (any sentinel's answer, verified with ROLE) or
-    /// `quorum` (a majority of the reachable sentinels must name it) [default: first].
-    #[arg(long, env = "SENTINEL_PROXY_DISCOVERY", value_enum)]
-    pub discovery: Option<Discovery>,
-    /// Validate the configuration, print the result and exit (0 valid, 2 invalid).
-    #[arg(long)]
-    pub check: bool,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
+mod cli;
+mod file;
+mod values;
 
-#[derive(clap::Subcommand, Debug)]
-pub enum Command {
-    /// Ask a running proxy (at --metrics-listen) whether it is alive; exit 0 if so, else 1.
-    /// For container health checks without curl.
-    Healthcheck {
-        /// Ask /readyz (a verified master is known) instead of /healthz.
-        #[arg(long)]
-        ready: bool,
-    },
-}
-
-/// The TOML file. Keys are spelled like the flags; unknown keys are an error, so a typo never
-/// silently falls back to a default.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub sentinels: Option<Vec<String>>,
-    pub master_name: Option<String>,
-    pub metrics_listen: Option<String>,
-    pub sentinel_username: Option<String>,
-    pub sentinel_password: Option<String>,
-    pub master_username: Option<String>,
-    pub master_password: Option<String>,
-    pub log_format: Option<LogFormat>,
-    pub poll_interval: Option<String>,
-    pub sentinel_timeout: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub connect_wait: Option<String>,
-    pub shutdown_timeout: Option<String>,
-    pub sentinel_prune_after: Option<String>,
-    pub discovery: Option<Discovery>,
-    pub failover_pause: Option<String>,
-    pub drain_timeout: Option<String>,
-    pub max_request_bytes: Option<String>,
-    pub max_clients: Option<usize>,
-    pub threads: Option<usize>,
-    pub pool: Option<usize>,
-    pub tcp_keepalive: Option<String>,
-    pub idle_timeout: Option<String>,
-}
-
-#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Discovery {
-    /// The first answer, confirmed with ROLE.
-    #[default]
-    First,
-    /// A majority of the reachable sentinels must name the master, confirmed with ROLE.
-    Quorum,
-}
-
-#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// A password. `Debug` and `Display` print a mask; only [`Secret::expose`] gives the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Credentials for `AUTH [username] password`. No password means no AUTH is sent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Auth {
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-}
-
-/// A `host:port` pair as Sentinels and operators write it; the host may be a name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl FromStr for HostPort {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("'{s}' is not host:port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("'{s}' has an empty host"));
-        }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("'{s}' has an invalid port"))?;
-        if port == 0 {
-            return Err(format!("'{s}' has port 0"));
-        }
-        Ok(HostPort {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl From<SocketAddr> for HostPort {
-    fn from(a: SocketAddr) -> Self {
-        HostPort {
-            host: a.ip().to_string(),
-            port: a.port(),
-        }
-    }
-}
+pub use cli::{Cli, Command};
+pub use file::FileConfig;
+use file::read_file;
+pub use values::{Auth, Discovery, HostPort, LogFormat, Secret, parse_duration, parse_size};
 
 /// The validated configuration the proxy runs with.
 #[derive(Clone, Debug)]
@@ -479,23 +233,6 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    // toml's own message spans several lines (it quotes the source); keep the first for the
-    // one-line error an operator reads, plus the position.
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        match e.span() {
-            Some(span) => {
-                let line = text[..span.start].matches('\n').count() + 1;
-                anyhow::anyhow!("{}: line {line}: {msg}", path.display())
-            }
-            None => anyhow::anyhow!("{}: {msg}", path.display()),
-        }
-    })
-}
-
 fn pick(flag: &Option<String>, file: Option<String>) -> Option<String> {
     flag.clone().or(file)
 }
@@ -512,56 +249,14 @@ fn auth(name: &str, username: Option<String>, password: Option<String>) -> anyho
     }
     Ok(Auth {
         username,
-        password: password.map(Secret),
+        password: password.map(Secret::new),
     })
-}
-
-/// Parse `1048576`, `64kb`, `512mb`, `1gb` (powers of 1024, like Redis's config).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size like 512mb"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" => 1 << 10,
-        "m" | "mb" => 1 << 20,
-        "g" | "gb" => 1 << 30,
-        _ => return Err(format!("'{text}' has an unknown unit (use kb, mb or gb)")),
-    };
-    match n.checked_mul(mult) {
-        Some(v) if v > 0 => Ok(v),
-        _ => Err(format!("'{text}' is out of range")),
-    }
-}
-
-/// Parse `250ms`, `1s`, `1.5s`, `2m`. A unit is required: a bare `5` is ambiguous.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("'{t}' needs a unit: ms, s or m"))?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{t}' is not a duration like 500ms or 2s"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("'{t}' has an unknown unit (use ms, s or m)")),
-    };
-    if !secs.is_finite() || secs > 86_400.0 {
-        return Err(format!("'{t}' is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn cli(args: &[&str]) -> Cli {
         let mut full = vec!["sentinel-proxy"];

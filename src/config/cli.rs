@@ -1,0 +1,129 @@
+//! The command line: every setting as a flag with its `SENTINEL_PROXY_…` environment variable.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::{Discovery, LogFormat};
+
+/// The command line. Every field is optional here so that a value that was not given on the
+/// command line or in the environment can still come from the file.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "sentinel-proxy",
+    version,
+    about = "A Sentinel-aware TCP proxy for Redis"
+)]
+pub struct Cli {
+    /// TOML configuration file; flags and env vars override its values.
+    #[arg(long, env = "SENTINEL_PROXY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address clients connect to [default: 0.0.0.0:6379].
+    #[arg(long, env = "SENTINEL_PROXY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Comma-separated Sentinel addresses, `host:port,host:port` (required).
+    #[arg(long, env = "SENTINEL_PROXY_SENTINELS", value_name = "LIST")]
+    pub sentinels: Option<String>,
+    /// Name of the Sentinel master group [default: mymaster].
+    #[arg(long, env = "SENTINEL_PROXY_MASTER_NAME", value_name = "NAME")]
+    pub master_name: Option<String>,
+    /// Address of the HTTP admin endpoints (/metrics, /healthz, /readyz, /status) [default: 0.0.0.0:9379].
+    #[arg(long, env = "SENTINEL_PROXY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// ACL username for the proxy's own Sentinel connections.
+    #[arg(long, env = "SENTINEL_PROXY_SENTINEL_USERNAME", value_name = "USER")]
+    pub sentinel_username: Option<String>,
+    /// Password for the proxy's own Sentinel connections.
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_SENTINEL_PASSWORD",
+        value_name = "PASS",
+        hide_env_values = true
+    )]
+    pub sentinel_password: Option<String>,
+    /// ACL username for the proxy's ROLE checks on Redis nodes (clients AUTH themselves).
+    #[arg(long, env = "SENTINEL_PROXY_MASTER_USERNAME", value_name = "USER")]
+    pub master_username: Option<String>,
+    /// Password for the proxy's ROLE checks on Redis nodes.
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_MASTER_PASSWORD",
+        value_name = "PASS",
+        hide_env_values = true
+    )]
+    pub master_password: Option<String>,
+    /// Log output format [default: text].
+    #[arg(long, env = "SENTINEL_PROXY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// How often the Sentinels are re-queried as a safety net beside their events [default: 1s].
+    #[arg(long, env = "SENTINEL_PROXY_POLL_INTERVAL", value_name = "DURATION")]
+    pub poll_interval: Option<String>,
+    /// Connect and reply timeout of every Sentinel query and ROLE check [default: 500ms].
+    #[arg(long, env = "SENTINEL_PROXY_SENTINEL_TIMEOUT", value_name = "DURATION")]
+    pub sentinel_timeout: Option<String>,
+    /// Timeout of one connect to the master on behalf of a client [default: 1s].
+    #[arg(long, env = "SENTINEL_PROXY_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// How long a new client waits for a verified master before it gets an error [default: 5s].
+    #[arg(long, env = "SENTINEL_PROXY_CONNECT_WAIT", value_name = "DURATION")]
+    pub connect_wait: Option<String>,
+    /// On SIGTERM/SIGINT, how long open sessions get before the process exits [default: 5s].
+    #[arg(long, env = "SENTINEL_PROXY_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+    /// When a failover starts, hold new requests this long at most for the new master [default: 5s].
+    #[arg(long, env = "SENTINEL_PROXY_FAILOVER_PAUSE", value_name = "DURATION")]
+    pub failover_pause: Option<String>,
+    /// After a switch, how long a session on the old master may take to reach a request boundary [default: 5s].
+    #[arg(long, env = "SENTINEL_PROXY_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Largest bulk argument a client may send, like Redis's proto-max-bulk-len (e.g. 512mb) [default: 512mb].
+    #[arg(long, env = "SENTINEL_PROXY_MAX_REQUEST_BYTES", value_name = "SIZE")]
+    pub max_request_bytes: Option<String>,
+    /// Most client connections at once; over it a client gets `-ERR max number of clients reached` [default: 10000].
+    #[arg(long, env = "SENTINEL_PROXY_MAX_CLIENTS", value_name = "N")]
+    pub max_clients: Option<usize>,
+    /// Worker threads serving client connections, each with a runtime of its own (a connection
+    /// stays on one): `0` is one per CPU; `1` suits a sidecar sharing its cores [default: 0].
+    #[arg(long, env = "SENTINEL_PROXY_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+    /// Pooled mode: client requests share N pipelined connections to the master per worker
+    /// thread; a client whose command needs a connection of its own (MULTI, SUBSCRIBE, SELECT n,
+    /// AUTH, a blocking command, …) is pinned to a dedicated one. `0` is 1:1 mode: one master
+    /// connection per client [default: 0].
+    #[arg(long, env = "SENTINEL_PROXY_POOL", value_name = "N")]
+    pub pool: Option<usize>,
+    /// Close a client idle this long (no bytes either way, nothing in flight; not pub/sub or
+    /// MONITOR), like Redis's `timeout`; `0s` keeps idle clients forever [default: 0s].
+    #[arg(long, env = "SENTINEL_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// TCP keepalive idle time on client and backend sockets, `0s` to turn it off [default: 60s].
+    #[arg(long, env = "SENTINEL_PROXY_TCP_KEEPALIVE", value_name = "DURATION")]
+    pub tcp_keepalive: Option<String>,
+    /// Forget a *discovered* sentinel that stayed unreachable this long (configured ones are kept) [default: 10m].
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_SENTINEL_PRUNE_AFTER",
+        value_name = "DURATION"
+    )]
+    pub sentinel_prune_after: Option<String>,
+    /// How a poll picks the master: `first` (any sentinel's answer, verified with ROLE) or
+    /// `quorum` (a majority of the reachable sentinels must name it) [default: first].
+    #[arg(long, env = "SENTINEL_PROXY_DISCOVERY", value_enum)]
+    pub discovery: Option<Discovery>,
+    /// Validate the configuration, print the result and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    pub check: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Ask a running proxy (at --metrics-listen) whether it is alive; exit 0 if so, else 1.
+    /// For container health checks without curl.
+    Healthcheck {
+        /// Ask /readyz (a verified master is known) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
+}
