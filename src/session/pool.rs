@@ -72,6 +72,15 @@ impl Drop for PinGuard {
         let pool = &self.0;
         let left = pool.pinning.get().saturating_sub(1);
         pool.pinning.set(left);
+        if let Some(since) = pool.pinning_since.get()
+            && since.elapsed() > PIN_BARRIER_MAX
+        {
+            // Other clients' requests may have gone ahead of the pinning one.
+            debug!(
+                ms = since.elapsed().as_millis() as u64,
+                "the pin barrier ran out before the pinning request was sent"
+            );
+        }
         if left == 0 {
             pool.pinning_since.set(None);
             let waiters = std::mem::take(&mut *pool.pin_waiters.borrow_mut());
@@ -144,7 +153,12 @@ impl Pool {
     ) -> Option<(TcpStream, u64, SocketAddr)> {
         let spare = self.spare.borrow_mut().take();
         self.refill(shared);
-        let spare = spare?;
+        // Without a spare the pinning request waits for a new connection, covered only by the
+        // barrier (50 ms): why there was none is logged, for when a request was overtaken.
+        let Some(spare) = spare else {
+            debug!("no spare connection for a pinned client (still being made, or none could be)");
+            return None;
+        };
         let route = shared.route.load();
         let open = !route.paused
             && route.generation == spare.generation
@@ -154,6 +168,12 @@ impl Pool {
             && shared.route.carriers_elsewhere(route.generation) == 0;
         let mut byte = [0u8; 1];
         let quiet = matches!(spare.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        if !(open && quiet) {
+            debug!(
+                open,
+                quiet, "the spare connection cannot take a pinned client"
+            );
+        }
         (open && quiet).then_some((spare.stream, spare.generation, spare.addr))
     }
 
