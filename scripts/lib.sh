@@ -83,7 +83,8 @@ wait_for() {
 }
 
 # Lab: 1 master + 2 replicas + 3 sentinels (quorum 2, down-after $LAB_DOWN_AFTER ms, default 1000)
-# under $LAB_DIR; $LAB_REDIS_ARGS (an array, optional) is added to every redis-server.
+# under $LAB_DIR; $LAB_REDIS_ARGS (an array, optional) is added to every redis-server, and
+# $LAB_SENTINEL_CONF (lines, optional) to every sentinel's config.
 # Sets LAB_REDIS_PORTS, LAB_SENTINEL_PORTS and LAB_PIDS.
 LAB_PIDS=()
 LAB_REDIS_ARGS=()
@@ -140,6 +141,7 @@ sentinel monitor mymaster 127.0.0.1 $master 2
 sentinel down-after-milliseconds mymaster ${LAB_DOWN_AFTER:-1000}
 sentinel failover-timeout mymaster 10000
 sentinel parallel-syncs mymaster 1
+${LAB_SENTINEL_CONF:-}
 CONF
             redis-sentinel "$LAB_DIR/sentinel-$p.conf" </dev/null >/dev/null 2>&1 &
         fi
