@@ -4,10 +4,10 @@
 //! |------------|--------|
 //! | `/metrics` | Prometheus text exposition of every metric (see `metrics.rs`) |
 //! | `/healthz` | `200 ok` while the process runs (liveness) |
-//! | `/readyz`  | `200 ready` while a verified, answering master is known, else `503` (readiness) |
-//! | `/status`  | JSON: master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines, effective config (secrets masked) |
+//! | `/readyz`  | `200 ready` while every group has a verified, answering master, else `503` naming the groups without one (readiness); `/readyz?group=NAME` for one group |
+//! | `/status`  | JSON: per group (`groups`, in configuration order) its master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines; the first group's fields also at the top level (a single-group proxy reads them there); the effective config (secrets masked). `/status?group=NAME`: that group's fields at the top level |
 //!
-//! It shares nothing with the data path but the metric atomics and the route, read lock-free.
+//! It shares nothing with the data path but the metric atomics and the routes, read lock-free.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,9 +26,15 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::Shared;
+use crate::{Group, Shared};
 
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    groups: Vec<Arc<Group>>,
+    shutdown: CancellationToken,
+) {
+    let groups = Arc::new(groups);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -41,12 +47,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
             },
             _ = shutdown.cancelled() => return,
         };
-        let shared = shared.clone();
+        let (shared, groups) = (shared.clone(), groups.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &shared)) }
+                let (shared, groups) = (shared.clone(), groups.clone());
+                async move { Ok::<_, Infallible>(handle(&req, &shared, &groups)) }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -58,7 +64,27 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
     }
 }
 
-fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+/// The groups a request is about: all, or the one `?group=NAME` names (None: no such group).
+fn selected<'a>(req: &Request<Incoming>, groups: &'a [Arc<Group>]) -> Option<Vec<&'a Group>> {
+    let wanted = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("group="))
+            .map(str::to_string)
+    });
+    match wanted {
+        None => Some(groups.iter().map(|g| g.as_ref()).collect()),
+        Some(name) => groups
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| vec![g.as_ref()]),
+    }
+}
+
+fn handle(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    groups: &[Arc<Group>],
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -74,42 +100,113 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if shared.route.load().ready() {
+            let Some(asked) = selected(req, groups) else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "no such group\n".into(),
+                );
+            };
+            let missing: Vec<&str> = asked
+                .iter()
+                .filter(|g| !g.route.load().ready())
+                .map(|g| g.name.as_str())
+                .collect();
+            if missing.is_empty() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
+            } else if groups.len() == 1 {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     "no verified master\n".into(),
                 )
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("no verified master for group {}\n", missing.join(", ")),
+                )
             }
         }
-        "/status" => reply(
-            StatusCode::OK,
-            "application/json",
-            status(shared).to_string(),
-        ),
+        "/status" => {
+            let Some(asked) = selected(req, groups) else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "no such group\n".into(),
+                );
+            };
+            reply(
+                StatusCode::OK,
+                "application/json",
+                status(shared, &asked).to_string(),
+            )
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
-fn status(shared: &Shared) -> serde_json::Value {
-    let route = shared.route.load();
-    let st = shared.watcher.snapshot();
+/// The first of `groups` at the top level, every one under `groups`, and the process config.
+fn status(shared: &Shared, groups: &[&Group]) -> serde_json::Value {
+    let each: Vec<serde_json::Value> = groups.iter().map(|g| group_status(g)).collect();
+    let mut out = each.first().cloned().unwrap_or_else(|| json!({}));
     let cfg = &shared.config();
+    if let Some(o) = out.as_object_mut() {
+        o.insert("groups".into(), json!(each));
+        o.insert(
+            "config".into(),
+            json!({
+                // The top-level settings: the one group's without [[group]] tables, the
+                // defaults the tables were filled from with them.
+                "listen": cfg.listen.to_string(),
+                "master_name": cfg.master_name,
+                "sentinels": cfg.sentinels.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "sentinel_username": cfg.sentinel_auth.username,
+                "sentinel_password": cfg.sentinel_auth.password.as_ref().map(|_| "***"),
+                "master_username": cfg.master_auth.username,
+                "master_password": cfg.master_auth.password.as_ref().map(|_| "***"),
+                "metrics_listen": cfg.metrics_listen.to_string(),
+                "poll_interval_ms": cfg.poll_interval.as_millis() as u64,
+                "sentinel_timeout_ms": cfg.sentinel_timeout.as_millis() as u64,
+                "connect_timeout_ms": cfg.connect_timeout.as_millis() as u64,
+                "connect_wait_ms": cfg.connect_wait.as_millis() as u64,
+                "shutdown_timeout_ms": cfg.shutdown_timeout.as_millis() as u64,
+                "failover_pause_ms": cfg.failover_pause.as_millis() as u64,
+                "drain_timeout_ms": cfg.drain_timeout.as_millis() as u64,
+                "sentinel_prune_after_ms": cfg.sentinel_prune_after.as_millis() as u64,
+                "idle_timeout_ms": cfg.idle_timeout.as_millis() as u64,
+                "tcp_keepalive_ms": cfg.tcp_keepalive.as_millis() as u64,
+                "max_request_bytes": cfg.max_request_bytes,
+                "max_clients": cfg.max_clients,
+                "threads": cfg.threads,
+                "pool": cfg.pool,
+                "discovery": format!("{:?}", cfg.discovery).to_lowercase(),
+                "log_format": format!("{:?}", cfg.log_format).to_lowercase(),
+            }),
+        );
+    }
+    out
+}
+
+fn group_status(group: &Group) -> serde_json::Value {
+    let route = group.route.load();
+    let st = group.watcher.snapshot();
+    let settings = group.settings();
     let since = route
         .since
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     json!({
-        "master_name": cfg.master_name,
+        "group": group.name,
+        "master_name": group.master_name,
+        "listen": settings.listen.to_string(),
         "master": route.master.map(|a| a.to_string()),
         "available": route.ready(),
         "paused": route.paused,
         "generation": route.generation,
         "generation_since_unix_ms": since,
-        "client_connections": shared.metrics.client_connections.get(),
+        "client_connections": group.metrics.client_connections.get(),
         "problem": st.last_problem,
         "master_reported_down": st.master_reported_down,
         "sentinels": st.sentinels,
@@ -117,34 +214,17 @@ fn status(shared: &Shared) -> serde_json::Value {
             let mut v = serde_json::to_value(s).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 // What the sessions did at this switch: moved (by kind) or closed (by reason).
-                o.insert("sessions".into(), json!(shared.tally.get(s.generation)));
+                o.insert("sessions".into(), json!(group.tally.get(s.generation)));
             }
             v
         }).collect::<Vec<_>>(),
         "failovers": st.failovers,
-        "config": {
-            "listen": cfg.listen.to_string(),
-            "metrics_listen": cfg.metrics_listen.to_string(),
-            "sentinels": cfg.sentinels.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            "sentinel_username": cfg.sentinel_auth.username,
-            "sentinel_password": cfg.sentinel_auth.password.as_ref().map(|_| "***"),
-            "master_username": cfg.master_auth.username,
-            "master_password": cfg.master_auth.password.as_ref().map(|_| "***"),
-            "poll_interval_ms": cfg.poll_interval.as_millis() as u64,
-            "sentinel_timeout_ms": cfg.sentinel_timeout.as_millis() as u64,
-            "connect_timeout_ms": cfg.connect_timeout.as_millis() as u64,
-            "connect_wait_ms": cfg.connect_wait.as_millis() as u64,
-            "shutdown_timeout_ms": cfg.shutdown_timeout.as_millis() as u64,
-            "failover_pause_ms": cfg.failover_pause.as_millis() as u64,
-            "drain_timeout_ms": cfg.drain_timeout.as_millis() as u64,
-            "sentinel_prune_after_ms": cfg.sentinel_prune_after.as_millis() as u64,
-            "idle_timeout_ms": cfg.idle_timeout.as_millis() as u64,
-            "tcp_keepalive_ms": cfg.tcp_keepalive.as_millis() as u64,
-            "max_request_bytes": cfg.max_request_bytes,
-            "max_clients": cfg.max_clients,
-            "threads": cfg.threads,
-            "discovery": format!("{:?}", cfg.discovery).to_lowercase(),
-            "log_format": format!("{:?}", cfg.log_format).to_lowercase(),
+        "settings": {
+            "sentinels": settings.sentinels.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "sentinel_username": settings.sentinel_auth.username,
+            "sentinel_password": settings.sentinel_auth.password.as_ref().map(|_| "***"),
+            "master_username": settings.master_auth.username,
+            "master_password": settings.master_auth.password.as_ref().map(|_| "***"),
         },
     })
 }

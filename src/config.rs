@@ -7,7 +7,8 @@
 //! [`Secret`], whose `Debug` prints a mask, so a config dumped to a log or /status leaks nothing.
 //!
 //! Here: [`Config`] and the merge that validates it; `cli.rs` the flags and env, `file.rs` the
-//! TOML file, `values.rs` the value types and parsers.
+//! TOML file, `groups.rs` its `[[group]]` tables (several masters in one proxy), `values.rs` the
+//! value types and parsers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,14 +17,21 @@ use anyhow::bail;
 
 mod cli;
 mod file;
+mod groups;
 mod values;
 
 pub use cli::{Cli, Command};
 pub use file::FileConfig;
 use file::read_file;
+pub use groups::{GroupConfig, GroupFile};
 pub use values::{Auth, Discovery, HostPort, LogFormat, Secret, parse_duration, parse_size};
 
 /// The validated configuration the proxy runs with.
+///
+/// `listen`, `sentinels`, `master_name` and the two credentials are the implicit single group
+/// when `declared_groups` is empty (flags and env alone never declare groups); with `[[group]]`
+/// tables they are only the defaults the tables were filled from. [`Config::groups`] gives the
+/// groups to serve either way.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -32,6 +40,8 @@ pub struct Config {
     pub master_name: String,
     pub sentinel_auth: Auth,
     pub master_auth: Auth,
+    /// The file's `[[group]]` tables, validated (empty: the implicit group).
+    pub declared_groups: Vec<GroupConfig>,
     pub log_format: LogFormat,
     pub poll_interval: Duration,
     pub sentinel_timeout: Duration,
@@ -68,6 +78,7 @@ impl Config {
             master_name: master_name.to_string(),
             sentinel_auth: Auth::default(),
             master_auth: Auth::default(),
+            declared_groups: Vec::new(),
             log_format: LogFormat::Text,
             poll_interval: Duration::from_secs(1),
             sentinel_timeout: Duration::from_millis(500),
@@ -87,6 +98,21 @@ impl Config {
         }
     }
 
+    /// The groups to serve: the declared ones, or the one the top-level settings make.
+    pub fn groups(&self) -> Vec<GroupConfig> {
+        if !self.declared_groups.is_empty() {
+            return self.declared_groups.clone();
+        }
+        vec![GroupConfig {
+            name: self.master_name.clone(),
+            master_name: self.master_name.clone(),
+            listen: self.listen,
+            sentinels: self.sentinels.clone(),
+            sentinel_auth: self.sentinel_auth.clone(),
+            master_auth: self.master_auth.clone(),
+        }]
+    }
+
     /// Merge flags/env (already merged by clap) over the file named by `--config`, over defaults.
     pub fn load(cli: &Cli) -> anyhow::Result<Config> {
         let file = match &cli.config {
@@ -97,44 +123,43 @@ impl Config {
     }
 
     pub fn merge(cli: &Cli, file: FileConfig) -> anyhow::Result<Config> {
-        let sentinels: Vec<String> = match (&cli.sentinels, file.sentinels) {
-            (Some(list), _) => list.split(',').map(str::to_string).collect(),
-            (None, Some(list)) => list,
-            (None, None) => bail!(
+        let tables = file.group.unwrap_or_default();
+        let sentinels: Option<Vec<String>> = match (&cli.sentinels, file.sentinels) {
+            (Some(list), _) => Some(list.split(',').map(str::to_string).collect()),
+            (None, list) => list,
+        };
+        let sentinels = match sentinels {
+            Some(list) => groups::parse_sentinels(&list).map_err(|e| anyhow::anyhow!("{e}"))?,
+            // Groups that each name their sentinels need none at the top level.
+            None if !tables.is_empty() && tables.iter().all(|t| t.sentinels.is_some()) => {
+                Vec::new()
+            }
+            None => bail!(
                 "no sentinels configured: give --sentinels host:port,... (or SENTINEL_PROXY_SENTINELS, or sentinels = [...] in the file)"
             ),
         };
-        let sentinels = sentinels
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<HostPort>()
-                    .map_err(|e| anyhow::anyhow!("sentinels: {e}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if sentinels.is_empty() {
-            bail!("sentinels: the list is empty");
-        }
-        let mut dedup: Vec<HostPort> = Vec::with_capacity(sentinels.len());
-        for s in sentinels {
-            if !dedup.contains(&s) {
-                dedup.push(s);
+
+        let listen = pick(&cli.listen, file.listen);
+        let master_name = pick(&cli.master_name, file.master_name);
+        if !tables.is_empty() {
+            // A top-level listen or master name beside [[group]] tables would be a group nobody
+            // declared, or one of the tables silently overridden: say so instead.
+            for (set, key) in [
+                (listen.is_some(), "listen"),
+                (master_name.is_some(), "master-name"),
+            ] {
+                if set {
+                    bail!(
+                        "{key} is set at the top level (flag, env or file) but the file declares [[group]] tables: give it in each group instead"
+                    );
+                }
             }
         }
+        let master_name = master_name.unwrap_or_else(|| DEFAULT_MASTER_NAME.to_string());
+        groups::check_name(&master_name).map_err(|e| anyhow::anyhow!("master-{e}"))?;
 
-        let master_name = pick(&cli.master_name, file.master_name)
-            .unwrap_or_else(|| DEFAULT_MASTER_NAME.to_string());
-        if master_name.is_empty() || master_name.chars().any(char::is_whitespace) {
-            bail!("master-name: '{master_name}' must be non-empty and without spaces");
-        }
-
-        let mut cfg = Config::new(dedup, &master_name);
-        cfg.listen = addr(
-            "listen",
-            pick(&cli.listen, file.listen).as_deref(),
-            DEFAULT_LISTEN,
-        )?;
+        let mut cfg = Config::new(sentinels, &master_name);
+        cfg.listen = addr("listen", listen.as_deref(), DEFAULT_LISTEN)?;
         cfg.metrics_listen = addr(
             "metrics-listen",
             pick(&cli.metrics_listen, file.metrics_listen).as_deref(),
@@ -183,6 +208,36 @@ impl Config {
                 file.shutdown_timeout,
                 &mut cfg.shutdown_timeout,
             ),
+            (
+                "failover-pause",
+                &cli.failover_pause,
+                file.failover_pause,
+                &mut cfg.failover_pause,
+            ),
+            (
+                "drain-timeout",
+                &cli.drain_timeout,
+                file.drain_timeout,
+                &mut cfg.drain_timeout,
+            ),
+            (
+                "sentinel-prune-after",
+                &cli.sentinel_prune_after,
+                file.sentinel_prune_after,
+                &mut cfg.sentinel_prune_after,
+            ),
+            (
+                "tcp-keepalive",
+                &cli.tcp_keepalive,
+                file.tcp_keepalive,
+                &mut cfg.tcp_keepalive,
+            ),
+            (
+                "idle-timeout",
+                &cli.idle_timeout,
+                file.idle_timeout,
+                &mut cfg.idle_timeout,
+            ),
         ];
         for (name, flag, from_file, slot) in durations {
             if let Some(text) = pick(flag, from_file) {
@@ -208,6 +263,14 @@ impl Config {
             cfg.max_request_bytes =
                 parse_size(&text).map_err(|e| anyhow::anyhow!("max-request-bytes: {e}"))?;
         }
+        cfg.declared_groups = groups::resolve(
+            tables,
+            &groups::Defaults {
+                sentinels: &cfg.sentinels,
+                sentinel_auth: &cfg.sentinel_auth,
+                master_auth: &cfg.master_auth,
+            },
+        )?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -223,11 +286,19 @@ impl Config {
                 bail!("{name}: must be greater than zero");
             }
         }
-        if self.listen == self.metrics_listen && self.listen.port() != 0 {
-            bail!(
-                "listen and metrics-listen are both {}: they need different ports",
-                self.listen
-            );
+        for g in self.groups() {
+            if g.listen == self.metrics_listen && g.listen.port() != 0 {
+                bail!(
+                    "listen and metrics-listen are both {}: they need different ports",
+                    g.listen
+                );
+            }
+            if g.sentinels.is_empty() {
+                bail!(
+                    "group '{}': no sentinels: give sentinels = [...] in the group or at the top level",
+                    g.name
+                );
+            }
         }
         Ok(())
     }
@@ -310,6 +381,57 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_secs(1));
     }
 
+    /// Every duration setting reaches the Config, from a flag and from the file (five of them
+    /// were once parsed and then dropped, silently keeping their defaults).
+    #[test]
+    fn every_duration_setting_is_applied() {
+        let names = [
+            "poll-interval",
+            "sentinel-timeout",
+            "connect-timeout",
+            "connect-wait",
+            "shutdown-timeout",
+            "failover-pause",
+            "drain-timeout",
+            "sentinel-prune-after",
+            "tcp-keepalive",
+            "idle-timeout",
+        ];
+        let get = |c: &Config| {
+            [
+                c.poll_interval,
+                c.sentinel_timeout,
+                c.connect_timeout,
+                c.connect_wait,
+                c.shutdown_timeout,
+                c.failover_pause,
+                c.drain_timeout,
+                c.sentinel_prune_after,
+                c.tcp_keepalive,
+                c.idle_timeout,
+            ]
+        };
+        let mut args = vec!["--sentinels".to_string(), "a:1".to_string()];
+        let mut file = String::new();
+        for (i, name) in names.iter().enumerate() {
+            args.push(format!("--{name}"));
+            args.push(format!("{}ms", 1000 + i));
+            file.push_str(&format!("{name} = \"{}ms\"\n", 2000 + i));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let from_flags = Config::merge(&cli(&args), FileConfig::default()).unwrap();
+        let from_file = Config::merge(
+            &cli(&["--sentinels", "a:1"]),
+            toml::from_str(&file).unwrap(),
+        )
+        .unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let ms = |d: Duration| d.as_millis() as usize;
+            assert_eq!(ms(get(&from_flags)[i]), 1000 + i, "{name} from its flag");
+            assert_eq!(ms(get(&from_file)[i]), 2000 + i, "{name} from the file");
+        }
+    }
+
     #[test]
     fn sentinels_are_required_and_deduplicated() {
         assert!(Config::merge(&cli(&[]), FileConfig::default()).is_err());
@@ -317,6 +439,96 @@ mod tests {
         let c =
             Config::merge(&cli(&["--sentinels", "a:1,b:2,a:1"]), FileConfig::default()).unwrap();
         assert_eq!(c.sentinels.len(), 2);
+    }
+
+    #[test]
+    fn groups_fill_from_the_top_level() {
+        let file: FileConfig = toml::from_str(
+            r#"
+sentinels = ["s1:26379", "s2:26379"]
+master-password = "top"
+
+[[group]]
+master-name = "broker"
+listen = "127.0.0.1:6379"
+
+[[group]]
+name = "cache"
+master-name = "cache-master"
+listen = "127.0.0.1:6380"
+sentinels = ["s3:26379"]
+master-username = "app"
+master-password = "own"
+"#,
+        )
+        .unwrap();
+        let c = Config::merge(&cli(&[]), file).unwrap();
+        let g = c.groups();
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            (g[0].name.as_str(), g[0].master_name.as_str()),
+            ("broker", "broker")
+        );
+        assert_eq!(g[0].sentinels.len(), 2);
+        assert_eq!(g[0].master_auth.password.as_ref().unwrap().expose(), "top");
+        assert_eq!(
+            (g[1].name.as_str(), g[1].master_name.as_str()),
+            ("cache", "cache-master")
+        );
+        assert_eq!(g[1].sentinels, vec!["s3:26379".parse().unwrap()]);
+        assert_eq!(g[1].master_auth.username.as_deref(), Some("app"));
+        assert_eq!(g[1].master_auth.password.as_ref().unwrap().expose(), "own");
+    }
+
+    #[test]
+    fn no_group_table_is_one_implicit_group() {
+        let c = Config::merge(
+            &cli(&[
+                "--sentinels",
+                "a:1",
+                "--master-name",
+                "m",
+                "--listen",
+                "127.0.0.1:7000",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        let g = c.groups();
+        assert_eq!(g.len(), 1);
+        assert_eq!((g[0].name.as_str(), g[0].master_name.as_str()), ("m", "m"));
+        assert_eq!(g[0].listen, "127.0.0.1:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_groups_are_named() {
+        let merge = |flags: &[&str], text: &str| {
+            let mut args = vec!["--sentinels", "a:1"];
+            args.extend_from_slice(flags);
+            Config::merge(&cli(&args), toml::from_str(text).unwrap())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = merge(&[], "[[group]]\nlisten = \"127.0.0.1:1\"\n");
+        assert!(e.contains("group 1: master-name is required"), "{e}");
+        let e = merge(&[], "[[group]]\nmaster-name = \"a\"\n");
+        assert!(e.contains("group 'a': listen is required"), "{e}");
+        let two = "[[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\n\
+                   [[group]]\nmaster-name = \"b\"\nlisten = \"127.0.0.1:1\"\n";
+        let e = merge(&[], two);
+        assert!(e.contains("two groups listen on 127.0.0.1:1"), "{e}");
+        let e = merge(
+            &["--master-name", "x"],
+            "[[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\n",
+        );
+        assert!(e.starts_with("master-name is set at the top level"), "{e}");
+        let typo = "[[group]]\nmaster-name = \"a\"\nlisen = \"127.0.0.1:1\"\n";
+        let e = toml::from_str::<FileConfig>(typo).unwrap_err().to_string();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        let same = "[[group]]\nname = \"x\"\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\n\
+                    [[group]]\nname = \"y\"\nmaster-name = \"a\"\nlisten = \"127.0.0.1:2\"\n";
+        let e = merge(&[], same);
+        assert!(e.contains("both serve master 'a'"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod group;
 pub mod listener;
 pub mod metrics;
 pub mod resp;
@@ -38,34 +39,30 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::Config;
+pub use group::Group;
 
-/// What every task of the proxy shares.
+/// What every group of the proxy shares.
 pub struct Shared {
     /// Replaced whole on a reload (SIGHUP); read with [`Shared::config`].
     config: ArcSwap<Config>,
-    pub route: route::RouteTable,
     pub metrics: metrics::Metrics,
-    pub watcher: sentinel::watcher::WatcherState,
-    /// What sessions did at each switch (moved, by kind; closed, by reason), for /status.
-    pub tally: session::tally::Tally,
-    /// Tells the watcher that the configuration changed.
-    pub reloaded: tokio::sync::Notify,
+    /// One event subscription per sentinel, for every group that follows it.
+    pub hub: sentinel::hub::Hub,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Shared {
         Shared {
             config: ArcSwap::from_pointee(config),
-            route: route::RouteTable::new(),
             metrics: metrics::Metrics::new(),
-            watcher: Default::default(),
-            tally: Default::default(),
-            reloaded: tokio::sync::Notify::new(),
+            hub: Default::default(),
         }
     }
 
@@ -74,16 +71,14 @@ impl Shared {
         self.config.load_full()
     }
 
-    /// Apply a reloaded configuration. Settings bound at start-up (listen addresses,
-    /// max-clients, log format, master name) keep their old values and are returned as
-    /// needing a restart; everything else takes effect for new decisions and new sessions.
-    pub fn reload(&self, mut new: Config) -> Vec<&'static str> {
+    /// Apply a reloaded configuration to the process and its `groups`. Settings bound at
+    /// start-up (listen addresses, max-clients, threads, pool, log format, the set of groups and
+    /// their masters) keep their old values and are returned as needing a restart; everything
+    /// else takes effect for new decisions and new sessions (a group's sentinels and
+    /// credentials included).
+    pub fn reload(&self, groups: &[Arc<Group>], mut new: Config) -> Vec<&'static str> {
         let old = self.config();
         let mut restart = Vec::new();
-        if new.listen != old.listen {
-            restart.push("listen");
-            new.listen = old.listen;
-        }
         if new.metrics_listen != old.metrics_listen {
             restart.push("metrics-listen");
             new.metrics_listen = old.metrics_listen;
@@ -104,16 +99,46 @@ impl Shared {
             restart.push("log-format");
             new.log_format = old.log_format;
         }
-        if new.master_name != old.master_name {
-            restart.push("master-name");
-            new.master_name = old.master_name.clone();
+        let wanted = new.groups();
+        let same_set = wanted.len() == groups.len()
+            && groups
+                .iter()
+                .all(|g| wanted.iter().any(|w| w.name == g.name));
+        if !same_set {
+            // Without [[group]] tables the one group is named after its master.
+            let implicit = old.declared_groups.is_empty() && new.declared_groups.is_empty();
+            restart.push(if implicit { "master-name" } else { "groups" });
+        }
+        let configured = old.groups();
+        for g in groups {
+            let Some(w) = wanted.iter().find(|w| w.name == g.name) else {
+                continue;
+            };
+            let running = g.settings();
+            let was = configured.iter().find(|c| c.name == g.name);
+            if was.is_some_and(|c| c.listen != w.listen) {
+                restart.push("listen");
+            }
+            if w.master_name != g.master_name {
+                restart.push("master-name");
+            }
+            let mut updated = w.clone();
+            updated.listen = running.listen;
+            updated.master_name = g.master_name.clone();
+            g.update(updated);
+        }
+        restart.dedup();
+        // The groups keep what they were started with: the stored config names them as running.
+        new.listen = old.listen;
+        new.master_name = old.master_name.clone();
+        if !same_set {
+            new.declared_groups = old.declared_groups.clone();
         }
         self.config.store(Arc::new(new));
         self.metrics
             .config_reloads_total
             .with_label_values(&["ok"])
             .inc();
-        self.reloaded.notify_one();
         restart
     }
 }
@@ -135,13 +160,15 @@ pub enum Error {
 /// A proxy with its sockets bound, not yet serving.
 pub struct Server {
     shared: Arc<Shared>,
-    listener: TcpListener,
+    /// Every group, with its client listener.
+    groups: Vec<(Arc<Group>, TcpListener)>,
     admin: TcpListener,
     workers: workers::Workers,
 }
 
 impl Server {
-    /// Bind the client and admin listeners (port 0 picks a free port; see [`Server::local_addr`]).
+    /// Bind every group's client listener and the admin listener (port 0 picks a free port; see
+    /// [`Server::local_addr`]).
     pub async fn bind(config: Config) -> Result<Server, Error> {
         // The client listener's backlog follows max-clients (the kernel caps it at somaxconn):
         // a burst of connections waits in the queue instead of being dropped and retried a
@@ -159,22 +186,41 @@ impl Server {
             };
             listen().map_err(|source| Error::Bind { addr, source })
         };
-        let listener = bind(config.listen, config.max_clients.max(1024))?;
+        let mut listeners = Vec::new();
+        for mut g in config.groups() {
+            let listener = bind(g.listen, config.max_clients.max(1024))?;
+            // Port 0 picks one: /status shows the one picked.
+            if let Ok(bound) = listener.local_addr() {
+                g.listen = bound;
+            }
+            listeners.push((listener, g));
+        }
         let admin = bind(config.metrics_listen, 1024)?;
         let workers = workers::Workers::start(config.threads).map_err(Error::Workers)?;
         let shared = Arc::new(Shared::new(config));
+        let groups = listeners
+            .into_iter()
+            .map(|(listener, g)| (Arc::new(Group::new(shared.clone(), g)), listener))
+            .collect();
         Ok(Server {
             shared,
-            listener,
+            groups,
             admin,
             workers,
         })
     }
 
+    /// The first group's client address (the only one without `[[group]]` tables).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
+        self.group_addr(0)
+    }
+
+    /// The client address of the `i`-th group (in the order the configuration gives them).
+    pub fn group_addr(&self, i: usize) -> SocketAddr {
+        let (group, listener) = &self.groups[i];
+        listener
             .local_addr()
-            .unwrap_or(self.shared.config().listen)
+            .unwrap_or_else(|_| group.settings().listen)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -187,35 +233,53 @@ impl Server {
         self.shared.clone()
     }
 
+    /// Every group, in the order the configuration gives them.
+    pub fn groups(&self) -> Vec<Arc<Group>> {
+        self.groups.iter().map(|(g, _)| g.clone()).collect()
+    }
+
     /// Serve until `shutdown` is cancelled; then sessions close at their next request boundary,
     /// waited for at most `shutdown-timeout`.
     pub async fn serve(self, shutdown: CancellationToken) {
         let Server {
             shared,
-            listener,
+            groups,
             admin,
             workers,
         } = self;
+        let all: Vec<Arc<Group>> = groups.iter().map(|(g, _)| g.clone()).collect();
         info!(
-            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            master_name = %shared.config().master_name,
-            sentinels = shared.config().sentinels.len(),
+            groups = all.len(),
             threads = workers.len(),
             pool = shared.config().pool,
             "sentinel-proxy started"
         );
         let tracker = TaskTracker::new();
-        tokio::spawn(sentinel::watcher::run(shared.clone(), shutdown.clone()));
-        tokio::spawn(admin::run(admin, shared.clone(), shutdown.clone()));
-        listener::run(
-            listener,
-            shared.clone(),
-            &workers,
-            tracker.clone(),
-            shutdown,
-        )
-        .await;
+        tokio::spawn(admin::run(admin, shared.clone(), all, shutdown.clone()));
+        // --max-clients counts every group's clients together.
+        let permits = Arc::new(Semaphore::new(shared.config().max_clients));
+        let workers = Arc::new(workers);
+        let mut listeners = JoinSet::new();
+        for (group, listener) in groups {
+            info!(
+                group = %group.name,
+                master_name = %group.master_name,
+                listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                sentinels = group.settings().sentinels.len(),
+                "serving group"
+            );
+            tokio::spawn(sentinel::watcher::run(group.clone(), shutdown.clone()));
+            listeners.spawn(listener::run(
+                listener,
+                group,
+                permits.clone(),
+                workers.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
+        }
+        while listeners.join_next().await.is_some() {}
         tracker.close();
         let open = tracker.len();
         if tokio::time::timeout(shared.config().shutdown_timeout, tracker.wait())
@@ -240,7 +304,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let server = Server::bind(config).await?;
     if let Some(reload) = reload {
-        shutdown::reload_on_sighup(server.shared(), reload, shutdown.clone());
+        shutdown::reload_on_sighup(server.shared(), server.groups(), reload, shutdown.clone());
     }
     server.serve(shutdown).await;
     Ok(())

@@ -1,7 +1,7 @@
-//! The accept loop: one task per client connection, each in its own tracing span and tracked for
-//! shutdown. An accept error (e.g. out of file descriptors) is logged and retried after a growing
+//! The accept loop of one group's listener: one task per client connection, each in its own
+//! tracing span and tracked for shutdown. An accept error (e.g. out of file descriptors) is logged and retried after a growing
 //! back-off; it never ends the loop. Only shutdown does. Each session holds a permit of the
-//! `--max-clients` semaphore; a client over the limit gets Redis's own
+//! `--max-clients` semaphore (one for all groups); a client over the limit gets Redis's own
 //! `-ERR max number of clients reached` and is closed. Each session runs on one of the worker
 //! threads (`workers.rs`), which owns its socket from then on.
 
@@ -17,19 +17,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug_span, info_span, warn};
 
 use crate::workers::Workers;
-use crate::{Shared, session};
+use crate::{Group, session};
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 pub async fn run(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    workers: &Workers,
+    group: Arc<Group>,
+    permits: Arc<Semaphore>,
+    workers: Arc<Workers>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
-    let permits = Arc::new(Semaphore::new(shared.config().max_clients));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -39,7 +39,7 @@ pub async fn run(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    shared.metrics.max_clients_rejections_total.inc();
+                    group.metrics.max_clients_rejections_total.inc();
                     tracker.spawn(refuse(stream));
                     continue;
                 };
@@ -51,9 +51,9 @@ pub async fn run(
                         continue;
                     }
                 };
-                let shared = shared.clone();
+                let group = group.clone();
                 let shutdown = shutdown.clone();
-                if shared.config().pool > 0 {
+                if group.config().pool > 0 {
                     // Pooled clients share connections with the other clients of their thread
                     // (`session/pool.rs`), through `Rc`s: they run on its `LocalSet`.
                     let tracked = tracker.token();
@@ -61,13 +61,13 @@ pub async fn run(
                     // default level it costs nothing (an idle pooled client is ~1.4 KiB, and the
                     // span's fields and slot would be 0.3 of it). A client that pins runs its
                     // dedicated session in an info-level span (`session::serve_pooled`).
-                    let span = debug_span!("conn", client = %peer);
+                    let span = debug_span!("conn", group = %group.name, client = %peer);
                     workers.spawn_local_for(
                         peer.ip(),
                         Box::new(move || {
                             tokio::task::spawn_local(
                                 async move {
-                                    session::serve_pooled(stream, shared, shutdown).await;
+                                    session::serve_pooled(stream, group, shutdown).await;
                                     drop(permit);
                                     drop(tracked);
                                 }
@@ -77,11 +77,16 @@ pub async fn run(
                     );
                     continue;
                 }
-                let span = info_span!("conn", client = %peer, backend = tracing::field::Empty);
+                let span = info_span!(
+                    "conn",
+                    group = %group.name,
+                    client = %peer,
+                    backend = tracing::field::Empty
+                );
                 tracker.spawn_on(
                     async move {
                         match TcpStream::from_std(stream) {
-                            Ok(stream) => session::serve(stream, shared, shutdown).await,
+                            Ok(stream) => session::serve(stream, group, shutdown).await,
                             Err(e) => warn!(error = %e, "could not register a connection"),
                         }
                         drop(permit);

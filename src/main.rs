@@ -28,11 +28,21 @@ fn main() -> ExitCode {
             0 => "1:1".to_string(),
             n => format!("pooled, {n} per thread"),
         };
+        let groups: Vec<String> = config
+            .groups()
+            .iter()
+            .map(|g| {
+                format!(
+                    "master '{}', {} sentinel(s), listen {}",
+                    g.master_name,
+                    g.sentinels.len(),
+                    g.listen
+                )
+            })
+            .collect();
         println!(
-            "sentinel-proxy: configuration ok (master '{}', {} sentinel(s), listen {}, metrics {}, {mode})",
-            config.master_name,
-            config.sentinels.len(),
-            config.listen,
+            "sentinel-proxy: configuration ok ({}; metrics {}, {mode})",
+            groups.join("; "),
             config.metrics_listen
         );
         return ExitCode::SUCCESS;

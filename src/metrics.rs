@@ -2,43 +2,106 @@
 //!
 //! Handles are plain atomics behind `Arc`s, so the data path only ever does an atomic add. Names
 //! follow the exposition conventions: counters end in `_total`, durations are `_seconds`.
+//!
+//! Every series about a master group carries a `group` label: [`Metrics`] holds the registry and
+//! the labelled families, and [`Metrics::group`] hands a group its [`GroupMetrics`], the same
+//! handles with the label already applied (a scalar family becomes a plain counter or gauge; a
+//! family with more labels becomes a [`Labeled`] that adds the group in front). The sentinels'
+//! health and events, reloads and the build are the process's, without the label.
 
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The registry and every metric family.
 pub struct Metrics {
     registry: Registry,
+    client_connections: IntGaugeVec,
+    client_connections_total: IntCounterVec,
+    backend_connect_failures_total: IntCounterVec,
+    no_master_rejections_total: IntCounterVec,
+    sessions_closed_total: IntCounterVec,
+    master_switches_total: IntCounterVec,
+    master_info: IntGaugeVec,
+    master_available: IntGaugeVec,
+    route_generation: IntGaugeVec,
+    switch_latency_seconds: HistogramVec,
+    role_checks_total: IntCounterVec,
+    held_requests_total: IntCounterVec,
+    hold_seconds: HistogramVec,
+    migrations_total: IntCounterVec,
+    moves_total: IntCounterVec,
+    pipe_sessions_total: IntCounterVec,
+    pinned_sessions_total: IntCounterVec,
+    pool_connections: IntGaugeVec,
+    not_master_replies_total: IntCounterVec,
+    protocol_errors_total: IntCounterVec,
+    failover_pauses_total: IntCounterVec,
+    max_clients_rejections_total: IntCounterVec,
+    client_bytes_received_total: IntCounterVec,
+    client_bytes_sent_total: IntCounterVec,
+    backend_connect_seconds: HistogramVec,
+    pub sentinel_events_total: IntCounterVec,
+    pub sentinel_up: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+/// One group's handles: the families of [`Metrics`] with its `group` label applied.
+pub struct GroupMetrics {
     pub client_connections: IntGauge,
     pub client_connections_total: IntCounter,
     pub backend_connect_failures_total: IntCounter,
     pub no_master_rejections_total: IntCounter,
-    pub sessions_closed_total: IntCounterVec,
+    pub sessions_closed_total: Labeled<IntCounterVec>,
     pub master_switches_total: IntCounter,
-    pub master_info: IntGaugeVec,
+    pub master_info: Labeled<IntGaugeVec>,
     pub master_available: IntGauge,
     pub route_generation: IntGauge,
     pub switch_latency_seconds: Histogram,
-    pub sentinel_events_total: IntCounterVec,
-    pub sentinel_up: IntGaugeVec,
-    pub role_checks_total: IntCounterVec,
-    pub held_requests_total: IntCounterVec,
+    pub role_checks_total: Labeled<IntCounterVec>,
+    pub held_requests_total: Labeled<IntCounterVec>,
     pub hold_seconds: Histogram,
-    pub migrations_total: IntCounterVec,
-    pub moves_total: IntCounterVec,
-    pub pipe_sessions_total: IntCounterVec,
-    pub pinned_sessions_total: IntCounterVec,
+    pub migrations_total: Labeled<IntCounterVec>,
+    pub moves_total: Labeled<IntCounterVec>,
+    pub pipe_sessions_total: Labeled<IntCounterVec>,
+    pub pinned_sessions_total: Labeled<IntCounterVec>,
     pub pool_connections: IntGauge,
     pub not_master_replies_total: IntCounter,
     pub protocol_errors_total: IntCounter,
-    pub failover_pauses_total: IntCounterVec,
+    pub failover_pauses_total: Labeled<IntCounterVec>,
     pub max_clients_rejections_total: IntCounter,
-    pub config_reloads_total: IntCounterVec,
     pub client_bytes_received_total: IntCounter,
     pub client_bytes_sent_total: IntCounter,
     pub backend_connect_seconds: Histogram,
-    pub build_info: IntGaugeVec,
+}
+
+/// A family with labels besides `group`, for one group: `with_label_values(&["quit"])` is the
+/// family's `with_label_values(&[group, "quit"])`.
+pub struct Labeled<V> {
+    vec: V,
+    group: String,
+}
+
+impl<T: MetricVecBuilder> Labeled<MetricVec<T>> {
+    pub fn with_label_values(&self, values: &[&str]) -> T::M {
+        match values {
+            [v] => self.vec.with_label_values(&[self.group.as_str(), v]),
+            _ => {
+                let mut all = vec![self.group.as_str()];
+                all.extend_from_slice(values);
+                self.vec.with_label_values(&all)
+            }
+        }
+    }
+
+    pub fn remove_label_values(&self, values: &[&str]) -> prometheus::Result<()> {
+        let mut all = vec![self.group.as_str()];
+        all.extend_from_slice(values);
+        self.vec.remove_label_values(&all)
+    }
 }
 
 impl Metrics {
@@ -49,22 +112,51 @@ impl Metrics {
                 .expect("metric names are unique constants");
             m
         }
+        // `labels` come after `group`; the process's own families name theirs in full.
+        let with_group = |labels: &[&'static str]| {
+            let mut all = vec!["group"];
+            all.extend_from_slice(labels);
+            all
+        };
         let counter = |name: &str, help: &str| {
             reg(
                 &registry,
-                IntCounter::new(name, help).expect("valid metric"),
+                IntCounterVec::new(Opts::new(name, help), &["group"]).expect("valid metric"),
             )
         };
         let gauge = |name: &str, help: &str| {
-            reg(&registry, IntGauge::new(name, help).expect("valid metric"))
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &["group"]).expect("valid metric"),
+            )
         };
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+        let counter_vec = |name: &str, help: &str, labels: &[&'static str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), &with_group(labels))
+                    .expect("valid metric"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&'static str]| {
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &with_group(labels)).expect("valid metric"),
+            )
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            reg(
+                &registry,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["group"])
+                    .expect("valid metric"),
+            )
+        };
+        let process_counter_vec = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &registry,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+        let process_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &registry,
                 IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
@@ -109,25 +201,19 @@ impl Metrics {
                 "sentinel_proxy_route_generation",
                 "Generation of the route; it changes with every master change.",
             ),
-            switch_latency_seconds: reg(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "sentinel_proxy_switch_latency_seconds",
-                        "Time from a Sentinel event naming a new master to the route swap.",
-                    )
-                    .buckets(vec![
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    ]),
-                )
-                .expect("valid metric"),
+            switch_latency_seconds: histogram(
+                "sentinel_proxy_switch_latency_seconds",
+                "Time from a Sentinel event naming a new master to the route swap.",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
             ),
-            sentinel_events_total: counter_vec(
+            sentinel_events_total: process_counter_vec(
                 "sentinel_proxy_sentinel_events_total",
                 "Events received from Sentinel subscriptions, by channel.",
                 &["event"],
             ),
-            sentinel_up: gauge_vec(
+            sentinel_up: process_gauge_vec(
                 "sentinel_proxy_sentinel_up",
                 "1 if the last query or subscription to this sentinel succeeded, else 0.",
                 &["sentinel"],
@@ -142,18 +228,12 @@ impl Metrics {
                 "Requests held during a failover pause or switch, by where they went (new_master, same_master, dropped).",
                 &["outcome"],
             ),
-            hold_seconds: reg(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "sentinel_proxy_hold_seconds",
-                        "How long a session held client requests during a failover.",
-                    )
-                    .buckets(vec![
-                        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    ]),
-                )
-                .expect("valid metric"),
+            hold_seconds: histogram(
+                "sentinel_proxy_hold_seconds",
+                "How long a session held client requests during a failover.",
+                vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
             ),
             migrations_total: counter_vec(
                 "sentinel_proxy_session_migrations_total",
@@ -196,7 +276,7 @@ impl Metrics {
                 "sentinel_proxy_max_clients_rejections_total",
                 "Clients refused because --max-clients connections were open.",
             ),
-            config_reloads_total: counter_vec(
+            config_reloads_total: process_counter_vec(
                 "sentinel_proxy_config_reloads_total",
                 "Configuration reloads (SIGHUP), by result (ok, rejected).",
                 &["result"],
@@ -209,20 +289,14 @@ impl Metrics {
                 "sentinel_proxy_client_sent_bytes_total",
                 "Bytes of replies relayed to clients.",
             ),
-            backend_connect_seconds: reg(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "sentinel_proxy_backend_connect_seconds",
-                        "Time to connect to the master on behalf of a client.",
-                    )
-                    .buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
-                    ]),
-                )
-                .expect("valid metric"),
+            backend_connect_seconds: histogram(
+                "sentinel_proxy_backend_connect_seconds",
+                "Time to connect to the master on behalf of a client.",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
+                ],
             ),
-            build_info: gauge_vec(
+            build_info: process_gauge_vec(
                 "sentinel_proxy_build_info",
                 "Always 1; the version of the running proxy in a label.",
                 &["version"],
@@ -233,6 +307,47 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m
+    }
+
+    /// The handles of group `name`.
+    pub fn group(&self, name: &str) -> GroupMetrics {
+        let one = [name];
+        let labeled = |vec: &IntCounterVec| Labeled {
+            vec: vec.clone(),
+            group: name.to_string(),
+        };
+        GroupMetrics {
+            client_connections: self.client_connections.with_label_values(&one),
+            client_connections_total: self.client_connections_total.with_label_values(&one),
+            backend_connect_failures_total: self
+                .backend_connect_failures_total
+                .with_label_values(&one),
+            no_master_rejections_total: self.no_master_rejections_total.with_label_values(&one),
+            sessions_closed_total: labeled(&self.sessions_closed_total),
+            master_switches_total: self.master_switches_total.with_label_values(&one),
+            master_info: Labeled {
+                vec: self.master_info.clone(),
+                group: name.to_string(),
+            },
+            master_available: self.master_available.with_label_values(&one),
+            route_generation: self.route_generation.with_label_values(&one),
+            switch_latency_seconds: self.switch_latency_seconds.with_label_values(&one),
+            role_checks_total: labeled(&self.role_checks_total),
+            held_requests_total: labeled(&self.held_requests_total),
+            hold_seconds: self.hold_seconds.with_label_values(&one),
+            migrations_total: labeled(&self.migrations_total),
+            moves_total: labeled(&self.moves_total),
+            pipe_sessions_total: labeled(&self.pipe_sessions_total),
+            pinned_sessions_total: labeled(&self.pinned_sessions_total),
+            pool_connections: self.pool_connections.with_label_values(&one),
+            not_master_replies_total: self.not_master_replies_total.with_label_values(&one),
+            protocol_errors_total: self.protocol_errors_total.with_label_values(&one),
+            failover_pauses_total: labeled(&self.failover_pauses_total),
+            max_clients_rejections_total: self.max_clients_rejections_total.with_label_values(&one),
+            client_bytes_received_total: self.client_bytes_received_total.with_label_values(&one),
+            client_bytes_sent_total: self.client_bytes_sent_total.with_label_values(&one),
+            backend_connect_seconds: self.backend_connect_seconds.with_label_values(&one),
+        }
     }
 
     /// The text exposition of every metric.
@@ -257,15 +372,17 @@ mod tests {
     #[test]
     fn names_follow_conventions() {
         let m = Metrics::new();
-        m.sessions_closed_total
+        let g = m.group("mymaster");
+        g.sessions_closed_total
             .with_label_values(&["client_closed"])
             .inc();
-        m.master_info.with_label_values(&["127.0.0.1:6379"]).set(1);
+        g.master_info.with_label_values(&["127.0.0.1:6379"]).set(1);
+        g.client_connections.set(1);
         m.sentinel_events_total
             .with_label_values(&["+switch-master"])
             .inc();
         m.sentinel_up.with_label_values(&["127.0.0.1:26379"]).set(1);
-        m.role_checks_total.with_label_values(&["master"]).inc();
+        g.role_checks_total.with_label_values(&["master"]).inc();
         let text = m.encode();
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let mut parts = line.split_whitespace().skip(2);
@@ -273,6 +390,12 @@ mod tests {
             assert!(name.starts_with("sentinel_proxy_"), "{line}");
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
         }
-        assert!(text.contains("sentinel_proxy_master_info{address=\"127.0.0.1:6379\"} 1"));
+        assert!(
+            text.contains(
+                "sentinel_proxy_master_info{address=\"127.0.0.1:6379\",group=\"mymaster\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("sentinel_proxy_client_connections{group=\"mymaster\"} 1"));
     }
 }

@@ -11,12 +11,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{Reloader, Shared};
+use crate::{Group, Reloader, Shared};
 
 /// On every SIGHUP, build a new configuration with `reload` and apply it. An invalid one is
 /// rejected with a log line and the running configuration stays; client connections are never
 /// touched by a reload.
-pub fn reload_on_sighup(shared: Arc<Shared>, reload: Reloader, shutdown: CancellationToken) {
+pub fn reload_on_sighup(
+    shared: Arc<Shared>,
+    groups: Vec<Arc<Group>>,
+    reload: Reloader,
+    shutdown: CancellationToken,
+) {
     // Installed before returning, so a SIGHUP sent right after start-up is never fatal.
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot install the SIGHUP handler; configuration reload disabled");
@@ -30,7 +35,7 @@ pub fn reload_on_sighup(shared: Arc<Shared>, reload: Reloader, shutdown: Cancell
             }
             match reload() {
                 Ok(config) => {
-                    let restart = shared.reload(config);
+                    let restart = shared.reload(&groups, config);
                     info!("configuration reloaded");
                     if !restart.is_empty() {
                         warn!(settings = ?restart, "changed settings need a restart to take effect; kept their running values");

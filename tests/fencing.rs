@@ -476,7 +476,7 @@ async fn a_readonly_reply_triggers_an_immediate_recheck() {
     eventually(
         Duration::from_secs(3),
         "the proxy to stop routing to the demoted node",
-        || async { (proxy.shared.route.load().master != Some(addr(master))).then_some(()) },
+        || async { (proxy.group.route.load().master != Some(addr(master))).then_some(()) },
     )
     .await;
     let (_, text) = http_get(proxy.admin, "/metrics").await;

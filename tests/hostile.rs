@@ -224,7 +224,7 @@ async fn a_reset_mid_request_leaks_nothing() {
         b"*3\r\n$3\r\nSET\r\n$5\r\nreset\r\n$100\r\nonly part",
     )
     .unwrap();
-    if proxy.shared.config().pool == 0 {
+    if proxy.group.config().pool == 0 {
         eventually(Duration::from_secs(5), "the backend connection", || async {
             (proxy_clients(master).await? == before + 1).then_some(())
         })

@@ -25,7 +25,7 @@ async fn wait_subscribed(proxy: &Proxy, n: usize) {
         Duration::from_secs(15),
         "subscriptions to every sentinel",
         || async {
-            let st = proxy.shared.watcher.snapshot();
+            let st = proxy.group.watcher.snapshot();
             (st.sentinels.len() == n && st.sentinels.iter().all(|s| s.subscribed)).then_some(())
         },
     )
@@ -76,7 +76,7 @@ async fn serves_through_sentinel_outages_and_follows_after_a_restart() {
         Duration::from_secs(10),
         "the proxy to see every sentinel down",
         || async {
-            let st = proxy.shared.watcher.snapshot();
+            let st = proxy.group.watcher.snapshot();
             st.sentinels.iter().all(|s| !s.query_ok).then_some(())
         },
     )
@@ -104,7 +104,7 @@ async fn serves_through_sentinel_outages_and_follows_after_a_restart() {
         Duration::from_secs(15),
         "resubscription to the restarted sentinel",
         || async {
-            let st = proxy.shared.watcher.snapshot();
+            let st = proxy.group.watcher.snapshot();
             st.sentinels
                 .iter()
                 .any(|s| s.subscribed && s.query_ok)
@@ -142,7 +142,7 @@ async fn a_sentinel_naming_a_replica_is_not_believed() {
         },
     )
     .await;
-    assert_eq!(proxy.shared.route.load().target(), None);
+    assert_eq!(proxy.group.route.load().target(), None);
     let (code, _) = http_get(proxy.admin, "/readyz").await;
     assert_eq!(code, 503);
     let mut c = conn(proxy.port).await.unwrap();
@@ -216,7 +216,7 @@ async fn only_hostile_sentinels_give_no_route_and_a_clear_error() {
     )
     .await;
     assert_eq!(http_get(proxy.admin, "/readyz").await.0, 503);
-    assert_eq!(proxy.shared.route.load().target(), None);
+    assert_eq!(proxy.group.route.load().target(), None);
     let mut c = conn(proxy.port).await.unwrap();
     match cmd(&mut c, &["PING"]).await {
         Err(e) => assert!(e.to_string().contains("no master available"), "{e}"),

@@ -1,14 +1,14 @@
 //! One pub/sub subscription per sentinel (`PSUBSCRIBE *`), kept alive: pinged every second, taken
 //! for dead after 3 s of silence, re-made with backoff. Failover events are published only by the
-//! leading sentinel, so the watcher listens to every one; each event for our master goes to the
-//! resolver (`watcher.rs`) with the instant it arrived, and a (re)made subscription tells it to look
-//! again, since events may have been missed meanwhile.
+//! leading sentinel, so each group's watcher follows every sentinel it knows; the subscription is
+//! shared by all of them (`hub.rs`): each event goes to the groups whose master it names, with the
+//! instant it arrived, and every member is told when the subscription comes up (look again: events
+//! may have been missed meanwhile) or goes down.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis_protocol::resp2::types::OwnedFrame;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -26,56 +26,57 @@ const SUB_DEAD_AFTER: Duration = Duration::from_secs(3);
 /// fence's early warning: look for it at least every second (a connect attempt is cheap).
 const RESUBSCRIBE_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Keep one subscription to `sentinel` alive until shutdown, reconnecting with backoff.
-pub(super) async fn subscription(
-    sentinel: HostPort,
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Msg>,
-    shutdown: CancellationToken,
-) {
+/// Keep one subscription to `sentinel` alive until `stop` (the last group left, or shutdown),
+/// reconnecting with backoff.
+pub(super) async fn subscription(sentinel: HostPort, shared: Arc<Shared>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = subscribe_once(&sentinel, &shared, &tx) => r,
-            _ = shutdown.cancelled() => return,
+            r = subscribe_once(&sentinel, &shared) => r,
+            _ = stop.cancelled() => return,
         };
-        shared.watcher.sentinel(&sentinel, |h| {
-            h.subscribed = false;
-            if let Err(e) = &result {
-                h.last_error = Some(e.to_string());
-            }
-        });
-        if let Err(e) = result {
+        if let Err(e) = &result {
             debug!(sentinel = %sentinel, error = %e, "sentinel subscription lost");
         }
-        if tx.is_closed() {
-            return;
+        let error = result.err().map(|e| e.to_string());
+        for m in shared.hub.set_up(&sentinel, false) {
+            let _ =
+                m.tx.send(Msg::Subscription {
+                    sentinel: sentinel.clone(),
+                    up: false,
+                    error: error.clone(),
+                })
+                .await;
         }
         if started.elapsed() > RESUBSCRIBE_MAX_BACKOFF * 2 {
             backoff = Duration::from_millis(100);
         }
         tokio::select! {
             _ = sleep(backoff) => {}
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(RESUBSCRIBE_MAX_BACKOFF);
     }
 }
 
-async fn subscribe_once(
-    sentinel: &HostPort,
-    shared: &Shared,
-    tx: &mpsc::Sender<Msg>,
-) -> Result<(), ClientError> {
-    let cfg = &shared.config();
-    let mut conn = RespConn::connect(sentinel, &cfg.sentinel_auth, cfg.sentinel_timeout).await?;
-    conn.call(&[b"PSUBSCRIBE", b"*"]).await?;
-    shared.watcher.sentinel(sentinel, |h| h.subscribed = true);
-    debug!(sentinel = %sentinel, "subscribed to sentinel events");
-    // Events may have been missed while unsubscribed: look again now.
-    if tx.send(Msg::Subscribed).await.is_err() {
+async fn subscribe_once(sentinel: &HostPort, shared: &Shared) -> Result<(), ClientError> {
+    let Some(auth) = shared.hub.auth(sentinel) else {
         return Ok(());
+    };
+    let cfg = shared.config();
+    let mut conn = RespConn::connect(sentinel, &auth, cfg.sentinel_timeout).await?;
+    conn.call(&[b"PSUBSCRIBE", b"*"]).await?;
+    debug!(sentinel = %sentinel, "subscribed to sentinel events");
+    // Events may have been missed while unsubscribed: each group looks again now.
+    for m in shared.hub.set_up(sentinel, true) {
+        let _ =
+            m.tx.send(Msg::Subscription {
+                sentinel: sentinel.clone(),
+                up: true,
+                error: None,
+            })
+            .await;
     }
     let mut ping = interval(SUB_PING_EVERY);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -90,11 +91,10 @@ async fn subscribe_once(
                     shared.metrics.sentinel_events_total
                         .with_label_values(&[events::channel_label(channel)]).inc();
                     debug!(sentinel = %sentinel, channel, payload, "sentinel event");
-                    if let Some(event) = events::parse(channel, payload)
-                        && event.master_name == cfg.master_name
-                        && tx.send(Msg::Event { event, at }).await.is_err()
-                    {
-                        return Ok(());
+                    if let Some(event) = events::parse(channel, payload) {
+                        for m in shared.hub.members_for(sentinel, &event.master_name) {
+                            let _ = m.tx.send(Msg::Event { event: event.clone(), at }).await;
+                        }
                     }
                 }
             }

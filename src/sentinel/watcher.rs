@@ -46,8 +46,8 @@ use super::client::{self, ClientError, Role, SentinelAnswer};
 use super::events::{Event, Kind};
 pub use super::timeline::WatcherState;
 use super::timeline::{SwitchRecord, unix_ms};
-use crate::Shared;
 use crate::config::{Discovery, HostPort};
+use crate::group::Group;
 
 pub(super) enum Msg {
     Event {
@@ -56,8 +56,13 @@ pub(super) enum Msg {
     },
     /// A poll's answers, by index into the known sentinels.
     Polled(Vec<(usize, Result<SentinelAnswer, ClientError>)>),
-    /// A subscription (re)started: events may have been missed, look again.
-    Subscribed,
+    /// A sentinel's subscription came up (events may have been missed: look again) or went
+    /// down (`hub.rs`).
+    Subscription {
+        sentinel: HostPort,
+        up: bool,
+        error: Option<String>,
+    },
     /// The promotion watch saw the selected replica answer `ROLE` as master.
     Promoted {
         addr: SocketAddr,
@@ -66,12 +71,11 @@ pub(super) enum Msg {
 }
 
 /// Run the watcher until `shutdown`: subscriptions plus the resolver loop.
-pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn run(group: Arc<Group>, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::channel(256);
     let mut resolver = Resolver {
-        shared: shared.clone(),
+        group: group.clone(),
         tx,
-        shutdown: shutdown.clone(),
         known: Vec::new(),
         promotion: None,
         early: None,
@@ -80,11 +84,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         poll_again: false,
         failover: None,
         next_failover_id: 0,
+        published_master: Default::default(),
     };
-    for s in &shared.config().sentinels {
+    for s in &group.settings().sentinels {
         resolver.learn(s.clone(), true);
     }
-    let mut tick = interval(shared.config().poll_interval);
+    let mut tick = interval(group.config().poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -94,11 +99,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 Msg::Event { event, at } => resolver.on_event(event, at).await,
                 Msg::Promoted { addr, at } => resolver.on_promoted(addr, at),
                 Msg::Polled(results) => resolver.finish_poll(results).await,
-                Msg::Subscribed => resolver.poll(),
+                Msg::Subscription { sentinel, up, error } => {
+                    resolver.subscription_changed(&sentinel, up, error);
+                }
             },
-            _ = shared.route.recheck_requested() => resolver.poll(),
-            _ = shared.reloaded.notified() => {
-                let cfg = shared.config();
+            _ = group.route.recheck_requested() => resolver.poll(),
+            _ = group.reloaded.notified() => {
+                let cfg = group.config();
                 if cfg.poll_interval != tick.period() {
                     tick = interval(cfg.poll_interval);
                     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -110,7 +117,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = sleep_until(resolver.pause_until.unwrap_or_else(Instant::now)),
                 if resolver.pause_until.is_some() =>
             {
-                warn!(master = %shared.config().master_name, "failover pause ran out; releasing held requests to the current master");
+                warn!(master = %group.master_name, "failover pause ran out; releasing held requests to the current master");
                 resolver.end_pause("timed_out");
                 resolver.failover_end("timed_out");
             }
@@ -120,9 +127,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 struct Resolver {
-    shared: Arc<Shared>,
+    group: Arc<Group>,
     tx: mpsc::Sender<Msg>,
-    shutdown: CancellationToken,
     /// Ordered: sentinels that answered recently come first.
     known: Vec<Known>,
     promotion: Option<(SocketAddr, JoinHandle<()>)>,
@@ -135,11 +141,13 @@ struct Resolver {
     /// The failover being lived through: its record id and when it started.
     failover: Option<(u64, Instant)>,
     next_failover_id: u64,
+    /// The master whose `master_info` series is set.
+    published_master: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 impl Resolver {
     async fn on_event(&mut self, event: Event, at: Instant) {
-        let name = self.shared.config().master_name.clone();
+        let name = self.group.master_name.clone();
         match event.kind {
             Kind::SwitchMaster | Kind::PromotedSlave => {
                 let Some(hp) = event.addr else { return };
@@ -153,7 +161,7 @@ impl Resolver {
                     }
                     self.stop_promotion_watch();
                 }
-                let route = self.shared.route.load();
+                let route = self.group.route.load();
                 if route.master == Some(addr) && route.available {
                     self.end_pause("switched");
                     return;
@@ -170,11 +178,11 @@ impl Resolver {
                     Ok(Role::Other(role)) => {
                         // Promotion not visible yet, or a stale event: the poll will settle it.
                         info!(candidate = %addr, %role, "candidate is not a master yet");
-                        self.shared.route.request_recheck();
+                        self.group.route.request_recheck();
                     }
                     Err(e) => {
                         warn!(candidate = %addr, error = %e, "cannot verify candidate");
-                        self.shared.route.request_recheck();
+                        self.group.route.request_recheck();
                     }
                 }
             }
@@ -184,7 +192,7 @@ impl Resolver {
                     // Only a failover *of the master we route to* is a reason to hold requests;
                     // a late event (the route already moved) is not.
                     let about = self.resolve_opt(event.about.as_ref()).await;
-                    let current = self.shared.route.load().master;
+                    let current = self.group.route.load().master;
                     if current == Some(addr) || about.is_some_and(|a| Some(a) != current) {
                         debug!(replica = %addr, "stale +selected-slave ignored");
                         return;
@@ -211,7 +219,7 @@ impl Resolver {
             Kind::MasterDown | Kind::MasterUp => {
                 // Only news about the node we route to is news for /status.
                 let about = self.resolve_opt(event.about.as_ref()).await;
-                if about.is_none() || about != self.shared.route.load().master {
+                if about.is_none() || about != self.group.route.load().master {
                     return;
                 }
                 let down = event.kind == Kind::MasterDown;
@@ -220,7 +228,7 @@ impl Resolver {
                 } else {
                     info!(master = %name, "sentinel reports the master up again");
                 }
-                self.shared.watcher.lock().master_reported_down = Some(down);
+                self.group.watcher.lock().master_reported_down = Some(down);
             }
         }
     }
@@ -234,17 +242,15 @@ impl Resolver {
             return;
         }
         self.polling = true;
-        let cfg = self.shared.config();
+        let timeout = self.group.config().sentinel_timeout;
+        let auth = self.group.settings().sentinel_auth.clone();
+        let name = self.group.master_name.clone();
         let targets: Vec<HostPort> = self.known.iter().map(|k| k.addr.clone()).collect();
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let mut set = JoinSet::new();
             for (i, s) in targets.into_iter().enumerate() {
-                let (name, auth, t) = (
-                    cfg.master_name.clone(),
-                    cfg.sentinel_auth.clone(),
-                    cfg.sentinel_timeout,
-                );
+                let (name, auth, t) = (name.clone(), auth.clone(), timeout);
                 set.spawn(async move { (i, client::query_sentinel(&s, &name, &auth, t).await) });
             }
             let mut results = Vec::new();
@@ -263,7 +269,7 @@ impl Resolver {
         if std::mem::take(&mut self.poll_again) {
             self.poll();
         }
-        let cfg = self.shared.config();
+        let cfg = self.group.config();
         let mut answers: Vec<(usize, HostPort)> = Vec::new();
         let mut peers: Vec<HostPort> = Vec::new();
         let mut ok = vec![false; self.known.len()];
@@ -307,7 +313,7 @@ impl Resolver {
         }
 
         if reachable == 0 {
-            let keeping = if self.shared.route.load().master.is_some() {
+            let keeping = if self.group.route.load().master.is_some() {
                 "; keeping the last verified master"
             } else {
                 ""
@@ -319,7 +325,7 @@ impl Resolver {
         } else if answers.is_empty() {
             self.problem(format!(
                 "the sentinels do not know a master named '{}'",
-                cfg.master_name
+                self.group.master_name
             ));
         }
 
@@ -330,7 +336,7 @@ impl Resolver {
         {
             self.early = None;
         }
-        let current = self.shared.route.load().master;
+        let current = self.group.route.load().master;
         // The sentinels have not caught up with a switch made on an observed promotion yet.
         let lagging = |cand: SocketAddr, early: &Option<Early>| {
             early
@@ -362,7 +368,7 @@ impl Resolver {
                 return;
             }
         }
-        if !self.shared.route.load().ready() && reachable > 0 && !answers.is_empty() {
+        if !self.group.route.load().ready() && reachable > 0 && !answers.is_empty() {
             self.problem("no node named by the sentinels verifies as master".to_string());
         }
     }
@@ -371,8 +377,8 @@ impl Resolver {
     async fn check_current(&mut self, addr: SocketAddr) -> bool {
         match self.verify(addr).await {
             Ok(Role::Master) => {
-                let was = self.shared.route.load().available;
-                self.shared.route.set_master(addr);
+                let was = self.group.route.load().available;
+                self.group.route.set_master(addr);
                 if !was {
                     info!(master = %addr, "master answers again");
                     self.publish_gauges();
@@ -381,15 +387,15 @@ impl Resolver {
             }
             Ok(Role::Other(role)) => {
                 warn!(master = %addr, %role, "routed master is no longer a master; closing its sessions");
-                self.shared.route.clear_master();
+                self.group.route.clear_master();
                 self.publish_gauges();
                 false
             }
             Err(e) => {
-                if self.shared.route.load().available {
+                if self.group.route.load().available {
                     warn!(master = %addr, error = %e, "master does not answer; new clients wait");
                 }
-                self.shared.route.mark_unavailable();
+                self.group.route.mark_unavailable();
                 self.publish_gauges();
                 false
             }
@@ -397,14 +403,14 @@ impl Resolver {
     }
 
     async fn verify(&self, addr: SocketAddr) -> Result<Role, ClientError> {
-        let cfg = &self.shared.config();
-        let r = client::role(addr, &cfg.master_auth, cfg.sentinel_timeout).await;
+        let timeout = self.group.config().sentinel_timeout;
+        let r = client::role(addr, &self.group.settings().master_auth, timeout).await;
         let result = match &r {
             Ok(Role::Master) => "master",
             Ok(Role::Other(_)) => "not_master",
             Err(_) => "error",
         };
-        self.shared
+        self.group
             .metrics
             .role_checks_total
             .with_label_values(&[result])
@@ -413,9 +419,9 @@ impl Resolver {
     }
 
     fn swap(&mut self, addr: SocketAddr, cause: &str, event_at: Option<Instant>) {
-        let before = self.shared.route.load();
-        let reported_down = self.shared.watcher.lock().master_reported_down == Some(true);
-        let (route, changed) = self.shared.route.switch_to(addr, reported_down);
+        let before = self.group.route.load();
+        let reported_down = self.group.watcher.lock().master_reported_down == Some(true);
+        let (route, changed) = self.group.route.switch_to(addr, reported_down);
         self.publish_gauges();
         if !changed {
             return;
@@ -424,17 +430,17 @@ impl Resolver {
         self.end_pause("switched");
         let latency = event_at.map(|t| t.elapsed());
         if let Some(l) = latency {
-            self.shared
+            self.group
                 .metrics
                 .switch_latency_seconds
                 .observe(l.as_secs_f64());
         }
         if before.master.is_some() {
-            self.shared.metrics.master_switches_total.inc();
+            self.group.metrics.master_switches_total.inc();
         }
         let from = before.master.map(|a| a.to_string());
         info!(
-            master = %self.shared.config().master_name,
+            master = %self.group.master_name,
             old = from.as_deref().unwrap_or("none"),
             new = %addr,
             generation = route.generation,
@@ -456,7 +462,7 @@ impl Resolver {
                 self.watch_drain(id, started, before.generation);
             }
         }
-        self.shared.watcher.switched(SwitchRecord {
+        self.group.watcher.switched(SwitchRecord {
             at_unix_ms: unix_ms(SystemTime::now()),
             from,
             to: addr.to_string(),
@@ -467,11 +473,21 @@ impl Resolver {
     }
 
     fn publish_gauges(&self) {
-        let m = &self.shared.metrics;
-        let route = self.shared.route.load();
+        let m = &self.group.metrics;
+        let route = self.group.route.load();
         m.route_generation.set(route.generation as i64);
         m.master_available.set(route.ready() as i64);
-        m.master_info.reset();
+        // Only this group's series: the family carries every group's master.
+        let mut published = self
+            .published_master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = *published
+            && Some(old) != route.master
+        {
+            let _ = m.master_info.remove_label_values(&[&old.to_string()]);
+        }
+        *published = route.master;
         if let Some(a) = route.master {
             m.master_info.with_label_values(&[&a.to_string()]).set(1);
         }
@@ -479,7 +495,7 @@ impl Resolver {
 
     /// Log a problem once when it appears, not on every poll.
     fn problem(&self, text: String) {
-        let mut st = self.shared.watcher.lock();
+        let mut st = self.group.watcher.lock();
         if st.last_problem.as_deref() != Some(&text) {
             error!(problem = %text, "sentinel discovery problem");
             st.last_problem = Some(text);
@@ -487,7 +503,7 @@ impl Resolver {
     }
 
     fn problem_solved(&self) {
-        let mut st = self.shared.watcher.lock();
+        let mut st = self.group.watcher.lock();
         if let Some(p) = st.last_problem.take() {
             info!(was = %p, "sentinel discovery recovered");
         }
@@ -510,7 +526,7 @@ impl Resolver {
             return Some(SocketAddr::new(ip, hp.port));
         }
         let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
-        match timeout(self.shared.config().sentinel_timeout, lookup).await {
+        match timeout(self.group.config().sentinel_timeout, lookup).await {
             Ok(Ok(mut addrs)) => addrs.next(),
             _ => {
                 warn!(host = %hp.host, "cannot resolve master host name");

@@ -29,7 +29,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Close;
 use super::io::{Pending, SCRATCH};
-use crate::Shared;
+use crate::Group;
 use crate::resp::ReplyTracker;
 
 /// The part of a pooled client that its connection's task touches.
@@ -88,7 +88,7 @@ impl Client {
     }
 
     /// Replies for this client: written now as far as its socket takes them.
-    fn deliver(&self, bytes: &[u8], shared: &Shared) {
+    fn deliver(&self, bytes: &[u8], group: &Group) {
         if self.broken.get().is_some() {
             return; // closing: the client is owed nothing more
         }
@@ -106,7 +106,7 @@ impl Client {
                     return;
                 }
             };
-            shared.metrics.client_bytes_sent_total.inc_by(w as u64);
+            group.metrics.client_bytes_sent_total.inc_by(w as u64);
         }
         if w < bytes.len() {
             let was_empty = out.is_empty();
@@ -209,23 +209,23 @@ enum Event {
 
 /// Serve one shared connection: write what clients append, hand replies back. Returns why it
 /// ended; the caller closes the clients still owed replies with that reason.
-pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -> Close {
+pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, group: &Group) -> Close {
     let mut rep = ReplyTracker::new();
     let mut retired = false;
     let mut rechecked = false;
     let mut deadline: Option<Instant> = None;
     loop {
         // The thread's watcher wakes this task at every route change.
-        if !retired && shared.route.generation() != conn.generation {
+        if !retired && group.route.generation() != conn.generation {
             retired = true;
             conn.dead.set(true);
-            let route = shared.route.load();
+            let route = group.route.load();
             if route.previous_down {
                 // A hung or cut-off master may run these when it comes back, after its
                 // replacement was promoted: their outcome is unknown.
                 return Close::SwitchMasterDown;
             }
-            deadline = Some(Instant::now() + shared.config().drain_timeout);
+            deadline = Some(Instant::now() + group.config().drain_timeout);
         }
         if retired && conn.written.get() == 0 && conn.unwritten.get() > 0 {
             // Appended just before the switch and never sent: they must not reach the old
@@ -324,14 +324,14 @@ pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -
                     None => {}
                     Some(Ok(0)) | Some(Err(_)) => return Close::BackendClosed,
                     Some(Ok(n)) => {
-                        let ok = SCRATCH.with_borrow(|s| dispatch(conn, &mut rep, &s[..n], shared));
+                        let ok = SCRATCH.with_borrow(|s| dispatch(conn, &mut rep, &s[..n], group));
                         if !ok {
                             return Close::ProtocolError;
                         }
                         if rep.saw_not_master && !rechecked {
                             rechecked = true;
-                            shared.metrics.not_master_replies_total.inc();
-                            shared.route.request_recheck();
+                            group.metrics.not_master_replies_total.inc();
+                            group.route.request_recheck();
                         }
                     }
                 }
@@ -342,7 +342,7 @@ pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, shared: &Shared) -
 
 /// Hand a chunk of replies to the clients they answer, in order. False: bytes no client is owed,
 /// or not RESP (the connection must end).
-fn dispatch(conn: &Conn, rep: &mut ReplyTracker, mut bytes: &[u8], shared: &Shared) -> bool {
+fn dispatch(conn: &Conn, rep: &mut ReplyTracker, mut bytes: &[u8], group: &Group) -> bool {
     let mut waiters = conn.waiters.borrow_mut();
     while !bytes.is_empty() {
         let Some(head) = waiters.front_mut() else {
@@ -353,7 +353,7 @@ fn dispatch(conn: &Conn, rep: &mut ReplyTracker, mut bytes: &[u8], shared: &Shar
             return false;
         };
         let done = rep.replies - before;
-        head.client.deliver(&bytes[..n], shared);
+        head.client.deliver(&bytes[..n], group);
         bytes = &bytes[n..];
         if done > 0 {
             head.replies -= done;

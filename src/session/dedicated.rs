@@ -45,7 +45,7 @@ use super::carry::Carry;
 use super::fence::gate_until;
 use super::io::{Pending, SCRATCH, arm, read_scratch, write_now};
 use super::{Close, Pipe};
-use crate::Shared;
+use crate::Group;
 use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
 
 /// The request tracker's state just before the chunk that is held, i.e. of the stream actually
@@ -58,7 +58,7 @@ pub(super) struct Forwarded {
 }
 
 pub(super) struct Session<'a> {
-    pub(super) shared: &'a Shared,
+    pub(super) group: &'a Group,
     pub(super) client: TcpStream,
     pub(super) backend: TcpStream,
     pub(super) generation: u64,
@@ -127,16 +127,16 @@ impl<'a> Session<'a> {
         client: TcpStream,
         backend: TcpStream,
         generation: u64,
-        shared: &'a Shared,
+        group: &'a Group,
     ) -> Self {
-        let req = RequestTracker::new(shared.config().max_request_bytes);
+        let req = RequestTracker::new(group.config().max_request_bytes);
         let forwarded = Forwarded {
             at_boundary: true,
             expected_replies: 0,
             requests: 0,
         };
         Session {
-            shared,
+            group,
             client,
             backend,
             generation,
@@ -146,14 +146,14 @@ impl<'a> Session<'a> {
             carry: None,
             carrier: false,
             gated: false,
-            changes: shared.route.subscribe(),
+            changes: group.route.subscribe(),
             held: Pending::default(),
             held_since: None,
             forwarded,
             unsent: Pending::default(),
             replies: Pending::default(),
             open: false,
-            idle_on: !shared.config().idle_timeout.is_zero(),
+            idle_on: !group.config().idle_timeout.is_zero(),
             client_eof: false,
             backend_gone: false,
             protocol_error: None,
@@ -196,7 +196,7 @@ impl<'a> Session<'a> {
         let mut sent = Some(sent);
         // One coarse timer per session, not one per request: checks idleness a few times per
         // timeout period.
-        let idle = self.shared.config().idle_timeout;
+        let idle = self.group.config().idle_timeout;
         let mut idle_check = (!idle.is_zero()).then(|| {
             let mut i = tokio::time::interval_at(Instant::now() + idle / 4, idle / 4);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,7 +238,7 @@ impl<'a> Session<'a> {
             let bytes = self.replies.bytes();
             if let Ok(Ok(())) = timeout(Duration::from_secs(1), self.client.write_all(bytes)).await
             {
-                let m = &self.shared.metrics;
+                let m = &self.group.metrics;
                 m.client_bytes_sent_total.inc_by(bytes.len() as u64);
             }
             self.replies = Pending::default();
@@ -271,7 +271,7 @@ impl<'a> Session<'a> {
         let read_backend = !self.backend_gone && self.replies.is_empty();
         let flush_backend = !self.backend_gone && !self.unsent.is_empty();
         let flush_client = !self.replies.is_empty();
-        let gate = self.gated.then(|| gate_until(&self.shared.route.load()));
+        let gate = self.gated.then(|| gate_until(&self.group.route.load()));
         arm(&mut self.deadline_timer, self.deadline, gate);
         let deadline_timer = &mut self.deadline_timer;
         let deadline_passed = std::future::poll_fn(|cx| match deadline_timer {
@@ -352,7 +352,7 @@ impl<'a> Session<'a> {
             }
             _ = shutdown.cancelled(), if !self.shutting_down => {
                 self.shutting_down = true;
-                self.deadline = Some(Instant::now() + self.shared.config().shutdown_timeout);
+                self.deadline = Some(Instant::now() + self.group.config().shutdown_timeout);
                 Step::Continue
             }
         }
@@ -364,7 +364,7 @@ impl<'a> Session<'a> {
         if self.idle_on {
             self.last_active = Instant::now();
         }
-        let m = &self.shared.metrics;
+        let m = &self.group.metrics;
         m.client_bytes_received_total.inc_by(bytes.len() as u64);
         self.forwarded = self.snapshot();
         let valid = match self.pipe {
@@ -413,9 +413,9 @@ impl<'a> Session<'a> {
         if carrying != self.carrier {
             self.carrier = carrying;
             if carrying {
-                self.shared.route.carrier_attach(self.generation);
+                self.group.route.carrier_attach(self.generation);
             } else {
-                self.shared.route.carrier_detach(self.generation);
+                self.group.route.carrier_detach(self.generation);
             }
         }
     }
@@ -457,12 +457,12 @@ impl<'a> Session<'a> {
         if self.rep.saw_not_master && !self.rechecked {
             // A partitioned or demoted master: have the watcher look now.
             self.rechecked = true;
-            self.shared.metrics.not_master_replies_total.inc();
-            self.shared.route.request_recheck();
+            self.group.metrics.not_master_replies_total.inc();
+            self.group.route.request_recheck();
         }
         match write_now(&self.client, bytes) {
             Ok(w) => {
-                self.shared.metrics.client_bytes_sent_total.inc_by(w as u64);
+                self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
                 self.replies.push(&bytes[w..]);
                 Step::Continue
             }
@@ -506,7 +506,7 @@ impl<'a> Session<'a> {
             reason = why.label(),
             "session is now a byte pipe (no longer tracking requests and replies)"
         );
-        self.shared
+        self.group
             .metrics
             .pipe_sessions_total
             .with_label_values(&[why.label()])
@@ -517,7 +517,7 @@ impl<'a> Session<'a> {
     fn flush_replies(&mut self) -> Step {
         match write_now(&self.client, self.replies.bytes()) {
             Ok(w) => {
-                self.shared.metrics.client_bytes_sent_total.inc_by(w as u64);
+                self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
                 self.replies.consume(w);
                 Step::Continue
             }
@@ -550,7 +550,7 @@ impl<'a> Session<'a> {
         if self.req.quit {
             return Step::Close(Close::Quit);
         }
-        let generation_moved = self.shared.route.generation() != self.generation;
+        let generation_moved = self.group.route.generation() != self.generation;
         if self.client_eof {
             return Step::Close(Close::ClientClosed);
         }
@@ -563,10 +563,10 @@ impl<'a> Session<'a> {
         }
         // Idle on a master that went away: wait for the next verified master and move there.
         if !generation_moved {
-            self.shared.route.request_recheck();
+            self.group.route.request_recheck();
         }
         if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.shared.config().connect_wait);
+            self.deadline = Some(Instant::now() + self.group.config().connect_wait);
         }
         Step::Continue
     }
@@ -574,7 +574,7 @@ impl<'a> Session<'a> {
     /// Like Redis: the replies to the valid requests before it, the error, then close.
     async fn refuse(&mut self, e: ProtocolError) -> Step {
         self.deliver_replies().await;
-        self.shared.metrics.protocol_errors_total.inc();
+        self.group.metrics.protocol_errors_total.inc();
         let msg = format!("-ERR Protocol error: {}\r\n", e.message());
         let _ = timeout(
             Duration::from_secs(1),
@@ -591,7 +591,7 @@ impl<'a> Session<'a> {
         }
         match self.migrate(addr, generation).await {
             Ok(()) => {
-                self.shared
+                self.group
                     .metrics
                     .migrations_total
                     .with_label_values(&["ok"])
@@ -606,11 +606,11 @@ impl<'a> Session<'a> {
             }
             Err(None) => {
                 // Could not connect: the watcher re-checks; wait for it or the deadline.
-                self.shared.route.request_recheck();
+                self.group.route.request_recheck();
                 Step::Continue
             }
             Err(Some(close)) => {
-                self.shared
+                self.group
                     .metrics
                     .migrations_total
                     .with_label_values(&["failed"])
@@ -635,17 +635,17 @@ impl<'a> Session<'a> {
             let n = s.read(&mut reply).await?;
             Ok::<bool, io::Error>(n == 1 && matches!(reply[0], b'+' | b'-'))
         };
-        if let Ok(Ok(true)) = timeout(self.shared.config().connect_timeout, probe).await {
+        if let Ok(Ok(true)) = timeout(self.group.config().connect_timeout, probe).await {
             debug!(backend = %addr, "the master closed this connection but answers on new ones");
             return Step::Close(Close::BackendClosed);
         }
-        self.shared.route.request_recheck();
+        self.group.route.request_recheck();
         Step::Continue
     }
 
     pub(super) fn count_held(&mut self, outcome: &str) {
         let requests = self.req.requests - self.forwarded.requests;
-        let m = &self.shared.metrics;
+        let m = &self.group.metrics;
         m.held_requests_total
             .with_label_values(&[outcome])
             .inc_by(requests);

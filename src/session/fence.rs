@@ -69,7 +69,7 @@ impl<'a> Session<'a> {
         // Mark the change seen before loading, so a change after the load shows in `changes`
         // (`mark_unchanged` is one atomic load; `borrow_and_update` would take the watch's lock).
         self.changes.mark_unchanged();
-        let route = self.shared.route.load();
+        let route = self.group.route.load();
         let switched = route.generation != self.generation;
 
         // A byte pipe has no boundaries to move at (a lost backend ends it in `backend_lost`);
@@ -104,7 +104,7 @@ impl<'a> Session<'a> {
                 return Step::Close(Close::SwitchMidRequest);
             }
             if self.deadline.is_none() {
-                self.deadline = Some(Instant::now() + self.shared.config().drain_timeout);
+                self.deadline = Some(Instant::now() + self.group.config().drain_timeout);
             }
             // Replies still owed are awaited from the old master, except where the move itself
             // collects them: a subscriber's (a marker PING drains them) and a blocking command's
@@ -133,7 +133,7 @@ impl<'a> Session<'a> {
             };
             self.gated = false;
             if !self.carrier
-                && self.shared.route.carriers_elsewhere(route.generation) > 0
+                && self.group.route.carriers_elsewhere(route.generation) > 0
                 && gate_until(&route) > Instant::now()
             {
                 // Subscribers re-subscribe on the new master before anyone can publish there.

@@ -56,17 +56,17 @@ impl<'a> Session<'a> {
         addr: SocketAddr,
         generation: u64,
     ) -> Result<(), Option<Close>> {
-        let cfg = self.shared.config();
+        let cfg = self.group.config();
         let began = Instant::now();
         let mut backend = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
-                let m = &self.shared.metrics;
+                let m = &self.group.metrics;
                 m.backend_connect_seconds
                     .observe(began.elapsed().as_secs_f64());
                 s
             }
             _ => {
-                self.shared.metrics.backend_connect_failures_total.inc();
+                self.group.metrics.backend_connect_failures_total.inc();
                 return Err(None);
             }
         };
@@ -119,7 +119,7 @@ impl<'a> Session<'a> {
         self.backend = backend;
         self.backend_gone = false;
         self.unsent = Pending::default();
-        let route = &self.shared.route;
+        let route = &self.group.route;
         route.attach(generation);
         route.detach(self.generation);
         if self.carrier {
@@ -129,12 +129,12 @@ impl<'a> Session<'a> {
         self.generation = generation;
         Span::current().record("backend", tracing::field::display(addr));
         debug!(backend = %addr, kind = kind.label(), "session moved to the new master");
-        self.shared
+        self.group
             .metrics
             .moves_total
             .with_label_values(&[kind.label()])
             .inc();
-        self.shared.tally.moved(generation, kind.label());
+        self.group.tally.moved(generation, kind.label());
         if !leftover.is_empty()
             && let Step::Close(c) = self.relay_reply(&leftover)
         {
@@ -154,7 +154,7 @@ impl<'a> Session<'a> {
         };
         let ok = matches!(timeout(limit, write).await, Ok(Ok(())));
         if ok {
-            let m = &self.shared.metrics;
+            let m = &self.group.metrics;
             m.client_bytes_sent_total.inc_by(bytes.len() as u64);
         }
         ok
@@ -172,7 +172,7 @@ impl<'a> Session<'a> {
             Ok(Ok(())) => {}
             _ => return Err(Failed::OldGone),
         }
-        let limit = self.shared.config().drain_timeout;
+        let limit = self.group.config().drain_timeout;
         let mut buf = vec![0u8; READ];
         let mut frame = Vec::new();
         loop {
@@ -211,7 +211,7 @@ impl<'a> Session<'a> {
     /// A blocking command in flight on the old master: unblock it there and collect the replies
     /// still owed. Returns whether the command must be re-issued (it timed out there).
     async fn unblock_old(&mut self, until: Instant) -> Result<bool, Failed> {
-        let cfg = self.shared.config();
+        let cfg = self.group.config();
         let (Ok(old), Ok(me)) = (self.backend.peer_addr(), self.backend.local_addr()) else {
             return Err(Failed::OldGone);
         };
@@ -221,7 +221,7 @@ impl<'a> Session<'a> {
         let target = target.reply;
         let conn = timeout_at(
             until,
-            RespConn::connect_addr(old, &cfg.master_auth, cfg.connect_timeout),
+            RespConn::connect_addr(old, &self.group.settings().master_auth, cfg.connect_timeout),
         )
         .await;
         let Ok(Ok(mut conn)) = conn else {
@@ -312,7 +312,7 @@ impl<'a> Session<'a> {
         if plan.replies.is_empty() && plan.confirmations == 0 {
             return Ok(()); // only a re-issued command, whose reply is the client's
         }
-        let limit = self.shared.config().drain_timeout;
+        let limit = self.group.config().drain_timeout;
         let mut t = ReplyTracker::new();
         let mut buf = vec![0u8; READ];
         let mut frame = Vec::new();

@@ -33,7 +33,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
-use crate::Shared;
+use crate::Group;
 use dedicated::Session;
 
 /// After a failed connect, look again at least this often while waiting for the watcher.
@@ -132,13 +132,13 @@ impl Pipe {
 }
 
 /// Serve one client until it ends (1:1 mode). Runs inside the connection's tracing span.
-pub async fn serve(client: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let m = &shared.metrics;
+pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationToken) {
+    let m = &group.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
-    tune(&client, shared.config().tcp_keepalive);
-    let close = dedicated(client, &shared, &shutdown, &[], || {}, None).await;
-    closed(&shared, close);
+    tune(&client, group.config().tcp_keepalive);
+    let close = dedicated(client, &group, &shutdown, &[], || {}, None).await;
+    closed(&group, close);
 }
 
 /// Serve one client in pooled mode, on its worker's `LocalSet`: in the pool until a request pins
@@ -147,7 +147,7 @@ pub async fn serve(client: TcpStream, shared: Arc<Shared>, shutdown: Cancellatio
 /// this one is 4 bytes.
 pub async fn serve_pooled(
     client: std::net::TcpStream,
-    shared: Arc<Shared>,
+    group: Arc<Group>,
     shutdown: CancellationToken,
 ) {
     let client = match TcpStream::from_std(client) {
@@ -157,15 +157,15 @@ pub async fn serve_pooled(
             return;
         }
     };
-    let m = &shared.metrics;
+    let m = &group.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
-    tune(&client, shared.config().tcp_keepalive);
-    let pool = pool::Pool::for_thread(shared.config().pool, &shared, &shutdown);
+    tune(&client, group.config().tcp_keepalive);
+    let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown);
     // In a block, so that only the boxed future is kept across its await: not `outcome`, whose
     // parts it owns (a moved-from local keeps its space in the task until its scope ends).
     let next = {
-        let mut session = Box::new(pooled::Pooled::new(client, &shared, pool.clone()));
+        let mut session = Box::new(pooled::Pooled::new(client, &group, pool.clone()));
         let mut outcome = session.run().await;
         if let pooled::Outcome::Pin = outcome {
             outcome = session.pinned();
@@ -181,8 +181,8 @@ pub async fn serve_pooled(
                 m.pinned_sessions_total
                     .with_label_values(&[why.label()])
                     .inc();
-                let spare = pool.take_spare(&shared).map(Box::new);
-                Ok(pinned(client, first, barrier, spare, &shared, &shutdown))
+                let spare = pool.take_spare(&group).map(Box::new);
+                Ok(pinned(client, first, barrier, spare, &group, &shutdown))
             }
         }
     };
@@ -190,7 +190,7 @@ pub async fn serve_pooled(
         Ok(session) => session.await,
         Err(close) => close,
     };
-    closed(&shared, close);
+    closed(&group, close);
 }
 
 /// A pinned client's dedicated session, boxed with everything it owns: an idle pooled client's
@@ -200,7 +200,7 @@ fn pinned<'a>(
     first: Vec<u8>,
     barrier: Option<pool::PinGuard>,
     spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
-    shared: &'a Arc<Shared>,
+    group: &'a Arc<Group>,
     shutdown: &'a CancellationToken,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Close> + 'a>> {
     // Its own span from here, at info level as in 1:1 mode (the pooled phase's is at debug
@@ -216,20 +216,18 @@ fn pinned<'a>(
             // The pin barrier falls once the pinning request is written (`dedicated` runs the
             // session's first step, which sends it, before this task next yields).
             let sent = move || drop(barrier);
-            dedicated(client, shared, shutdown, &first, sent, spare).await
+            dedicated(client, group, shutdown, &first, sent, spare).await
         }
         .instrument(span),
     )
 }
 
-fn closed(shared: &Shared, close: Close) {
+fn closed(group: &Group, close: Close) {
     debug!(reason = close.label(), "session closed");
     if close.at_switch() {
-        shared
-            .tally
-            .closed(shared.route.generation(), close.label());
+        group.tally.closed(group.route.generation(), close.label());
     }
-    let m = &shared.metrics;
+    let m = &group.metrics;
     m.sessions_closed_total
         .with_label_values(&[close.label()])
         .inc();
@@ -240,17 +238,17 @@ fn closed(shared: &Shared, close: Close) {
 /// forwarded before anything else it sends.
 async fn dedicated(
     mut client: TcpStream,
-    shared: &Arc<Shared>,
+    group: &Arc<Group>,
     shutdown: &CancellationToken,
     first: &[u8],
     sent: impl FnOnce(),
     spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
 ) -> Close {
-    let m = &shared.metrics;
+    let m = &group.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
     // short-lived) are boxed and freed once connected, the session lives in one box, and no
     // temporary is kept across the session's life.
-    let connect_wait = shared.config().connect_wait;
+    let connect_wait = group.config().connect_wait;
     let fresh = spare.is_none();
     let acquired = match spare {
         Some(spare) => Ok(*spare),
@@ -258,7 +256,7 @@ async fn dedicated(
             // A pinned client is not new: like a 1:1 session that already has its connection, it
             // is not held back by a master the watcher cannot reach right now.
             let existing = !first.is_empty();
-            Box::pin(acquire_backend(shared, shutdown, connect_wait, existing)).await
+            Box::pin(acquire_backend(group, shutdown, connect_wait, existing)).await
         }
     };
     match acquired {
@@ -270,17 +268,17 @@ async fn dedicated(
                 // yet only after the established ones. An answer means it has.
                 let ping = io::exchange(&mut backend, io::ACCEPTED);
                 if !matches!(
-                    timeout(shared.config().connect_timeout, ping).await,
+                    timeout(group.config().connect_timeout, ping).await,
                     Ok(Ok(()))
                 ) {
                     debug!(backend = %addr, "no answer on a new connection");
-                    shared.metrics.backend_connect_failures_total.inc();
+                    group.metrics.backend_connect_failures_total.inc();
                     let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
                     return Close::BackendClosed;
                 }
             }
-            shared.route.attach(generation);
-            let mut session = Box::new(Session::new(client, backend, generation, shared));
+            group.route.attach(generation);
+            let mut session = Box::new(Session::new(client, backend, generation, group));
             if !first.is_empty() {
                 session.take_request_bytes(first);
             }
@@ -291,9 +289,9 @@ async fn dedicated(
                 carrier,
                 ..
             } = *session;
-            shared.route.detach(generation);
+            group.route.detach(generation);
             if carrier {
-                shared.route.carrier_detach(generation);
+                group.route.carrier_detach(generation);
             }
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             close
@@ -303,7 +301,7 @@ async fn dedicated(
                 m.no_master_rejections_total.inc();
                 let msg = format!(
                     "-ERR sentinel-proxy: no master available for '{}'\r\n",
-                    shared.config().master_name
+                    group.master_name
                 );
                 let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
             }
@@ -327,20 +325,20 @@ fn tune(stream: &TcpStream, keepalive: Duration) {
 
 /// Connect to the current verified master, waiting up to `wait` for one to exist.
 async fn acquire_backend(
-    shared: &Shared,
+    group: &Group,
     shutdown: &CancellationToken,
     wait: Duration,
     existing: bool,
 ) -> Result<(TcpStream, u64, SocketAddr), Close> {
     let deadline = Instant::now() + wait;
-    let mut changes = shared.route.subscribe();
+    let mut changes = group.route.subscribe();
     loop {
         changes.borrow_and_update();
-        let route = shared.route.load();
+        let route = group.route.load();
         let mut failed = false;
         // Just after a switch, a new client waits for the gate too (`fence.rs`): subscribers
         // re-subscribe on the new master before anyone can publish there.
-        let gate = (shared.route.carriers_elsewhere(route.generation) > 0)
+        let gate = (group.route.carriers_elsewhere(route.generation) > 0)
             .then(|| fence::gate_until(&route))
             .filter(|until| *until > Instant::now());
         let addr = match existing {
@@ -349,15 +347,15 @@ async fn acquire_backend(
         };
         if let Some(addr) = addr.filter(|_| gate.is_none()) {
             let began = Instant::now();
-            match timeout(shared.config().connect_timeout, TcpStream::connect(addr)).await {
+            match timeout(group.config().connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
-                    shared
+                    group
                         .metrics
                         .backend_connect_seconds
                         .observe(began.elapsed().as_secs_f64());
                     // The route may have moved while we connected; never hand out a stale master.
-                    if shared.route.generation() == route.generation {
-                        tune(&stream, shared.config().tcp_keepalive);
+                    if group.route.generation() == route.generation {
+                        tune(&stream, group.config().tcp_keepalive);
                         return Ok((stream, route.generation, addr));
                     }
                     continue;
@@ -365,8 +363,8 @@ async fn acquire_backend(
                 Ok(Err(e)) => debug!(backend = %addr, error = %e, "backend connect failed"),
                 Err(_) => debug!(backend = %addr, "backend connect timed out"),
             }
-            shared.metrics.backend_connect_failures_total.inc();
-            shared.route.request_recheck();
+            group.metrics.backend_connect_failures_total.inc();
+            group.route.request_recheck();
             failed = true;
         }
         let retry = async {
@@ -397,7 +395,10 @@ mod tests {
     /// or a large future alive for the whole connection, back into either.
     #[test]
     fn an_idle_session_stays_small() {
-        let shared = Arc::new(Shared::new(crate::Config::new(vec![], "m")));
+        let config = crate::Config::new(vec![], "m");
+        let settings = config.groups().remove(0);
+        let shared = Arc::new(crate::Shared::new(config));
+        let group = Arc::new(Group::new(shared, settings));
         let shutdown = CancellationToken::new();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -407,9 +408,8 @@ mod tests {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
             let socket = || TcpStream::connect(addr);
-            let session =
-                Session::new(socket().await.unwrap(), socket().await.unwrap(), 1, &shared);
-            let serve = serve(socket().await.unwrap(), shared.clone(), shutdown);
+            let session = Session::new(socket().await.unwrap(), socket().await.unwrap(), 1, &group);
+            let serve = serve(socket().await.unwrap(), group.clone(), shutdown);
             let (session, serve) = (std::mem::size_of_val(&session), size_of(&serve));
             assert!(session <= 768, "Session is {session} bytes");
             assert!(serve <= 1024, "the serve future is {serve} bytes");
@@ -417,13 +417,13 @@ mod tests {
             let local = tokio::task::LocalSet::new();
             local
                 .run_until(async {
-                    let pool = pool::Pool::for_thread(1, &shared, &sd);
-                    let mut pooled = pooled::Pooled::new(socket().await.unwrap(), &shared, pool);
+                    let pool = pool::Pool::for_thread(1, &group, &sd);
+                    let mut pooled = pooled::Pooled::new(socket().await.unwrap(), &group, pool);
                     let pooled_size = std::mem::size_of_val(&pooled);
                     let run_size = size_of(&pooled.run());
                     let serve_pooled = serve_pooled(
                         socket().await.unwrap().into_std().unwrap(),
-                        shared.clone(),
+                        group.clone(),
                         sd.clone(),
                     );
                     let serve_size = size_of(&serve_pooled);

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use super::conn::{Client, Conn, drive};
 use super::io::{ACCEPTED, exchange};
-use crate::Shared;
+use crate::Group;
 
 enum Slot {
     Empty,
@@ -102,7 +102,8 @@ pub(super) enum Wait {
 }
 
 thread_local! {
-    static POOL: RefCell<Option<Rc<Pool>>> = const { RefCell::new(None) };
+    /// This thread's pool of each group (by `Group::id`): a few groups, looked up linearly.
+    static POOLS: RefCell<Vec<(usize, Rc<Pool>)>> = const { RefCell::new(Vec::new()) };
 }
 
 const RETRY_EVERY: Duration = Duration::from_millis(100);
@@ -112,33 +113,30 @@ impl Pool {
     /// connections when the route changes or shutdown begins. Call on the thread's `LocalSet`.
     pub(super) fn for_thread(
         size: usize,
-        shared: &Arc<Shared>,
+        group: &Arc<Group>,
         shutdown: &CancellationToken,
     ) -> Rc<Pool> {
-        POOL.with_borrow_mut(|p| {
-            p.get_or_insert_with(|| {
-                let pool = Rc::new(Pool {
-                    slots: RefCell::new((0..size.max(1)).map(|_| Slot::Empty).collect()),
-                    clients: RefCell::new(Vec::new()),
-                    free: RefCell::new(Vec::new()),
-                    failed_at: Cell::new(None),
-                    next_slot: Cell::new(0),
-                    shutting_down: Cell::new(false),
-                    pinning: Cell::new(0),
-                    pinning_since: Cell::new(None),
-                    pin_waiters: RefCell::new(Vec::new()),
-                    spare: RefCell::new(None),
-                    spare_pending: Cell::new(false),
-                });
-                pool.refill(shared);
-                tokio::task::spawn_local(watch(
-                    Rc::downgrade(&pool),
-                    shared.clone(),
-                    shutdown.clone(),
-                ));
-                pool
-            })
-            .clone()
+        POOLS.with_borrow_mut(|pools| {
+            if let Some((_, pool)) = pools.iter().find(|(id, _)| *id == group.id) {
+                return pool.clone();
+            }
+            let pool = Rc::new(Pool {
+                slots: RefCell::new((0..size.max(1)).map(|_| Slot::Empty).collect()),
+                clients: RefCell::new(Vec::new()),
+                free: RefCell::new(Vec::new()),
+                failed_at: Cell::new(None),
+                next_slot: Cell::new(0),
+                shutting_down: Cell::new(false),
+                pinning: Cell::new(0),
+                pinning_since: Cell::new(None),
+                pin_waiters: RefCell::new(Vec::new()),
+                spare: RefCell::new(None),
+                spare_pending: Cell::new(false),
+            });
+            pool.refill(group);
+            tokio::task::spawn_local(watch(Rc::downgrade(&pool), group.clone(), shutdown.clone()));
+            pools.push((group.id, pool.clone()));
+            pool
         })
     }
 
@@ -149,23 +147,23 @@ impl Pool {
     /// without it, connecting takes a round trip, covered only by the barrier.
     pub(super) fn take_spare(
         self: &Rc<Self>,
-        shared: &Arc<Shared>,
+        group: &Arc<Group>,
     ) -> Option<(TcpStream, u64, SocketAddr)> {
         let spare = self.spare.borrow_mut().take();
-        self.refill(shared);
+        self.refill(group);
         // Without a spare the pinning request waits for a new connection, covered only by the
         // barrier (50 ms): why there was none is logged, for when a request was overtaken.
         let Some(spare) = spare else {
             debug!("no spare connection for a pinned client (still being made, or none could be)");
             return None;
         };
-        let route = shared.route.load();
+        let route = group.route.load();
         let open = !route.paused
             && route.generation == spare.generation
             // Not `target()`: a master the watcher cannot reach right now still takes the
             // connections of clients it already serves (see `pooled.rs`).
             && route.master == Some(spare.addr)
-            && shared.route.carriers_elsewhere(route.generation) == 0;
+            && group.route.carriers_elsewhere(route.generation) == 0;
         let mut byte = [0u8; 1];
         let quiet = matches!(spare.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
         if !(open && quiet) {
@@ -178,15 +176,15 @@ impl Pool {
     }
 
     /// Make a spare connection unless there is one or one is being made.
-    fn refill(self: &Rc<Self>, shared: &Arc<Shared>) {
+    fn refill(self: &Rc<Self>, group: &Arc<Group>) {
         if self.spare_pending.get() || self.spare.borrow().is_some() {
             return;
         }
         self.spare_pending.set(true);
-        let (pool, shared) = (Rc::downgrade(self), shared.clone());
+        let (pool, group) = (Rc::downgrade(self), group.clone());
         tokio::task::spawn_local(async move {
-            let route = shared.route.load();
-            let config = shared.config();
+            let route = group.route.load();
+            let config = group.config();
             let made = async {
                 let addr = route.target()?;
                 let connect = async {
@@ -297,7 +295,7 @@ impl Pool {
         slot: usize,
         generation: u64,
         addr: SocketAddr,
-        shared: &Arc<Shared>,
+        group: &Arc<Group>,
     ) -> Result<Rc<Conn>, Wait> {
         let mut slots = self.slots.borrow_mut();
         match &slots[slot] {
@@ -312,13 +310,7 @@ impl Pool {
         }
         slots[slot] = Slot::Connecting(generation);
         drop(slots);
-        tokio::task::spawn_local(connect(
-            self.clone(),
-            slot,
-            generation,
-            addr,
-            shared.clone(),
-        ));
+        tokio::task::spawn_local(connect(self.clone(), slot, generation, addr, group.clone()));
         Err(Wait::Connecting(None))
     }
 
@@ -339,8 +331,8 @@ impl Pool {
 
 /// The thread's watcher: wakes clients and connections at every route change, and when shutdown
 /// begins.
-async fn watch(pool: Weak<Pool>, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut changes = shared.route.subscribe();
+async fn watch(pool: Weak<Pool>, group: Arc<Group>, shutdown: CancellationToken) {
+    let mut changes = group.route.subscribe();
     loop {
         let stopping = pool.upgrade().is_none_or(|p| p.shutting_down.get());
         tokio::select! {
@@ -368,9 +360,9 @@ async fn connect(
     slot: usize,
     generation: u64,
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    group: Arc<Group>,
 ) {
-    let config = shared.config();
+    let config = group.config();
     let began = Instant::now();
     let stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -378,8 +370,8 @@ async fn connect(
             if let Ok(Err(e)) = failed {
                 debug!(backend = %addr, error = %e, "pool connect failed");
             }
-            shared.metrics.backend_connect_failures_total.inc();
-            shared.route.request_recheck();
+            group.metrics.backend_connect_failures_total.inc();
+            group.route.request_recheck();
             pool.failed_at.set(Some(Instant::now()));
             pool.set(slot, generation, None);
             return;
@@ -393,30 +385,30 @@ async fn connect(
         timeout(config.connect_timeout, exchange(&mut stream, setname)).await,
         Ok(Ok(()))
     ) {
-        shared.metrics.backend_connect_failures_total.inc();
+        group.metrics.backend_connect_failures_total.inc();
         pool.failed_at.set(Some(Instant::now()));
         pool.set(slot, generation, None);
         return;
     }
-    shared
+    group
         .metrics
         .backend_connect_seconds
         .observe(began.elapsed().as_secs_f64());
     pool.failed_at.set(None);
     super::tune(&stream, config.tcp_keepalive);
     let conn = Rc::new(Conn::new(generation));
-    if shared.route.generation() != generation {
+    if group.route.generation() != generation {
         pool.set(slot, generation, None); // moved on while connecting
         return;
     }
     pool.set(slot, generation, Some(conn.clone()));
-    shared.metrics.pool_connections.inc();
+    group.metrics.pool_connections.inc();
     // Counted like a session on this master, so the watcher knows when the old one is drained.
-    shared.route.attach(generation);
-    let why = drive(&conn, stream, &shared).await;
+    group.route.attach(generation);
+    let why = drive(&conn, stream, &group).await;
     debug!(backend = %addr, reason = why.label(), "pool connection ended");
     conn.fail_all(why);
-    shared.route.detach(generation);
-    shared.metrics.pool_connections.dec();
+    group.route.detach(generation);
+    group.metrics.pool_connections.dec();
     pool.set(slot, generation, None);
 }

@@ -31,7 +31,7 @@ use super::conn::{Client, Conn};
 use super::fence::gate_until;
 use super::io::Pending;
 use super::pool::{PinGuard, Pool, Wait};
-use crate::Shared;
+use crate::Group;
 use crate::resp::pinning::Pin as PinReason;
 use crate::resp::{ProtocolError, RequestTracker};
 
@@ -73,7 +73,7 @@ enum Hold {
 }
 
 pub(super) struct Pooled<'a> {
-    shared: &'a Arc<Shared>,
+    group: &'a Arc<Group>,
     client: Rc<Client>,
     pool: Rc<Pool>,
     slot: usize,
@@ -119,16 +119,16 @@ struct Slow {
 }
 
 impl<'a> Pooled<'a> {
-    pub(super) fn new(stream: TcpStream, shared: &'a Arc<Shared>, pool: Rc<Pool>) -> Self {
-        let mut req = RequestTracker::new(shared.config().max_request_bytes);
+    pub(super) fn new(stream: TcpStream, group: &'a Arc<Group>, pool: Rc<Pool>) -> Self {
+        let mut req = RequestTracker::new(group.config().max_request_bytes);
         req.pool = true;
         let slot = pool.assign();
         let client = Rc::new(Client::new(stream));
-        if !shared.config().idle_timeout.is_zero() {
+        if !group.config().idle_timeout.is_zero() {
             client.last_active.set(Some(Instant::now()));
         }
         Pooled {
-            shared,
+            group,
             client,
             pool,
             slot,
@@ -140,7 +140,7 @@ impl<'a> Pooled<'a> {
             client_eof: false,
             shutting_down: false,
             open: false,
-            changes: shared.route.subscribe(),
+            changes: group.route.subscribe(),
             timer: None,
             idle_check: None,
             waiting: None,
@@ -148,7 +148,7 @@ impl<'a> Pooled<'a> {
     }
 
     pub(super) async fn run(&mut self) -> Outcome {
-        let idle = self.shared.config().idle_timeout;
+        let idle = self.group.config().idle_timeout;
         if !idle.is_zero() {
             let mut i = tokio::time::interval_at(Instant::now() + idle / 4, idle / 4);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,7 +160,7 @@ impl<'a> Pooled<'a> {
         let close = match std::future::poll_fn(|cx| self.poll_loop(cx)).await {
             Step::Close(c) => c,
             Step::Refuse(e) => {
-                self.shared.metrics.protocol_errors_total.inc();
+                self.group.metrics.protocol_errors_total.inc();
                 let msg = format!("-ERR Protocol error: {}\r\n", e.message());
                 write_all(&self.client, msg.into_bytes()).await;
                 Close::ProtocolError
@@ -173,10 +173,10 @@ impl<'a> Pooled<'a> {
         self.pool.deregister(&self.client);
         self.client.broken.set(Some(close)); // replies still to come are dropped
         if close == Close::NoMaster {
-            self.shared.metrics.no_master_rejections_total.inc();
+            self.group.metrics.no_master_rejections_total.inc();
             let msg = format!(
                 "-ERR sentinel-proxy: no master available for '{}'\r\n",
-                self.shared.config().master_name
+                self.group.master_name
             );
             write_all(&self.client, msg.into_bytes()).await;
         } else {
@@ -242,7 +242,7 @@ impl<'a> Pooled<'a> {
             self.shutting_down = true;
             self.open = false;
             self.slow.get_or_insert_default().deadline =
-                Some(Instant::now() + self.shared.config().shutdown_timeout);
+                Some(Instant::now() + self.group.config().shutdown_timeout);
         }
         // The steady state: the route was open on `conn` and nothing changed since.
         if self.open
@@ -292,7 +292,7 @@ impl<'a> Pooled<'a> {
 
     /// The connection requests may go on now, or why they must wait.
     fn usable(&mut self) -> Result<Rc<Conn>, Hold> {
-        let route = self.shared.route.load();
+        let route = self.group.route.load();
         if route.paused {
             return Err(Hold::Paused);
         }
@@ -304,7 +304,7 @@ impl<'a> Pooled<'a> {
         let Some(addr) = route.target().or(route.master.filter(|_| connected)) else {
             return Err(Hold::NoMaster);
         };
-        if self.shared.route.carriers_elsewhere(route.generation) > 0 {
+        if self.group.route.carriers_elsewhere(route.generation) > 0 {
             let until = gate_until(&route);
             if until > Instant::now() {
                 return Err(Hold::Gate(until));
@@ -327,7 +327,7 @@ impl<'a> Pooled<'a> {
         }
         match self
             .pool
-            .conn(self.slot, route.generation, addr, self.shared)
+            .conn(self.slot, route.generation, addr, self.group)
         {
             Ok(c) => {
                 self.conn = Some(c.clone());
@@ -358,7 +358,7 @@ impl<'a> Pooled<'a> {
                     Hold::Paused => {}
                     Hold::NoMaster => {
                         s.deadline
-                            .get_or_insert(now + self.shared.config().connect_wait);
+                            .get_or_insert(now + self.group.config().connect_wait);
                     }
                     Hold::Gate(until) => s.wake_at = Some(until),
                     Hold::Barrier(until) => {
@@ -369,7 +369,7 @@ impl<'a> Pooled<'a> {
                     Hold::Connecting(at) => {
                         s.wake_at = at;
                         s.deadline
-                            .get_or_insert(now + self.shared.config().connect_wait);
+                            .get_or_insert(now + self.group.config().connect_wait);
                     }
                 }
             }
@@ -377,7 +377,7 @@ impl<'a> Pooled<'a> {
     }
 
     fn count_held(&mut self, outcome: &str) {
-        let m = &self.shared.metrics;
+        let m = &self.group.metrics;
         m.held_requests_total.with_label_values(&[outcome]).inc();
         if let Some(since) = self.slow.as_mut().and_then(|s| s.held_since.take()) {
             m.hold_seconds.observe(since.elapsed().as_secs_f64());
@@ -391,7 +391,7 @@ impl<'a> Pooled<'a> {
         if self.client.last_active.get().is_some() {
             self.client.last_active.set(Some(Instant::now()));
         }
-        self.shared
+        self.group
             .metrics
             .client_bytes_received_total
             .inc_by(bytes.len() as u64);

@@ -8,6 +8,9 @@ own retries off (so any error the proxy lets through is seen) and a socket timeo
 any failover hold. Commands on stdin, one per line:
   progress  print {"kind": operations done, ...} as one JSON line
   kill      what follows is the kill -9 phase (errors are counted apart)
+  quiesce   hold the producers and wait until the consumers took everything and each is in its
+            blocking call; print {"quiet": true|false, ...} (false: not within 10 s)
+  resume    let the producers go on
   stop      stop producing, let consumers drain, print the report (one JSON line) and exit
 A "reconnect" is a client whose socket changed (redis-py reconnects after an error).
 """
@@ -24,6 +27,11 @@ from redis.retry import Retry
 PORT = int(sys.argv[1])
 stopping = threading.Event()  # producers stop
 drained = threading.Event()  # consumers stop (once they took everything)
+held = threading.Event()  # producers wait (quiesce)
+# Each consumer's flag is set just before it sends its blocking call and cleared when it returns:
+# with the producers held and everything taken, all set means no consumer has a non-blocking
+# request (an LREM, an XACK) in flight.
+in_wait = {"bl": False, "rq": False, "st": False}
 phase = ["planned"]
 lock = threading.Lock()
 
@@ -187,6 +195,9 @@ def producer(name, conn, push, kind):
     def body():
         if stopping.is_set():
             return False
+        if held.is_set():
+            time.sleep(0.01)
+            return None
         seq[0] += 1
         push(seq[0])
         producers.watch_socket(name, conn.connection)
@@ -204,7 +215,11 @@ bl_producer = producer("bl", bl_prod, lambda seq: bl_prod.lpush("hl:jobs", seq),
 
 
 def bl_consumer():
-    r = bl_cons.brpop(["hl:jobs"], timeout=1)
+    in_wait["bl"] = True
+    try:
+        r = bl_cons.brpop(["hl:jobs"], timeout=1)
+    finally:
+        in_wait["bl"] = False
     bl.watch_socket("cons", bl_cons.connection)
     if r is not None:
         bl.got("jobs", int(r[1]))
@@ -218,7 +233,11 @@ rq_producer = producer("rq", rq_prod, lambda seq: rq_prod.lpush("hl:rq", seq), r
 
 
 def rq_consumer():
-    v = rq_cons.blmove("hl:rq", "hl:rq:processing", 1, "RIGHT", "LEFT")
+    in_wait["rq"] = True
+    try:
+        v = rq_cons.blmove("hl:rq", "hl:rq:processing", 1, "RIGHT", "LEFT")
+    finally:
+        in_wait["rq"] = False
     rq.watch_socket("cons", rq_cons.connection)
     if v is not None:
         rq.got("rq", int(v))
@@ -234,7 +253,11 @@ st_producer = producer("st", st_prod, lambda seq: st_prod.xadd("hl:stream", {"n"
 
 
 def st_consumer():
-    r = st_cons.xreadgroup("g", "c", {"hl:stream": ">"}, count=10, block=1000)
+    in_wait["st"] = True
+    try:
+        r = st_cons.xreadgroup("g", "c", {"hl:stream": ">"}, count=10, block=1000)
+    finally:
+        in_wait["st"] = False
     st.watch_socket("cons", st_cons.connection)
     for _, entries in r or []:
         for entry_id, fields in entries:
@@ -340,6 +363,28 @@ def drain(limit=15):
         time.sleep(0.1)
 
 
+def consumers_caught_up():
+    return (
+        all(bl.received.get(("jobs", s)) for s in list(bl.acked))
+        and all(rq.received.get(("rq", s)) for s in list(rq.acked))
+        and all(st.received.get(("stream", s)) for s in list(st.acked))
+    )
+
+
+def quiesce(limit=10):
+    """Hold the producers; wait until the consumers took all and wait in their blocking calls
+    (seen twice, 50 ms apart, so a consumer between its item and its LREM/XACK is not missed)."""
+    held.set()
+    deadline = time.time() + limit
+    calm = 0
+    while time.time() < deadline:
+        calm = calm + 1 if consumers_caught_up() and all(in_wait.values()) else 0
+        if calm >= 2:
+            return {"quiet": True}
+        time.sleep(0.05)
+    return {"quiet": False, "in_wait": dict(in_wait), "caught_up": consumers_caught_up()}
+
+
 def report():
     check = connect()
     out = {}
@@ -382,6 +427,10 @@ for line in sys.stdin:
         print(json.dumps({k: v.ops for k, v in kinds.items()}), flush=True)
     elif cmd == "kill":
         phase[0] = "kill"
+    elif cmd == "quiesce":
+        print(json.dumps(quiesce()), flush=True)
+    elif cmd == "resume":
+        held.clear()
     elif cmd == "stop":
         break
 

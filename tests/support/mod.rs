@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use redis_protocol::resp2::types::OwnedFrame;
 use sentinel_proxy::config::{Auth, Config, HostPort};
 use sentinel_proxy::sentinel::client::{ClientError, RespConn, frame_text};
-use sentinel_proxy::{Server, Shared};
+use sentinel_proxy::{Group, Server};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -224,6 +224,8 @@ pub struct LabOptions {
     pub redis_password: Option<String>,
     /// `requirepass` of the sentinels (and `sentinel-pass` between them), if any.
     pub sentinel_password: Option<String>,
+    /// More master groups (each a master and 2 replicas) the same sentinels monitor, by name.
+    pub extra_groups: Vec<&'static str>,
 }
 
 impl Default for LabOptions {
@@ -233,6 +235,7 @@ impl Default for LabOptions {
             failover_timeout_ms: 10_000,
             redis_password: None,
             sentinel_password: None,
+            extra_groups: Vec::new(),
         }
     }
 }
@@ -249,6 +252,8 @@ pub struct Lab {
     pub redis: Vec<Proc>,
     pub sentinels: Vec<Proc>,
     opts: LabOptions,
+    /// Each group's name and the ports of its nodes (`MASTER_NAME` first).
+    groups: Vec<(&'static str, Vec<u16>)>,
 }
 
 impl Lab {
@@ -259,34 +264,55 @@ impl Lab {
     pub async fn start_with(opts: LabOptions) -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut redis = Vec::new();
+        let mut groups = Vec::new();
         let pw = opts.redis_password.clone();
-        let master = start_redis(dir.path(), None, pw.clone()).await;
-        let master_port = master.port;
-        redis.push(master);
-        for _ in 0..2 {
-            redis.push(start_redis(dir.path(), Some(master_port), pw.clone()).await);
+        let names: Vec<&'static str> = std::iter::once(MASTER_NAME)
+            .chain(opts.extra_groups.iter().copied())
+            .collect();
+        for name in names {
+            let master = start_redis(dir.path(), None, pw.clone()).await;
+            let master_port = master.port;
+            redis.push(master);
+            for _ in 0..2 {
+                redis.push(start_redis(dir.path(), Some(master_port), pw.clone()).await);
+            }
+            let ports = redis[redis.len() - 3..].iter().map(|r| r.port).collect();
+            groups.push((name, ports));
         }
         let mut lab = Lab {
             dir,
             redis,
             sentinels: Vec::new(),
             opts,
+            groups,
         };
         for _ in 0..3 {
-            let s = lab.start_sentinel(master_port).await;
+            let s = lab.start_sentinel().await;
             lab.sentinels.push(s);
         }
-        lab.wait_settled(Duration::from_secs(40)).await;
+        for (name, _) in lab.groups.clone() {
+            lab.wait_settled_of(name, Duration::from_secs(40)).await;
+        }
         lab
     }
 
-    async fn start_sentinel(&self, master_port: u16) -> Proc {
+    async fn start_sentinel(&self) -> Proc {
         let dir = self.dir.path().to_path_buf();
         let (down, fo) = (self.opts.down_after_ms, self.opts.failover_timeout_ms);
-        let mut extra = String::new();
-        if let Some(pw) = &self.opts.redis_password {
-            extra += &format!("sentinel auth-pass {MASTER_NAME} {pw}\n");
+        let mut monitors = String::new();
+        for (name, ports) in &self.groups {
+            monitors += &format!(
+                "sentinel monitor {name} 127.0.0.1 {} 2\n\
+                 sentinel down-after-milliseconds {name} {down}\n\
+                 sentinel failover-timeout {name} {fo}\n\
+                 sentinel parallel-syncs {name} 1\n",
+                ports[0]
+            );
+            if let Some(pw) = &self.opts.redis_password {
+                monitors += &format!("sentinel auth-pass {name} {pw}\n");
+            }
         }
+        let mut extra = String::new();
         if let Some(pw) = &self.opts.sentinel_password {
             extra += &format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n");
         }
@@ -295,11 +321,7 @@ impl Lab {
             let conf = dir.join(format!("sentinel-{port}.conf"));
             let text = format!(
                 "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
-                 dir {d}\nlogfile {log}\n\
-                 sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} {down}\n\
-                 sentinel failover-timeout {MASTER_NAME} {fo}\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n{extra}",
+                 dir {d}\nlogfile {log}\n{monitors}{extra}",
                 d = dir.display(),
                 log = log.display(),
             );
@@ -334,13 +356,15 @@ impl Lab {
 
     /// The master according to the first sentinel that answers.
     pub async fn master_port(&self) -> Option<u16> {
+        self.master_port_of(MASTER_NAME).await
+    }
+
+    /// The master of group `name` according to the first sentinel that answers.
+    pub async fn master_port_of(&self, name: &str) -> Option<u16> {
         for s in self.sentinels.iter().filter(|s| s.is_running()) {
             if let Ok(mut c) = self.sconn(s.port).await
-                && let Ok(OwnedFrame::Array(items)) = cmd(
-                    &mut c,
-                    &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
-                )
-                .await
+                && let Ok(OwnedFrame::Array(items)) =
+                    cmd(&mut c, &["SENTINEL", "get-master-addr-by-name", name]).await
                 && items.len() == 2
             {
                 return frame_text(&items[1]).and_then(|p| p.parse().ok());
@@ -349,13 +373,13 @@ impl Lab {
         None
     }
 
-    /// The Redis ports other than `master`'s.
+    /// The Redis ports of `master`'s group other than `master`'s.
     pub fn replicas_of(&self, master: u16) -> Vec<u16> {
-        self.redis
+        self.groups
             .iter()
-            .map(|r| r.port)
-            .filter(|p| *p != master)
-            .collect()
+            .find(|(_, ports)| ports.contains(&master))
+            .map(|(_, ports)| ports.iter().copied().filter(|p| *p != master).collect())
+            .unwrap_or_default()
     }
 
     pub fn proc_by_port(&mut self, port: u16) -> &mut Proc {
@@ -368,17 +392,28 @@ impl Lab {
     /// Wait until every running sentinel agrees on one master that says `role:master`, knows
     /// both replicas and both other sentinels, and no failover is in progress.
     pub async fn wait_settled(&self, limit: Duration) -> u16 {
+        self.wait_settled_of(MASTER_NAME, limit).await
+    }
+
+    /// [`Lab::wait_settled`] for group `name`.
+    pub async fn wait_settled_of(&self, name: &str, limit: Duration) -> u16 {
         let running = self.sentinels.iter().filter(|s| s.is_running()).count();
-        let live_redis = self.redis.iter().filter(|r| r.is_running()).count();
+        let ports = &self
+            .groups
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("a lab group")
+            .1;
+        let live_redis = self
+            .redis
+            .iter()
+            .filter(|r| ports.contains(&r.port) && r.is_running())
+            .count();
         eventually(limit, "the sentinel lab to settle", || async {
             let mut agreed: Option<u16> = None;
             for s in self.sentinels.iter().filter(|s| s.is_running()) {
                 let mut c = self.sconn(s.port).await.ok()?;
-                let info = flat_map(
-                    cmd(&mut c, &["SENTINEL", "master", MASTER_NAME])
-                        .await
-                        .ok()?,
-                );
+                let info = flat_map(cmd(&mut c, &["SENTINEL", "master", name]).await.ok()?);
                 let port: u16 = info.get("port")?.parse().ok()?;
                 let ok = info.get("flags")? == "master"
                     && info.get("num-other-sentinels")? == &(running - 1).to_string()
@@ -387,9 +422,7 @@ impl Lab {
                     return None;
                 }
                 let OwnedFrame::Array(replicas) =
-                    cmd(&mut c, &["SENTINEL", "replicas", MASTER_NAME])
-                        .await
-                        .ok()?
+                    cmd(&mut c, &["SENTINEL", "replicas", name]).await.ok()?
                 else {
                     return None;
                 };
@@ -419,16 +452,18 @@ impl Lab {
 
     /// `SENTINEL FAILOVER`, retried while Sentinel is not ready for it. Returns when accepted.
     pub async fn failover(&self) -> Instant {
+        self.failover_of(MASTER_NAME).await
+    }
+
+    /// [`Lab::failover`] of group `name`.
+    pub async fn failover_of(&self, name: &str) -> Instant {
         eventually(
             Duration::from_secs(30),
             "SENTINEL FAILOVER to be accepted",
             || async {
                 for s in self.sentinels.iter().filter(|s| s.is_running()) {
                     let mut c = self.sconn(s.port).await.ok()?;
-                    if cmd(&mut c, &["SENTINEL", "FAILOVER", MASTER_NAME])
-                        .await
-                        .is_ok()
-                    {
+                    if cmd(&mut c, &["SENTINEL", "FAILOVER", name]).await.is_ok() {
                         return Some(Instant::now());
                     }
                 }
@@ -438,10 +473,64 @@ impl Lab {
         .await
     }
 
+    /// Wait until every replica of `master` has acknowledged its replication stream up to now
+    /// (`INFO replication`: each `slaveN:…,offset=` reaches the `master_repl_offset` read first;
+    /// replicas acknowledge once a second), so a kill -9 of `master` then loses no write
+    /// acknowledged before the call to asynchronous replication.
+    pub async fn wait_replicated(&self, master: u16, limit: Duration) {
+        let group = self.replicas_of(master);
+        let replicas = self
+            .redis
+            .iter()
+            .filter(|r| group.contains(&r.port) && r.is_running())
+            .count();
+        let read = || async {
+            let mut m = self.rconn(master).await.ok()?;
+            let frame = cmd(&mut m, &["INFO", "replication"]).await.ok()?;
+            frame_text(&frame).map(str::to_string)
+        };
+        let offset_of = |text: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let now = eventually(limit, "the master's replication offset", || async {
+            offset_of(&read().await?)
+        })
+        .await;
+        eventually(
+            limit,
+            "the replicas to catch up with the master",
+            || async {
+                let text = read().await?;
+                let caught_up = text
+                    .lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                    .filter(|l| {
+                        l.split(',').any(|kv| {
+                            kv.strip_prefix("offset=")
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .is_some_and(|o| o >= now)
+                        })
+                    })
+                    .count();
+                (caught_up >= replicas).then_some(())
+            },
+        )
+        .await
+    }
+
     /// Wait until the sentinels name a master other than `old` that answers `role:master`.
     pub async fn wait_new_master(&self, old: u16, limit: Duration) -> u16 {
+        self.wait_new_master_of(MASTER_NAME, old, limit).await
+    }
+
+    /// [`Lab::wait_new_master`] of group `name`.
+    pub async fn wait_new_master_of(&self, name: &str, old: u16, limit: Duration) -> u16 {
         eventually(limit, "a new master", || async {
-            let p = self.master_port().await?;
+            let p = self.master_port_of(name).await?;
             if p == old {
                 return None;
             }
@@ -516,7 +605,10 @@ pub fn flat_map(frame: OwnedFrame) -> HashMap<String, String> {
 pub struct Proxy {
     pub port: u16,
     pub admin: SocketAddr,
-    pub shared: Arc<Shared>,
+    /// The first (in most tests the only) group.
+    pub group: Arc<Group>,
+    /// Every group: its client port and handle, in configuration order.
+    pub groups: Vec<(u16, Arc<Group>)>,
     token: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -538,16 +630,23 @@ impl Proxy {
         tweak(&mut cfg);
         let server = Server::bind(cfg).await.expect("bind proxy");
         let token = CancellationToken::new();
-        let (port, admin, shared) = (
+        let groups: Vec<(u16, Arc<Group>)> = server
+            .groups()
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| (server.group_addr(i).port(), g))
+            .collect();
+        let (port, admin, group) = (
             server.local_addr().port(),
             server.admin_addr(),
-            server.shared(),
+            groups[0].1.clone(),
         );
         let task = tokio::spawn(server.serve(token.clone()));
         Proxy {
             port,
             admin,
-            shared,
+            group,
+            groups,
             token,
             task: Some(task),
         }
@@ -557,7 +656,7 @@ impl Proxy {
     pub async fn wait_ready(&self) -> u16 {
         eventually(Duration::from_secs(15), "proxy ready", || async {
             let (code, _) = http_get(self.admin, "/readyz").await;
-            (code == 200).then(|| self.shared.route.load().master.map(|a| a.port()))?
+            (code == 200).then(|| self.group.route.load().master.map(|a| a.port()))?
         })
         .await
     }
@@ -565,7 +664,7 @@ impl Proxy {
     /// Wait until the proxy routes to `port`.
     pub async fn wait_routes_to(&self, port: u16, limit: Duration) {
         eventually(limit, "proxy to route to the new master", || async {
-            (self.shared.route.load().target() == Some(addr(port))).then_some(())
+            (self.group.route.load().target() == Some(addr(port))).then_some(())
         })
         .await
     }
@@ -608,9 +707,29 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// The value of one sample line in a Prometheus text exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
+        .map(without_group)
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+}
+
+/// A series line without its `group="…"` label: single-group tests name series as before
+/// groups existed (`sentinel_proxy_client_connections`, `…_total{reason="quit"}`).
+fn without_group(line: &str) -> String {
+    let Some(start) = line.find("group=\"") else {
+        return line.to_string();
+    };
+    let Some(len) = line[start + 7..].find('"') else {
+        return line.to_string();
+    };
+    let mut end = start + 7 + len + 1;
+    let mut begin = start;
+    if line[end..].starts_with(',') {
+        end += 1;
+    } else if line[..begin].ends_with(',') {
+        begin -= 1;
+    }
+    let out = format!("{}{}", &line[..begin], &line[end..]);
+    out.replace("{}", "")
 }
 
 /// Wait until one series of the proxy's /metrics reads `value` (a session is counted just after

@@ -30,7 +30,7 @@ impl Resolver {
     /// The selected replica said `role:master`: route to it now, before Sentinel announces it.
     pub(super) fn on_promoted(&mut self, addr: SocketAddr, at: Instant) {
         self.promotion = None;
-        let from = self.shared.route.load().master;
+        let from = self.group.route.load().master;
         if from == Some(addr) {
             // Already routed there (a poll or an event was first): the fence has done its job.
             self.end_pause("switched");
@@ -48,8 +48,8 @@ impl Resolver {
         }
         let id = self.next_failover_id;
         self.next_failover_id += 1;
-        let from = self.shared.route.load().master.map(|a| a.to_string());
-        self.shared.watcher.open_failover(id, from);
+        let from = self.group.route.load().master.map(|a| a.to_string());
+        self.group.watcher.open_failover(id, from);
         self.failover = Some((id, at));
         (id, at)
     }
@@ -67,18 +67,18 @@ impl Resolver {
     ) {
         let (id, started) = self.failover_record(at);
         let ms = at.saturating_duration_since(started).as_secs_f64() * 1000.0;
-        self.shared.watcher.failover(id, |r| f(r, ms));
+        self.group.watcher.failover(id, |r| f(r, ms));
     }
 
     /// Record when the last session left the old master (bounded by the drain timeout).
     pub(super) fn watch_drain(&self, id: u64, started: Instant, old_generation: u64) {
-        let shared = self.shared.clone();
-        let limit = Instant::now() + shared.config().drain_timeout + Duration::from_secs(2);
+        let group = self.group.clone();
+        let limit = Instant::now() + group.config().drain_timeout + Duration::from_secs(2);
         tokio::spawn(async move {
             while Instant::now() < limit {
-                if shared.route.attached(old_generation) == 0 {
+                if group.route.attached(old_generation) == 0 {
                     let ms = started.elapsed().as_secs_f64() * 1000.0;
-                    shared.watcher.failover(id, |r| r.drained_ms = Some(ms));
+                    group.watcher.failover(id, |r| r.drained_ms = Some(ms));
                     return;
                 }
                 sleep(Duration::from_millis(5)).await;
@@ -88,26 +88,26 @@ impl Resolver {
 
     pub(super) fn failover_end(&mut self, outcome: &'static str) {
         if let Some((id, _)) = self.failover.take() {
-            self.shared.watcher.failover(id, |r| r.outcome = outcome);
+            self.group.watcher.failover(id, |r| r.outcome = outcome);
         }
     }
 
     /// The fence: sessions hold new requests until the new master is verified (or the pause
     /// runs out, or the failover aborts). Requests in flight still complete on the old master.
     pub(super) fn start_pause(&mut self) {
-        let route = self.shared.route.load();
+        let route = self.group.route.load();
         if route.master.is_none() || self.pause_until.is_some() {
             return;
         }
-        self.shared.route.set_paused(true);
-        self.pause_until = Some(Instant::now() + self.shared.config().failover_pause);
+        self.group.route.set_paused(true);
+        self.pause_until = Some(Instant::now() + self.group.config().failover_pause);
         self.failover_step(|r, ms| r.paused_ms = Some(ms));
     }
 
     pub(super) fn end_pause(&mut self, outcome: &str) {
         if self.pause_until.take().is_some() {
-            self.shared.route.set_paused(false);
-            self.shared
+            self.group.route.set_paused(false);
+            self.group
                 .metrics
                 .failover_pauses_total
                 .with_label_values(&[outcome])
@@ -132,8 +132,8 @@ impl Resolver {
         }
         self.stop_promotion_watch();
         let tx = self.tx.clone();
-        let auth = self.shared.config().master_auth.clone();
-        let t = self.shared.config().sentinel_timeout;
+        let auth = self.group.settings().master_auth.clone();
+        let t = self.group.config().sentinel_timeout;
         let handle = tokio::spawn(async move {
             let deadline = Instant::now() + PROMOTION_WATCH_MAX;
             let mut conn: Option<RespConn> = None;

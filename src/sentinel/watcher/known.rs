@@ -1,15 +1,14 @@
-//! The sentinels the proxy follows: the configured ones, and the ones learned from their peers
-//! (`SENTINEL sentinels`), each with its event subscription, its health (for /metrics and
-//! /status) and, for a learned one, how long it has been unreachable (it is forgotten after
-//! `--sentinel-prune-after`).
+//! The sentinels a group follows: the configured ones, and the ones learned from their peers
+//! (`SENTINEL sentinels`), each with its membership of the shared event subscription
+//! (`sentinel/hub.rs`), its health (for /metrics and /status) and, for a learned one, how long it
+//! has been unreachable (it is forgotten after `--sentinel-prune-after`).
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::Resolver;
 use crate::config::HostPort;
-use crate::sentinel::subscription::subscription;
+use crate::sentinel::hub::{Hub, Membership};
 
 /// A sentinel the proxy knows: configured, or learned from `SENTINEL sentinels`.
 pub(super) struct Known {
@@ -17,15 +16,15 @@ pub(super) struct Known {
     configured: bool,
     /// Since when it has failed every query (None while it answers).
     failing_since: Option<Instant>,
-    /// Cancels its subscription when it is pruned.
-    stop: CancellationToken,
+    /// This group's share of its event subscription, left when dropped.
+    _events: Membership,
 }
 
 impl Resolver {
     /// After a reload: sentinels newly configured are added, ones no longer configured are
     /// dropped (they come back as discovered ones if their peers still name them).
     pub(super) fn sync_configured(&mut self) {
-        let wanted = self.shared.config().sentinels.clone();
+        let wanted = self.group.settings().sentinels.clone();
         let mut kept = Vec::with_capacity(self.known.len());
         for mut k in std::mem::take(&mut self.known) {
             if wanted.contains(&k.addr) {
@@ -33,7 +32,7 @@ impl Resolver {
                 kept.push(k);
             } else if k.configured {
                 info!(sentinel = %k.addr, "sentinel removed from the configuration");
-                self.forget(&k);
+                self.forget(k);
             } else {
                 kept.push(k);
             }
@@ -44,15 +43,20 @@ impl Resolver {
         }
     }
 
-    /// Stop following a sentinel: its subscription, its /status entry, its metric series.
-    pub(super) fn forget(&self, k: &Known) {
-        k.stop.cancel();
-        self.shared.watcher.forget(&k.addr);
-        let _ = self
-            .shared
-            .metrics
-            .sentinel_up
-            .remove_label_values(&[&k.addr.to_string()]);
+    /// Stop following a sentinel: this group's share of its subscription, its /status entry,
+    /// and its metric series once no group follows it.
+    pub(super) fn forget(&self, k: Known) {
+        let addr = k.addr.clone();
+        drop(k);
+        self.group.watcher.forget(&addr);
+        if !self.group.shared.hub.follows(&addr) {
+            let _ = self
+                .group
+                .shared
+                .metrics
+                .sentinel_up
+                .remove_label_values(&[&addr.to_string()]);
+        }
     }
 
     /// Add a sentinel to the known set (if new) and subscribe to its events.
@@ -63,33 +67,56 @@ impl Resolver {
         if !configured {
             info!(sentinel = %addr, "discovered sentinel");
         }
-        let stop = self.shutdown.child_token();
-        self.shared.watcher.sentinel(&addr, |_| {});
-        tokio::spawn(subscription(
-            addr.clone(),
-            self.shared.clone(),
+        self.group.watcher.sentinel(&addr, |_| {});
+        let events = Hub::join(
+            &self.group.shared,
+            &addr,
+            &self.group.master_name,
+            &self.group.settings().sentinel_auth,
             self.tx.clone(),
-            stop.clone(),
-        ));
+        );
         self.known.push(Known {
             addr,
             configured,
             failing_since: None,
-            stop,
+            _events: events,
         });
     }
 
     /// The result of one query to one sentinel, for /metrics and /status.
     pub(super) fn record_health(&self, sentinel: &HostPort, error: Option<String>) {
-        self.shared
+        self.group
+            .shared
             .metrics
             .sentinel_up
             .with_label_values(&[&sentinel.to_string()])
             .set(error.is_none() as i64);
-        self.shared.watcher.sentinel(sentinel, |h| {
+        self.group.watcher.sentinel(sentinel, |h| {
             h.query_ok = error.is_none();
             h.last_error = error;
         });
+    }
+
+    /// A sentinel's shared subscription came up or went down: its /status entry, and a poll
+    /// when it came up (events may have been missed meanwhile).
+    pub(super) fn subscription_changed(
+        &mut self,
+        addr: &HostPort,
+        up: bool,
+        error: Option<String>,
+    ) {
+        if !self.known.iter().any(|k| &k.addr == addr) {
+            return;
+        }
+        self.group.watcher.sentinel(addr, |h| {
+            h.subscribed = up;
+            if error.is_some() {
+                h.last_error = error;
+            }
+        });
+        if up {
+            self.poll();
+        }
     }
 
     /// Record who answered, learn the peers they named, prune long-dead discovered sentinels,
@@ -103,12 +130,12 @@ impl Resolver {
                 Some(k.failing_since.unwrap_or(now))
             };
         }
-        let prune_after = self.shared.config().sentinel_prune_after;
+        let prune_after = self.group.config().sentinel_prune_after;
         let mut kept = Vec::with_capacity(self.known.len());
         for k in std::mem::take(&mut self.known) {
             if !k.configured && k.failing_since.is_some_and(|t| now - t > prune_after) {
                 info!(sentinel = %k.addr, "forgetting a discovered sentinel that stayed unreachable");
-                self.forget(&k);
+                self.forget(k);
             } else {
                 kept.push(k);
             }

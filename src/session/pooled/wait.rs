@@ -147,7 +147,7 @@ impl Pooled<'_> {
                 return Some(Close::IoError);
             }
             Event::Flushed(n) => {
-                self.shared.metrics.client_bytes_sent_total.inc_by(n as u64);
+                self.group.metrics.client_bytes_sent_total.inc_by(n as u64);
                 self.open = false;
             }
             Event::WriteFailed => return Some(Close::ClientClosed),
@@ -169,7 +169,7 @@ impl Pooled<'_> {
                 }
             }
             Event::IdleTick => {
-                let idle = self.shared.config().idle_timeout;
+                let idle = self.group.config().idle_timeout;
                 let since = self.client.last_active.get().map(|t| t.elapsed());
                 let quiet = since.is_some_and(|d| d >= idle)
                     && self.client.owed.get() == 0

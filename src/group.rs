@@ -1,0 +1,72 @@
+//! One master group: a Sentinel master the proxy serves on a listener of its own, with its route,
+//! its fence and failover timeline (the watcher's state), its tally of what sessions did at each
+//! switch, and its metric handles. Every session and the group's watcher hold an `Arc<Group>`;
+//! what all groups share (the configuration, the registry, the sentinel subscriptions) is in
+//! [`Shared`], reached through [`Group::shared`].
+//!
+//! A failover in one group touches only that group's route: other groups' sessions never pause
+//! or move for it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, GroupConfig};
+use crate::metrics::GroupMetrics;
+use crate::{Shared, route, sentinel, session};
+
+pub struct Group {
+    /// What every group shares.
+    pub shared: Arc<Shared>,
+    /// Unique in the process (keys per-thread state such as pooled mode's connections).
+    pub id: usize,
+    /// Fixed for the group's life: its label and its master.
+    pub name: String,
+    pub master_name: String,
+    /// Its sentinels and credentials, replaced by a reload.
+    settings: ArcSwap<GroupConfig>,
+    pub route: route::RouteTable,
+    pub metrics: GroupMetrics,
+    pub watcher: sentinel::watcher::WatcherState,
+    /// What sessions did at each switch (moved, by kind; closed, by reason), for /status.
+    pub tally: session::tally::Tally,
+    /// Tells the group's watcher that the configuration changed.
+    pub reloaded: tokio::sync::Notify,
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+impl Group {
+    pub fn new(shared: Arc<Shared>, settings: GroupConfig) -> Group {
+        Group {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: settings.name.clone(),
+            master_name: settings.master_name.clone(),
+            metrics: shared.metrics.group(&settings.name),
+            shared,
+            settings: ArcSwap::from_pointee(settings),
+            route: route::RouteTable::new(),
+            watcher: Default::default(),
+            tally: Default::default(),
+            reloaded: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The process's configuration in force (timeouts, limits, modes), a snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config()
+    }
+
+    /// This group's sentinels, credentials and listen address, a snapshot.
+    pub fn settings(&self) -> Arc<GroupConfig> {
+        self.settings.load_full()
+    }
+
+    /// A reload changed this group's sentinels or credentials (its name, master and listen
+    /// address are fixed for its life).
+    pub(crate) fn update(&self, settings: GroupConfig) {
+        self.settings.store(Arc::new(settings));
+        self.reloaded.notify_one();
+    }
+}
