@@ -5,7 +5,7 @@
 //! | `/metrics` | Prometheus text exposition of every metric (see `metrics.rs`) |
 //! | `/healthz` | `200 ok` while the process runs (liveness) |
 //! | `/readyz`  | `200 ready` while every group has a verified, answering master, else `503` naming the groups without one (readiness); `/readyz?group=NAME` for one group |
-//! | `/status`  | JSON: per group (`groups`, in configuration order) its master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines; the first group's fields also at the top level (a single-group proxy reads them there); the effective config (secrets masked). `/status?group=NAME`: that group's fields at the top level |
+//! | `/status`  | JSON: per group (`groups`, in configuration order) its read pool (`read`, with a read port), its master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines; the first group's fields also at the top level (a single-group proxy reads them there); the effective config (secrets masked). `/status?group=NAME`: that group's fields at the top level |
 //!
 //! It shares nothing with the data path but the metric atomics and the routes, read lock-free.
 
@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,13 +29,13 @@ use tracing::{debug, warn};
 
 use crate::{Group, Shared};
 
+/// Serve until `shutdown`; `groups` are the groups being served (a reload may change them).
 pub async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
-    groups: Vec<Arc<Group>>,
+    groups: Arc<ArcSwap<Vec<Arc<Group>>>>,
     shutdown: CancellationToken,
 ) {
-    let groups = Arc::new(groups);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -52,7 +53,7 @@ pub async fn run(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (shared, groups) = (shared.clone(), groups.clone());
-                async move { Ok::<_, Infallible>(handle(&req, &shared, &groups)) }
+                async move { Ok::<_, Infallible>(handle(&req, &shared, &groups.load())) }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -219,6 +220,13 @@ fn group_status(group: &Group) -> serde_json::Value {
             v
         }).collect::<Vec<_>>(),
         "failovers": st.failovers,
+        "read": group.read.get().and_then(std::sync::Weak::upgrade).map(|r| json!({
+            "listen": settings.read_listen.map(|a| a.to_string()),
+            "replicas": r.replicas().iter().map(|(addr, clients)| json!({
+                "address": addr.to_string(),
+                "clients": clients,
+            })).collect::<Vec<_>>(),
+        })),
         "settings": {
             "sentinels": settings.sentinels.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             "sentinel_username": settings.sentinel_auth.username,

@@ -24,7 +24,9 @@ pub use cli::{Cli, Command};
 pub use file::FileConfig;
 use file::read_file;
 pub use groups::{GroupConfig, GroupFile};
-pub use values::{Auth, Discovery, HostPort, LogFormat, Secret, parse_duration, parse_size};
+pub use values::{
+    Auth, Discovery, HostPort, LogFormat, ReadFallback, Secret, parse_duration, parse_size,
+};
 
 /// The validated configuration the proxy runs with.
 ///
@@ -40,6 +42,11 @@ pub struct Config {
     pub master_name: String,
     pub sentinel_auth: Auth,
     pub master_auth: Auth,
+    /// The implicit group's read port (`--read-listen`), if any.
+    pub read_listen: Option<SocketAddr>,
+    /// Read port: the largest replication lag, in bytes, of a replica that serves reads.
+    pub read_max_lag: u64,
+    pub read_fallback: ReadFallback,
     /// The file's `[[group]]` tables, validated (empty: the implicit group).
     pub declared_groups: Vec<GroupConfig>,
     pub log_format: LogFormat,
@@ -79,6 +86,9 @@ impl Config {
             sentinel_auth: Auth::default(),
             master_auth: Auth::default(),
             declared_groups: Vec::new(),
+            read_listen: None,
+            read_max_lag: 1 << 20,
+            read_fallback: ReadFallback::Master,
             log_format: LogFormat::Text,
             poll_interval: Duration::from_secs(1),
             sentinel_timeout: Duration::from_millis(500),
@@ -107,6 +117,7 @@ impl Config {
             name: self.master_name.clone(),
             master_name: self.master_name.clone(),
             listen: self.listen,
+            read_listen: self.read_listen,
             sentinels: self.sentinels.clone(),
             sentinel_auth: self.sentinel_auth.clone(),
             master_auth: self.master_auth.clone(),
@@ -263,6 +274,19 @@ impl Config {
             cfg.max_request_bytes =
                 parse_size(&text).map_err(|e| anyhow::anyhow!("max-request-bytes: {e}"))?;
         }
+        if let Some(text) = pick(&cli.read_max_lag, file.read_max_lag) {
+            cfg.read_max_lag =
+                parse_size(&text).map_err(|e| anyhow::anyhow!("read-max-lag: {e}"))?;
+        }
+        cfg.read_fallback = cli.read_fallback.or(file.read_fallback).unwrap_or_default();
+        if let Some(text) = pick(&cli.read_listen, file.read_listen) {
+            if !tables.is_empty() {
+                bail!(
+                    "read-listen is set at the top level (flag, env or file) but the file declares [[group]] tables: give it in each group instead"
+                );
+            }
+            cfg.read_listen = Some(addr("read-listen", Some(&text), DEFAULT_LISTEN)?);
+        }
         cfg.declared_groups = groups::resolve(
             tables,
             &groups::Defaults {
@@ -287,6 +311,14 @@ impl Config {
             }
         }
         for g in self.groups() {
+            if let Some(read) = g.read_listen
+                && read.port() != 0
+                && (read == g.listen || read == self.metrics_listen)
+            {
+                bail!(
+                    "read-listen {read} is also the group's listen or the metrics-listen address"
+                );
+            }
             if g.listen == self.metrics_listen && g.listen.port() != 0 {
                 bail!(
                     "listen and metrics-listen are both {}: they need different ports",
@@ -325,256 +357,4 @@ fn auth(name: &str, username: Option<String>, password: Option<String>) -> anyho
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn cli(args: &[&str]) -> Cli {
-        let mut full = vec!["sentinel-proxy"];
-        full.extend_from_slice(args);
-        Cli::try_parse_from(full).unwrap()
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("ms").is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512mb").unwrap(), 512 << 20);
-        assert_eq!(parse_size("1GB").unwrap(), 1 << 30);
-        assert_eq!(parse_size("100").unwrap(), 100);
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("5 parsecs").is_err());
-    }
-
-    #[test]
-    fn host_port() {
-        let hp: HostPort = "redis-0.svc:26379".parse().unwrap();
-        assert_eq!((hp.host.as_str(), hp.port), ("redis-0.svc", 26379));
-        let v6: HostPort = "[::1]:26379".parse().unwrap();
-        assert_eq!(v6.host, "::1");
-        assert_eq!(v6.to_string(), "[::1]:26379");
-        assert!("nohost".parse::<HostPort>().is_err());
-        assert!(":1".parse::<HostPort>().is_err());
-        assert!("h:0".parse::<HostPort>().is_err());
-        assert!("h:99999".parse::<HostPort>().is_err());
-    }
-
-    #[test]
-    fn flag_beats_file_beats_default() {
-        let file: FileConfig = toml::from_str(
-            "sentinels = [\"10.0.0.1:26379\"]\nmaster-name = \"fromfile\"\nconnect-wait = \"2s\"\n",
-        )
-        .unwrap();
-        let c = Config::merge(&cli(&["--master-name", "fromflag"]), file).unwrap();
-        assert_eq!(c.master_name, "fromflag");
-        assert_eq!(c.connect_wait, Duration::from_secs(2));
-        assert_eq!(c.sentinels.len(), 1);
-        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
-        assert_eq!(c.poll_interval, Duration::from_secs(1));
-    }
-
-    /// Every duration setting reaches the Config, from a flag and from the file (five of them
-    /// were once parsed and then dropped, silently keeping their defaults).
-    #[test]
-    fn every_duration_setting_is_applied() {
-        let names = [
-            "poll-interval",
-            "sentinel-timeout",
-            "connect-timeout",
-            "connect-wait",
-            "shutdown-timeout",
-            "failover-pause",
-            "drain-timeout",
-            "sentinel-prune-after",
-            "tcp-keepalive",
-            "idle-timeout",
-        ];
-        let get = |c: &Config| {
-            [
-                c.poll_interval,
-                c.sentinel_timeout,
-                c.connect_timeout,
-                c.connect_wait,
-                c.shutdown_timeout,
-                c.failover_pause,
-                c.drain_timeout,
-                c.sentinel_prune_after,
-                c.tcp_keepalive,
-                c.idle_timeout,
-            ]
-        };
-        let mut args = vec!["--sentinels".to_string(), "a:1".to_string()];
-        let mut file = String::new();
-        for (i, name) in names.iter().enumerate() {
-            args.push(format!("--{name}"));
-            args.push(format!("{}ms", 1000 + i));
-            file.push_str(&format!("{name} = \"{}ms\"\n", 2000 + i));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let from_flags = Config::merge(&cli(&args), FileConfig::default()).unwrap();
-        let from_file = Config::merge(
-            &cli(&["--sentinels", "a:1"]),
-            toml::from_str(&file).unwrap(),
-        )
-        .unwrap();
-        for (i, name) in names.iter().enumerate() {
-            let ms = |d: Duration| d.as_millis() as usize;
-            assert_eq!(ms(get(&from_flags)[i]), 1000 + i, "{name} from its flag");
-            assert_eq!(ms(get(&from_file)[i]), 2000 + i, "{name} from the file");
-        }
-    }
-
-    #[test]
-    fn sentinels_are_required_and_deduplicated() {
-        assert!(Config::merge(&cli(&[]), FileConfig::default()).is_err());
-        assert!(Config::merge(&cli(&["--sentinels", " , "]), FileConfig::default()).is_err());
-        let c =
-            Config::merge(&cli(&["--sentinels", "a:1,b:2,a:1"]), FileConfig::default()).unwrap();
-        assert_eq!(c.sentinels.len(), 2);
-    }
-
-    #[test]
-    fn groups_fill_from_the_top_level() {
-        let file: FileConfig = toml::from_str(
-            r#"
-sentinels = ["s1:26379", "s2:26379"]
-master-password = "top"
-
-[[group]]
-master-name = "broker"
-listen = "127.0.0.1:6379"
-
-[[group]]
-name = "cache"
-master-name = "cache-master"
-listen = "127.0.0.1:6380"
-sentinels = ["s3:26379"]
-master-username = "app"
-master-password = "own"
-"#,
-        )
-        .unwrap();
-        let c = Config::merge(&cli(&[]), file).unwrap();
-        let g = c.groups();
-        assert_eq!(g.len(), 2);
-        assert_eq!(
-            (g[0].name.as_str(), g[0].master_name.as_str()),
-            ("broker", "broker")
-        );
-        assert_eq!(g[0].sentinels.len(), 2);
-        assert_eq!(g[0].master_auth.password.as_ref().unwrap().expose(), "top");
-        assert_eq!(
-            (g[1].name.as_str(), g[1].master_name.as_str()),
-            ("cache", "cache-master")
-        );
-        assert_eq!(g[1].sentinels, vec!["s3:26379".parse().unwrap()]);
-        assert_eq!(g[1].master_auth.username.as_deref(), Some("app"));
-        assert_eq!(g[1].master_auth.password.as_ref().unwrap().expose(), "own");
-    }
-
-    #[test]
-    fn no_group_table_is_one_implicit_group() {
-        let c = Config::merge(
-            &cli(&[
-                "--sentinels",
-                "a:1",
-                "--master-name",
-                "m",
-                "--listen",
-                "127.0.0.1:7000",
-            ]),
-            FileConfig::default(),
-        )
-        .unwrap();
-        let g = c.groups();
-        assert_eq!(g.len(), 1);
-        assert_eq!((g[0].name.as_str(), g[0].master_name.as_str()), ("m", "m"));
-        assert_eq!(g[0].listen, "127.0.0.1:7000".parse().unwrap());
-    }
-
-    #[test]
-    fn bad_groups_are_named() {
-        let merge = |flags: &[&str], text: &str| {
-            let mut args = vec!["--sentinels", "a:1"];
-            args.extend_from_slice(flags);
-            Config::merge(&cli(&args), toml::from_str(text).unwrap())
-                .unwrap_err()
-                .to_string()
-        };
-        let e = merge(&[], "[[group]]\nlisten = \"127.0.0.1:1\"\n");
-        assert!(e.contains("group 1: master-name is required"), "{e}");
-        let e = merge(&[], "[[group]]\nmaster-name = \"a\"\n");
-        assert!(e.contains("group 'a': listen is required"), "{e}");
-        let two = "[[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\n\
-                   [[group]]\nmaster-name = \"b\"\nlisten = \"127.0.0.1:1\"\n";
-        let e = merge(&[], two);
-        assert!(e.contains("two groups listen on 127.0.0.1:1"), "{e}");
-        let e = merge(
-            &["--master-name", "x"],
-            "[[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\n",
-        );
-        assert!(e.starts_with("master-name is set at the top level"), "{e}");
-        let typo = "[[group]]\nmaster-name = \"a\"\nlisen = \"127.0.0.1:1\"\n";
-        let e = toml::from_str::<FileConfig>(typo).unwrap_err().to_string();
-        assert!(e.contains("unknown field `lisen`"), "{e}");
-        let same = "[[group]]\nname = \"x\"\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\n\
-                    [[group]]\nname = \"y\"\nmaster-name = \"a\"\nlisten = \"127.0.0.1:2\"\n";
-        let e = merge(&[], same);
-        assert!(e.contains("both serve master 'a'"), "{e}");
-    }
-
-    #[test]
-    fn unknown_file_key_is_rejected() {
-        let err = toml::from_str::<FileConfig>("sentinals = []").unwrap_err();
-        assert!(err.to_string().contains("unknown field"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let e = Config::merge(
-            &cli(&["--sentinels", "a:1", "--listen", "nope"]),
-            FileConfig::default(),
-        )
-        .unwrap_err();
-        assert!(e.to_string().starts_with("listen:"), "{e}");
-        let e = Config::merge(
-            &cli(&["--sentinels", "a:1", "--master-username", "u"]),
-            FileConfig::default(),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("master-password"), "{e}");
-    }
-
-    #[test]
-    fn secrets_are_masked_in_debug() {
-        let c = Config::merge(
-            &cli(&[
-                "--sentinels",
-                "a:1",
-                "--sentinel-password",
-                "hunter2",
-                "--master-password",
-                "swordfish",
-            ]),
-            FileConfig::default(),
-        )
-        .unwrap();
-        let dbg = format!("{c:?}");
-        assert!(
-            !dbg.contains("hunter2") && !dbg.contains("swordfish"),
-            "{dbg}"
-        );
-        assert_eq!(
-            c.sentinel_auth.password.as_ref().unwrap().expose(),
-            "hunter2"
-        );
-    }
-}
+mod tests;

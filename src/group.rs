@@ -33,13 +33,29 @@ pub struct Group {
     pub tally: session::tally::Tally,
     /// Tells the group's watcher that the configuration changed.
     pub reloaded: tokio::sync::Notify,
+    /// A read port's lane (`read.rs`): its "master" is a replica, `-READONLY` is an answer
+    /// rather than a sign of demotion, and a connection the replica closes is re-made (Sentinel
+    /// kills a replica's clients when it reconfigures it) instead of closing the client.
+    pub lane: bool,
+    /// Its read port, if it has one (for /status; the port holds the group, not the reverse).
+    pub read: std::sync::OnceLock<std::sync::Weak<crate::read::ReadPort>>,
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl Group {
     pub fn new(shared: Arc<Shared>, settings: GroupConfig) -> Group {
+        Group::build(shared, settings, false)
+    }
+
+    /// A read port's lane (see the `lane` field).
+    pub fn new_lane(shared: Arc<Shared>, settings: GroupConfig) -> Group {
+        Group::build(shared, settings, true)
+    }
+
+    fn build(shared: Arc<Shared>, settings: GroupConfig, lane: bool) -> Group {
         Group {
+            lane,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: settings.name.clone(),
             master_name: settings.master_name.clone(),
@@ -50,6 +66,7 @@ impl Group {
             watcher: Default::default(),
             tally: Default::default(),
             reloaded: tokio::sync::Notify::new(),
+            read: std::sync::OnceLock::new(),
         }
     }
 

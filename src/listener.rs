@@ -16,20 +16,32 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug_span, info_span, warn};
 
+use crate::config::ReadFallback;
+use crate::read::ReadPort;
 use crate::workers::Workers;
 use crate::{Group, session};
+
+/// What a listener serves: a group's own port, or its read port.
+pub enum Target {
+    Group(Arc<Group>),
+    Read(Arc<ReadPort>),
+}
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 pub async fn run(
     listener: TcpListener,
-    group: Arc<Group>,
+    target: Target,
     permits: Arc<Semaphore>,
     workers: Arc<Workers>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
+    let group = match &target {
+        Target::Group(g) => g.clone(),
+        Target::Read(r) => r.group.clone(),
+    };
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -51,9 +63,30 @@ pub async fn run(
                         continue;
                     }
                 };
-                let group = group.clone();
                 let shutdown = shutdown.clone();
-                if group.config().pool > 0 {
+                // A read client: the replica with the fewest, as a 1:1 session on its lane.
+                let (group, lane) = match &target {
+                    Target::Group(g) => (g.clone(), None),
+                    Target::Read(r) => match r.pick() {
+                        Some(lane) => (lane.group().clone(), Some(lane)),
+                        None if r.group.config().read_fallback == ReadFallback::Master => {
+                            (r.group.clone(), None)
+                        }
+                        None => {
+                            let msg = format!(
+                                "-ERR sentinel-proxy: no healthy replica for '{}'\r\n",
+                                r.group.master_name
+                            );
+                            tracker.spawn(async move {
+                                if let Ok(stream) = TcpStream::from_std(stream) {
+                                    refuse_with(stream, msg).await;
+                                }
+                            });
+                            continue;
+                        }
+                    },
+                };
+                if group.config().pool > 0 && matches!(target, Target::Group(_)) {
                     // Pooled clients share connections with the other clients of their thread
                     // (`session/pool.rs`), through `Rc`s: they run on its `LocalSet`.
                     let tracked = tracker.token();
@@ -89,6 +122,7 @@ pub async fn run(
                             Ok(stream) => session::serve(stream, group, shutdown).await,
                             Err(e) => warn!(error = %e, "could not register a connection"),
                         }
+                        drop(lane);
                         drop(permit);
                     }
                     .instrument(span),
@@ -107,8 +141,12 @@ pub async fn run(
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let write = stream.write_all(b"-ERR max number of clients reached\r\n");
+async fn refuse(stream: TcpStream) {
+    refuse_with(stream, "-ERR max number of clients reached\r\n".into()).await
+}
+
+async fn refuse_with(mut stream: TcpStream, msg: String) {
+    let write = stream.write_all(msg.as_bytes());
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     let _ = stream.shutdown().await;
 }

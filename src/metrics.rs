@@ -350,6 +350,40 @@ impl Metrics {
         }
     }
 
+    /// A group was removed: its series without other labels go (the ones with more labels,
+    /// `…{group,reason}`, keep their last values until a restart).
+    pub fn forget_group(&self, name: &str) {
+        let one = [name];
+        for family in [
+            &self.client_connections_total,
+            &self.backend_connect_failures_total,
+            &self.no_master_rejections_total,
+            &self.master_switches_total,
+            &self.not_master_replies_total,
+            &self.protocol_errors_total,
+            &self.max_clients_rejections_total,
+            &self.client_bytes_received_total,
+            &self.client_bytes_sent_total,
+        ] {
+            let _ = family.remove_label_values(&one);
+        }
+        for family in [
+            &self.client_connections,
+            &self.master_available,
+            &self.route_generation,
+            &self.pool_connections,
+        ] {
+            let _ = family.remove_label_values(&one);
+        }
+        for family in [
+            &self.switch_latency_seconds,
+            &self.hold_seconds,
+            &self.backend_connect_seconds,
+        ] {
+            let _ = family.remove_label_values(&one);
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = Vec::new();

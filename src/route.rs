@@ -181,6 +181,23 @@ impl RouteTable {
         (self.load(), true)
     }
 
+    /// A new generation on the same master: its sessions move to new connections to it at their
+    /// next boundary (a read lane whose replica closed its clients).
+    pub fn renew(&self) {
+        let old = self.load();
+        if old.master.is_none() {
+            return;
+        }
+        self.store(Route {
+            generation: old.generation + 1,
+            available: true,
+            paused: false,
+            previous_down: false,
+            since: SystemTime::now(),
+            ..(*old).clone()
+        });
+    }
+
     /// The master is known not to be one any more (ROLE said replica): a new generation with none.
     pub fn clear_master(&self) {
         let old = self.load();

@@ -11,14 +11,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::{Group, Reloader, Shared};
+use tokio::sync::mpsc;
 
-/// On every SIGHUP, build a new configuration with `reload` and apply it. An invalid one is
-/// rejected with a log line and the running configuration stays; client connections are never
-/// touched by a reload.
+use crate::{Config, Reloader, Shared};
+
+/// On every SIGHUP, build a new configuration with `reload` and hand it to the server to apply
+/// (`Server::serve`). An invalid one is rejected with a log line and the running configuration
+/// stays; the clients of groups the reload keeps are never touched.
 pub fn reload_on_sighup(
     shared: Arc<Shared>,
-    groups: Vec<Arc<Group>>,
+    apply: mpsc::Sender<Config>,
     reload: Reloader,
     shutdown: CancellationToken,
 ) {
@@ -35,10 +37,8 @@ pub fn reload_on_sighup(
             }
             match reload() {
                 Ok(config) => {
-                    let restart = shared.reload(&groups, config);
-                    info!("configuration reloaded");
-                    if !restart.is_empty() {
-                        warn!(settings = ?restart, "changed settings need a restart to take effect; kept their running values");
+                    if apply.send(config).await.is_err() {
+                        return;
                     }
                 }
                 Err(e) => {

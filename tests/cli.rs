@@ -51,6 +51,45 @@ fn check_accepts_every_example_config() {
     assert!(seen >= 1, "no example config found in config/");
 }
 
+/// The TOML the deployment examples carry inline (the Kubernetes ConfigMap, the Compose
+/// service's start-up script) passes `--check` too: two groups each.
+#[test]
+fn check_accepts_the_configs_inside_the_deployment_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, start, end) in [
+        ("k8s-standalone.yaml", "sentinel-proxy.toml: |", "---"),
+        (
+            "docker-compose.yml",
+            "cat > /tmp/sentinel-proxy.toml <<CONF",
+            "CONF",
+        ),
+    ] {
+        let path = format!("{}/config/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.trim_end().ends_with(start))
+            .skip(1)
+            .take_while(|l| l.trim() != end)
+            .collect();
+        let indent = lines
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start().len())
+            .min()
+            .unwrap_or_else(|| panic!("no inline config in {name}"));
+        let toml: Vec<&str> = lines
+            .iter()
+            .map(|l| l.get(indent..).unwrap_or(""))
+            .collect();
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, toml.join("\n")).unwrap();
+        let (code, out, err) = run(&["--config", file.to_str().unwrap(), "--check"], &[]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert_eq!(out.matches("master '").count(), 2, "{name}: {out}");
+    }
+}
+
 #[test]
 fn bad_configuration_is_one_line_and_exit_2() {
     assert_one_line_error(&["--check"], "no sentinels configured");

@@ -21,6 +21,7 @@ fn group(name: &str, master_name: &str, sentinels: &[HostPort]) -> GroupConfig {
         name: name.into(),
         master_name: master_name.into(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        read_listen: None,
         sentinels: sentinels.to_vec(),
         sentinel_auth: Auth::default(),
         master_auth: Auth::default(),
@@ -276,4 +277,115 @@ async fn readiness_names_the_group_without_a_master() {
     // The broker's clients are served while the other group has no master.
     let mut c = conn(proxy.groups[0].0).await.unwrap();
     assert_eq!(text(&cmd(&mut c, &["PING"]).await.unwrap()), "PONG");
+}
+
+/// SIGHUP adds and removes groups of the running binary: a group added gets its listener, a
+/// group removed closes its listener and its clients, and the clients of a group the reload
+/// keeps are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_and_removes_groups() {
+    use support::binary::Binary;
+    let lab = Lab::start_with(LabOptions {
+        extra_groups: vec![CACHE],
+        ..Default::default()
+    })
+    .await;
+    let (broker_port, cache_port, admin) = (unused_port(), unused_port(), unused_port());
+    let sentinels: Vec<String> = lab
+        .sentinels
+        .iter()
+        .map(|s| format!("\"127.0.0.1:{}\"", s.port))
+        .collect();
+    let table = |name: &str, master: &str, port: u16| {
+        format!(
+            "[[group]]\nname = \"{name}\"\nmaster-name = \"{master}\"\nlisten = \"127.0.0.1:{port}\"\n"
+        )
+    };
+    let file_text = |tables: &[String]| {
+        format!(
+            "metrics-listen = \"127.0.0.1:{admin}\"\nsentinels = [{}]\n{}",
+            sentinels.join(", "),
+            tables.concat()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    let broker = table("broker", MASTER_NAME, broker_port);
+    let cache = table(CACHE, CACHE, cache_port);
+    std::fs::write(&file, file_text(std::slice::from_ref(&broker))).unwrap();
+    let proxy = Binary::spawn(&["--config", file.to_str().unwrap()], &[]);
+    let ready = || async { (http_get(addr(admin), "/readyz").await.0 == 200).then_some(()) };
+    eventually(Duration::from_secs(15), "the proxy to be ready", ready).await;
+    let mut kept = conn(broker_port).await.unwrap();
+    let id = text(&cmd(&mut kept, &["CLIENT", "ID"]).await.unwrap());
+
+    // Added: the cache group gets its listener and its master; the broker's client is untouched.
+    std::fs::write(&file, file_text(&[broker.clone(), cache.clone()])).unwrap();
+    proxy.signal("-HUP");
+    eventually(
+        Duration::from_secs(15),
+        "the added group to serve",
+        || async {
+            let mut c = conn(cache_port).await.ok()?;
+            (text(&cmd(&mut c, &["SET", "added", "1"]).await.ok()?) == "OK").then_some(())
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(15), "both groups ready", ready).await;
+    let cache_master = lab.master_port_of(CACHE).await.unwrap();
+    let mut direct = lab.rconn(cache_master).await.unwrap();
+    assert_eq!(
+        text(&cmd(&mut direct, &["GET", "added"]).await.unwrap()),
+        "1"
+    );
+    assert_eq!(text(&cmd(&mut kept, &["CLIENT", "ID"]).await.unwrap()), id);
+    let (_, body) = http_get(addr(admin), "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["groups"].as_array().unwrap().len(), 2, "{status}");
+
+    // Removed: the broker's listener closes and so does its client; the cache serves on.
+    let mut cache_client = conn(cache_port).await.unwrap();
+    let cache_id = text(&cmd(&mut cache_client, &["CLIENT", "ID"]).await.unwrap());
+    std::fs::write(&file, file_text(std::slice::from_ref(&cache))).unwrap();
+    proxy.signal("-HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the removed group's listener to close",
+        || async {
+            std::net::TcpStream::connect(addr(broker_port))
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    // Closed at its next request boundary: at once, as it is idle (a PING sent before the
+    // session saw the stop is still answered).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cmd(&mut kept, &["PING"]).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removed group's client is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        text(&cmd(&mut cache_client, &["CLIENT", "ID"]).await.unwrap()),
+        cache_id
+    );
+    let (_, body) = http_get(addr(admin), "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [CACHE]);
+    assert_eq!(http_get(addr(admin), "/readyz").await.0, 200);
+    let (_, metrics) = http_get(addr(admin), "/metrics").await;
+    assert!(
+        !metrics.contains("sentinel_proxy_master_available{group=\"broker\"}"),
+        "{metrics}"
+    );
+    assert!(proxy.log().contains("group removed"), "{}", proxy.log());
 }

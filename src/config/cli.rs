@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::{Discovery, LogFormat};
+use super::{Discovery, LogFormat, ReadFallback};
 
 /// The command line. Every field is optional here so that a value that was not given on the
 /// command line or in the environment can still come from the file.
@@ -99,6 +99,17 @@ pub struct Cli {
     /// TCP keepalive idle time on client and backend sockets, `0s` to turn it off [default: 60s].
     #[arg(long, env = "SENTINEL_PROXY_TCP_KEEPALIVE", value_name = "DURATION")]
     pub tcp_keepalive: Option<String>,
+    /// The read port: connections spread over the group's healthy replicas (off unless set).
+    #[arg(long, env = "SENTINEL_PROXY_READ_LISTEN", value_name = "ADDR")]
+    pub read_listen: Option<String>,
+    /// Read port: a replica whose acknowledged replication offset is further than this behind
+    /// the master's leaves the pool (e.g. 1mb) [default: 1mb].
+    #[arg(long, env = "SENTINEL_PROXY_READ_MAX_LAG", value_name = "SIZE")]
+    pub read_max_lag: Option<String>,
+    /// Read port with no healthy replica: `master` serves reads from the master, `refuse`
+    /// answers an error [default: master].
+    #[arg(long, env = "SENTINEL_PROXY_READ_FALLBACK", value_enum)]
+    pub read_fallback: Option<ReadFallback>,
     /// Forget a *discovered* sentinel that stayed unreachable this long (configured ones are kept) [default: 10m].
     #[arg(
         long,

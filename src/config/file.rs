@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::{Discovery, GroupFile, LogFormat};
+use super::{Discovery, GroupFile, LogFormat, ReadFallback};
 
 /// The TOML file. Keys are spelled like the flags; unknown keys are an error, so a typo never
 /// silently falls back to a default.
@@ -36,6 +36,9 @@ pub struct FileConfig {
     pub pool: Option<usize>,
     pub tcp_keepalive: Option<String>,
     pub idle_timeout: Option<String>,
+    pub read_listen: Option<String>,
+    pub read_max_lag: Option<String>,
+    pub read_fallback: Option<ReadFallback>,
     /// `[[group]]` tables: several master groups in one proxy (`groups.rs`).
     pub group: Option<Vec<GroupFile>>,
 }

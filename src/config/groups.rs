@@ -24,6 +24,8 @@ pub struct GroupFile {
     pub master_name: Option<String>,
     /// Where this group's clients connect (required).
     pub listen: Option<String>,
+    /// The group's read port, over its healthy replicas (optional).
+    pub read_listen: Option<String>,
     pub sentinels: Option<Vec<String>>,
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
@@ -38,6 +40,8 @@ pub struct GroupConfig {
     pub name: String,
     pub master_name: String,
     pub listen: SocketAddr,
+    /// Its read port, if it has one (`read.rs`).
+    pub read_listen: Option<SocketAddr>,
     pub sentinels: Vec<HostPort>,
     pub sentinel_auth: Auth,
     pub master_auth: Auth,
@@ -77,6 +81,17 @@ pub(super) fn resolve(
                 ))
             )
         })?;
+        let read_listen = match t.read_listen {
+            Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}",
+                    at(&format!(
+                        "read-listen '{text}' is not an address like 0.0.0.0:6380"
+                    ))
+                )
+            })?),
+            None => None,
+        };
         let sentinels = match t.sentinels {
             Some(list) => parse_sentinels(&list).map_err(|e| anyhow::anyhow!("{}", at(&e)))?,
             None => defaults.sentinels.to_vec(),
@@ -93,6 +108,7 @@ pub(super) fn resolve(
             name,
             master_name,
             listen,
+            read_listen,
             sentinels,
             sentinel_auth,
             master_auth,
@@ -107,8 +123,10 @@ pub(super) fn resolve(
                 g.name
             );
         }
-        if g.listen.port() != 0 && !listens.insert(g.listen) {
-            bail!("two groups listen on {}", g.listen);
+        for addr in std::iter::once(g.listen).chain(g.read_listen) {
+            if addr.port() != 0 && !listens.insert(addr) {
+                bail!("two listeners on {addr}");
+            }
         }
     }
     for (i, a) in out.iter().enumerate() {

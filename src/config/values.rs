@@ -19,6 +19,17 @@ pub enum Discovery {
     Quorum,
 }
 
+/// Where the read port sends a client when no replica is healthy.
+#[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadFallback {
+    /// To the master, as the group's own port would.
+    #[default]
+    Master,
+    /// Nowhere: `-ERR sentinel-proxy: no healthy replica for '<name>'`.
+    Refuse,
+}
+
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {

@@ -1,6 +1,6 @@
 //! The sentinels' event subscriptions, shared by every group: one connection and one
 //! `PSUBSCRIBE *` per sentinel, however many groups follow it. Each group's watcher *joins* the
-//! sentinels it follows (a [`Membership`], left when dropped); the subscription task
+//! sentinels it follows (a `Membership`, left when dropped); the subscription task
 //! (`subscription.rs`) hands each event to the groups whose master it names, and tells every
 //! member when the subscription comes up or goes down. The last member to leave ends it.
 //!

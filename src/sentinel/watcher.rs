@@ -96,7 +96,13 @@ pub async fn run(group: Arc<Group>, shutdown: CancellationToken) {
             biased;
             _ = shutdown.cancelled() => break,
             Some(msg) = rx.recv() => match msg {
-                Msg::Event { event, at } => resolver.on_event(event, at).await,
+                Msg::Event { event, at } => {
+                    // Any event of the group may change which replicas serve its read port.
+                    if let Some(read) = group.read.get().and_then(std::sync::Weak::upgrade) {
+                        read.nudge();
+                    }
+                    resolver.on_event(event, at).await;
+                }
                 Msg::Promoted { addr, at } => resolver.on_promoted(addr, at),
                 Msg::Polled(results) => resolver.finish_poll(results).await,
                 Msg::Subscription { sentinel, up, error } => {
@@ -124,6 +130,7 @@ pub async fn run(group: Arc<Group>, shutdown: CancellationToken) {
         }
     }
     resolver.stop_promotion_watch();
+    resolver.leave();
 }
 
 struct Resolver {
@@ -470,6 +477,21 @@ impl Resolver {
             cause: cause.to_string(),
             latency_ms: latency.map(|l| l.as_secs_f64() * 1000.0),
         });
+    }
+
+    /// The group stops (shutdown, or removed by a reload): its sentinels and its master series.
+    fn leave(&mut self) {
+        for k in std::mem::take(&mut self.known) {
+            self.forget(k);
+        }
+        let published = self.published_master.lock().map(|p| *p).unwrap_or(None);
+        if let Some(old) = published {
+            let _ = self
+                .group
+                .metrics
+                .master_info
+                .remove_label_values(&[&old.to_string()]);
+        }
     }
 
     fn publish_gauges(&self) {

@@ -454,7 +454,7 @@ impl<'a> Session<'a> {
                 self.carry = None; // back to the lean path
             }
         }
-        if self.rep.saw_not_master && !self.rechecked {
+        if self.rep.saw_not_master && !self.rechecked && !self.group.lane {
             // A partitioned or demoted master: have the watcher look now.
             self.rechecked = true;
             self.group.metrics.not_master_replies_total.inc();
@@ -628,6 +628,12 @@ impl<'a> Session<'a> {
     /// after the connections), so the probe waits for an answer to `PING` (any reply, `-NOAUTH`
     /// included, means a live server).
     async fn master_still_up(&mut self, addr: SocketAddr) -> Step {
+        if self.group.lane {
+            // A replica behind the read port: whatever closed it, the read port re-makes the
+            // connection (`read.rs` renews the lane once it has looked), or moves it.
+            self.group.route.request_recheck();
+            return Step::Continue;
+        }
         let probe = async {
             let mut s = TcpStream::connect(addr).await?;
             s.write_all(b"PING\r\n").await?;

@@ -134,7 +134,12 @@ impl Pool {
                 spare_pending: Cell::new(false),
             });
             pool.refill(group);
-            tokio::task::spawn_local(watch(Rc::downgrade(&pool), group.clone(), shutdown.clone()));
+            tokio::task::spawn_local(watch(
+                Rc::downgrade(&pool),
+                group.route.subscribe(),
+                group.id,
+                shutdown.clone(),
+            ));
             pools.push((group.id, pool.clone()));
             pool
         })
@@ -330,9 +335,15 @@ impl Pool {
 }
 
 /// The thread's watcher: wakes clients and connections at every route change, and when shutdown
-/// begins.
-async fn watch(pool: Weak<Pool>, group: Arc<Group>, shutdown: CancellationToken) {
-    let mut changes = group.route.subscribe();
+/// (or the group's removal) begins. It holds no `Group`: when the group is gone (removed, its
+/// sessions closed) its route's sender drops, and the thread forgets the pool.
+async fn watch(
+    pool: Weak<Pool>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    group_id: usize,
+    shutdown: CancellationToken,
+) {
+    let _forget = Forget(group_id);
     loop {
         let stopping = pool.upgrade().is_none_or(|p| p.shutting_down.get());
         tokio::select! {
@@ -351,6 +362,19 @@ async fn watch(pool: Weak<Pool>, group: Arc<Group>, shutdown: CancellationToken)
             Some(p) => p.wake_all(),
             None => return,
         }
+    }
+}
+
+/// Drops the thread's pool of a group when its watcher ends.
+struct Forget(usize);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        let _ = POOLS.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                p.retain(|(id, _)| *id != self.0);
+            }
+        });
     }
 }
 

@@ -609,6 +609,8 @@ pub struct Proxy {
     pub group: Arc<Group>,
     /// Every group: its client port and handle, in configuration order.
     pub groups: Vec<(u16, Arc<Group>)>,
+    /// The first group's read port, if it has one.
+    pub read_port: Option<u16>,
     token: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -636,6 +638,7 @@ impl Proxy {
             .enumerate()
             .map(|(i, g)| (server.group_addr(i).port(), g))
             .collect();
+        let read_port = server.read_addr(0).map(|a| a.port());
         let (port, admin, group) = (
             server.local_addr().port(),
             server.admin_addr(),
@@ -647,6 +650,7 @@ impl Proxy {
             admin,
             group,
             groups,
+            read_port,
             token,
             task: Some(task),
         }
