@@ -159,8 +159,8 @@ fn status(shared: &Shared, groups: &[&Group]) -> serde_json::Value {
             json!({
                 // The top-level settings: the one group's without [[group]] tables, the
                 // defaults the tables were filled from with them.
-                "listen": cfg.listen.to_string(),
-                "master_name": cfg.master_name,
+                "listen": cfg.declared_groups.is_empty().then(|| cfg.listen.to_string()),
+                "master_name": cfg.declared_groups.is_empty().then(|| cfg.master_name.clone()),
                 "sentinels": cfg.sentinels.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
                 "sentinel_username": cfg.sentinel_auth.username,
                 "sentinel_password": cfg.sentinel_auth.password.as_ref().map(|_| "***"),

@@ -74,8 +74,8 @@ impl Shared {
     }
 
     /// Apply a reloaded configuration to the process and its `running` groups. Settings bound at
-    /// start-up (metrics-listen, max-clients, threads, pool, log format, a group's listen
-    /// address and master) keep their old values and are returned as needing a restart;
+    /// start-up (metrics-listen, max-clients, threads, pool, log format, a group's listen and
+    /// read-listen addresses and master) keep their old values and are returned as needing a restart;
     /// everything else takes effect for new decisions and new sessions (a group's sentinels and
     /// credentials included). Groups added or removed are for the caller (`Server::serve`) to
     /// start and stop: the stored configuration lists the groups wanted.
@@ -112,6 +112,10 @@ impl Shared {
                 restart.push("master-name");
                 new.master_name = old.master_name.clone();
             }
+            if new.read_listen != old.read_listen {
+                restart.push("read-listen");
+                new.read_listen = old.read_listen;
+            }
         } else {
             // Groups come and go by name (`Server::serve` opens and closes their listeners); a
             // group that stays keeps its listener and its master.
@@ -128,6 +132,10 @@ impl Shared {
                     restart.push("master-name");
                     w.master_name = c.master_name.clone();
                 }
+                if c.read_listen != w.read_listen {
+                    restart.push("read-listen");
+                    w.read_listen = c.read_listen;
+                }
             }
         }
         let wanted = new.groups();
@@ -135,6 +143,7 @@ impl Shared {
             if let Some(w) = wanted.iter().find(|w| w.name == g.name) {
                 let mut updated = w.clone();
                 updated.listen = g.settings().listen;
+                updated.read_listen = g.settings().read_listen;
                 g.update(updated);
             }
         }

@@ -32,8 +32,12 @@ fn main() -> ExitCode {
             .groups()
             .iter()
             .map(|g| {
+                let read = g
+                    .read_listen
+                    .map(|r| format!(", read {r}"))
+                    .unwrap_or_default();
                 format!(
-                    "master '{}', {} sentinel(s), listen {}",
+                    "master '{}', {} sentinel(s), listen {}{read}",
                     g.master_name,
                     g.sentinels.len(),
                     g.listen
