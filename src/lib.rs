@@ -47,6 +47,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use config::GroupConfig;
 pub use group::Group;
 pub use server::Server;
 
@@ -104,37 +105,17 @@ impl Shared {
         }
         if old.declared_groups.is_empty() && new.declared_groups.is_empty() {
             // The one implicit group, named after its master: a new name is not a new group.
-            if new.listen != old.listen {
-                restart.push("listen");
-                new.listen = old.listen;
-            }
-            if new.master_name != old.master_name {
-                restart.push("master-name");
-                new.master_name = old.master_name.clone();
-            }
-            if new.read_listen != old.read_listen {
-                restart.push("read-listen");
-                new.read_listen = old.read_listen;
-            }
+            let mut w = new.groups().remove(0);
+            keep_bound(&mut restart, &old.groups()[0], &mut w);
+            (new.listen, new.master_name, new.read_listen) =
+                (w.listen, w.master_name, w.read_listen);
         } else {
             // Groups come and go by name (`Server::serve` opens and closes their listeners); a
-            // group that stays keeps its listener and its master.
+            // group that stays keeps its listeners and its master.
             let configured = old.groups();
             for w in &mut new.declared_groups {
-                let Some(c) = configured.iter().find(|c| c.name == w.name) else {
-                    continue;
-                };
-                if c.listen != w.listen {
-                    restart.push("listen");
-                    w.listen = c.listen;
-                }
-                if c.master_name != w.master_name {
-                    restart.push("master-name");
-                    w.master_name = c.master_name.clone();
-                }
-                if c.read_listen != w.read_listen {
-                    restart.push("read-listen");
-                    w.read_listen = c.read_listen;
+                if let Some(c) = configured.iter().find(|c| c.name == w.name) {
+                    keep_bound(&mut restart, c, w);
                 }
             }
         }
@@ -154,6 +135,23 @@ impl Shared {
             .with_label_values(&["ok"])
             .inc();
         restart
+    }
+}
+
+/// What a running group was started with and a reload cannot change: its listen and
+/// read-listen addresses and its master. A change is noted as needing a restart and undone.
+fn keep_bound(restart: &mut Vec<&'static str>, running: &GroupConfig, wanted: &mut GroupConfig) {
+    if running.listen != wanted.listen {
+        restart.push("listen");
+        wanted.listen = running.listen;
+    }
+    if running.master_name != wanted.master_name {
+        restart.push("master-name");
+        wanted.master_name = running.master_name.clone();
+    }
+    if running.read_listen != wanted.read_listen {
+        restart.push("read-listen");
+        wanted.read_listen = running.read_listen;
     }
 }
 

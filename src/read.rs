@@ -29,7 +29,7 @@ pub mod health;
 
 use crate::Group;
 use crate::config::{GroupConfig, HostPort, ReadFallback};
-use crate::sentinel::client::{ClientError, RespConn, frame_text};
+use crate::sentinel::client::{ClientError, RespConn, entries, frame_text};
 use health::{SentinelReplica, parse_master_replication};
 
 /// A group's read port: its lanes, read lock-free by the listener.
@@ -298,21 +298,9 @@ async fn sentinel_replicas(
 
 /// The entries of a `SENTINEL replicas` reply (flat field/value arrays).
 pub fn parse_replicas(reply: &OwnedFrame) -> Vec<SentinelReplica> {
-    let OwnedFrame::Array(entries) = reply else {
-        return Vec::new();
-    };
-    entries
-        .iter()
+    entries(reply)
         .filter_map(|entry| {
-            let OwnedFrame::Array(fields) = entry else {
-                return None;
-            };
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv.len() == 2 && frame_text(&kv[0]) == Some(name))
-                    .and_then(|kv| frame_text(&kv[1]))
-            };
+            let field = |name: &str| entry.field(name);
             Some(SentinelReplica {
                 addr: HostPort {
                     host: field("ip")?.to_string(),
@@ -331,4 +319,46 @@ async fn resolve(hp: &HostPort, t: std::time::Duration) -> Option<SocketAddr> {
     }
     let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
     timeout(t, lookup).await.ok()?.ok()?.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> OwnedFrame {
+        OwnedFrame::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_sentinel_replicas() {
+        let entry = |port: &str, flags: &str, link: &str| {
+            OwnedFrame::Array(
+                [
+                    "name",
+                    "x",
+                    "ip",
+                    "10.0.0.2",
+                    "port",
+                    port,
+                    "flags",
+                    flags,
+                    "master-link-status",
+                    link,
+                ]
+                .iter()
+                .map(|s| bulk(s))
+                .collect(),
+            )
+        };
+        let reply = OwnedFrame::Array(vec![
+            entry("7001", "slave", "ok"),
+            entry("7002", "s_down,slave,disconnected", "err"),
+            OwnedFrame::Null,
+        ]);
+        let r = parse_replicas(&reply);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].addr.to_string(), "10.0.0.2:7001");
+        assert!(r[0].link_ok && !r[1].link_ok);
+        assert_eq!(r[1].flags, "s_down,slave,disconnected");
+    }
 }

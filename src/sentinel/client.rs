@@ -250,24 +250,38 @@ pub async fn query_sentinel(
     Ok(SentinelAnswer { master, peers })
 }
 
+/// The entries of a `SENTINEL sentinels` / `SENTINEL replicas` reply, each an array of
+/// alternating field names and values, as lookups by field name.
+pub fn entries(reply: &OwnedFrame) -> impl Iterator<Item = Entry<'_>> {
+    let entries: &[OwnedFrame] = match reply {
+        OwnedFrame::Array(entries) => entries,
+        _ => &[],
+    };
+    entries.iter().filter_map(|entry| match entry {
+        OwnedFrame::Array(fields) => Some(Entry(fields)),
+        _ => None,
+    })
+}
+
+/// One entry of a Sentinel listing (see [`entries`]).
+pub struct Entry<'a>(&'a [OwnedFrame]);
+
+impl<'a> Entry<'a> {
+    /// The value of field `name`, if the entry has it as text.
+    pub fn field(&self, name: &str) -> Option<&'a str> {
+        self.0
+            .chunks(2)
+            .find(|kv| kv.len() == 2 && frame_text(&kv[0]) == Some(name))
+            .and_then(|kv| frame_text(&kv[1]))
+    }
+}
+
 /// The `ip`/`port` of each entry of a `SENTINEL sentinels` reply (flat field/value arrays).
 /// Entries with an unspecified address (`0.0.0.0`, `::`) or no port are skipped.
 pub fn parse_sentinels(reply: &OwnedFrame) -> Vec<HostPort> {
-    let OwnedFrame::Array(entries) = reply else {
-        return Vec::new();
-    };
-    entries
-        .iter()
+    entries(reply)
         .filter_map(|entry| {
-            let OwnedFrame::Array(fields) = entry else {
-                return None;
-            };
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv.len() == 2 && frame_text(&kv[0]) == Some(name))
-                    .and_then(|kv| frame_text(&kv[1]))
-            };
+            let field = |name: &str| entry.field(name);
             let ip = field("ip")?;
             let port: u16 = field("port")?.parse().ok().filter(|p| *p != 0)?;
             if ip.is_empty()
