@@ -28,13 +28,12 @@
 //! - **Memory.** A session keeps bytes only while a peer's socket is full or the fence holds
 //!   them, and does not read a side whose bytes are still pending (`io.rs`).
 
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
@@ -582,71 +581,6 @@ impl<'a> Session<'a> {
         )
         .await;
         Step::Close(Close::ProtocolError)
-    }
-
-    /// Act on `Step::Move`.
-    async fn move_to(&mut self, addr: SocketAddr, generation: u64) -> Step {
-        if generation == self.generation && self.backend_gone {
-            return self.master_still_up(addr).await;
-        }
-        match self.migrate(addr, generation).await {
-            Ok(()) => {
-                self.group
-                    .metrics
-                    .migrations_total
-                    .with_label_values(&["ok"])
-                    .inc();
-                self.deadline = None;
-                self.gated = false;
-                self.rechecked = false;
-                if !self.held.is_empty() {
-                    self.count_held("new_master");
-                }
-                Step::Again // release what is held to the new master now
-            }
-            Err(None) => {
-                // Could not connect: the watcher re-checks; wait for it or the deadline.
-                self.group.route.request_recheck();
-                Step::Continue
-            }
-            Err(Some(close)) => {
-                self.group
-                    .metrics
-                    .migrations_total
-                    .with_label_values(&["failed"])
-                    .inc();
-                Step::Close(close)
-            }
-        }
-    }
-
-    /// The routed master closed this idle session's connection. If it still answers on a new
-    /// one, it closed this one on purpose (`CLIENT KILL`, its `timeout`, a buffer limit), so the
-    /// client's connection closes too, as it would directly. If it does not, it is going away:
-    /// wait for the watcher's verdict (a new master to move to, or the deadline). A connect
-    /// alone does not tell: a process being killed can still complete one (its listener closes
-    /// after the connections), so the probe waits for an answer to `PING` (any reply, `-NOAUTH`
-    /// included, means a live server).
-    async fn master_still_up(&mut self, addr: SocketAddr) -> Step {
-        if self.group.lane {
-            // A replica behind the read port: whatever closed it, the read port re-makes the
-            // connection (`read.rs` renews the lane once it has looked), or moves it.
-            self.group.route.request_recheck();
-            return Step::Continue;
-        }
-        let probe = async {
-            let mut s = TcpStream::connect(addr).await?;
-            s.write_all(b"PING\r\n").await?;
-            let mut reply = [0u8; 1];
-            let n = s.read(&mut reply).await?;
-            Ok::<bool, io::Error>(n == 1 && matches!(reply[0], b'+' | b'-'))
-        };
-        if let Ok(Ok(true)) = timeout(self.group.config().connect_timeout, probe).await {
-            debug!(backend = %addr, "the master closed this connection but answers on new ones");
-            return Step::Close(Close::BackendClosed);
-        }
-        self.group.route.request_recheck();
-        Step::Continue
     }
 
     pub(super) fn count_held(&mut self, outcome: &str) {

@@ -14,6 +14,11 @@
 //!   with data, the client gets it. If the old master is gone, the command is re-issued: nothing
 //!   was popped for it on a node that no client can reach.
 //!
+//! `move_to` acts on a session's `Step::Move`: a new generation moves it; a connection lost with
+//! the route unchanged closes the client if the master still answers on new connections (it was
+//! closed on purpose), waits for the watcher's verdict if not, and on a read port's lane waits
+//! for the lane to be renewed (`read.rs`).
+//!
 //! The new master must answer the replayed commands as the old one did (an error where there was
 //! one, success where there was success); otherwise the move fails and the session is closed.
 
@@ -381,6 +386,74 @@ fn client_id(list: &str, addr: &str) -> Option<String> {
         .find(|l| l.split(' ').any(|f| f == want))
         .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .map(str::to_owned)
+}
+
+/// Acting on a move: to a new generation, or on the same master when the connection was lost.
+impl Session<'_> {
+    /// Act on `Step::Move`.
+    pub(super) async fn move_to(&mut self, addr: SocketAddr, generation: u64) -> Step {
+        if generation == self.generation && self.backend_gone {
+            return self.master_still_up(addr).await;
+        }
+        match self.migrate(addr, generation).await {
+            Ok(()) => {
+                self.group
+                    .metrics
+                    .migrations_total
+                    .with_label_values(&["ok"])
+                    .inc();
+                self.deadline = None;
+                self.gated = false;
+                self.rechecked = false;
+                if !self.held.is_empty() {
+                    self.count_held("new_master");
+                }
+                Step::Again // release what is held to the new master now
+            }
+            Err(None) => {
+                // Could not connect: the watcher re-checks; wait for it or the deadline.
+                self.group.route.request_recheck();
+                Step::Continue
+            }
+            Err(Some(close)) => {
+                self.group
+                    .metrics
+                    .migrations_total
+                    .with_label_values(&["failed"])
+                    .inc();
+                Step::Close(close)
+            }
+        }
+    }
+
+    /// The routed master closed this idle session's connection. If it still answers on a new
+    /// one, it closed this one on purpose (`CLIENT KILL`, its `timeout`, a buffer limit), so the
+    /// client's connection closes too, as it would directly. If it does not, it is going away:
+    /// wait for the watcher's verdict (a new master to move to, or the deadline). A connect
+    /// alone does not tell: a process being killed can still complete one (its listener closes
+    /// after the connections), so the probe waits for an answer to `PING` (any reply, `-NOAUTH`
+    /// included, means a live server).
+    async fn master_still_up(&mut self, addr: SocketAddr) -> Step {
+        if self.group.lane {
+            // A replica behind the read port: whatever closed it, the read port re-makes the
+            // connection (`read.rs` renews the lane once it has looked), or moves it.
+            self.group.route.request_recheck();
+            return Step::Continue;
+        }
+        let probe = async {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(b"PING\r\n").await?;
+            let mut reply = [0u8; 1];
+            let n = s.read(&mut reply).await?;
+            Ok::<bool, std::io::Error>(n == 1 && matches!(reply[0], b'+' | b'-'))
+        };
+        if let Ok(Ok(true)) = timeout(self.group.config().connect_timeout, probe).await {
+            debug!(backend = %addr, "the master closed this connection but answers on new ones");
+            return Step::Close(Close::BackendClosed);
+        }
+        self.group.route.request_recheck();
+        Step::Continue
+    }
 }
 
 #[cfg(test)]
