@@ -88,17 +88,10 @@ impl ReadPort {
     /// read clients (counting retired lanes that moved there). None: no healthy replica.
     pub fn pick(&self) -> Option<LaneClient> {
         let lanes = self.lanes.load();
-        let on = |addr: Option<SocketAddr>| {
-            lanes
-                .iter()
-                .filter(|l| l.group.route.load().master == addr)
-                .map(|l| l.clients.load(Ordering::Relaxed))
-                .sum::<usize>()
-        };
         let lane = lanes
             .iter()
             .filter(|l| !l.retired.load(Ordering::Relaxed) && l.group.route.load().ready())
-            .min_by_key(|l| on(l.group.route.load().master))?;
+            .min_by_key(|l| clients_on(&lanes, l.group.route.load().master))?;
         lane.clients.fetch_add(1, Ordering::Relaxed);
         Some(LaneClient(lane.clone()))
     }
@@ -132,13 +125,6 @@ impl ReadPort {
             }
         }
         // Where a retired lane's sessions go: the healthy replica with the fewest of them.
-        let load = |addr: SocketAddr, lanes: &[Arc<Lane>]| {
-            lanes
-                .iter()
-                .filter(|l| l.group.route.load().master == Some(addr))
-                .map(|l| l.clients.load(Ordering::Relaxed))
-                .sum::<usize>()
-        };
         for l in lanes.iter().filter(|l| l.retired.load(Ordering::Relaxed)) {
             let now = l.group.route.load().master;
             if now.is_some_and(|a| healthy.contains(&a)) {
@@ -147,7 +133,7 @@ impl ReadPort {
             let to = healthy
                 .iter()
                 .copied()
-                .min_by_key(|a| load(*a, &lanes))
+                .min_by_key(|a| clients_on(&lanes, Some(*a)))
                 .or(fallback);
             match to {
                 Some(addr) if Some(addr) != now => {
@@ -223,6 +209,15 @@ impl ReadPort {
         });
         lane
     }
+}
+
+/// Read clients on `addr` now: on every lane routed there, retired ones included.
+fn clients_on(lanes: &[Arc<Lane>], addr: Option<SocketAddr>) -> usize {
+    lanes
+        .iter()
+        .filter(|l| l.group.route.load().master == addr)
+        .map(|l| l.clients.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// Keep the read port's lanes in line with the group's healthy replicas until `stop`.
