@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use arc_swap::ArcSwap;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::sync::Notify;
-use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -29,7 +29,7 @@ pub mod health;
 
 use crate::Group;
 use crate::config::{GroupConfig, HostPort, ReadFallback};
-use crate::sentinel::client::{ClientError, RespConn, entries, frame_text};
+use crate::sentinel::client::{self, ClientError, RespConn, entries, frame_text};
 use health::{SentinelReplica, parse_master_replication};
 
 /// A group's read port: its lanes, read lock-free by the listener.
@@ -269,7 +269,7 @@ async fn survey(group: &Group, master: Option<SocketAddr>) -> Result<Vec<SocketA
     let info = parse_master_replication(frame_text(&info).unwrap_or(""));
     let mut out = Vec::new();
     for hp in health::healthy(&replicas, &info, cfg.read_max_lag) {
-        if let Some(addr) = resolve(&hp, t).await
+        if let Ok(addr) = client::resolve(&hp, t).await
             && addr != master
         {
             out.push(addr);
@@ -306,14 +306,6 @@ pub fn parse_replicas(reply: &OwnedFrame) -> Vec<SentinelReplica> {
             })
         })
         .collect()
-}
-
-async fn resolve(hp: &HostPort, t: std::time::Duration) -> Option<SocketAddr> {
-    if let Ok(ip) = hp.host.parse::<std::net::IpAddr>() {
-        return (!ip.is_unspecified()).then_some(SocketAddr::new(ip, hp.port));
-    }
-    let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
-    timeout(t, lookup).await.ok()?.ok()?.next()
 }
 
 #[cfg(test)]

@@ -250,6 +250,31 @@ pub async fn query_sentinel(
     Ok(SentinelAnswer { master, peers })
 }
 
+/// Why an address a sentinel gave is not a node to connect to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    /// `0.0.0.0` or `::`: Sentinel's placeholder for an address it does not know yet.
+    Unspecified,
+    /// A host name that did not resolve within the timeout.
+    Lookup,
+}
+
+/// `hp` as a socket address: an IP as it is, a host name resolved at use (first address) within
+/// `t`, as sentinels that announce host names (Docker Compose, Kubernetes) need.
+pub async fn resolve(hp: &HostPort, t: Duration) -> Result<SocketAddr, Unresolved> {
+    if let Ok(ip) = hp.host.parse::<std::net::IpAddr>() {
+        if ip.is_unspecified() {
+            return Err(Unresolved::Unspecified);
+        }
+        return Ok(SocketAddr::new(ip, hp.port));
+    }
+    let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
+    match timeout(t, lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or(Unresolved::Lookup),
+        _ => Err(Unresolved::Lookup),
+    }
+}
+
 /// The entries of a `SENTINEL sentinels` / `SENTINEL replicas` reply, each an array of
 /// alternating field names and values, as lookups by field name.
 pub fn entries(reply: &OwnedFrame) -> impl Iterator<Item = Entry<'_>> {
@@ -324,6 +349,30 @@ mod tests {
 
     fn bulk(s: &str) -> OwnedFrame {
         OwnedFrame::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn resolves_ips_names_and_not_the_placeholder() {
+        let hp = |host: &str| HostPort {
+            host: host.into(),
+            port: 6379,
+        };
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            resolve(&hp("10.1.2.3"), t).await,
+            Ok("10.1.2.3:6379".parse().unwrap())
+        );
+        assert_eq!(
+            resolve(&hp("0.0.0.0"), t).await,
+            Err(Unresolved::Unspecified)
+        );
+        assert_eq!(resolve(&hp("::"), t).await, Err(Unresolved::Unspecified));
+        let local = resolve(&hp("localhost"), t).await.unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 6379, "{local}");
+        assert_eq!(
+            resolve(&hp("no-such-host.invalid"), t).await,
+            Err(Unresolved::Lookup)
+        );
     }
 
     #[test]

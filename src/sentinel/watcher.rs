@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{MissedTickBehavior, interval, sleep_until, timeout};
+use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -539,18 +539,13 @@ impl Resolver {
     }
 
     async fn resolve(&self, hp: &HostPort) -> Option<SocketAddr> {
-        if let Ok(ip) = hp.host.parse::<std::net::IpAddr>() {
-            // Sentinel's placeholder for an address it does not know yet: not a node to route to.
-            if ip.is_unspecified() {
+        match client::resolve(hp, self.group.config().sentinel_timeout).await {
+            Ok(addr) => Some(addr),
+            Err(client::Unresolved::Unspecified) => {
                 debug!(address = %hp, "ignoring an unspecified address from a sentinel");
-                return None;
+                None
             }
-            return Some(SocketAddr::new(ip, hp.port));
-        }
-        let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
-        match timeout(self.group.config().sentinel_timeout, lookup).await {
-            Ok(Ok(mut addrs)) => addrs.next(),
-            _ => {
+            Err(client::Unresolved::Lookup) => {
                 warn!(host = %hp.host, "cannot resolve master host name");
                 None
             }
