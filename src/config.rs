@@ -11,6 +11,8 @@
 //! value types and parsers.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -23,9 +25,12 @@ mod values;
 pub use cli::{Cli, Command};
 pub use file::FileConfig;
 use file::read_file;
+
+use crate::tls::{ClientFiles, ServerFiles, TlsClient, TlsServer};
 pub use groups::{GroupConfig, GroupFile};
 pub use values::{
     Auth, Discovery, HostPort, LogFormat, ReadFallback, Secret, parse_duration, parse_size,
+    secret_or_file,
 };
 
 /// The validated configuration the proxy runs with.
@@ -42,6 +47,8 @@ pub struct Config {
     pub master_name: String,
     pub sentinel_auth: Auth,
     pub master_auth: Auth,
+    /// TLS on the client ports (every group's listen and read-listen), if on.
+    pub tls: Option<Arc<TlsServer>>,
     /// The implicit group's read port (`--read-listen`), if any.
     pub read_listen: Option<SocketAddr>,
     /// Read port: the largest replication lag, in bytes, of a replica that serves reads.
@@ -69,6 +76,8 @@ pub struct Config {
     pub tcp_keepalive: Duration,
     /// Zero: idle clients are kept.
     pub idle_timeout: Duration,
+    /// How often TLS files are checked for a change (`tls/refresh.rs`).
+    pub tls_refresh: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6379";
@@ -85,6 +94,7 @@ impl Config {
             master_name: master_name.to_string(),
             sentinel_auth: Auth::default(),
             master_auth: Auth::default(),
+            tls: None,
             declared_groups: Vec::new(),
             read_listen: None,
             read_max_lag: 1 << 20,
@@ -105,6 +115,7 @@ impl Config {
             pool: 0,
             tcp_keepalive: Duration::from_secs(60),
             idle_timeout: Duration::ZERO,
+            tls_refresh: Duration::from_secs(5),
         }
     }
 
@@ -176,15 +187,45 @@ impl Config {
             pick(&cli.metrics_listen, file.metrics_listen).as_deref(),
             DEFAULT_METRICS_LISTEN,
         )?;
+        let secret = |name: &str, value, file| {
+            secret_or_file(name, value, file).map_err(|e| anyhow::anyhow!("{e}"))
+        };
         cfg.sentinel_auth = auth(
             "sentinel",
             pick(&cli.sentinel_username, file.sentinel_username),
-            pick(&cli.sentinel_password, file.sentinel_password),
+            secret(
+                "sentinel-password",
+                pick(&cli.sentinel_password, file.sentinel_password),
+                pick(&cli.sentinel_password_file, file.sentinel_password_file),
+            )?,
         )?;
         cfg.master_auth = auth(
             "master",
             pick(&cli.master_username, file.master_username),
-            pick(&cli.master_password, file.master_password),
+            secret(
+                "master-password",
+                pick(&cli.master_password, file.master_password),
+                pick(&cli.master_password_file, file.master_password_file),
+            )?,
+        )?;
+        cfg.tls = server_tls(
+            pick(&cli.tls_cert_file, file.tls_cert_file),
+            pick(&cli.tls_key_file, file.tls_key_file),
+            pick(&cli.tls_client_ca_file, file.tls_client_ca_file),
+        )?;
+        cfg.master_auth.tls = client_tls(
+            "master",
+            pick(&cli.master_tls_ca_file, file.master_tls_ca_file),
+            pick(&cli.master_tls_cert_file, file.master_tls_cert_file),
+            pick(&cli.master_tls_key_file, file.master_tls_key_file),
+            pick(&cli.master_tls_server_name, file.master_tls_server_name),
+        )?;
+        cfg.sentinel_auth.tls = client_tls(
+            "sentinel",
+            pick(&cli.sentinel_tls_ca_file, file.sentinel_tls_ca_file),
+            pick(&cli.sentinel_tls_cert_file, file.sentinel_tls_cert_file),
+            pick(&cli.sentinel_tls_key_file, file.sentinel_tls_key_file),
+            pick(&cli.sentinel_tls_server_name, file.sentinel_tls_server_name),
         )?;
         cfg.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
         cfg.discovery = cli.discovery.or(file.discovery).unwrap_or_default();
@@ -353,7 +394,57 @@ fn auth(name: &str, username: Option<String>, password: Option<String>) -> anyho
     Ok(Auth {
         username,
         password: password.map(Secret::new),
+        tls: None,
     })
+}
+
+/// The client ports' TLS: a certificate and its key, or neither; a client CA needs both.
+fn server_tls(
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+) -> anyhow::Result<Option<Arc<TlsServer>>> {
+    let (cert, key) = match (cert, key, &client_ca) {
+        (None, None, None) => return Ok(None),
+        (Some(c), Some(k), _) => (c, k),
+        _ => {
+            bail!("tls-cert-file and tls-key-file go together (and tls-client-ca-file needs both)")
+        }
+    };
+    let files = ServerFiles {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+        client_ca: client_ca.map(PathBuf::from),
+    };
+    let loaded = TlsServer::load(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+    Ok(Some(Arc::new(loaded)))
+}
+
+/// TLS to one kind of peer: on when its CA file is set; a certificate and its key go together.
+fn client_tls(
+    side: &str,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    server_name: Option<String>,
+) -> anyhow::Result<Option<Arc<TlsClient>>> {
+    let Some(ca) = ca else {
+        if cert.is_some() || key.is_some() || server_name.is_some() {
+            bail!("{side}-tls-…: TLS to the {side}s is on only with {side}-tls-ca-file");
+        }
+        return Ok(None);
+    };
+    if cert.is_some() != key.is_some() {
+        bail!("{side}-tls-cert-file and {side}-tls-key-file go together");
+    }
+    let files = ClientFiles {
+        ca: PathBuf::from(ca),
+        cert: cert.map(PathBuf::from),
+        key: key.map(PathBuf::from),
+        server_name,
+    };
+    let loaded = TlsClient::load(files).map_err(|e| anyhow::anyhow!("{side}-tls: {e}"))?;
+    Ok(Some(Arc::new(loaded)))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub mod sentinel;
 mod server;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 pub mod workers;
 
 use std::net::SocketAddr;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::sleep;
+use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug_span, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info_span, warn};
 
 use crate::config::ReadFallback;
 use crate::read::ReadPort;
@@ -28,6 +28,7 @@ pub enum Target {
 }
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(
     listener: TcpListener,
@@ -100,7 +101,11 @@ pub async fn run(
                         Box::new(move || {
                             tokio::task::spawn_local(
                                 async move {
-                                    session::serve_pooled(stream, group, shutdown).await;
+                                    if let Some(stream) = terminate(stream, &group).await
+                                        && let Ok(stream) = stream.into_std()
+                                    {
+                                        session::serve_pooled(stream, group, shutdown).await;
+                                    }
                                     drop(permit);
                                     drop(tracked);
                                 }
@@ -118,9 +123,8 @@ pub async fn run(
                 );
                 tracker.spawn_on(
                     async move {
-                        match TcpStream::from_std(stream) {
-                            Ok(stream) => session::serve(stream, group, shutdown).await,
-                            Err(e) => warn!(error = %e, "could not register a connection"),
+                        if let Some(stream) = terminate(stream, &group).await {
+                            session::serve(stream, group, shutdown).await;
                         }
                         drop(lane);
                         drop(permit);
@@ -137,6 +141,34 @@ pub async fn run(
                 }
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
+        }
+    }
+}
+
+/// The socket a session serves: the client's own, or with TLS on, the plain end of its
+/// terminated connection once the handshake is done (bounded, so a silent client costs nothing
+/// for long).
+async fn terminate(stream: std::net::TcpStream, group: &Group) -> Option<TcpStream> {
+    let tcp = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "could not register a connection");
+            return None;
+        }
+    };
+    let Some(tls) = group.config().tls.clone() else {
+        return Some(tcp);
+    };
+    match timeout(HANDSHAKE_TIMEOUT, crate::tls::accept(&tls, tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_string(),
+            };
+            debug!(%error, "TLS handshake failed");
+            group.metrics.tls_handshake_failures_total.inc();
+            None
         }
     }
 }

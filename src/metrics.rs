@@ -40,12 +40,14 @@ pub struct Metrics {
     protocol_errors_total: IntCounterVec,
     failover_pauses_total: IntCounterVec,
     max_clients_rejections_total: IntCounterVec,
+    tls_handshake_failures_total: IntCounterVec,
     client_bytes_received_total: IntCounterVec,
     client_bytes_sent_total: IntCounterVec,
     backend_connect_seconds: HistogramVec,
     pub sentinel_events_total: IntCounterVec,
     pub sentinel_up: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
+    pub tls_reloads_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -73,6 +75,7 @@ pub struct GroupMetrics {
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: Labeled<IntCounterVec>,
     pub max_clients_rejections_total: IntCounter,
+    pub tls_handshake_failures_total: IntCounter,
     pub client_bytes_received_total: IntCounter,
     pub client_bytes_sent_total: IntCounter,
     pub backend_connect_seconds: Histogram,
@@ -276,6 +279,15 @@ impl Metrics {
                 "sentinel_proxy_max_clients_rejections_total",
                 "Clients refused because --max-clients connections were open.",
             ),
+            tls_handshake_failures_total: counter(
+                "sentinel_proxy_tls_handshake_failures_total",
+                "Client connections closed because their TLS handshake failed or timed out (a client certificate missing or not trusted, a plain-text client, a protocol mismatch).",
+            ),
+            tls_reloads_total: process_counter_vec(
+                "sentinel_proxy_tls_reloads_total",
+                "TLS certificate files found changed on disk, by result (ok: in use for new connections; rejected: they do not load, the old ones stay).",
+                &["result"],
+            ),
             config_reloads_total: process_counter_vec(
                 "sentinel_proxy_config_reloads_total",
                 "Configuration reloads (SIGHUP), by result (ok, rejected).",
@@ -344,6 +356,7 @@ impl Metrics {
             protocol_errors_total: self.protocol_errors_total.with_label_values(&one),
             failover_pauses_total: labeled(&self.failover_pauses_total),
             max_clients_rejections_total: self.max_clients_rejections_total.with_label_values(&one),
+            tls_handshake_failures_total: self.tls_handshake_failures_total.with_label_values(&one),
             client_bytes_received_total: self.client_bytes_received_total.with_label_values(&one),
             client_bytes_sent_total: self.client_bytes_sent_total.with_label_values(&one),
             backend_connect_seconds: self.backend_connect_seconds.with_label_values(&one),
@@ -362,6 +375,7 @@ impl Metrics {
             &self.not_master_replies_total,
             &self.protocol_errors_total,
             &self.max_clients_rejections_total,
+            &self.tls_handshake_failures_total,
             &self.client_bytes_received_total,
             &self.client_bytes_sent_total,
         ] {

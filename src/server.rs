@@ -167,6 +167,11 @@ impl Server {
             live.clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(crate::tls::refresh::run(
+            shared.clone(),
+            live.clone(),
+            shutdown.clone(),
+        ));
         let serving = Serving {
             // --max-clients counts every group's clients together.
             permits: Arc::new(Semaphore::new(shared.config().max_clients)),

@@ -52,6 +52,68 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub master_password: Option<String>,
+    /// A file holding the sentinel password (a Kubernetes secret, say), instead of
+    /// --sentinel-password; one trailing newline is ignored.
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_SENTINEL_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub sentinel_password_file: Option<String>,
+    /// A file holding the master password, instead of --master-password.
+    #[arg(long, env = "SENTINEL_PROXY_MASTER_PASSWORD_FILE", value_name = "FILE")]
+    pub master_password_file: Option<String>,
+    /// TLS on the client ports: the proxy's certificate chain (PEM). With --tls-key-file.
+    #[arg(long, env = "SENTINEL_PROXY_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<String>,
+    /// TLS on the client ports: the private key of --tls-cert-file (PEM).
+    #[arg(long, env = "SENTINEL_PROXY_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<String>,
+    /// Mutual TLS: clients must show a certificate signed by this CA (PEM).
+    #[arg(long, env = "SENTINEL_PROXY_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<String>,
+    /// TLS to the Redis nodes, verified against this CA (PEM); plain TCP when unset.
+    #[arg(long, env = "SENTINEL_PROXY_MASTER_TLS_CA_FILE", value_name = "FILE")]
+    pub master_tls_ca_file: Option<String>,
+    /// TLS to the Redis nodes: the proxy's client certificate, for `tls-auth-clients yes`.
+    #[arg(long, env = "SENTINEL_PROXY_MASTER_TLS_CERT_FILE", value_name = "FILE")]
+    pub master_tls_cert_file: Option<String>,
+    /// TLS to the Redis nodes: the key of --master-tls-cert-file.
+    #[arg(long, env = "SENTINEL_PROXY_MASTER_TLS_KEY_FILE", value_name = "FILE")]
+    pub master_tls_key_file: Option<String>,
+    /// TLS to the Redis nodes: the name their certificates must carry [default: the address
+    /// Sentinel gives].
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_MASTER_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub master_tls_server_name: Option<String>,
+    /// TLS to the sentinels, verified against this CA (PEM); plain TCP when unset.
+    #[arg(long, env = "SENTINEL_PROXY_SENTINEL_TLS_CA_FILE", value_name = "FILE")]
+    pub sentinel_tls_ca_file: Option<String>,
+    /// TLS to the sentinels: the proxy's client certificate.
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_SENTINEL_TLS_CERT_FILE",
+        value_name = "FILE"
+    )]
+    pub sentinel_tls_cert_file: Option<String>,
+    /// TLS to the sentinels: the key of --sentinel-tls-cert-file.
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_SENTINEL_TLS_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub sentinel_tls_key_file: Option<String>,
+    /// TLS to the sentinels: the name their certificates must carry [default: the host or
+    /// address each is reached at].
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_SENTINEL_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub sentinel_tls_server_name: Option<String>,
     /// Log output format [default: text].
     #[arg(long, env = "SENTINEL_PROXY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use anyhow::bail;
 use serde::Deserialize;
 
-use super::{Auth, HostPort, Secret};
+use super::{Auth, HostPort, Secret, secret_or_file};
 
 /// One `[[group]]` table as written.
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -29,8 +29,10 @@ pub struct GroupFile {
     pub sentinels: Option<Vec<String>>,
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
+    pub sentinel_password_file: Option<String>,
     pub master_username: Option<String>,
     pub master_password: Option<String>,
+    pub master_password_file: Option<String>,
 }
 
 /// One master group, validated.
@@ -96,13 +98,23 @@ pub(super) fn resolve(
             Some(list) => parse_sentinels(&list).map_err(|e| anyhow::anyhow!("{}", at(&e)))?,
             None => defaults.sentinels.to_vec(),
         };
+        let password = |name: &str, value, file| {
+            secret_or_file(name, value, file).map_err(|e| anyhow::anyhow!("{}", at(&e)))
+        };
+        let sentinel_password = password(
+            "sentinel-password",
+            t.sentinel_password,
+            t.sentinel_password_file,
+        )?;
+        let master_password =
+            password("master-password", t.master_password, t.master_password_file)?;
         let sentinel_auth = merge_auth(
             t.sentinel_username,
-            t.sentinel_password,
+            sentinel_password,
             defaults.sentinel_auth,
         )
         .map_err(|e| anyhow::anyhow!("{}", at(&format!("sentinel-{e}"))))?;
-        let master_auth = merge_auth(t.master_username, t.master_password, defaults.master_auth)
+        let master_auth = merge_auth(t.master_username, master_password, defaults.master_auth)
             .map_err(|e| anyhow::anyhow!("{}", at(&format!("master-{e}"))))?;
         out.push(GroupConfig {
             name,
@@ -186,6 +198,7 @@ fn merge_auth(
         (username, Some(p)) => Ok(Auth {
             username,
             password: Some(Secret::new(p)),
+            tls: default.tls.clone(),
         }),
     }
 }

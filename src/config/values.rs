@@ -63,11 +63,39 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Credentials for `AUTH [username] password`. No password means no AUTH is sent.
+/// How the proxy reaches one kind of peer (Redis nodes, or sentinels): credentials for
+/// `AUTH [username] password` (no password: no AUTH is sent), and TLS if it is on for them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Auth {
     pub username: Option<String>,
     pub password: Option<Secret>,
+    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
+}
+
+/// A secret given directly or as a file (`…-file`, for Kubernetes secrets and the like): one of
+/// the two at most; a file's one trailing newline is not part of the secret.
+pub fn secret_or_file(
+    name: &str,
+    value: Option<String>,
+    file: Option<String>,
+) -> Result<Option<String>, String> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(format!("{name} and {name}-file are both set: give one")),
+        (Some(v), None) => Ok(Some(v)),
+        (None, None) => Ok(None),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{name}-file: cannot read {path}: {e}"))?;
+            let text = text
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&text);
+            if text.is_empty() {
+                return Err(format!("{name}-file: {path} is empty"));
+            }
+            Ok(Some(text.to_string()))
+        }
+    }
 }
 
 /// A `host:port` pair as Sentinels and operators write it; the host may be a name.

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::config::{Auth, HostPort};
+use crate::tls::Stream;
 
 /// Control-plane replies are small; anything larger is a broken or hostile peer.
 const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
@@ -45,7 +46,7 @@ pub enum ClientError {
 
 /// One connection speaking RESP2, with a per-call timeout.
 pub struct RespConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     out: Vec<u8>,
     timeout: Duration,
@@ -58,7 +59,11 @@ impl RespConn {
         auth: &Auth,
         t: Duration,
     ) -> Result<RespConn, ClientError> {
-        let stream = match timeout(t, TcpStream::connect((addr.host.as_str(), addr.port))).await {
+        let open = async {
+            let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+            Stream::open(tcp, &addr.host, auth.tls.as_deref()).await
+        };
+        let stream = match timeout(t, open).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(ClientError::Connect {
@@ -68,7 +73,6 @@ impl RespConn {
             }
             Err(_) => return Err(ClientError::Timeout),
         };
-        let _ = stream.set_nodelay(true);
         let mut conn = RespConn {
             stream,
             buf: BytesMut::with_capacity(4096),
@@ -117,7 +121,12 @@ impl RespConn {
         self.out.clear();
         encode_command(&mut self.out, args);
         let t = self.timeout;
-        match timeout(t, self.stream.write_all(&self.out)).await {
+        // TLS holds written bytes until a flush.
+        let write = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        match timeout(t, write).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(ClientError::Timeout),
         }

@@ -63,7 +63,9 @@ impl<'a> Session<'a> {
     ) -> Result<(), Option<Close>> {
         let cfg = self.group.config();
         let began = Instant::now();
-        let mut backend = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        let tls = self.group.settings().master_auth.tls.clone();
+        let connect = crate::tls::connect(addr, tls.as_deref(), cfg.tcp_keepalive);
+        let mut backend = match timeout(cfg.connect_timeout, connect).await {
             Ok(Ok(s)) => {
                 let m = &self.group.metrics;
                 m.backend_connect_seconds
@@ -217,7 +219,7 @@ impl<'a> Session<'a> {
     /// still owed. Returns whether the command must be re-issued (it timed out there).
     async fn unblock_old(&mut self, until: Instant) -> Result<bool, Failed> {
         let cfg = self.group.config();
-        let (Ok(old), Ok(me)) = (self.backend.peer_addr(), self.backend.local_addr()) else {
+        let Ok((old, me)) = crate::tls::addrs(&self.backend) else {
             return Err(Failed::OldGone);
         };
         let Some(target) = self.carry.as_ref().and_then(|c| c.blocked.as_ref()) else {
@@ -441,7 +443,8 @@ impl Session<'_> {
             return Step::Continue;
         }
         let probe = async {
-            let mut s = TcpStream::connect(addr).await?;
+            let tls = self.group.settings().master_auth.tls.clone();
+            let mut s = crate::tls::connect(addr, tls.as_deref(), Duration::ZERO).await?;
             s.write_all(b"PING\r\n").await?;
             let mut reply = [0u8; 1];
             let n = s.read(&mut reply).await?;

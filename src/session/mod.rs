@@ -347,7 +347,10 @@ async fn acquire_backend(
         };
         if let Some(addr) = addr.filter(|_| gate.is_none()) {
             let began = Instant::now();
-            match timeout(group.config().connect_timeout, TcpStream::connect(addr)).await {
+            let cfg = group.config();
+            let tls = group.settings().master_auth.tls.clone();
+            let connect = crate::tls::connect(addr, tls.as_deref(), cfg.tcp_keepalive);
+            match timeout(cfg.connect_timeout, connect).await {
                 Ok(Ok(stream)) => {
                     group
                         .metrics

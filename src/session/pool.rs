@@ -193,7 +193,9 @@ impl Pool {
             let made = async {
                 let addr = route.target()?;
                 let connect = async {
-                    let mut stream = TcpStream::connect(addr).await?;
+                    let tls = group.settings().master_auth.tls.clone();
+                    let connect = crate::tls::connect(addr, tls.as_deref(), config.tcp_keepalive);
+                    let mut stream = connect.await?;
                     exchange(&mut stream, ACCEPTED).await?;
                     Ok::<_, std::io::Error>(stream)
                 };
@@ -388,7 +390,9 @@ async fn connect(
 ) {
     let config = group.config();
     let began = Instant::now();
-    let stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+    let tls = group.settings().master_auth.tls.clone();
+    let connect = crate::tls::connect(addr, tls.as_deref(), config.tcp_keepalive);
+    let stream = match timeout(config.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         failed => {
             if let Ok(Err(e)) = failed {

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod certs;
 pub mod fake_master;
 pub mod fake_sentinel;
 pub mod writer;
@@ -89,13 +90,20 @@ pub async fn cmd(c: &mut RespConn, args: &[&str]) -> Result<OwnedFrame, ClientEr
 }
 
 /// `CONFIG GET port` through a connection: which node it reaches.
+/// A node of a TLS lab listens on its `tls-port` only (`port 0`).
 pub async fn node_port(c: &mut RespConn) -> Result<u16, ClientError> {
-    match cmd(c, &["CONFIG", "GET", "port"]).await? {
-        OwnedFrame::Array(items) if items.len() == 2 => frame_text(&items[1])
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| ClientError::Unexpected("port".into())),
-        other => Err(ClientError::Unexpected(format!("{other:?}"))),
+    for key in ["port", "tls-port"] {
+        let port: u16 = match cmd(c, &["CONFIG", "GET", key]).await? {
+            OwnedFrame::Array(items) if items.len() == 2 => frame_text(&items[1])
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| ClientError::Unexpected("port".into()))?,
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        if port != 0 {
+            return Ok(port);
+        }
     }
+    Err(ClientError::Unexpected("port 0 and tls-port 0".into()))
 }
 
 /// A PING answered, or refused for want of AUTH: the server is up either way.
@@ -111,6 +119,8 @@ pub struct Proc {
     program: String,
     args: Vec<String>,
     dir: PathBuf,
+    /// How to reach it to see it answer (TLS in a TLS lab).
+    probe: Auth,
 }
 
 impl Proc {
@@ -144,7 +154,9 @@ impl Proc {
             Duration::from_secs(10),
             "restarted process to answer PING",
             || async {
-                let mut c = conn(port).await.ok()?;
+                let mut c = RespConn::connect(&hp(port), &self.probe, Duration::from_secs(2))
+                    .await
+                    .ok()?;
                 cmd(&mut c, &["PING"]).await.ok().map(|_| ())
             },
         )
@@ -168,6 +180,7 @@ impl Drop for Proc {
 async fn spawn_on_free_port(
     dir: &Path,
     program: &str,
+    probe: Auth,
     make: impl Fn(u16, &Path) -> Vec<String>,
 ) -> Proc {
     for _ in 0..5 {
@@ -190,6 +203,7 @@ async fn spawn_on_free_port(
             program: program.to_string(),
             args,
             dir: dir.to_path_buf(),
+            probe: probe.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -198,7 +212,7 @@ async fn spawn_on_free_port(
             {
                 break; // exited: most likely the port was taken meanwhile; try another
             }
-            if let Ok(mut c) = conn(port).await
+            if let Ok(mut c) = RespConn::connect(&hp(port), &probe, Duration::from_secs(2)).await
                 && alive(cmd(&mut c, &["PING"]).await)
             {
                 return proc;
@@ -226,6 +240,9 @@ pub struct LabOptions {
     pub sentinel_password: Option<String>,
     /// More master groups (each a master and 2 replicas) the same sentinels monitor, by name.
     pub extra_groups: Vec<&'static str>,
+    /// TLS only, everywhere: nodes and sentinels on `tls-port` (`port 0`), replication and
+    /// Sentinel's links over TLS, client certificates required (`tls-auth-clients yes`).
+    pub tls: Option<Arc<certs::Certs>>,
 }
 
 impl Default for LabOptions {
@@ -236,15 +253,45 @@ impl Default for LabOptions {
             redis_password: None,
             sentinel_password: None,
             extra_groups: Vec::new(),
+            tls: None,
         }
     }
 }
 
-fn auth(password: &Option<String>) -> Auth {
+fn auth(password: &Option<String>, tls: &Option<Arc<certs::Certs>>) -> Auth {
     Auth {
         username: None,
         password: password.as_ref().map(sentinel_proxy::config::Secret::new),
+        tls: tls.as_ref().map(|c| Arc::new(tls_client(c))),
     }
+}
+
+/// TLS to a TLS lab's nodes: its CA, and its certificate as the client's.
+pub fn tls_client(c: &certs::Certs) -> sentinel_proxy::tls::TlsClient {
+    sentinel_proxy::tls::TlsClient::load(sentinel_proxy::tls::ClientFiles {
+        ca: c.ca.clone(),
+        cert: Some(c.cert.clone()),
+        key: Some(c.key.clone()),
+        server_name: None,
+    })
+    .expect("TLS client files")
+}
+
+/// A TLS lab's settings for redis-server or redis-sentinel, as `(name, value)` pairs.
+fn tls_settings(c: &certs::Certs, port: u16) -> Vec<(String, String)> {
+    let path = |p: &Path| p.display().to_string();
+    [
+        ("port", "0".to_string()),
+        ("tls-port", port.to_string()),
+        ("tls-cert-file", path(&c.cert)),
+        ("tls-key-file", path(&c.key)),
+        ("tls-ca-cert-file", path(&c.ca)),
+        ("tls-auth-clients", "yes".into()),
+        ("tls-replication", "yes".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 pub struct Lab {
@@ -270,11 +317,14 @@ impl Lab {
             .chain(opts.extra_groups.iter().copied())
             .collect();
         for name in names {
-            let master = start_redis(dir.path(), None, pw.clone()).await;
+            let tls = opts.tls.clone();
+            let master = start_redis(dir.path(), None, pw.clone(), tls.clone()).await;
             let master_port = master.port;
             redis.push(master);
             for _ in 0..2 {
-                redis.push(start_redis(dir.path(), Some(master_port), pw.clone()).await);
+                redis.push(
+                    start_redis(dir.path(), Some(master_port), pw.clone(), tls.clone()).await,
+                );
             }
             let ports = redis[redis.len() - 3..].iter().map(|r| r.port).collect();
             groups.push((name, ports));
@@ -316,11 +366,20 @@ impl Lab {
         if let Some(pw) = &self.opts.sentinel_password {
             extra += &format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n");
         }
-        spawn_on_free_port(&dir.clone(), "redis-sentinel", move |port, log| {
+        let tls = self.opts.tls.clone();
+        let probe = auth(&self.opts.sentinel_password, &tls);
+        spawn_on_free_port(&dir.clone(), "redis-sentinel", probe, move |port, log| {
             // Sentinel rewrites its config file: each one gets its own copy in the temp dir.
             let conf = dir.join(format!("sentinel-{port}.conf"));
+            let ports = match &tls {
+                Some(c) => tls_settings(c, port)
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}\n"))
+                    .collect(),
+                None => format!("port {port}\n"),
+            };
             let text = format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                "{ports}bind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
                  dir {d}\nlogfile {log}\n{monitors}{extra}",
                 d = dir.display(),
                 log = log.display(),
@@ -335,7 +394,7 @@ impl Lab {
     pub async fn sconn(&self, port: u16) -> Result<RespConn, ClientError> {
         RespConn::connect(
             &hp(port),
-            &auth(&self.opts.sentinel_password),
+            &auth(&self.opts.sentinel_password, &self.opts.tls),
             Duration::from_secs(2),
         )
         .await
@@ -344,7 +403,7 @@ impl Lab {
     pub async fn rconn(&self, port: u16) -> Result<RespConn, ClientError> {
         RespConn::connect(
             &hp(port),
-            &auth(&self.opts.redis_password),
+            &auth(&self.opts.redis_password, &self.opts.tls),
             Duration::from_secs(2),
         )
         .await
@@ -544,32 +603,45 @@ impl Lab {
     }
 }
 
-async fn start_redis(dir: &Path, replica_of: Option<u16>, password: Option<String>) -> Proc {
+async fn start_redis(
+    dir: &Path,
+    replica_of: Option<u16>,
+    password: Option<String>,
+    tls: Option<Arc<certs::Certs>>,
+) -> Proc {
     let dir_s = dir.display().to_string();
-    spawn_on_free_port(dir, "redis-server", move |port, log| {
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &dir_s,
-            "--dbfilename",
-            &format!("dump-{port}.rdb"),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--enable-debug-command",
-            "yes",
-            "--logfile",
-            &log.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let probe = auth(&password, &tls);
+    spawn_on_free_port(dir, "redis-server", probe, move |port, log| {
+        let ports = match &tls {
+            Some(c) => tls_settings(c, port),
+            None => vec![("port".to_string(), port.to_string())],
+        };
+        let mut args: Vec<String> = ports
+            .into_iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v])
+            .collect();
+        args.extend(
+            [
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &dir_s,
+                "--dbfilename",
+                &format!("dump-{port}.rdb"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--enable-debug-command",
+                "yes",
+                "--logfile",
+                &log.display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
         if let Some(m) = replica_of {
             args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
         }

@@ -1,0 +1,291 @@
+//! TLS on each of the proxy's three sides, with rustls: its listeners (a certificate and key,
+//! and optionally clients' certificates checked against a CA), its connections to Redis nodes,
+//! and its connections to sentinels (a CA, the name to verify, optionally a certificate of its
+//! own). Each side's files are read into a rustls configuration held in an `ArcSwap`: a
+//! handshake takes the configuration current when it starts, so replacing one never touches an
+//! open connection. [`Material::refresh`] re-reads the files and swaps only when they changed
+//! and load; a file that does not load is reported and the configuration in use stays.
+//!
+//! The data path stays on plain sockets: a TLS connection is terminated here and spliced to its
+//! session over a loopback pair (`bridge.rs`), so sessions, pools and the fence are the same
+//! code with TLS or without. The control plane's own client (`sentinel/client.rs`) speaks TLS
+//! directly ([`Stream`]).
+
+mod bridge;
+pub(crate) mod refresh;
+mod stream;
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::TcpStream;
+
+pub use bridge::addrs;
+pub use stream::Stream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// What a listener presents, and whom it lets in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must show a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How the proxy reaches one kind of peer (Redis nodes, or sentinels) over TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientFiles {
+    /// The CA that signed the peers' certificates.
+    pub ca: PathBuf,
+    /// The proxy's own certificate and key, for peers that ask for one (`tls-auth-clients`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name to verify in every peer's certificate, instead of the address or host name the
+    /// proxy connects to.
+    pub server_name: Option<String>,
+}
+
+/// A set of TLS files and the rustls configuration they make.
+pub trait Files: fmt::Debug + PartialEq {
+    type Config;
+    fn paths(&self) -> Vec<&Path>;
+    /// Build from the files' contents, in the order of [`Files::paths`].
+    fn build(&self, contents: &[Vec<u8>]) -> Result<Self::Config, TlsError>;
+}
+
+/// Files, their configuration, and what the files held when last read (to tell a change).
+pub struct Material<F: Files> {
+    pub files: F,
+    current: ArcSwap<F::Config>,
+    /// The files' contents at the last read, or why they could not be read.
+    seen: Mutex<Result<Vec<Vec<u8>>, String>>,
+}
+
+pub type TlsServer = Material<ServerFiles>;
+pub type TlsClient = Material<ClientFiles>;
+
+impl<F: Files> Material<F> {
+    /// Load the files; an error names the file and what is wrong with it.
+    pub fn load(files: F) -> Result<Material<F>, TlsError> {
+        let contents = read_all(&files.paths())?;
+        let config = files.build(&contents)?;
+        Ok(Material {
+            files,
+            current: ArcSwap::from_pointee(config),
+            seen: Mutex::new(Ok(contents)),
+        })
+    }
+
+    /// Re-read the files: `Ok(true)` if they changed and the new configuration is in use,
+    /// `Ok(false)` if they are as at the last call, `Err` (the old configuration stays) if they
+    /// changed and do not load. So each change is reported once, however often this is called.
+    pub fn refresh(&self) -> Result<bool, TlsError> {
+        let now = read_all(&self.files.paths());
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let same = match (&*seen, &now) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(a), Err(b)) => *a == b.to_string(),
+            _ => false,
+        };
+        if same {
+            return Ok(false);
+        }
+        *seen = now.as_ref().map(Clone::clone).map_err(ToString::to_string);
+        let config = self.files.build(&now?)?;
+        self.current.store(Arc::new(config));
+        Ok(true)
+    }
+
+    pub fn config(&self) -> Arc<F::Config> {
+        self.current.load_full()
+    }
+}
+
+impl<F: Files> fmt::Debug for Material<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.files.fmt(f) // paths only: never a key
+    }
+}
+
+impl<F: Files> PartialEq for Material<F> {
+    fn eq(&self, other: &Self) -> bool {
+        self.files == other.files
+    }
+}
+
+impl<F: Files> Eq for Material<F> {}
+
+fn read_all(paths: &[&Path]) -> Result<Vec<Vec<u8>>, TlsError> {
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).map_err(|e| file_error(p, e)))
+        .collect()
+}
+
+fn file_error(path: &Path, e: impl fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| file_error(path, format!("private key: {e}")))
+}
+
+fn roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(path, pem)? {
+        roots.add(cert).map_err(|e| file_error(path, e))?;
+    }
+    Ok(roots)
+}
+
+impl Files for ServerFiles {
+    type Config = ServerConfig;
+
+    fn paths(&self) -> Vec<&Path> {
+        let mut p = vec![self.cert.as_path(), self.key.as_path()];
+        p.extend(self.client_ca.as_deref());
+        p
+    }
+
+    fn build(&self, c: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+        let chain = certs(&self.cert, &c[0])?;
+        let key = key(&self.key, &c[1])?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.client_ca {
+            Some(path) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots(path, &c[2])?),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| file_error(path, e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        // rustls checks that the key belongs to the certificate: a half-rotated pair is refused.
+        builder
+            .with_single_cert(chain, key)
+            .map_err(|e| file_error(&self.key, e))
+    }
+}
+
+impl Files for ClientFiles {
+    type Config = ClientConfig;
+
+    fn paths(&self) -> Vec<&Path> {
+        let mut p = vec![self.ca.as_path()];
+        p.extend(self.cert.as_deref());
+        p.extend(self.key.as_deref());
+        p
+    }
+
+    fn build(&self, c: &[Vec<u8>]) -> Result<ClientConfig, TlsError> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(&self.ca, &c[0])?);
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key_path)) => {
+                let chain = certs(cert, &c[1])?;
+                let key = key(key_path, &c[2])?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| file_error(key_path, e))
+            }
+            _ => Ok(builder.with_no_client_auth()),
+        }
+    }
+}
+
+impl TlsClient {
+    /// The name a peer's certificate must carry: the override, else the host the proxy
+    /// connects to (an address, or the name a sentinel or the operator gave).
+    fn server_name(&self, host: &str) -> io::Result<ServerName<'static>> {
+        let name = self.files.server_name.as_deref().unwrap_or(host);
+        match name.parse::<IpAddr>() {
+            Ok(ip) => Ok(ServerName::IpAddress(ip.into())),
+            Err(_) => ServerName::try_from(name.to_string())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
+        }
+    }
+
+    /// The TLS handshake on a connected socket to `host`.
+    pub async fn handshake(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let name = self.server_name(host)?;
+        tokio_rustls::TlsConnector::from(self.config())
+            .connect(name, tcp)
+            .await
+    }
+}
+
+/// A connection to a Redis node at `addr` for the data path: a plain socket, which with `tls`
+/// is the near end of a loopback pair spliced to the TLS connection (whose own socket gets the
+/// `keepalive` the caller would have set on it).
+pub async fn connect(
+    addr: SocketAddr,
+    tls: Option<&TlsClient>,
+    keepalive: std::time::Duration,
+) -> io::Result<TcpStream> {
+    let tcp = TcpStream::connect(addr).await?;
+    let Some(tls) = tls else {
+        return Ok(tcp);
+    };
+    let _ = tcp.set_nodelay(true);
+    if !keepalive.is_zero() {
+        let ka = socket2::TcpKeepalive::new().with_time(keepalive);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
+    }
+    let ends = (tcp.peer_addr()?, tcp.local_addr()?);
+    let tls = tls.handshake(&addr.ip().to_string(), tcp).await?;
+    bridge::splice(tls, Some(ends)).await
+}
+
+/// A client of a TLS listener: the handshake, then a plain socket spliced to it for the session.
+pub async fn accept(tls: &TlsServer, tcp: TcpStream) -> io::Result<TcpStream> {
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsAcceptor::from(tls.config())
+        .accept(tcp)
+        .await?;
+    bridge::splice(tls, None).await
+}
+
+#[cfg(test)]
+mod tests;

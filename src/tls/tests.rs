@@ -1,0 +1,142 @@
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+#[path = "../../tests/support/certs.rs"]
+mod certs;
+use certs::Certs;
+
+fn server_files(c: &Certs, client_ca: bool) -> ServerFiles {
+    ServerFiles {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        client_ca: client_ca.then(|| c.ca.clone()),
+    }
+}
+
+fn client_files(c: &Certs, cert: bool) -> ClientFiles {
+    ClientFiles {
+        ca: c.ca.clone(),
+        cert: cert.then(|| c.cert.clone()),
+        key: cert.then(|| c.key.clone()),
+        server_name: None,
+    }
+}
+
+#[test]
+fn refresh_swaps_only_on_a_change_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let m = TlsServer::load(server_files(&c, true)).unwrap();
+    assert!(!m.refresh().unwrap(), "unchanged files are not a change");
+    let before = m.config();
+
+    // A rotated pair: in use from the next handshake.
+    c.issue("node", &["127.0.0.1"]);
+    assert!(m.refresh().unwrap());
+    assert!(!Arc::ptr_eq(&before, &m.config()));
+    let rotated = m.config();
+
+    // A key that is not PEM, then a key of another certificate: refused, the rotated pair stays.
+    std::fs::write(&c.key, "not a key").unwrap();
+    let e = m.refresh().unwrap_err().to_string();
+    assert!(e.contains("node.key"), "{e}");
+    assert!(!m.refresh().unwrap(), "a bad file is reported once");
+    assert!(Arc::ptr_eq(&rotated, &m.config()));
+    let (_, other_key) = c.issue("other", &["127.0.0.1"]);
+    std::fs::copy(other_key, &c.key).unwrap();
+    assert!(
+        m.refresh().is_err(),
+        "a key that does not match the certificate"
+    );
+    assert!(Arc::ptr_eq(&rotated, &m.config()));
+
+    // A missing file names itself, and loading fails the same way.
+    std::fs::remove_file(&c.cert).unwrap();
+    assert!(m.refresh().unwrap_err().to_string().contains("node.pem"));
+    assert!(!m.refresh().unwrap());
+    assert!(TlsServer::load(server_files(&c, false)).is_err());
+}
+
+#[test]
+fn debug_shows_paths_never_key_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let m = TlsClient::load(client_files(&c, true)).unwrap();
+    let shown = format!("{m:?}");
+    assert!(shown.contains("node.key"), "{shown}");
+    assert!(!shown.contains("PRIVATE"), "{shown}");
+}
+
+/// A TLS client through `connect` to a TLS server through `accept`, each bridged: bytes go
+/// both ways, the real addresses are known, and without a client certificate mutual TLS fails.
+#[tokio::test]
+async fn bridged_both_ways_with_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let server = Arc::new(TlsServer::load(server_files(&c, true)).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let accepting = tokio::spawn(async move {
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            match accept(&server, tcp).await {
+                Ok(mut s) => {
+                    let mut buf = [0u8; 64];
+                    let n = s.read(&mut buf).await.unwrap();
+                    s.write_all(&buf[..n]).await.unwrap();
+                    results.push(true);
+                }
+                Err(_) => results.push(false),
+            }
+        }
+        results
+    });
+
+    let client = TlsClient::load(client_files(&c, true)).unwrap();
+    let mut s = connect(at, Some(&client), std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let (peer, me) = addrs(&s).unwrap();
+    assert_eq!(peer, at, "the node's address, not the bridge's");
+    assert_ne!(me, s.local_addr().unwrap());
+    s.write_all(b"+PING\r\n").await.unwrap();
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"+PING\r\n");
+
+    let anonymous = TlsClient::load(client_files(&c, false)).unwrap();
+    if let Ok(mut s) = connect(at, Some(&anonymous), std::time::Duration::ZERO).await {
+        // TLS 1.3 finishes the client's side before the server has judged its certificate.
+        let _ = s.write_all(b"+PING\r\n").await;
+        let mut buf = [0u8; 7];
+        assert!(matches!(s.read(&mut buf).await, Ok(0) | Err(_)));
+    }
+    assert_eq!(accepting.await.unwrap(), vec![true, false]);
+}
+
+#[test]
+fn the_server_name_is_the_override_or_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let mut files = client_files(&c, false);
+    let plain = TlsClient::load(files.clone()).unwrap();
+    assert_eq!(
+        plain.server_name("10.0.0.1").unwrap(),
+        ServerName::IpAddress("10.0.0.1".parse::<IpAddr>().unwrap().into())
+    );
+    assert_eq!(
+        plain.server_name("redis-0.redis").unwrap().to_str(),
+        "redis-0.redis"
+    );
+    files.server_name = Some("redis.internal".into());
+    let named = TlsClient::load(files).unwrap();
+    assert_eq!(
+        named.server_name("10.0.0.1").unwrap().to_str(),
+        "redis.internal"
+    );
+}

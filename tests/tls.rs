@@ -1,0 +1,248 @@
+//! TLS on all three sides, with real processes: a lab whose nodes and sentinels speak TLS only
+//! (client certificates required), certificates made at test time (rcgen), and the proxy in
+//! front of it. Plain and TLS clients, `redis-cli --tls`, mutual TLS refused without a client
+//! certificate, a failover followed over TLS sentinels, and the rotation of the proxy's own
+//! certificate without dropping a connection.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_protocol::resp2::types::OwnedFrame;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sentinel_proxy::config::Auth;
+use sentinel_proxy::sentinel::client::{RespConn, frame_text};
+use sentinel_proxy::tls::{ClientFiles, ServerFiles, TlsClient, TlsServer};
+use support::certs::Certs;
+use support::*;
+
+struct TlsLab {
+    lab: Lab,
+    certs: Arc<Certs>,
+    _dir: tempfile::TempDir,
+}
+
+async fn tls_lab() -> TlsLab {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Arc::new(Certs::make(dir.path()));
+    let lab = Lab::start_with(LabOptions {
+        tls: Some(certs.clone()),
+        ..LabOptions::default()
+    })
+    .await;
+    TlsLab {
+        lab,
+        certs,
+        _dir: dir,
+    }
+}
+
+/// The proxy's client side: its own certificate (`proxy.pem`), clients' certificates
+/// required when `mutual`.
+fn proxy_tls(c: &Certs, mutual: bool) -> Arc<TlsServer> {
+    let (cert, key) = (
+        c.ca.with_file_name("proxy.pem"),
+        c.ca.with_file_name("proxy.key"),
+    );
+    if !cert.exists() {
+        c.issue("proxy", &["127.0.0.1"]);
+    }
+    Arc::new(
+        TlsServer::load(ServerFiles {
+            cert,
+            key,
+            client_ca: mutual.then(|| c.ca.clone()),
+        })
+        .unwrap(),
+    )
+}
+
+/// How a client reaches the proxy over TLS: with the lab's certificate as its own, or none.
+fn client_auth(c: &Certs, with_cert: bool) -> Auth {
+    Auth {
+        tls: Some(Arc::new(
+            TlsClient::load(ClientFiles {
+                ca: c.ca.clone(),
+                cert: with_cert.then(|| c.cert.clone()),
+                key: with_cert.then(|| c.key.clone()),
+                server_name: None,
+            })
+            .unwrap(),
+        )),
+        ..Auth::default()
+    }
+}
+
+async fn through(port: u16, auth: &Auth) -> Option<RespConn> {
+    RespConn::connect(&hp(port), auth, Duration::from_secs(2))
+        .await
+        .ok()
+}
+
+fn redis_cli(port: u16, c: &Certs, with_cert: bool, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["--tls", "--cacert"]).arg(&c.ca);
+    if with_cert {
+        cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
+    }
+    let out = cmd
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && !text.contains("ERR"), text)
+}
+
+/// Redis nodes and sentinels over TLS (the proxy presenting a client certificate to both): a
+/// plain client and a TLS client each reach the master, the TLS port refuses a client without a
+/// certificate, and a failover is followed over the TLS sentinels by a connection that stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_every_side_and_a_failover_followed() {
+    let t = tls_lab().await;
+    let backend = Some(Arc::new(tls_client(&t.certs)));
+    let set_backend = |cfg: &mut sentinel_proxy::Config| {
+        cfg.master_auth.tls = backend.clone();
+        cfg.sentinel_auth.tls = backend.clone();
+    };
+    let plain = Proxy::start_with(t.lab.sentinel_addrs(), set_backend).await;
+    let master = plain.wait_ready().await;
+    let tls = Proxy::start_with(t.lab.sentinel_addrs(), |cfg| {
+        set_backend(cfg);
+        cfg.tls = Some(proxy_tls(&t.certs, true));
+    })
+    .await;
+    assert_eq!(tls.wait_ready().await, master);
+
+    // Plain client → proxy → TLS master.
+    let mut c = conn(plain.port).await.unwrap();
+    cmd(&mut c, &["SET", "tls:k", "v"]).await.unwrap();
+    assert_eq!(node_port(&mut c).await.unwrap(), master);
+
+    // TLS client (with a certificate) → proxy → TLS master; redis-cli too.
+    let mut s = through(tls.port, &client_auth(&t.certs, true))
+        .await
+        .expect("a TLS client with a certificate");
+    let got = cmd(&mut s, &["GET", "tls:k"]).await.unwrap();
+    assert_eq!(frame_text(&got), Some("v"));
+    let (ok, out) = redis_cli(tls.port, &t.certs, true, &["INCR", "tls:n"]);
+    assert!(ok && out.trim() == "1", "redis-cli --tls: {out}");
+
+    // Mutual TLS: no client certificate, no connection (and it is counted).
+    let anonymous = client_auth(&t.certs, false);
+    if let Some(mut c) = through(tls.port, &anonymous).await {
+        assert!(cmd(&mut c, &["PING"]).await.is_err());
+    }
+    let (ok, out) = redis_cli(tls.port, &t.certs, false, &["PING"]);
+    assert!(!ok, "redis-cli without a certificate got in: {out}");
+    let mut c = conn(tls.port).await.unwrap();
+    assert!(
+        cmd(&mut c, &["PING"]).await.is_err(),
+        "a plain-text client on the TLS port"
+    );
+    wait_metric(
+        tls.admin,
+        "sentinel_proxy_tls_handshake_failures_total",
+        3.0,
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // A failover, learned from the TLS sentinels: both proxies follow, and the TLS client's
+    // connection carries on to the new master.
+    t.lab.failover().await;
+    let new = t.lab.wait_new_master(master, Duration::from_secs(30)).await;
+    plain.wait_routes_to(new, Duration::from_secs(30)).await;
+    tls.wait_routes_to(new, Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let at = node_port(&mut s)
+            .await
+            .expect("the TLS client sees no error across the failover");
+        if at == new {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS client still on {at}, not {new}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = cmd(&mut s, &["INCR", "tls:n"]).await.unwrap();
+    assert_eq!(got, OwnedFrame::Integer(2));
+    let (_, status) = http_get(tls.admin, "/status").await;
+    assert!(!status.contains("PRIVATE KEY"), "{status}");
+}
+
+/// The DER of the certificate the proxy presents to a new TLS client.
+async fn presented(port: u16, c: &Certs) -> Vec<u8> {
+    let client = tls_client(c);
+    let tcp = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+    let s = client.handshake("127.0.0.1", tcp).await.unwrap();
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der(path: &std::path::Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(path).unwrap().to_vec()
+}
+
+/// The proxy's certificate rotated on disk (as a Kubernetes secret is): new clients get the new
+/// one within a refresh, an open TLS connection carries on, and a broken file is refused while
+/// the rotated certificate stays in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_certificate_rotates_without_dropping_connections() {
+    let t = tls_lab().await;
+    let backend = Some(Arc::new(tls_client(&t.certs)));
+    let server = proxy_tls(&t.certs, false);
+    let proxy = Proxy::start_with(t.lab.sentinel_addrs(), |cfg| {
+        cfg.master_auth.tls = backend.clone();
+        cfg.sentinel_auth.tls = backend.clone();
+        cfg.tls = Some(server.clone());
+        cfg.tls_refresh = Duration::from_millis(100);
+    })
+    .await;
+    proxy.wait_ready().await;
+    let cert = server.files.cert.clone();
+    assert_eq!(presented(proxy.port, &t.certs).await, der(&cert));
+    let mut open = through(proxy.port, &client_auth(&t.certs, false))
+        .await
+        .unwrap();
+    cmd(&mut open, &["SET", "rot", "1"]).await.unwrap();
+
+    let before = der(&cert);
+    t.certs.issue("proxy", &["127.0.0.1", "localhost"]);
+    let after = der(&cert);
+    assert_ne!(before, after);
+    eventually(
+        Duration::from_secs(5),
+        "the rotated certificate",
+        || async { (presented(proxy.port, &t.certs).await == after).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        cmd(&mut open, &["INCR", "rot"]).await.unwrap(),
+        OwnedFrame::Integer(2),
+        "the connection opened before the rotation"
+    );
+
+    std::fs::write(&server.files.key, "-----BEGIN PRIVATE KEY-----\nbroken\n").unwrap();
+    wait_metric(
+        proxy.admin,
+        "sentinel_proxy_tls_reloads_total{result=\"rejected\"}",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(presented(proxy.port, &t.certs).await, after);
+    let mut fresh = through(proxy.port, &client_auth(&t.certs, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        cmd(&mut fresh, &["INCR", "rot"]).await.unwrap(),
+        OwnedFrame::Integer(3)
+    );
+}
