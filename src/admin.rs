@@ -5,7 +5,7 @@
 //! | `/metrics` | Prometheus text exposition of every metric (see `metrics.rs`) |
 //! | `/healthz` | `200 ok` while the process runs (liveness) |
 //! | `/readyz`  | `200 ready` while every group has a verified, answering master, else `503` naming the groups without one (readiness); `/readyz?group=NAME` for one group |
-//! | `/status`  | JSON: per group (`groups`, in configuration order) its read pool (`read`, with a read port), its master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines; the first group's fields also at the top level (a single-group proxy reads them there); the effective config (secrets masked). `/status?group=NAME`: that group's fields at the top level |
+//! | `/status`  | (with `--admin-token`, only with `Authorization: Bearer <token>`) JSON: per group (`groups`, in configuration order) its read pool (`read`, with a read port), its master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines; the first group's fields also at the top level (a single-group proxy reads them there); the effective config (secrets masked). `/status?group=NAME`: that group's fields at the top level |
 //!
 //! It shares nothing with the data path but the metric atomics and the routes, read lock-free.
 
@@ -130,6 +130,18 @@ fn handle(
             }
         }
         "/status" => {
+            if !authorized(req, shared) {
+                let mut r = reply(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "/status needs the admin token (Authorization: Bearer …)\n".into(),
+                );
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
             let Some(asked) = selected(req, groups) else {
                 return reply(
                     StatusCode::NOT_FOUND,
@@ -145,6 +157,32 @@ fn handle(
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// Where a TLS side's files are (paths only: the files hold the keys).
+fn client_tls(f: &crate::tls::ClientFiles) -> serde_json::Value {
+    json!({
+        "ca_file": f.ca,
+        "cert_file": f.cert,
+        "key_file": f.key,
+        "server_name": f.server_name,
+    })
+}
+
+/// Whether the request may see /status: no admin token is set, or it carries it as a bearer
+/// token (compared in constant time).
+fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
+    let Some(token) = shared.config().admin_token.clone() else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (given.as_bytes(), token.expose().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The first of `groups` at the top level, every one under `groups`, and the process config.
@@ -166,6 +204,18 @@ fn status(shared: &Shared, groups: &[&Group]) -> serde_json::Value {
                 "sentinel_password": cfg.sentinel_auth.password.as_ref().map(|_| "***"),
                 "master_username": cfg.master_auth.username,
                 "master_password": cfg.master_auth.password.as_ref().map(|_| "***"),
+                "tls": cfg.tls.as_ref().map(|t| json!({
+                    "cert_file": t.files.cert,
+                    "key_file": t.files.key,
+                    "client_ca_file": t.files.client_ca,
+                })),
+                "master_tls": cfg.master_auth.tls.as_ref().map(|t| client_tls(&t.files)),
+                "sentinel_tls": cfg.sentinel_auth.tls.as_ref().map(|t| client_tls(&t.files)),
+                "users_file": cfg.users.as_ref().map(|u| json!({
+                    "path": u.path,
+                    "users": u.len(),
+                })),
+                "admin_token": cfg.admin_token.as_ref().map(|_| "***"),
                 "metrics_listen": cfg.metrics_listen.to_string(),
                 "poll_interval_ms": cfg.poll_interval.as_millis() as u64,
                 "sentinel_timeout_ms": cfg.sentinel_timeout.as_millis() as u64,

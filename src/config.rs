@@ -26,6 +26,7 @@ pub use cli::{Cli, Command};
 pub use file::FileConfig;
 use file::read_file;
 
+use crate::auth::Users;
 use crate::tls::{ClientFiles, ServerFiles, TlsClient, TlsServer};
 pub use groups::{GroupConfig, GroupFile};
 pub use values::{
@@ -47,6 +48,10 @@ pub struct Config {
     pub master_name: String,
     pub sentinel_auth: Auth,
     pub master_auth: Auth,
+    /// The proxy's own client authentication (`auth.rs`), if on.
+    pub users: Option<Arc<Users>>,
+    /// What /status requires as a bearer token, if anything.
+    pub admin_token: Option<Secret>,
     /// TLS on the client ports (every group's listen and read-listen), if on.
     pub tls: Option<Arc<TlsServer>>,
     /// The implicit group's read port (`--read-listen`), if any.
@@ -95,6 +100,8 @@ impl Config {
             sentinel_auth: Auth::default(),
             master_auth: Auth::default(),
             tls: None,
+            users: None,
+            admin_token: None,
             declared_groups: Vec::new(),
             read_listen: None,
             read_max_lag: 1 << 20,
@@ -208,6 +215,19 @@ impl Config {
                 pick(&cli.master_password_file, file.master_password_file),
             )?,
         )?;
+        if let Some(path) = pick(&cli.users_file, file.users_file) {
+            let users = Users::load(std::path::Path::new(&path))?;
+            if users.is_empty() {
+                bail!("users-file {path}: no users: nobody could connect");
+            }
+            cfg.users = Some(Arc::new(users));
+        }
+        cfg.admin_token = secret(
+            "admin-token",
+            pick(&cli.admin_token, file.admin_token),
+            pick(&cli.admin_token_file, file.admin_token_file),
+        )?
+        .map(Secret::new);
         cfg.tls = server_tls(
             pick(&cli.tls_cert_file, file.tls_cert_file),
             pick(&cli.tls_key_file, file.tls_key_file),

@@ -13,6 +13,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password();
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -20,8 +23,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Healthcheck { ready }) = cli.command {
-        return healthcheck(&config, ready);
+    if let Some(Command::Healthcheck { ready }) = &cli.command {
+        return healthcheck(&config, *ready);
     }
     if cli.check {
         let mode = match config.pool {
@@ -76,6 +79,31 @@ fn serve(config: Config, cli: Cli) -> anyhow::Result<()> {
         sentinel_proxy::run(config, shutdown, Some(reload)).await
     })?;
     Ok(())
+}
+
+/// `sentinel-proxy hash-password`: one line from stdin (a terminal echoes it: pipe it in,
+/// `printf %s "$PASSWORD" | sentinel-proxy hash-password`), its hash on stdout.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("sentinel-proxy: hash-password: cannot read standard input");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("sentinel-proxy: hash-password: give the password on standard input");
+        return ExitCode::from(2);
+    }
+    match sentinel_proxy::auth::hash(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sentinel-proxy: hash-password: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

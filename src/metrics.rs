@@ -41,6 +41,7 @@ pub struct Metrics {
     failover_pauses_total: IntCounterVec,
     max_clients_rejections_total: IntCounterVec,
     tls_handshake_failures_total: IntCounterVec,
+    auth_failures_total: IntCounterVec,
     client_bytes_received_total: IntCounterVec,
     client_bytes_sent_total: IntCounterVec,
     backend_connect_seconds: HistogramVec,
@@ -76,6 +77,7 @@ pub struct GroupMetrics {
     pub failover_pauses_total: Labeled<IntCounterVec>,
     pub max_clients_rejections_total: IntCounter,
     pub tls_handshake_failures_total: IntCounter,
+    pub auth_failures_total: IntCounter,
     pub client_bytes_received_total: IntCounter,
     pub client_bytes_sent_total: IntCounter,
     pub backend_connect_seconds: Histogram,
@@ -288,6 +290,10 @@ impl Metrics {
                 "TLS certificate files found changed on disk, by result (ok: in use for new connections; rejected: they do not load, the old ones stay).",
                 &["result"],
             ),
+            auth_failures_total: counter(
+                "sentinel_proxy_auth_failures_total",
+                "AUTH or HELLO AUTH refused by the proxy's own client authentication (--users-file): an unknown user or a wrong password.",
+            ),
             config_reloads_total: process_counter_vec(
                 "sentinel_proxy_config_reloads_total",
                 "Configuration reloads (SIGHUP), by result (ok, rejected).",
@@ -357,6 +363,7 @@ impl Metrics {
             failover_pauses_total: labeled(&self.failover_pauses_total),
             max_clients_rejections_total: self.max_clients_rejections_total.with_label_values(&one),
             tls_handshake_failures_total: self.tls_handshake_failures_total.with_label_values(&one),
+            auth_failures_total: self.auth_failures_total.with_label_values(&one),
             client_bytes_received_total: self.client_bytes_received_total.with_label_values(&one),
             client_bytes_sent_total: self.client_bytes_sent_total.with_label_values(&one),
             backend_connect_seconds: self.backend_connect_seconds.with_label_values(&one),
@@ -376,6 +383,7 @@ impl Metrics {
             &self.protocol_errors_total,
             &self.max_clients_rejections_total,
             &self.tls_handshake_failures_total,
+            &self.auth_failures_total,
             &self.client_bytes_received_total,
             &self.client_bytes_sent_total,
         ] {

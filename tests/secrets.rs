@@ -82,3 +82,110 @@ async fn secrets_stay_out_of_logs_status_and_metrics() {
     }
     assert!(status.contains("\"***\""), "{status}");
 }
+
+/// The same with every secret from a file and TLS on the client port: the passwords (Redis's,
+/// the sentinels', a client's), the admin token, the users file's hashes and the TLS key stay
+/// out of the logs, /status and /metrics; /status wants the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_secrets_tls_keys_and_password_hashes_stay_out_too() {
+    const CLIENT_PW: &str = "client-pw-c0ffee";
+    const TOKEN: &str = "admin-token-77e1d0";
+    let lab = Lab::start_with(LabOptions {
+        redis_password: Some(REDIS_PW.into()),
+        sentinel_password: Some(SENTINEL_PW.into()),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = support::certs::Certs::make(dir.path());
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let hash = sentinel_proxy::auth::hash(CLIENT_PW).unwrap();
+    let users = file("users", &format!("app:{hash}\n"));
+    let master_pw = file("master-pw", &format!("{REDIS_PW}\n"));
+    let sentinel_pw = file("sentinel-pw", SENTINEL_PW);
+    let token = file("token", TOKEN);
+    let (listen, admin) = (unused_port(), unused_port());
+    let sentinels: Vec<String> = lab
+        .sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let (listen_s, admin_s) = (format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}"));
+    let (cert, key) = (
+        certs.cert.display().to_string(),
+        certs.key.display().to_string(),
+    );
+    let mut proxy = Binary::spawn(
+        &[
+            "--listen",
+            &listen_s,
+            "--metrics-listen",
+            &admin_s,
+            "--sentinels",
+            &sentinels.join(","),
+            "--log-format",
+            "json",
+            "--master-password-file",
+            &master_pw,
+            "--users-file",
+            &users,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--admin-token-file",
+            &token,
+        ],
+        &[
+            (
+                "SENTINEL_PROXY_SENTINEL_PASSWORD_FILE",
+                sentinel_pw.as_str(),
+            ),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    eventually(Duration::from_secs(15), "the proxy to be ready", || async {
+        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+
+    // A TLS client authenticates at the proxy, which reaches Redis with the file's password.
+    let tls = sentinel_proxy::config::Auth {
+        tls: Some(std::sync::Arc::new(tls_client(&certs))),
+        ..Default::default()
+    };
+    let mut c = sentinel_proxy::sentinel::client::RespConn::connect(
+        &hp(listen),
+        &tls,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert!(cmd(&mut c, &["AUTH", "app", "wrong"]).await.is_err());
+    cmd(&mut c, &["AUTH", "app", CLIENT_PW]).await.unwrap();
+    cmd(&mut c, &["SET", "k", "v"]).await.unwrap();
+
+    assert_eq!(http_get(addr(admin), "/status").await.0, 401);
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (code, status) = http_get_with(addr(admin), "/status", &bearer).await;
+    assert_eq!(code, 200, "{status}");
+    let (_, metrics) = http_get(addr(admin), "/metrics").await;
+    proxy.signal("-TERM");
+    assert_eq!(proxy.wait(), Some(0));
+    let log = proxy.log();
+    assert!(log.contains("authenticated"), "debug logs are on: {log}");
+    let key_pem = std::fs::read_to_string(&certs.key).unwrap();
+    let key_line = key_pem.lines().nth(1).unwrap();
+    let hash_tail = &hash[hash.len() - 20..];
+    for (what, text) in [("log", &log), ("/status", &status), ("/metrics", &metrics)] {
+        for secret in [REDIS_PW, SENTINEL_PW, CLIENT_PW, TOKEN, key_line, hash_tail] {
+            assert!(!text.contains(secret), "{what} contains {secret}");
+        }
+    }
+    assert!(status.contains("\"admin_token\":\"***\""), "{status}");
+    assert!(status.contains("node.key"), "paths are shown: {status}");
+}

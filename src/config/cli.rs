@@ -63,6 +63,23 @@ pub struct Cli {
     /// A file holding the master password, instead of --master-password.
     #[arg(long, env = "SENTINEL_PROXY_MASTER_PASSWORD_FILE", value_name = "FILE")]
     pub master_password_file: Option<String>,
+    /// The proxy's own client authentication: a file of `name:argon2-hash` lines
+    /// (`sentinel-proxy hash-password` makes the hashes). Clients must AUTH as one of these
+    /// users; the proxy then reaches Redis with --master-username/--master-password.
+    #[arg(long, env = "SENTINEL_PROXY_USERS_FILE", value_name = "FILE")]
+    pub users_file: Option<String>,
+    /// A token that /status requires (`Authorization: Bearer <token>`); /metrics, /healthz and
+    /// /readyz stay open for probes and scrapers.
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// A file holding the admin token, instead of --admin-token.
+    #[arg(long, env = "SENTINEL_PROXY_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<String>,
     /// TLS on the client ports: the proxy's certificate chain (PEM). With --tls-key-file.
     #[arg(long, env = "SENTINEL_PROXY_TLS_CERT_FILE", value_name = "FILE")]
     pub tls_cert_file: Option<String>,
@@ -199,4 +216,7 @@ pub enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Read a password on standard input (one line) and print its Argon2id hash, for a line
+    /// `name:<hash>` of the users file.
+    HashPassword,
 }

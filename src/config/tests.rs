@@ -287,3 +287,109 @@ fn secrets_are_masked_in_debug() {
         "hunter2"
     );
 }
+
+#[path = "../../tests/support/certs.rs"]
+mod certs;
+
+/// TLS, users and secrets given as files reach the config from flags and from the file; a half
+/// pair, a side without its CA, or a secret given twice is a one-line error.
+#[test]
+fn tls_users_and_secret_files_reach_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs::Certs::make(dir.path());
+    let p = |path: &std::path::Path| path.display().to_string();
+    let (ca, cert, key) = (p(&c.ca), p(&c.cert), p(&c.key));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\r\n").unwrap();
+    let users = dir.path().join("users");
+    let hash = crate::auth::hash("x").unwrap();
+    std::fs::write(&users, format!("app:{hash}\n")).unwrap();
+
+    let flags = cli(&[
+        "--sentinels",
+        "10.0.0.1:26379",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-client-ca-file",
+        &ca,
+        "--master-tls-ca-file",
+        &ca,
+        "--master-tls-server-name",
+        "redis.internal",
+        "--master-password-file",
+        &p(&pw),
+        "--users-file",
+        &p(&users),
+    ]);
+    let cfg = Config::merge(&flags, FileConfig::default()).unwrap();
+    let tls = cfg.tls.as_ref().unwrap();
+    assert_eq!(tls.files.client_ca.as_deref(), Some(c.ca.as_path()));
+    let master = cfg.master_auth.tls.as_ref().unwrap();
+    assert_eq!(master.files.server_name.as_deref(), Some("redis.internal"));
+    assert!(cfg.sentinel_auth.tls.is_none(), "each side on its own");
+    assert_eq!(
+        cfg.master_auth.password.as_ref().unwrap().expose(),
+        "s3cret"
+    );
+    assert_eq!(cfg.users.as_ref().unwrap().len(), 1);
+    let shown = format!("{cfg:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains(&hash),
+        "{shown}"
+    );
+
+    let file: FileConfig = toml::from_str(&format!(
+        "sentinels = [\"10.0.0.1:26379\"]\nsentinel-tls-ca-file = \"{ca}\"\n\
+         sentinel-tls-cert-file = \"{cert}\"\nsentinel-tls-key-file = \"{key}\"\n\
+         admin-token-file = \"{}\"\n\
+         [[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:7000\"\n\
+         master-password-file = \"{}\"\n",
+        p(&pw),
+        p(&pw)
+    ))
+    .unwrap();
+    let cfg = Config::merge(&cli(&[]), file).unwrap();
+    let g = &cfg.groups()[0];
+    assert!(
+        g.sentinel_auth.tls.is_some(),
+        "a group inherits the sentinels' TLS"
+    );
+    assert_eq!(g.master_auth.password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(cfg.admin_token.as_ref().unwrap().expose(), "s3cret");
+
+    let base = ["--sentinels", "10.0.0.1:26379"];
+    for (args, want) in [
+        (
+            vec!["--tls-cert-file", &cert],
+            "tls-cert-file and tls-key-file go together",
+        ),
+        (
+            vec![
+                "--master-tls-cert-file",
+                &cert,
+                "--master-tls-key-file",
+                &key,
+            ],
+            "TLS to the masters is on only with master-tls-ca-file",
+        ),
+        (
+            vec!["--master-password", "x", "--master-password-file", &p(&pw)],
+            "master-password and master-password-file are both set",
+        ),
+        (
+            vec!["--tls-cert-file", &key, "--tls-key-file", &key],
+            "node.key",
+        ),
+        (vec!["--users-file", &p(&pw)], "line 1: expected name:hash"),
+    ] {
+        let mut a = base.to_vec();
+        a.extend(args);
+        let e = Config::merge(&cli(&a), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{a:?}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}

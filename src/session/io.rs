@@ -91,8 +91,9 @@ pub(super) async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<us
 pub(super) const ACCEPTED: &[u8] = b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$14\r\nsentinel-proxy\r\n";
 
 /// Send one command the proxy composed on a connection of its own and read its one-line answer
-/// (`+OK`, `+PONG`, an error: any will do). Fails on anything else, or an end of stream.
-pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Result<()> {
+/// (`+OK`, `+PONG`, an error: any will do; its first byte is returned). Fails on anything else,
+/// or an end of stream.
+pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Result<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(command).await?;
     let mut line = [0u8; 256];
@@ -109,7 +110,7 @@ pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Resu
     if !line[..got].ends_with(b"\n") {
         return Err(io::ErrorKind::InvalidData.into()); // more than one line: not Redis
     }
-    Ok(())
+    Ok(line[0])
 }
 
 /// A session's timer, boxed and only while it has something to wake for: set to the earliest of

@@ -63,8 +63,7 @@ impl<'a> Session<'a> {
     ) -> Result<(), Option<Close>> {
         let cfg = self.group.config();
         let began = Instant::now();
-        let tls = self.group.settings().master_auth.tls.clone();
-        let connect = crate::tls::connect(addr, tls.as_deref(), cfg.tcp_keepalive);
+        let connect = super::backend::open(self.group, addr);
         let mut backend = match timeout(cfg.connect_timeout, connect).await {
             Ok(Ok(s)) => {
                 let m = &self.group.metrics;

@@ -12,11 +12,13 @@
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
+mod backend;
 mod carry;
 mod commands;
 mod conn;
 mod dedicated;
 mod fence;
+mod gate;
 mod io;
 mod migrate;
 mod pool;
@@ -137,8 +139,25 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, group.config().tcp_keepalive);
-    let close = dedicated(client, &group, &shutdown, &[], || {}, None).await;
+    let close = match group.config().users.clone() {
+        None => dedicated(client, &group, &shutdown, &[], || {}, None).await,
+        // Boxed: what the gate leaves (a HELLO to send first) is not carried by every session.
+        Some(users) => Box::pin(authenticated(client, users, &group, &shutdown)).await,
+    };
     closed(&group, close);
+}
+
+/// A 1:1 session behind the proxy's own authentication (`gate.rs`).
+async fn authenticated(
+    mut client: TcpStream,
+    users: Arc<crate::auth::Users>,
+    group: &Arc<Group>,
+    shutdown: &CancellationToken,
+) -> Close {
+    match gate::pass(&mut client, &users, group, shutdown).await {
+        Ok(first) => dedicated(client, group, shutdown, &first, || {}, None).await,
+        Err(close) => close,
+    }
 }
 
 /// Serve one client in pooled mode, on its worker's `LocalSet`: in the pool until a request pins
@@ -162,6 +181,14 @@ pub async fn serve_pooled(
     m.client_connections_total.inc();
     tune(&client, group.config().tcp_keepalive);
     let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown);
+    let client = match group.config().users.clone() {
+        None => client,
+        // Boxed, so an idle pooled client's task does not carry the gate's space.
+        Some(users) => match Box::pin(pooled_gate(client, users, &group, &shutdown, &pool)).await {
+            Some(client) => client,
+            None => return,
+        },
+    };
     // In a block, so that only the boxed future is kept across its await: not `outcome`, whose
     // parts it owns (a moved-from local keeps its space in the task until its scope ends).
     let next = {
@@ -191,6 +218,34 @@ pub async fn serve_pooled(
         Err(close) => close,
     };
     closed(&group, close);
+}
+
+/// Pooled mode behind the proxy's own authentication (`gate.rs`): `Some(client)` to serve in the
+/// pool, `None` once the client is done with.
+async fn pooled_gate(
+    mut client: TcpStream,
+    users: Arc<crate::auth::Users>,
+    group: &Arc<Group>,
+    shutdown: &CancellationToken,
+    pool: &std::rc::Rc<pool::Pool>,
+) -> Option<TcpStream> {
+    let close = match gate::pass(&mut client, &users, group, shutdown).await {
+        Ok(first) if first.is_empty() => return Some(client),
+        // `HELLO … AUTH`: the HELLO goes on a connection of the client's own, as it would from
+        // the pool (it pins).
+        Ok(first) => {
+            group
+                .metrics
+                .pinned_sessions_total
+                .with_label_values(&["auth"])
+                .inc();
+            let spare = pool.take_spare(group).map(Box::new);
+            pinned(client, first, None, spare, group, shutdown).await
+        }
+        Err(close) => close,
+    };
+    closed(group, close);
+    None
 }
 
 /// A pinned client's dedicated session, boxed with everything it owns: an idle pooled client's
@@ -269,7 +324,7 @@ async fn dedicated(
                 let ping = io::exchange(&mut backend, io::ACCEPTED);
                 if !matches!(
                     timeout(group.config().connect_timeout, ping).await,
-                    Ok(Ok(()))
+                    Ok(Ok(_))
                 ) {
                     debug!(backend = %addr, "no answer on a new connection");
                     group.metrics.backend_connect_failures_total.inc();
@@ -347,10 +402,8 @@ async fn acquire_backend(
         };
         if let Some(addr) = addr.filter(|_| gate.is_none()) {
             let began = Instant::now();
-            let cfg = group.config();
-            let tls = group.settings().master_auth.tls.clone();
-            let connect = crate::tls::connect(addr, tls.as_deref(), cfg.tcp_keepalive);
-            match timeout(cfg.connect_timeout, connect).await {
+            let connect = backend::open(group, addr);
+            match timeout(group.config().connect_timeout, connect).await {
                 Ok(Ok(stream)) => {
                     group
                         .metrics

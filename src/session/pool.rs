@@ -193,9 +193,7 @@ impl Pool {
             let made = async {
                 let addr = route.target()?;
                 let connect = async {
-                    let tls = group.settings().master_auth.tls.clone();
-                    let connect = crate::tls::connect(addr, tls.as_deref(), config.tcp_keepalive);
-                    let mut stream = connect.await?;
+                    let mut stream = super::backend::open(&group, addr).await?;
                     exchange(&mut stream, ACCEPTED).await?;
                     Ok::<_, std::io::Error>(stream)
                 };
@@ -390,9 +388,7 @@ async fn connect(
 ) {
     let config = group.config();
     let began = Instant::now();
-    let tls = group.settings().master_auth.tls.clone();
-    let connect = crate::tls::connect(addr, tls.as_deref(), config.tcp_keepalive);
-    let stream = match timeout(config.connect_timeout, connect).await {
+    let stream = match timeout(config.connect_timeout, super::backend::open(&group, addr)).await {
         Ok(Ok(s)) => s,
         failed => {
             if let Ok(Err(e)) = failed {
@@ -411,7 +407,7 @@ async fn connect(
     let setname = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$19\r\nsentinel-proxy-pool\r\n";
     if !matches!(
         timeout(config.connect_timeout, exchange(&mut stream, setname)).await,
-        Ok(Ok(()))
+        Ok(Ok(_))
     ) {
         group.metrics.backend_connect_failures_total.inc();
         pool.failed_at.set(Some(Instant::now()));

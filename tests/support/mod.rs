@@ -758,14 +758,19 @@ impl Drop for Proxy {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let path = path.to_string();
+    http_get_with(addr, path, "").await
+}
+
+/// [`http_get`] with more header lines (each ending in `\r\n`).
+pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let (path, headers) = (path.to_string(), headers.to_string());
     tokio::task::spawn_blocking(move || {
         let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(s) => s,
             Err(_) => return (0, String::new()),
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n");
+        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));

@@ -1,0 +1,37 @@
+//! How a session's connection to a Redis node is opened, wherever it is made (a new client, a
+//! move to a new master, a pooled connection, a spare): TLS when it is on for Redis nodes, and,
+//! when the proxy authenticates clients itself, the proxy's own `AUTH` with its master
+//! credentials before any client byte (credential injection, `auth.rs`).
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
+use super::io::exchange;
+use crate::Group;
+use crate::sentinel::client::encode_command;
+
+pub(super) async fn open(group: &Group, addr: SocketAddr) -> io::Result<TcpStream> {
+    let config = group.config();
+    let settings = group.settings();
+    let auth = &settings.master_auth;
+    let mut stream = crate::tls::connect(addr, auth.tls.as_deref(), config.tcp_keepalive).await?;
+    if config.users.is_some()
+        && let Some(password) = &auth.password
+    {
+        let mut command = Vec::with_capacity(64);
+        let password = password.expose().as_bytes();
+        match &auth.username {
+            Some(user) => encode_command(&mut command, &[b"AUTH", user.as_bytes(), password]),
+            None => encode_command(&mut command, &[b"AUTH", password]),
+        }
+        if exchange(&mut stream, &command).await? != b'+' {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "Redis refused the proxy's master credentials",
+            ));
+        }
+    }
+    Ok(stream)
+}

@@ -1,0 +1,286 @@
+//! A client's first commands when the proxy authenticates clients itself (`auth.rs`): until it
+//! has passed, everything it sends is answered here as Redis answers an unauthenticated client
+//! (`-NOAUTH Authentication required.`), and nothing reaches Redis.
+//!
+//! `AUTH [user] password` is answered `+OK` and the session starts. `HELLO proto AUTH user
+//! password [SETNAME name]` starts the session with the same `HELLO` less its `AUTH`, which
+//! Redis then answers (its reply is the server's, in the protocol asked for). `QUIT` is answered
+//! and closes. Commands are taken off the socket one at a time, up to the end of the one that
+//! passes: what the client pipelined behind it stays in the socket for the session.
+//!
+//! Like Redis, an unauthenticated client may not send large requests (16 KiB at most here).
+
+use std::sync::Arc;
+
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Close;
+use crate::Group;
+use crate::auth::Users;
+use crate::sentinel::client::encode_command;
+
+const LIMIT: usize = 16 * 1024;
+
+const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+const HELLO_NOAUTH: &[u8] = b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
+
+/// What a command does at the gate.
+#[derive(Debug, PartialEq, Eq)]
+enum Ask {
+    /// Check these credentials; on success the session starts with `then` sent first.
+    Login {
+        user: Vec<u8>,
+        password: Vec<u8>,
+        then: Vec<u8>,
+    },
+    Quit,
+    /// Answer this and wait for the next command.
+    Refuse(&'static [u8]),
+    Wrong(String),
+}
+
+/// Wait for the client to authenticate. `Ok(first)`: it has, and `first` (possibly empty) is
+/// what the session must send to Redis before anything else.
+pub(super) async fn pass(
+    client: &mut TcpStream,
+    users: &Arc<Users>,
+    group: &Group,
+    shutdown: &CancellationToken,
+) -> Result<Vec<u8>, Close> {
+    let mut scratch = vec![0u8; LIMIT];
+    loop {
+        let args = tokio::select! {
+            r = next_command(client, &mut scratch) => r?,
+            _ = shutdown.cancelled() => return Err(Close::Shutdown),
+        };
+        let reply: Vec<u8> = match classify(&args) {
+            Ask::Quit => {
+                let _ = client.write_all(b"+OK\r\n").await;
+                return Err(Close::Quit);
+            }
+            Ask::Refuse(r) => r.to_vec(),
+            Ask::Wrong(e) => format!("-ERR {e}\r\n").into_bytes(),
+            Ask::Login {
+                user,
+                password,
+                then,
+            } => {
+                let users = users.clone();
+                let name = String::from_utf8_lossy(&user).into_owned();
+                // Argon2 takes tens of milliseconds of CPU: not on a thread serving sessions.
+                let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password))
+                    .await
+                    .unwrap_or(false);
+                if ok {
+                    debug!(user = %name, "authenticated");
+                    if then.is_empty() {
+                        client
+                            .write_all(b"+OK\r\n")
+                            .await
+                            .map_err(|_| Close::ClientClosed)?;
+                    }
+                    return Ok(then);
+                }
+                debug!(user = %name, "authentication failed");
+                group.metrics.auth_failures_total.inc();
+                WRONGPASS.to_vec()
+            }
+        };
+        client
+            .write_all(&reply)
+            .await
+            .map_err(|_| Close::ClientClosed)?;
+    }
+}
+
+/// The next command, taken off the socket up to its last byte and no further.
+async fn next_command(client: &mut TcpStream, scratch: &mut [u8]) -> Result<Vec<Vec<u8>>, Close> {
+    // Bytes of this command already taken (it came in pieces).
+    let mut taken: Vec<u8> = Vec::new();
+    loop {
+        let n = client
+            .peek(&mut scratch[..LIMIT - taken.len()])
+            .await
+            .map_err(|_| Close::ClientClosed)?;
+        if n == 0 {
+            return Err(Close::ClientClosed);
+        }
+        let mut seen = taken.clone();
+        seen.extend_from_slice(&scratch[..n]);
+        match parse(&seen) {
+            Ok(Some((args, used))) => {
+                let rest = used - taken.len();
+                client
+                    .read_exact(&mut scratch[..rest])
+                    .await
+                    .map_err(|_| Close::ClientClosed)?;
+                if args.is_empty() {
+                    taken.clear(); // an empty inline line: nothing to answer
+                    continue;
+                }
+                return Ok(args);
+            }
+            Ok(None) if seen.len() < LIMIT => {
+                // All of it belongs to this command: take it, so the socket's readiness clears.
+                client
+                    .read_exact(&mut scratch[..n])
+                    .await
+                    .map_err(|_| Close::ClientClosed)?;
+                taken = seen;
+            }
+            Ok(None) => {
+                let _ = client
+                    .write_all(b"-ERR Protocol error: unauthenticated request too large\r\n")
+                    .await;
+                return Err(Close::ProtocolError);
+            }
+            Err(e) => {
+                let _ = client
+                    .write_all(format!("-ERR Protocol error: {e}\r\n").as_bytes())
+                    .await;
+                return Err(Close::ProtocolError);
+            }
+        }
+    }
+}
+
+/// A command's arguments, and how many bytes it took.
+type Parsed = (Vec<Vec<u8>>, usize);
+
+/// One command from the front of `buf`: its arguments and its length, `None` if incomplete.
+fn parse(buf: &[u8]) -> Result<Option<Parsed>, String> {
+    if buf.first() != Some(&b'*') {
+        // Inline, as typed into telnet: space-separated words up to the end of the line.
+        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+            return Ok(None);
+        };
+        let line = String::from_utf8_lossy(&buf[..nl]);
+        let args = line
+            .split_whitespace()
+            .map(|w| w.as_bytes().to_vec())
+            .collect();
+        return Ok(Some((args, nl + 1)));
+    }
+    match decode(buf) {
+        Ok(None) => Ok(None),
+        Ok(Some((OwnedFrame::Array(items), used))) => {
+            let args = items
+                .into_iter()
+                .map(|f| match f {
+                    OwnedFrame::BulkString(b) => Ok(b),
+                    _ => Err("expected '$', got something else".to_string()),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Some((args, used)))
+        }
+        Ok(Some(_)) => Err("expected a multibulk request".into()),
+        Err(e) => Err(e.details().to_string()),
+    }
+}
+
+fn classify(args: &[Vec<u8>]) -> Ask {
+    let name = args[0].to_ascii_uppercase();
+    match name.as_slice() {
+        b"AUTH" => match args {
+            [_, password] => Ask::Login {
+                user: b"default".to_vec(),
+                password: password.clone(),
+                then: Vec::new(),
+            },
+            [_, user, password] => Ask::Login {
+                user: user.clone(),
+                password: password.clone(),
+                then: Vec::new(),
+            },
+            _ => Ask::Wrong("wrong number of arguments for 'auth' command".into()),
+        },
+        b"HELLO" => hello(args),
+        b"QUIT" => Ask::Quit,
+        _ => Ask::Refuse(NOAUTH),
+    }
+}
+
+/// `HELLO [protover [AUTH user password] [SETNAME name]]`: with AUTH, a login that then sends
+/// the HELLO without it.
+fn hello(args: &[Vec<u8>]) -> Ask {
+    let mut rest: Vec<&[u8]> = Vec::with_capacity(args.len());
+    let mut login = None;
+    let mut i = 0;
+    while i < args.len() {
+        let word = args[i].to_ascii_uppercase();
+        if i >= 2 && word == b"AUTH" {
+            let (Some(user), Some(password)) = (args.get(i + 1), args.get(i + 2)) else {
+                return Ask::Wrong("Syntax error in HELLO option 'auth'".into());
+            };
+            login = Some((user.clone(), password.clone()));
+            i += 3;
+            continue;
+        }
+        rest.push(&args[i]);
+        i += 1;
+    }
+    let Some((user, password)) = login else {
+        return Ask::Refuse(HELLO_NOAUTH);
+    };
+    let mut then = Vec::new();
+    encode_command(&mut then, &rest);
+    Ask::Login {
+        user,
+        password,
+        then,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<Vec<u8>> {
+        s.split(' ').map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn commands_are_taken_whole_and_only_whole() {
+        let two = b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n*1\r\n$4\r\nPING\r\n";
+        let (args, used) = parse(two).unwrap().unwrap();
+        assert_eq!((args, used), (words("AUTH pw"), 22));
+        assert_eq!(parse(&two[..20]).unwrap(), None);
+        assert_eq!(
+            parse(b"auth pw\r\nPING").unwrap(),
+            Some((words("auth pw"), 9))
+        );
+        assert_eq!(parse(b"auth pw").unwrap(), None);
+        assert!(parse(b"*1\r\n:1\r\n").is_err());
+    }
+
+    #[test]
+    fn each_command_gets_redis_answer_before_auth() {
+        let login = |u: &str, p: &str, then: &[u8]| Ask::Login {
+            user: u.into(),
+            password: p.into(),
+            then: then.to_vec(),
+        };
+        assert_eq!(classify(&words("auth pw")), login("default", "pw", b""));
+        assert_eq!(classify(&words("AUTH app pw")), login("app", "pw", b""));
+        assert!(matches!(classify(&words("AUTH a b c")), Ask::Wrong(_)));
+        assert_eq!(classify(&words("GET k")), Ask::Refuse(NOAUTH));
+        assert_eq!(classify(&words("HELLO 3")), Ask::Refuse(HELLO_NOAUTH));
+        assert_eq!(classify(&words("quit")), Ask::Quit);
+        let mut then = Vec::new();
+        encode_command(&mut then, &[b"HELLO", b"3", b"SETNAME", b"me"]);
+        assert_eq!(
+            classify(&words("HELLO 3 AUTH app pw SETNAME me")),
+            login("app", "pw", &then)
+        );
+        assert!(matches!(
+            classify(&words("HELLO 3 AUTH app")),
+            Ask::Wrong(_)
+        ));
+    }
+}
