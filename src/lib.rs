@@ -42,6 +42,11 @@ pub mod shutdown;
 pub mod tls;
 pub mod workers;
 
+/// Certificates made at test time, shared with the end-to-end tests.
+#[cfg(test)]
+#[path = "../tests/support/certs.rs"]
+mod test_certs;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

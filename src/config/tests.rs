@@ -288,8 +288,7 @@ fn secrets_are_masked_in_debug() {
     );
 }
 
-#[path = "../../tests/support/certs.rs"]
-mod certs;
+use crate::test_certs as certs;
 
 /// TLS, users and secrets given as files reach the config from flags and from the file; a half
 /// pair, a side without its CA, or a secret given twice is a one-line error.

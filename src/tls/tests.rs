@@ -5,9 +5,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 
-#[path = "../../tests/support/certs.rs"]
-mod certs;
-use certs::Certs;
+use crate::test_certs::Certs;
 
 fn server_files(c: &Certs, client_ca: bool) -> ServerFiles {
     ServerFiles {

@@ -1,6 +1,6 @@
 //! Certificates made at test time with rcgen: one CA, and certificates it signs for
 //! 127.0.0.1 and localhost (servers and clients alike), written as PEM files. Shared by the
-//! end-to-end tests and, through `#[path]`, the unit tests of `src/tls.rs`.
+//! end-to-end tests and, through `#[path]` (`test_certs` in `src/lib.rs`), the unit tests.
 
 use std::path::{Path, PathBuf};
 
