@@ -14,6 +14,13 @@
 #   benches/compare.sh                        # ROUNDS=3 N=100000 IDLE=9900
 #   ROUNDS=5 SCENARIOS="c50p16" benches/compare.sh
 #   EXTRA="old=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
+#   TLS=1 benches/compare.sh                  # and the TLS rows (below)
+#
+# TLS=1 adds, with certificates made by openssl: direct-tls (redis-benchmark --tls to the
+# master's own tls-port), tls-client (TLS client → proxy → plain master), tls-backend (plain
+# client → proxy → the master's tls-port, learned from a sentinel with tls-replication) and
+# tls-both; each 1:1 on one thread like `proxy`, plus pooled-tls-backend. Their ratios are to
+# plain direct, as every row's. The idle-connection RSS is measured for the plain targets only.
 #
 # IDLE defaults to 9900, not 10000: a 1:1 proxy needs two descriptors per connection, and this
 # machine's hard limit on open files is 20000. It is clamped to what the limit allows.
@@ -50,6 +57,8 @@ MASTER=$(lab_master_port)
 redis-cli -p "$MASTER" config set maxclients $((IDLE + 200)) >/dev/null
 
 declare -A PORTS=([direct]=$MASTER)
+# Extra redis-benchmark (and redis-cli) arguments of a target: TLS ones for the TLS client side.
+declare -A BENCH=()
 # The process whose CPU time is charged to each target (for direct: the master redis-server).
 declare -A CPU_PID=([direct]=$(head -n 1 "$LAB_DIR/pids"))
 NAMES=(direct)
@@ -70,6 +79,62 @@ for spec in "proxy=$BIN --threads 1" "pooled=$BIN --threads 1 --pool 1" \
     PORTS[$name]=$port
     NAMES+=("$name")
 done
+if [ "${TLS:-0}" = 1 ]; then
+    tls=$LAB_DIR/tls
+    mkdir -p "$tls"
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 2 \
+        -subj /CN=bench-ca 2>/dev/null
+    openssl req "${ec[@]}" -keyout "$tls/node.key" -out "$tls/node.csr" -subj /CN=127.0.0.1 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls/ext"
+    openssl x509 -req -in "$tls/node.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+        -CAcreateserial -out "$tls/node.pem" -days 2 -extfile "$tls/ext" 2>/dev/null
+    # The master also listens on a TLS port (set at run time), which a fourth sentinel, with
+    # tls-replication, monitors: through it the proxy learns the master's TLS address.
+    MASTER_TLS=$(free_port)
+    for kv in "tls-cert-file $tls/node.pem" "tls-key-file $tls/node.key" \
+        "tls-ca-cert-file $tls/ca.pem" "tls-auth-clients no" "tls-port $MASTER_TLS"; do
+        # shellcheck disable=SC2086
+        redis-cli -p "$MASTER" CONFIG SET $kv >/dev/null
+    done
+    TLS_SENTINEL=$(free_port)
+    cat >"$LAB_DIR/sentinel-tls.conf" <<CONF
+port $TLS_SENTINEL
+bind 127.0.0.1
+daemonize no
+dir $LAB_DIR
+tls-cert-file $tls/node.pem
+tls-key-file $tls/node.key
+tls-ca-cert-file $tls/ca.pem
+tls-replication yes
+sentinel monitor mymaster 127.0.0.1 $MASTER_TLS 1
+CONF
+    redis-sentinel "$LAB_DIR/sentinel-tls.conf" </dev/null >"$LAB_DIR/sentinel-tls.log" 2>&1 &
+    PIDS+=($!)
+    TLS_CLI="--tls --cacert $tls/ca.pem"
+    PORTS[direct-tls]=$MASTER_TLS
+    CPU_PID[direct-tls]=${CPU_PID[direct]}
+    BENCH[direct-tls]=$TLS_CLI
+    NAMES+=(direct-tls)
+    serve_tls="--tls-cert-file $tls/node.pem --tls-key-file $tls/node.key"
+    backend_tls="--master-tls-ca-file $tls/ca.pem --sentinels 127.0.0.1:$TLS_SENTINEL"
+    for spec in "tls-client|$serve_tls --sentinels $(lab_sentinel_list)|$TLS_CLI" \
+        "tls-backend|$backend_tls|" "tls-both|$serve_tls $backend_tls|$TLS_CLI" \
+        "pooled-tls-backend|$backend_tls --pool 1|"; do
+        IFS='|' read -r name flags cli <<<"$spec"
+        port=$(free_port)
+        # shellcheck disable=SC2086
+        $BIN --threads 1 $flags --listen "127.0.0.1:$port" \
+            --metrics-listen "127.0.0.1:$(free_port)" 2>"$LAB_DIR/$name.log" &
+        PIDS+=($!)
+        CPU_PID[$name]=$!
+        # shellcheck disable=SC2086
+        wait_for 20 "$name" redis-cli $cli -p "$port" set k v
+        PORTS[$name]=$port
+        BENCH[$name]=$cli
+        NAMES+=("$name")
+    done
+fi
 if command -v haproxy >/dev/null 2>&1; then
     HA=$(free_port)
     cat >"$LAB_DIR/haproxy.cfg" <<CFG
@@ -105,7 +170,8 @@ for r in $(seq 1 "$ROUNDS"); do
         for name in "${NAMES[@]}"; do
             before=$(cpu_ticks "${CPU_PID[$name]}") rbefore=$(cpu_ticks "${CPU_PID[direct]}")
             # shellcheck disable=SC2086
-            out=$(redis-benchmark -p "${PORTS[$name]}" -t set,get -n "$n" ${ARGS[$sc]} --csv)
+            out=$(redis-benchmark ${BENCH[$name]:-} -p "${PORTS[$name]}" -t set,get -n "$n" \
+                ${ARGS[$sc]} --csv)
             after=$(cpu_ticks "${CPU_PID[$name]}") rafter=$(cpu_ticks "${CPU_PID[direct]}")
             for t in SET GET; do
                 R[$sc.$name.$t]+="$(field "$t" 2 <<<"$out") "
@@ -127,14 +193,14 @@ echo "# $(nproc) CPUs; redis $(redis-server --version | grep -o 'v=[^ ]*'); medi
 for sc in $SCENARIOS; do
     echo
     echo "## $sc: redis-benchmark -t set,get -n ${REQS[$sc]} ${ARGS[$sc]}"
-    printf '%-10s %10s %10s %7s %7s %10s %10s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
+    printf '%-18s %10s %10s %7s %7s %10s %10s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
         "Redis s/M" "GET p50/p99 us" "added p50/p99"
     ds=$(m "$sc.direct.SET") dg=$(m "$sc.direct.GET")
     d50=$(m "$sc.direct.GET.p50") d99=$(m "$sc.direct.GET.p99")
     for name in "${NAMES[@]}"; do
         s=$(m "$sc.$name.SET") g=$(m "$sc.$name.GET")
         p50=$(m "$sc.$name.GET.p50") p99=$(m "$sc.$name.GET.p99")
-        printf '%-10s %10.0f %10.0f %7.2f %7.2f %10.1f %10.1f %16s %16s\n' "$name" "$s" "$g" \
+        printf '%-18s %10.0f %10.0f %7.2f %7.2f %10.1f %10.1f %16s %16s\n' "$name" "$s" "$g" \
             "$(awk "BEGIN{print $s/$ds}")" "$(awk "BEGIN{print $g/$dg}")" "$(m "$sc.$name.cpu")" \
             "$(m "$sc.$name.rcpu")" \
             "$(awk "BEGIN{printf \"%d/%d\", $p50*1000, $p99*1000}")" \
@@ -146,7 +212,7 @@ echo
 echo "## RSS per idle proxied connection, $IDLE client connections open (each sent one PING)"
 printf '%-10s %12s %12s %12s %14s\n' target "before KiB" "after KiB" "KiB/conn" "on the master"
 for name in "${NAMES[@]}"; do
-    [[ $name == direct ]] && continue
+    [[ $name == direct || -n ${BENCH[$name]:-} || $name == *tls* ]] && continue
     read -r _ before after per onmaster < <(python3 benches/idle_conns.py "${PORTS[$name]}" \
         "${CPU_PID[$name]}" "$IDLE" "$MASTER")
     printf '%-10s %12s %12s %12s %14s\n' "$name" "$before" "$after" "$per" "$onmaster"

@@ -18,6 +18,7 @@ use tracing::{Instrument, debug, debug_span, info_span, warn};
 
 use crate::config::ReadFallback;
 use crate::read::ReadPort;
+use crate::tls::TlsServer;
 use crate::workers::Workers;
 use crate::{Group, session};
 
@@ -53,7 +54,7 @@ pub async fn run(
                 backoff = Duration::from_millis(5);
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     group.metrics.max_clients_rejections_total.inc();
-                    tracker.spawn(refuse(stream));
+                    tracker.spawn(refuse(stream, group.config().tls.clone()));
                     continue;
                 };
                 // The socket moves to the worker's own I/O driver.
@@ -78,9 +79,10 @@ pub async fn run(
                                 "-ERR sentinel-proxy: no healthy replica for '{}'\r\n",
                                 r.group.master_name
                             );
+                            let tls = r.group.config().tls.clone();
                             tracker.spawn(async move {
                                 if let Ok(stream) = TcpStream::from_std(stream) {
-                                    refuse_with(stream, msg).await;
+                                    refuse_with(stream, msg, tls).await;
                                 }
                             });
                             continue;
@@ -173,11 +175,22 @@ async fn terminate(stream: std::net::TcpStream, group: &Group) -> Option<TcpStre
     }
 }
 
-async fn refuse(stream: TcpStream) {
-    refuse_with(stream, "-ERR max number of clients reached\r\n".into()).await
+async fn refuse(stream: TcpStream, tls: Option<Arc<TlsServer>>) {
+    let msg = "-ERR max number of clients reached\r\n".into();
+    refuse_with(stream, msg, tls).await
 }
 
-async fn refuse_with(mut stream: TcpStream, msg: String) {
+/// Answer `msg` and close; on a TLS port, over TLS (a client reads no plain text there).
+async fn refuse_with(stream: TcpStream, msg: String, tls: Option<Arc<TlsServer>>) {
+    let mut stream = match tls {
+        None => stream,
+        Some(tls) => {
+            match timeout(Duration::from_secs(2), crate::tls::accept(&tls, stream)).await {
+                Ok(Ok(s)) => s,
+                _ => return,
+            }
+        }
+    };
     let write = stream.write_all(msg.as_bytes());
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     let _ = stream.shutdown().await;
