@@ -13,6 +13,7 @@
 #
 #   benches/compare.sh                        # ROUNDS=3 N=100000 IDLE=9900
 #   ROUNDS=5 SCENARIOS="c50p16" benches/compare.sh
+#   SCENARIOS=none IDLE=2000 benches/compare.sh   # idle memory only
 #   EXTRA="old=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
 #   TLS=1 benches/compare.sh                  # and the TLS rows (below)
 #
@@ -30,6 +31,8 @@ source scripts/lib.sh
 ensure_redis_packages
 ROUNDS=${ROUNDS:-3} N=${N:-100000} IDLE=${IDLE:-9900}
 SCENARIOS=${SCENARIOS:-"c50p1 c50p16 c1 d1024"}
+# SCENARIOS=none: only the idle-connection memory.
+[ "$SCENARIOS" = none ] && SCENARIOS="" ROUNDS=0
 declare -A ARGS=(
     [c50p1]="-c 50 -P 1"
     [c50p16]="-c 50 -P 16"

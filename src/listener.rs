@@ -98,21 +98,36 @@ pub async fn run(
                     // span's fields and slot would be 0.3 of it). A client that pins runs its
                     // dedicated session in an info-level span (`session::serve_pooled`).
                     let span = debug_span!("conn", group = %group.name, client = %peer);
+                    // A task of its own kind for TLS clients: a plain client's task (kept for
+                    // its whole life, and tokio rounds a task up to 128 bytes) has no room for
+                    // a handshake, nor an `Option` of what it left.
+                    let tls = group.config().tls.clone();
                     workers.spawn_local_for(
                         peer.ip(),
-                        Box::new(move || {
-                            tokio::task::spawn_local(
-                                async move {
-                                    if let Some(stream) = terminate(stream, &group).await
-                                        && let Ok(stream) = stream.into_std()
-                                    {
+                        Box::new(move || match tls {
+                            None => {
+                                tokio::task::spawn_local(
+                                    async move {
                                         session::serve_pooled(stream, group, shutdown).await;
+                                        drop(permit);
+                                        drop(tracked);
                                     }
-                                    drop(permit);
-                                    drop(tracked);
-                                }
-                                .instrument(span),
-                            );
+                                    .instrument(span),
+                                );
+                            }
+                            Some(tls) => {
+                                tokio::task::spawn_local(
+                                    async move {
+                                        let s = Box::pin(handshake(stream, tls, &group)).await;
+                                        if let Some(s) = s.and_then(|s| s.into_std().ok()) {
+                                            session::serve_pooled(s, group, shutdown).await;
+                                        }
+                                        drop(permit);
+                                        drop(tracked);
+                                    }
+                                    .instrument(span),
+                                );
+                            }
                         }),
                     );
                     continue;
@@ -123,17 +138,34 @@ pub async fn run(
                     client = %peer,
                     backend = tracing::field::Empty
                 );
-                tracker.spawn_on(
-                    async move {
-                        if let Some(stream) = terminate(stream, &group).await {
-                            session::serve(stream, group, shutdown).await;
+                let runtime = workers.for_client(peer.ip());
+                // As in pooled mode, TLS clients' tasks are of their own kind.
+                match group.config().tls.clone() {
+                    None => tracker.spawn_on(
+                        async move {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => session::serve(stream, group, shutdown).await,
+                                Err(e) => warn!(error = %e, "could not register a connection"),
+                            }
+                            drop(lane);
+                            drop(permit);
                         }
-                        drop(lane);
-                        drop(permit);
-                    }
-                    .instrument(span),
-                    workers.for_client(peer.ip()),
-                );
+                        .instrument(span),
+                        runtime,
+                    ),
+                    Some(tls) => tracker.spawn_on(
+                        async move {
+                            let s = Box::pin(handshake(stream, tls, &group)).await;
+                            if let Some(s) = s {
+                                session::serve(s, group, shutdown).await;
+                            }
+                            drop(lane);
+                            drop(permit);
+                        }
+                        .instrument(span),
+                        runtime,
+                    ),
+                };
             }
             Err(e) => {
                 warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
@@ -147,20 +179,16 @@ pub async fn run(
     }
 }
 
-/// The socket a session serves: the client's own, or with TLS on, the plain end of its
-/// terminated connection once the handshake is done (bounded, so a silent client costs nothing
-/// for long).
-async fn terminate(stream: std::net::TcpStream, group: &Group) -> Option<TcpStream> {
-    let tcp = match TcpStream::from_std(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "could not register a connection");
-            return None;
-        }
-    };
-    let Some(tls) = group.config().tls.clone() else {
-        return Some(tcp);
-    };
+/// On a TLS port, the socket a session serves: the plain end of the client's terminated
+/// connection once the handshake is done (bounded, so a silent client costs nothing for long).
+async fn handshake(
+    stream: std::net::TcpStream,
+    tls: Arc<TlsServer>,
+    group: &Group,
+) -> Option<TcpStream> {
+    let tcp = TcpStream::from_std(stream)
+        .inspect_err(|e| warn!(error = %e, "could not register a connection"))
+        .ok()?;
     match timeout(HANDSHAKE_TIMEOUT, crate::tls::accept(&tls, tcp)).await {
         Ok(Ok(s)) => Some(s),
         failed => {

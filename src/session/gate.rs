@@ -10,8 +10,6 @@
 //!
 //! Like Redis, an unauthenticated client may not send large requests (16 KiB at most here).
 
-use std::sync::Arc;
-
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,7 +19,6 @@ use tracing::debug;
 
 use super::Close;
 use crate::Group;
-use crate::auth::Users;
 use crate::sentinel::client::encode_command;
 
 const LIMIT: usize = 16 * 1024;
@@ -49,7 +46,6 @@ enum Ask {
 /// what the session must send to Redis before anything else.
 pub(super) async fn pass(
     client: &mut TcpStream,
-    users: &Arc<Users>,
     group: &Group,
     shutdown: &CancellationToken,
 ) -> Result<Vec<u8>, Close> {
@@ -71,7 +67,14 @@ pub(super) async fn pass(
                 password,
                 then,
             } => {
-                let users = users.clone();
+                // The users of the configuration now: a reload between two tries applies.
+                let Some(users) = group.config().users.clone() else {
+                    // Authentication was turned off meanwhile: the command goes to Redis.
+                    let mut original = Vec::new();
+                    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    encode_command(&mut original, &args);
+                    return Ok(original);
+                };
                 let name = String::from_utf8_lossy(&user).into_owned();
                 // Argon2 takes tens of milliseconds of CPU: not on a thread serving sessions.
                 let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password))

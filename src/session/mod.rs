@@ -139,10 +139,12 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, group.config().tcp_keepalive);
-    let close = match group.config().users.clone() {
-        None => dedicated(client, &group, &shutdown, &[], || {}, None).await,
+    // (An `if`: its condition's temporary, the configuration, is not kept across the await.)
+    let close = if group.config().users.is_none() {
+        dedicated(client, &group, &shutdown, &[], || {}, None).await
+    } else {
         // Boxed: what the gate leaves (a HELLO to send first) is not carried by every session.
-        Some(users) => Box::pin(authenticated(client, users, &group, &shutdown)).await,
+        Box::pin(authenticated(client, &group, &shutdown)).await
     };
     closed(&group, close);
 }
@@ -150,11 +152,10 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
 /// A 1:1 session behind the proxy's own authentication (`gate.rs`).
 async fn authenticated(
     mut client: TcpStream,
-    users: Arc<crate::auth::Users>,
     group: &Arc<Group>,
     shutdown: &CancellationToken,
 ) -> Close {
-    match gate::pass(&mut client, &users, group, shutdown).await {
+    match gate::pass(&mut client, group, shutdown).await {
         Ok(first) => dedicated(client, group, shutdown, &first, || {}, None).await,
         Err(close) => close,
     }
@@ -181,13 +182,14 @@ pub async fn serve_pooled(
     m.client_connections_total.inc();
     tune(&client, group.config().tcp_keepalive);
     let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown);
-    let client = match group.config().users.clone() {
-        None => client,
+    let client = if group.config().users.is_none() {
+        client
+    } else {
         // Boxed, so an idle pooled client's task does not carry the gate's space.
-        Some(users) => match Box::pin(pooled_gate(client, users, &group, &shutdown, &pool)).await {
+        match Box::pin(pooled_gate(client, &group, &shutdown, &pool)).await {
             Some(client) => client,
             None => return,
-        },
+        }
     };
     // In a block, so that only the boxed future is kept across its await: not `outcome`, whose
     // parts it owns (a moved-from local keeps its space in the task until its scope ends).
@@ -224,12 +226,11 @@ pub async fn serve_pooled(
 /// pool, `None` once the client is done with.
 async fn pooled_gate(
     mut client: TcpStream,
-    users: Arc<crate::auth::Users>,
     group: &Arc<Group>,
     shutdown: &CancellationToken,
     pool: &std::rc::Rc<pool::Pool>,
 ) -> Option<TcpStream> {
-    let close = match gate::pass(&mut client, &users, group, shutdown).await {
+    let close = match gate::pass(&mut client, group, shutdown).await {
         Ok(first) if first.is_empty() => return Some(client),
         // `HELLO … AUTH`: the HELLO goes on a connection of the client's own, as it would from
         // the pool (it pins).
