@@ -15,6 +15,7 @@ mod bridge;
 pub(crate) mod refresh;
 mod stream;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -243,17 +244,48 @@ impl TlsClient {
         }
     }
 
-    /// The TLS handshake on a connected socket to `host`.
+    /// The TLS handshake on a connected socket to `host`. An address that a sentinel gave as
+    /// a host name (and the proxy resolved) is verified by that name.
     pub async fn handshake(
         &self,
         host: &str,
         tcp: TcpStream,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let name = self.server_name(host)?;
+        let announced = match host.parse::<IpAddr>() {
+            Ok(_) => tcp.peer_addr().ok().and_then(announced_name),
+            Err(_) => None,
+        };
+        let name = self.server_name(announced.as_deref().unwrap_or(host))?;
         tokio_rustls::TlsConnector::from(self.config())
             .connect(name, tcp)
             .await
     }
+}
+
+/// Host names sentinels gave, by the address the proxy resolved each to (`client::resolve`):
+/// a node's certificate is then verified for the name it is known by, as Sentinel announces it
+/// (`announce-hostnames`), not for the address. Kept small: cleared when it grows past a bound
+/// (names are learned again at the next resolve).
+static ANNOUNCED: std::sync::LazyLock<Mutex<HashMap<SocketAddr, Arc<str>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+const ANNOUNCED_MAX: usize = 4096;
+
+/// `addr` was resolved from the host name `host`.
+pub fn remember_name(addr: SocketAddr, host: &str) {
+    let mut names = ANNOUNCED.lock().unwrap_or_else(|p| p.into_inner());
+    if names.get(&addr).is_some_and(|n| &**n == host) {
+        return;
+    }
+    if names.len() >= ANNOUNCED_MAX {
+        names.clear();
+    }
+    names.insert(addr, Arc::from(host));
+}
+
+fn announced_name(addr: SocketAddr) -> Option<Arc<str>> {
+    let names = ANNOUNCED.lock().unwrap_or_else(|p| p.into_inner());
+    names.get(&addr).cloned()
 }
 
 /// A connection to a Redis node at `addr` for the data path: a plain socket, which with `tls`

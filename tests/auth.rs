@@ -153,18 +153,7 @@ async fn clients_authenticate_at_the_proxy_which_reaches_redis_as_its_own_user()
     lab.failover().await;
     let new = lab.wait_new_master(old, Duration::from_secs(30)).await;
     proxy.wait_routes_to(new, Duration::from_secs(30)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while node_port(&mut c)
-        .await
-        .expect("no error across the failover")
-        != new
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still on the old master"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_carried_to(&mut c, new, Duration::from_secs(20)).await;
     let who = cmd(&mut c, &["ACL", "WHOAMI"]).await.unwrap();
     assert_eq!(frame_text(&who), Some(PROXY_USER));
     cmd(&mut c, &["SET", "auth:after", "1"]).await.unwrap();

@@ -11,6 +11,38 @@ use support::*;
 const REDIS_PW: &str = "redis-pw-7f3a9c";
 const SENTINEL_PW: &str = "sentinel-pw-2b8e41";
 
+/// The binary on free ports in front of `lab`, logging JSON at debug level, with `args` and
+/// `env` besides; returned once it is ready, with its client and admin ports.
+async fn spawn_proxy(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> (Binary, u16, u16) {
+    let (listen, admin) = (unused_port(), unused_port());
+    let sentinels: Vec<String> = lab
+        .sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let (listen_s, admin_s) = (format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}"));
+    let sentinels = sentinels.join(",");
+    let mut all = vec![
+        "--listen",
+        &listen_s,
+        "--metrics-listen",
+        &admin_s,
+        "--sentinels",
+        &sentinels,
+        "--log-format",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "debug"));
+    let proxy = Binary::spawn(&all, &env);
+    eventually(Duration::from_secs(15), "the proxy to be ready", || async {
+        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    (proxy, listen, admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_logs_status_and_metrics() {
     let lab = Lab::start_with(LabOptions {
@@ -20,36 +52,11 @@ async fn secrets_stay_out_of_logs_status_and_metrics() {
     })
     .await;
     let old = lab.master_port().await.unwrap();
-    let (listen, admin) = (unused_port(), unused_port());
-    let sentinels: Vec<String> = lab
-        .sentinels
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
-        .collect();
-    let listen_s = format!("127.0.0.1:{listen}");
-    let admin_s = format!("127.0.0.1:{admin}");
-    let sentinels_s = sentinels.join(",");
-    let mut proxy = Binary::spawn(
-        &[
-            "--listen",
-            &listen_s,
-            "--metrics-listen",
-            &admin_s,
-            "--sentinels",
-            &sentinels_s,
-            "--log-format",
-            "json",
-            "--master-password",
-            REDIS_PW,
-        ],
-        &[
-            ("SENTINEL_PROXY_SENTINEL_PASSWORD", SENTINEL_PW),
-            ("RUST_LOG", "debug"),
-        ],
-    );
-    eventually(Duration::from_secs(15), "the proxy to be ready", || async {
-        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
-    })
+    let (mut proxy, listen, admin) = spawn_proxy(
+        &lab,
+        &["--master-password", REDIS_PW],
+        &[("SENTINEL_PROXY_SENTINEL_PASSWORD", SENTINEL_PW)],
+    )
     .await;
 
     // A client authenticates through the proxy; then a failover moves it (AUTH replayed).
@@ -108,27 +115,13 @@ async fn file_secrets_tls_keys_and_password_hashes_stay_out_too() {
     let master_pw = file("master-pw", &format!("{REDIS_PW}\n"));
     let sentinel_pw = file("sentinel-pw", SENTINEL_PW);
     let token = file("token", TOKEN);
-    let (listen, admin) = (unused_port(), unused_port());
-    let sentinels: Vec<String> = lab
-        .sentinels
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
-        .collect();
-    let (listen_s, admin_s) = (format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}"));
     let (cert, key) = (
         certs.cert.display().to_string(),
         certs.key.display().to_string(),
     );
-    let mut proxy = Binary::spawn(
+    let (mut proxy, listen, admin) = spawn_proxy(
+        &lab,
         &[
-            "--listen",
-            &listen_s,
-            "--metrics-listen",
-            &admin_s,
-            "--sentinels",
-            &sentinels.join(","),
-            "--log-format",
-            "json",
             "--master-password-file",
             &master_pw,
             "--users-file",
@@ -140,17 +133,11 @@ async fn file_secrets_tls_keys_and_password_hashes_stay_out_too() {
             "--admin-token-file",
             &token,
         ],
-        &[
-            (
-                "SENTINEL_PROXY_SENTINEL_PASSWORD_FILE",
-                sentinel_pw.as_str(),
-            ),
-            ("RUST_LOG", "debug"),
-        ],
-    );
-    eventually(Duration::from_secs(15), "the proxy to be ready", || async {
-        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
-    })
+        &[(
+            "SENTINEL_PROXY_SENTINEL_PASSWORD_FILE",
+            sentinel_pw.as_str(),
+        )],
+    )
     .await;
 
     // A TLS client authenticates at the proxy, which reaches Redis with the file's password.

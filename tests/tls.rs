@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis_protocol::resp2::types::OwnedFrame;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use sentinel_proxy::config::Auth;
+use sentinel_proxy::config::{Auth, HostPort};
 use sentinel_proxy::sentinel::client::{RespConn, frame_text};
 use sentinel_proxy::tls::{ClientFiles, ServerFiles, TlsClient, TlsServer};
 use support::certs::Certs;
@@ -158,20 +158,7 @@ async fn tls_on_every_side_and_a_failover_followed() {
     let new = t.lab.wait_new_master(master, Duration::from_secs(30)).await;
     plain.wait_routes_to(new, Duration::from_secs(30)).await;
     tls.wait_routes_to(new, Duration::from_secs(30)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let at = node_port(&mut s)
-            .await
-            .expect("the TLS client sees no error across the failover");
-        if at == new {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the TLS client still on {at}, not {new}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_carried_to(&mut s, new, Duration::from_secs(20)).await;
     let got = cmd(&mut s, &["INCR", "tls:n"]).await.unwrap();
     assert_eq!(got, OwnedFrame::Integer(2));
     let (_, status) = http_get(tls.admin, "/status").await;
@@ -244,5 +231,48 @@ async fn the_proxys_certificate_rotates_without_dropping_connections() {
     assert_eq!(
         cmd(&mut fresh, &["INCR", "rot"]).await.unwrap(),
         OwnedFrame::Integer(3)
+    );
+}
+
+/// Sentinels that announce host names (`announce-hostnames`, as in Kubernetes) and node
+/// certificates for that name only, no address: the proxy verifies each node for the name
+/// Sentinel gives, though it connects to the address it resolved, and follows a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_verified_for_the_names_sentinels_announce() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Arc::new(Certs::make(dir.path()));
+    certs.issue("node", &["localhost"]);
+    let lab = Lab::start_with(LabOptions {
+        tls: Some(certs.clone()),
+        hostnames: true,
+        ..LabOptions::default()
+    })
+    .await;
+    let backend = Some(Arc::new(tls_client(&certs)));
+    let sentinels = lab
+        .sentinels
+        .iter()
+        .map(|s| HostPort {
+            host: "localhost".into(),
+            port: s.port,
+        })
+        .collect();
+    let proxy = Proxy::start_with(sentinels, |cfg| {
+        cfg.master_auth.tls = backend.clone();
+        cfg.sentinel_auth.tls = backend.clone();
+    })
+    .await;
+    let master = proxy.wait_ready().await;
+    let mut c = conn(proxy.port).await.unwrap();
+    cmd(&mut c, &["SET", "named", "1"]).await.unwrap();
+    assert_eq!(node_port(&mut c).await.unwrap(), master);
+
+    lab.failover().await;
+    let new = lab.wait_new_master(master, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(30)).await;
+    wait_carried_to(&mut c, new, Duration::from_secs(20)).await;
+    assert_eq!(
+        cmd(&mut c, &["INCR", "named"]).await.unwrap(),
+        OwnedFrame::Integer(2)
     );
 }

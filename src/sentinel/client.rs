@@ -278,10 +278,13 @@ pub async fn resolve(hp: &HostPort, t: Duration) -> Result<SocketAddr, Unresolve
         return Ok(SocketAddr::new(ip, hp.port));
     }
     let lookup = tokio::net::lookup_host((hp.host.as_str(), hp.port));
-    match timeout(t, lookup).await {
-        Ok(Ok(mut addrs)) => addrs.next().ok_or(Unresolved::Lookup),
-        _ => Err(Unresolved::Lookup),
-    }
+    let addr = match timeout(t, lookup).await {
+        Ok(Ok(mut addrs)) => addrs.next().ok_or(Unresolved::Lookup)?,
+        _ => return Err(Unresolved::Lookup),
+    };
+    // TLS verifies a node by the name it was given as.
+    crate::tls::remember_name(addr, &hp.host);
+    Ok(addr)
 }
 
 /// The entries of a `SENTINEL sentinels` / `SENTINEL replicas` reply, each an array of

@@ -141,7 +141,7 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
     tune(&client, group.config().tcp_keepalive);
     // (An `if`: its condition's temporary, the configuration, is not kept across the await.)
     let close = if group.config().users.is_none() {
-        dedicated(client, &group, &shutdown, &[], || {}, None).await
+        dedicated(client, &group, &shutdown, (&[], false), || {}, None).await
     } else {
         // Boxed: what the gate leaves (a HELLO to send first) is not carried by every session.
         Box::pin(authenticated(client, &group, &shutdown)).await
@@ -156,7 +156,7 @@ async fn authenticated(
     shutdown: &CancellationToken,
 ) -> Close {
     match gate::pass(&mut client, group, shutdown).await {
-        Ok(first) => dedicated(client, group, shutdown, &first, || {}, None).await,
+        Ok(first) => dedicated(client, group, shutdown, (&first, false), || {}, None).await,
         Err(close) => close,
     }
 }
@@ -272,7 +272,7 @@ fn pinned<'a>(
             // The pin barrier falls once the pinning request is written (`dedicated` runs the
             // session's first step, which sends it, before this task next yields).
             let sent = move || drop(barrier);
-            dedicated(client, group, shutdown, &first, sent, spare).await
+            dedicated(client, group, shutdown, (&first, true), sent, spare).await
         }
         .instrument(span),
     )
@@ -291,12 +291,14 @@ fn closed(group: &Group, close: Close) {
 }
 
 /// The dedicated (1:1) session of `client`, whose first bytes (`first`, already read) are
-/// forwarded before anything else it sends.
+/// forwarded before anything else it sends. `pinned`: a pooled client that needed a connection
+/// of its own (`first` is the request that pinned it); else a new client (`first`, if any, is
+/// what the gate let through).
 async fn dedicated(
     mut client: TcpStream,
     group: &Arc<Group>,
     shutdown: &CancellationToken,
-    first: &[u8],
+    (first, pinned): (&[u8], bool),
     sent: impl FnOnce(),
     spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
 ) -> Close {
@@ -311,14 +313,13 @@ async fn dedicated(
         None => {
             // A pinned client is not new: like a 1:1 session that already has its connection, it
             // is not held back by a master the watcher cannot reach right now.
-            let existing = !first.is_empty();
-            Box::pin(acquire_backend(group, shutdown, connect_wait, existing)).await
+            Box::pin(acquire_backend(group, shutdown, connect_wait, pinned)).await
         }
     };
     match acquired {
         Ok((mut backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
-            if !first.is_empty() && fresh {
+            if pinned && fresh {
                 // A pinned client: its request must reach Redis before what other clients send
                 // after it (the pin barrier), and Redis reads a connection it has not accepted
                 // yet only after the established ones. An answer means it has.

@@ -117,6 +117,50 @@ async fn bridged_both_ways_with_mutual_tls() {
     assert_eq!(accepting.await.unwrap(), vec![true, false]);
 }
 
+/// A node known by a host name (as a sentinel announced it) is verified for that name, though
+/// the proxy connects to the address it resolved: a certificate for `localhost` only passes.
+#[tokio::test]
+async fn an_announced_name_is_verified_not_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let (cert, key) = c.issue("named", &["localhost"]);
+    let server = Arc::new(
+        TlsServer::load(ServerFiles {
+            cert,
+            key,
+            client_ca: None,
+        })
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = accept(&server, tcp).await {
+                    let _ = s.write_all(b"+OK\r\n").await;
+                    let mut sink = [0u8; 16];
+                    let _ = s.read(&mut sink).await;
+                }
+            });
+        }
+    });
+    let client = TlsClient::load(client_files(&c, false)).unwrap();
+    let answer = |mut s: TcpStream| async move {
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.map(|_| buf)
+    };
+    // By address: the certificate has no IP, so the handshake fails and the bridge closes.
+    let s = connect(at, Some(&client), std::time::Duration::ZERO).await;
+    assert!(s.is_err() || answer(s.unwrap()).await.is_err());
+    remember_name(at, "localhost");
+    let s = connect(at, Some(&client), std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(&answer(s).await.unwrap(), b"+OK\r\n");
+}
+
 #[test]
 fn the_server_name_is_the_override_or_the_host() {
     let dir = tempfile::tempdir().unwrap();

@@ -243,6 +243,10 @@ pub struct LabOptions {
     /// TLS only, everywhere: nodes and sentinels on `tls-port` (`port 0`), replication and
     /// Sentinel's links over TLS, client certificates required (`tls-auth-clients yes`).
     pub tls: Option<Arc<certs::Certs>>,
+    /// Nodes and sentinels known by the name `localhost` (Sentinel's `resolve-hostnames` and
+    /// `announce-hostnames`, replicas' `replica-announce-ip`), as in Docker Compose and
+    /// Kubernetes; with `tls`, the lab's own clients verify that name.
+    pub hostnames: bool,
 }
 
 impl Default for LabOptions {
@@ -254,25 +258,38 @@ impl Default for LabOptions {
             sentinel_password: None,
             extra_groups: Vec::new(),
             tls: None,
+            hostnames: false,
         }
     }
 }
 
-fn auth(password: &Option<String>, tls: &Option<Arc<certs::Certs>>) -> Auth {
+fn auth(password: &Option<String>, opts: &LabOptions) -> Auth {
+    let name = opts.hostnames.then(|| "localhost".to_string());
     Auth {
         username: None,
         password: password.as_ref().map(sentinel_proxy::config::Secret::new),
-        tls: tls.as_ref().map(|c| Arc::new(tls_client(c))),
+        tls: opts
+            .tls
+            .as_ref()
+            .map(|c| Arc::new(tls_client_named(c, name))),
     }
 }
 
 /// TLS to a TLS lab's nodes: its CA, and its certificate as the client's.
 pub fn tls_client(c: &certs::Certs) -> sentinel_proxy::tls::TlsClient {
+    tls_client_named(c, None)
+}
+
+/// [`tls_client`], verifying `server_name` instead of the host connected to.
+pub fn tls_client_named(
+    c: &certs::Certs,
+    server_name: Option<String>,
+) -> sentinel_proxy::tls::TlsClient {
     sentinel_proxy::tls::TlsClient::load(sentinel_proxy::tls::ClientFiles {
         ca: c.ca.clone(),
         cert: Some(c.cert.clone()),
         key: Some(c.key.clone()),
-        server_name: None,
+        server_name,
     })
     .expect("TLS client files")
 }
@@ -317,14 +334,11 @@ impl Lab {
             .chain(opts.extra_groups.iter().copied())
             .collect();
         for name in names {
-            let tls = opts.tls.clone();
-            let master = start_redis(dir.path(), None, pw.clone(), tls.clone()).await;
+            let master = start_redis(dir.path(), None, pw.clone(), &opts).await;
             let master_port = master.port;
             redis.push(master);
             for _ in 0..2 {
-                redis.push(
-                    start_redis(dir.path(), Some(master_port), pw.clone(), tls.clone()).await,
-                );
+                redis.push(start_redis(dir.path(), Some(master_port), pw.clone(), &opts).await);
             }
             let ports = redis[redis.len() - 3..].iter().map(|r| r.port).collect();
             groups.push((name, ports));
@@ -350,9 +364,16 @@ impl Lab {
         let dir = self.dir.path().to_path_buf();
         let (down, fo) = (self.opts.down_after_ms, self.opts.failover_timeout_ms);
         let mut monitors = String::new();
+        let (host, bind) = match self.opts.hostnames {
+            true => ("localhost", "127.0.0.1 -::1"),
+            false => ("127.0.0.1", "127.0.0.1"),
+        };
+        if self.opts.hostnames {
+            monitors += "sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n";
+        }
         for (name, ports) in &self.groups {
             monitors += &format!(
-                "sentinel monitor {name} 127.0.0.1 {} 2\n\
+                "sentinel monitor {name} {host} {} 2\n\
                  sentinel down-after-milliseconds {name} {down}\n\
                  sentinel failover-timeout {name} {fo}\n\
                  sentinel parallel-syncs {name} 1\n",
@@ -367,7 +388,7 @@ impl Lab {
             extra += &format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n");
         }
         let tls = self.opts.tls.clone();
-        let probe = auth(&self.opts.sentinel_password, &tls);
+        let probe = auth(&self.opts.sentinel_password, &self.opts);
         spawn_on_free_port(&dir.clone(), "redis-sentinel", probe, move |port, log| {
             // Sentinel rewrites its config file: each one gets its own copy in the temp dir.
             let conf = dir.join(format!("sentinel-{port}.conf"));
@@ -379,7 +400,7 @@ impl Lab {
                 None => format!("port {port}\n"),
             };
             let text = format!(
-                "{ports}bind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                "{ports}bind {bind}\nprotected-mode no\ndaemonize no\n\
                  dir {d}\nlogfile {log}\n{monitors}{extra}",
                 d = dir.display(),
                 log = log.display(),
@@ -394,7 +415,7 @@ impl Lab {
     pub async fn sconn(&self, port: u16) -> Result<RespConn, ClientError> {
         RespConn::connect(
             &hp(port),
-            &auth(&self.opts.sentinel_password, &self.opts.tls),
+            &auth(&self.opts.sentinel_password, &self.opts),
             Duration::from_secs(2),
         )
         .await
@@ -403,7 +424,7 @@ impl Lab {
     pub async fn rconn(&self, port: u16) -> Result<RespConn, ClientError> {
         RespConn::connect(
             &hp(port),
-            &auth(&self.opts.redis_password, &self.opts.tls),
+            &auth(&self.opts.redis_password, &self.opts),
             Duration::from_secs(2),
         )
         .await
@@ -607,10 +628,11 @@ async fn start_redis(
     dir: &Path,
     replica_of: Option<u16>,
     password: Option<String>,
-    tls: Option<Arc<certs::Certs>>,
+    opts: &LabOptions,
 ) -> Proc {
     let dir_s = dir.display().to_string();
-    let probe = auth(&password, &tls);
+    let probe = auth(&password, opts);
+    let (tls, hostnames) = (opts.tls.clone(), opts.hostnames);
     spawn_on_free_port(dir, "redis-server", probe, move |port, log| {
         let ports = match &tls {
             Some(c) => tls_settings(c, port),
@@ -622,8 +644,6 @@ async fn start_redis(
             .collect();
         args.extend(
             [
-                "--bind",
-                "127.0.0.1",
                 "--dir",
                 &dir_s,
                 "--dbfilename",
@@ -642,8 +662,23 @@ async fn start_redis(
             .iter()
             .map(|s| s.to_string()),
         );
+        match hostnames {
+            // Optional ::1 (`-`), so that "localhost" reaches it whichever address it resolves to.
+            true => args.extend(
+                [
+                    "--bind",
+                    "127.0.0.1",
+                    "-::1",
+                    "--replica-announce-ip",
+                    "localhost",
+                ]
+                .map(String::from),
+            ),
+            false => args.extend(["--bind".into(), "127.0.0.1".into()]),
+        }
         if let Some(m) = replica_of {
-            args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
+            let host = if hostnames { "localhost" } else { "127.0.0.1" };
+            args.extend(["--replicaof".into(), host.into(), m.to_string()]);
         }
         if let Some(pw) = &password {
             args.extend([
@@ -783,6 +818,25 @@ pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16,
     })
     .await
     .unwrap_or((0, String::new()))
+}
+
+/// Ask `c`'s node (`CONFIG GET port`) until it is `port`: a client through the proxy carried to
+/// the new master. Any error on the way fails the test: a planned failover shows a client none.
+pub async fn wait_carried_to(c: &mut RespConn, port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let at = node_port(c)
+            .await
+            .expect("the client sees no error across the failover");
+        if at == port {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client still on {at}, not {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The value of one sample line in a Prometheus text exposition.
