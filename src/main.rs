@@ -47,8 +47,30 @@ fn main() -> ExitCode {
                 )
             })
             .collect();
+        // What is protected, so a file that forgot a setting shows it.
+        let mut tls = Vec::new();
+        if let Some(t) = &config.tls {
+            tls.push(match t.files.client_ca {
+                Some(_) => "client ports (mutual)",
+                None => "client ports",
+            });
+        }
+        if config.master_auth.tls.is_some() {
+            tls.push("redis nodes");
+        }
+        if config.sentinel_auth.tls.is_some() {
+            tls.push("sentinels");
+        }
+        let tls = match tls.is_empty() {
+            true => "TLS off".to_string(),
+            false => format!("TLS: {}", tls.join(", ")),
+        };
+        let users = match &config.users {
+            Some(u) => format!("{} proxy user(s)", u.len()),
+            None => "clients authenticate to Redis".to_string(),
+        };
         println!(
-            "sentinel-proxy: configuration ok ({}; metrics {}, {mode})",
+            "sentinel-proxy: configuration ok ({}; metrics {}, {mode}; {tls}; {users})",
             groups.join("; "),
             config.metrics_listen
         );

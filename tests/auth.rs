@@ -191,6 +191,24 @@ fn hash_password_and_a_bad_users_file() {
     let path = dir.path().join("users");
     std::fs::write(&path, format!("app:{}", h.trim())).unwrap();
     assert!(Users::load(&path).unwrap().verify(b"app", b"hunter2"));
+    // --check says what is protected.
+    let certs = support::certs::Certs::make(dir.path());
+    let out = Command::new(bin)
+        .args(["--check", "--sentinels", "127.0.0.1:1", "--users-file"])
+        .arg(&path)
+        .arg("--tls-cert-file")
+        .arg(&certs.cert)
+        .arg("--tls-key-file")
+        .arg(&certs.key)
+        .arg("--master-tls-ca-file")
+        .arg(&certs.ca)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("TLS: client ports, redis nodes; 1 proxy user(s)"),
+        "{said}"
+    );
 
     std::fs::write(&path, "app:hunter2\n").unwrap();
     let out = Command::new(bin)
@@ -206,4 +224,40 @@ fn hash_password_and_a_bad_users_file() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// Nothing an unauthenticated client sends reaches Redis: the gate answers with no Redis at
+/// all behind it. And `idle-timeout` closes a client that never authenticates, as Redis's
+/// `timeout` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_needs_no_redis_and_closes_the_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = users_file(dir.path(), &[("app", "app-pw")]);
+    let nowhere = vec![hp(unused_port())];
+    let proxy = Proxy::start_with(nowhere, |cfg| {
+        cfg.users = Some(users.clone());
+        cfg.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = conn(proxy.port).await.unwrap();
+    assert_eq!(
+        server_error(cmd(&mut c, &["PING"]).await),
+        "NOAUTH Authentication required."
+    );
+    let mut idle = tokio::net::TcpStream::connect(addr(proxy.port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed for idling: {read:?}"
+    );
+    wait_metric(
+        proxy.admin,
+        "sentinel_proxy_sessions_closed_total{reason=\"idle_timeout\"}",
+        2.0,
+        Duration::from_secs(5),
+    )
+    .await;
 }

@@ -51,9 +51,20 @@ pub(super) async fn pass(
 ) -> Result<Vec<u8>, Close> {
     let mut scratch = vec![0u8; LIMIT];
     loop {
+        // `idle-timeout` holds here too, as Redis's `timeout` does for a client that has not
+        // authenticated: one that never does cannot keep its connection (and its --max-clients
+        // permit) for ever.
+        let idle = group.config().idle_timeout;
+        let waited = async {
+            match idle.is_zero() {
+                true => std::future::pending().await,
+                false => tokio::time::sleep(idle).await,
+            }
+        };
         let args = tokio::select! {
             r = next_command(client, &mut scratch) => r?,
             _ = shutdown.cancelled() => return Err(Close::Shutdown),
+            _ = waited => return Err(Close::IdleTimeout),
         };
         let reply: Vec<u8> = match classify(&args) {
             Ask::Quit => {
