@@ -163,6 +163,18 @@ async fn tls_on_every_side_and_a_failover_followed() {
     assert_eq!(got, OwnedFrame::Integer(2));
     let (_, status) = http_get(tls.admin, "/status").await;
     assert!(!status.contains("PRIVATE KEY"), "{status}");
+    // Events come over the TLS sentinels' pub/sub, not only the poll: +switch-master, which
+    // every sentinel publishes once the failover is over.
+    let series = "sentinel_proxy_sentinel_events_total{event=\"+switch-master\"}";
+    eventually(
+        Duration::from_secs(20),
+        "+switch-master over TLS",
+        || async {
+            let (_, metrics) = http_get(tls.admin, "/metrics").await;
+            metric(&metrics, series).filter(|n| *n >= 1.0)
+        },
+    )
+    .await;
 }
 
 /// The DER of the certificate the proxy presents to a new TLS client.
