@@ -72,6 +72,17 @@ pub struct Auth {
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
 }
 
+impl Auth {
+    /// The `AUTH` command these credentials send, as arguments (`None`: no password, no AUTH).
+    pub fn command(&self) -> Option<Vec<&[u8]>> {
+        let password = self.password.as_ref()?.expose().as_bytes();
+        Some(match &self.username {
+            Some(user) => vec![b"AUTH", user.as_bytes(), password],
+            None => vec![b"AUTH", password],
+        })
+    }
+}
+
 /// A secret given directly or as a file (`…-file`, for Kubernetes secrets and the like): one of
 /// the two at most; a file's one trailing newline is not part of the secret.
 pub fn secret_or_file(

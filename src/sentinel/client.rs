@@ -79,15 +79,8 @@ impl RespConn {
             out: Vec::with_capacity(256),
             timeout: t,
         };
-        if let Some(password) = &auth.password {
-            let reply = match &auth.username {
-                Some(user) => {
-                    conn.call(&[b"AUTH", user.as_bytes(), password.expose().as_bytes()])
-                        .await?
-                }
-                None => conn.call(&[b"AUTH", password.expose().as_bytes()]).await?,
-            };
-            expect_ok(reply)?;
+        if let Some(command) = auth.command() {
+            expect_ok(conn.call(&command).await?)?;
         }
         Ok(conn)
     }

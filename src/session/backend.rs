@@ -18,14 +18,10 @@ pub(super) async fn open(group: &Group, addr: SocketAddr) -> io::Result<TcpStrea
     let auth = &settings.master_auth;
     let mut stream = crate::tls::connect(addr, auth.tls.as_deref(), config.tcp_keepalive).await?;
     if config.users.is_some()
-        && let Some(password) = &auth.password
+        && let Some(args) = auth.command()
     {
         let mut command = Vec::with_capacity(64);
-        let password = password.expose().as_bytes();
-        match &auth.username {
-            Some(user) => encode_command(&mut command, &[b"AUTH", user.as_bytes(), password]),
-            None => encode_command(&mut command, &[b"AUTH", password]),
-        }
+        encode_command(&mut command, &args);
         if exchange(&mut stream, &command).await? != b'+' {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
