@@ -270,6 +270,12 @@ fn group_status(group: &Group) -> serde_json::Value {
             v
         }).collect::<Vec<_>>(),
         "failovers": st.failovers,
+        // What the master said of its commands, against the proxy's hand list.
+        "commands": group.commands.load().as_ref().map(|c| json!({
+            "learned_from": c.master.to_string(),
+            "count": c.commands.len(),
+            "differ_from_hand_list": c.commands.differences(crate::command::all()),
+        })),
         "read": group.read.get().and_then(std::sync::Weak::upgrade).map(|r| json!({
             "listen": settings.read_listen.map(|a| a.to_string()),
             "replicas": r.replicas().iter().map(|(addr, clients)| json!({

@@ -28,7 +28,7 @@ pub struct Group {
     settings: ArcSwap<GroupConfig>,
     pub route: route::RouteTable,
     pub metrics: GroupMetrics,
-    pub watcher: sentinel::watcher::WatcherState,
+    pub watcher: sentinel::timeline::WatcherState,
     /// What sessions did at each switch (moved, by kind; closed, by reason), for /status.
     pub tally: session::tally::Tally,
     /// Tells the group's watcher that the configuration changed.
@@ -37,8 +37,27 @@ pub struct Group {
     /// rather than a sign of demotion, and a connection the replica closes is re-made (Sentinel
     /// kills a replica's clients when it reconfigures it) instead of closing the client.
     pub lane: bool,
-    /// Its read port, if it has one (for /status; the port holds the group, not the reverse).
-    pub read: std::sync::OnceLock<std::sync::Weak<crate::read::ReadPort>>,
+    /// What the current master said of its commands (`COMMAND`), asked once per master by the
+    /// watcher; none until it answers (the command table's hand list stands meanwhile).
+    pub commands: arc_swap::ArcSwapOption<LearnedFrom>,
+    /// Its read port, if it has one (the port holds the group, not the reverse).
+    pub read: std::sync::OnceLock<std::sync::Weak<dyn ReadSide>>,
+}
+
+/// The commands a master said it has, and which master said it.
+#[derive(Debug)]
+pub struct LearnedFrom {
+    pub master: std::net::SocketAddr,
+    pub commands: crate::command::Learned,
+}
+
+/// What the group asks of its read port (`read.rs`), so that neither file imports the other's
+/// back: the watcher tells it of Sentinel events, /status shows its replicas.
+pub trait ReadSide: Send + Sync {
+    /// Look at the replicas again now (a Sentinel event may have changed them).
+    fn nudge(&self);
+    /// The replicas with an open lane now, and the read clients on each.
+    fn replicas(&self) -> Vec<(std::net::SocketAddr, usize)>;
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
@@ -67,6 +86,7 @@ impl Group {
             tally: Default::default(),
             reloaded: tokio::sync::Notify::new(),
             read: std::sync::OnceLock::new(),
+            commands: Default::default(),
         }
     }
 

@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod command;
 pub mod config;
 pub mod group;
 pub mod listener;
@@ -39,6 +40,7 @@ pub mod sentinel;
 mod server;
 pub mod session;
 pub mod shutdown;
+pub mod sockopt;
 pub mod tls;
 pub mod workers;
 

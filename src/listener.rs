@@ -189,7 +189,12 @@ async fn handshake(
     let tcp = TcpStream::from_std(stream)
         .inspect_err(|e| warn!(error = %e, "could not register a connection"))
         .ok()?;
-    match timeout(HANDSHAKE_TIMEOUT, crate::tls::accept(&tls, tcp)).await {
+    match timeout(
+        HANDSHAKE_TIMEOUT,
+        crate::tls::accept(&tls, tcp, group.config().tcp_keepalive),
+    )
+    .await
+    {
         Ok(Ok(s)) => Some(s),
         failed => {
             let error = match failed {
@@ -213,7 +218,12 @@ async fn refuse_with(stream: TcpStream, msg: String, tls: Option<Arc<TlsServer>>
     let mut stream = match tls {
         None => stream,
         Some(tls) => {
-            match timeout(Duration::from_secs(2), crate::tls::accept(&tls, stream)).await {
+            match timeout(
+                Duration::from_secs(2),
+                crate::tls::accept(&tls, stream, Duration::ZERO),
+            )
+            .await
+            {
                 Ok(Ok(s)) => s,
                 _ => return,
             }

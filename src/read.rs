@@ -29,6 +29,7 @@ pub mod health;
 
 use crate::Group;
 use crate::config::{GroupConfig, HostPort, ReadFallback};
+use crate::group::ReadSide;
 use crate::sentinel::client::{self, ClientError, RespConn, entries, frame_text};
 use health::{SentinelReplica, parse_master_replication};
 
@@ -94,16 +95,6 @@ impl ReadPort {
             .min_by_key(|l| clients_on(&lanes, l.group.route.load().master))?;
         lane.clients.fetch_add(1, Ordering::Relaxed);
         Some(LaneClient(lane.clone()))
-    }
-
-    /// The replicas with an open lane now (for /status).
-    pub fn replicas(&self) -> Vec<(SocketAddr, usize)> {
-        self.lanes
-            .load()
-            .iter()
-            .filter(|l| !l.retired.load(Ordering::Relaxed))
-            .map(|l| (l.replica, l.clients.load(Ordering::Relaxed)))
-            .collect()
     }
 
     /// Survey now.
@@ -208,6 +199,22 @@ impl ReadPort {
             }
         });
         lane
+    }
+}
+
+impl ReadSide for ReadPort {
+    fn nudge(&self) {
+        ReadPort::nudge(self);
+    }
+
+    /// The replicas with an open lane now (for /status).
+    fn replicas(&self) -> Vec<(SocketAddr, usize)> {
+        self.lanes
+            .load()
+            .iter()
+            .filter(|l| !l.retired.load(Ordering::Relaxed))
+            .map(|l| (l.replica, l.clients.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 

@@ -242,7 +242,8 @@ impl Serving {
         ));
         let read = listeners.read.map(|l| {
             let port = Arc::new(read::ReadPort::new(group.clone()));
-            let _ = group.read.set(Arc::downgrade(&port));
+            let side: Arc<dyn crate::group::ReadSide> = port.clone();
+            let _ = group.read.set(Arc::downgrade(&side));
             info!(group = %group.name, read_listen = %group.settings().read_listen.map(|a| a.to_string()).unwrap_or_default(), "serving the group's read port");
             tokio::spawn(read::run(port.clone(), stop.clone()));
             tokio::spawn(listener::run(

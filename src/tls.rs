@@ -290,29 +290,41 @@ fn announced_name(addr: SocketAddr) -> Option<Arc<str>> {
 
 /// A connection to a Redis node at `addr` for the data path: a plain socket, which with `tls`
 /// is the near end of a loopback pair spliced to the TLS connection (whose own socket gets the
-/// `keepalive` the caller would have set on it).
+/// options the caller would have set on a plain one: `sockopt.rs`).
 pub async fn connect(
     addr: SocketAddr,
     tls: Option<&TlsClient>,
     keepalive: std::time::Duration,
 ) -> io::Result<TcpStream> {
     let tcp = TcpStream::connect(addr).await?;
-    let Some(tls) = tls else {
-        return Ok(tcp);
-    };
-    let _ = tcp.set_nodelay(true);
-    if !keepalive.is_zero() {
-        let ka = socket2::TcpKeepalive::new().with_time(keepalive);
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
+    match tls {
+        None => Ok(tcp),
+        Some(tls) => secure(addr, tls, tcp, keepalive).await,
     }
+}
+
+/// TLS over the connection `tcp` to the node at `addr`, bridged (see `connect`).
+async fn secure(
+    addr: SocketAddr,
+    tls: &TlsClient,
+    tcp: TcpStream,
+    keepalive: std::time::Duration,
+) -> io::Result<TcpStream> {
+    crate::sockopt::tune(&tcp, keepalive);
     let ends = (tcp.peer_addr()?, tcp.local_addr()?);
     let tls = tls.handshake(&addr.ip().to_string(), tcp).await?;
     bridge::splice(tls, Some(ends)).await
 }
 
 /// A client of a TLS listener: the handshake, then a plain socket spliced to it for the session.
-pub async fn accept(tls: &TlsServer, tcp: TcpStream) -> io::Result<TcpStream> {
-    let _ = tcp.set_nodelay(true);
+/// The client's own socket gets the options a plain client's gets (`sockopt.rs`), `keepalive`
+/// included: the bridge's loopback end is no place for them.
+pub async fn accept(
+    tls: &TlsServer,
+    tcp: TcpStream,
+    keepalive: std::time::Duration,
+) -> io::Result<TcpStream> {
+    crate::sockopt::tune(&tcp, keepalive);
     let tls = tokio_rustls::TlsAcceptor::from(tls.config())
         .accept(tcp)
         .await?;

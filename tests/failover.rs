@@ -176,6 +176,25 @@ async fn follows_a_planned_failover() {
     assert!(step("paused_ms") <= step("verified_ms"), "{timeline}");
     assert!(step("verified_ms") <= step("swapped_ms"), "{timeline}");
     assert!(step("swapped_ms") <= step("drained_ms"), "{timeline}");
+
+    // The new master was asked what commands it has (`COMMAND`), and the proxy's hand list
+    // agrees with it on every command both know: which ones write, which ones block.
+    let commands = eventually(
+        Duration::from_secs(10),
+        "the new master's commands in /status",
+        || async {
+            let (_, st) = http_get(proxy.admin, "/status").await;
+            let st: serde_json::Value = serde_json::from_str(&st).ok()?;
+            let c = st["commands"].clone();
+            (c["learned_from"] == format!("127.0.0.1:{new}")).then_some(c)
+        },
+    )
+    .await;
+    eprintln!("commands: {commands}");
+    assert!(commands["count"].as_u64().unwrap() > 200, "{commands}");
+    let differ = &commands["differ_from_hand_list"];
+    assert_eq!(differ["writes"], serde_json::json!([]), "{commands}");
+    assert_eq!(differ["blocking"], serde_json::json!([]), "{commands}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

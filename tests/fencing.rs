@@ -298,7 +298,7 @@ async fn a_resp3_session_moves_and_failed_state_commands_are_not_replayed() {
     );
 }
 
-/// Subscribers and blocked clients are carried to the new master (issue 12); a session whose
+/// Subscribers and blocked clients are carried to the new master; a session whose
 /// state cannot be carried (here an open MULTI with an inline command the proxy could not capture)
 /// is still closed, counted by kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

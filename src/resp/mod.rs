@@ -21,12 +21,26 @@
 //! requests and every expected reply has arrived. Chunks can split the stream anywhere: feeding
 //! the same bytes in any split gives the same counts (tested below).
 
-pub mod pinning;
 mod reply;
 mod request;
 
 pub use reply::{ReplyError, ReplyTracker};
 pub use request::{CaptureKind, Captured, RequestTracker};
+
+/// Encode a command as a RESP multibulk of bulk strings, as clients send it: the one encoder of
+/// the commands the proxy composes itself (its own queries, replays after a move, the gate).
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.push(b'*');
+    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
 
 /// Redis's limit for the number of arguments.
 const MAX_ARGS: i64 = i32::MAX as i64;

@@ -1,7 +1,7 @@
 //! The client → server side: [`RequestTracker`] (see the module doc of `resp`).
 
-use super::pinning::{self, ByName, Pin};
 use super::{MAX_ARGS, NumStep, ProtocolError, Writer, number_byte};
+use crate::command::{self, Blocks, ClientSub, Effect, Pin, Pool, ReplyMode as SubReply, Spec};
 
 /// Bytes of an argument kept for recognising commands (command names and sub-commands are short).
 const NAME_LEN: usize = 16;
@@ -9,6 +9,22 @@ const NAME_LEN: usize = 16;
 const MAX_INLINE: usize = 64 * 1024;
 /// Captured requests longer than this are recorded without their bytes (they cannot be carried).
 const MAX_CAPTURE: usize = 64 * 1024;
+
+/// What a request's arguments still decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Nothing (or nothing more).
+    Off,
+    /// Pooled mode: the name left whether it pins to its first argument (SELECT, CLIENT).
+    ByArgument,
+    /// Looking for the option that makes it block (`command::Blocks::Option`) …
+    Looking,
+    /// … and it was seen.
+    Seen,
+}
+
+/// `RequestTracker::spec` when the request's command has no row.
+const NO_SPEC: u16 = u16::MAX;
 
 /// What a captured request is to a session that may have to carry it to another backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +124,7 @@ pub struct RequestTracker {
     /// them after each `feed`. Empty for most sessions.
     pub captured: Vec<Captured>,
     pub captured_bytes: Vec<u8>,
-    /// Pooled mode (`resp/pinning.rs`): `feed` stops at the first request that pins the client,
+    /// Pooled mode (the command table, `command/`): `feed` stops at the first request that pins the client,
     /// and says so in `pin`.
     pub pool: bool,
     /// Why `feed` stopped (see [`RequestTracker::pin_start`]). The tracker is not fed again
@@ -118,8 +134,11 @@ pub struct RequestTracker {
     pub boundary: u32,
     /// Where the current request began in the buffer last fed (`u32::MAX`: in an earlier one).
     req_start: u32,
-    /// The current request's name left the decision to its first argument.
-    pin_by_argument: bool,
+    /// The current request's row in the command table (`NO_SPEC`: none, or not known yet).
+    spec: u16,
+    /// What is still to be decided of the current request by its arguments (one enum, not
+    /// flags: every session holds a tracker, and its size is counted).
+    option: Scan,
     capture: Vec<u8>,
     capturing: bool,
     capture_overflow: bool,
@@ -159,7 +178,8 @@ impl RequestTracker {
             pin: None,
             boundary: 0,
             req_start: u32::MAX,
-            pin_by_argument: false,
+            spec: NO_SPEC,
+            option: Scan::Off,
             capture: Vec::new(),
             capturing: false,
             capture_overflow: false,
@@ -261,6 +281,10 @@ impl RequestTracker {
                                 }
                                 self.data_left = n as u64 + 2;
                                 self.state = ReqState::ArgData;
+                                if self.option == Scan::Looking && self.arg_index >= 3 {
+                                    // Scanned words past the third share its slot.
+                                    self.name_lens[2] = 0;
+                                }
                                 if self.capturing {
                                     self.capture_arg_header(n as usize);
                                 }
@@ -282,7 +306,8 @@ impl RequestTracker {
                     // The last two bytes of an argument are its CRLF.
                     let payload_left = self.data_left.saturating_sub(2) as usize;
                     let payload = &data[..take.min(payload_left)];
-                    let idx = self.arg_index as usize;
+                    let looking = self.option == Scan::Looking;
+                    let idx = (self.arg_index as usize).min(if looking { 2 } else { 3 });
                     if idx < 3 {
                         // Only a name's first bytes matter (one more marks it as too long): a
                         // large value costs nothing here.
@@ -297,6 +322,11 @@ impl RequestTracker {
                     self.data_left -= take as u64;
                     i += take;
                     if self.data_left == 0 {
+                        if self.arg_index == 0 {
+                            self.look_up();
+                        } else if self.option == Scan::Looking {
+                            self.scan_word();
+                        }
                         if self.pool
                             && let Some(pin) = self.pins()
                         {
@@ -335,29 +365,65 @@ impl RequestTracker {
     }
 
     /// Pooled mode, an argument just ended: does the request pin its client? Decided at the
-    /// name, or at the first argument for SELECT and CLIENT (`*1 SELECT` pins: Redis answers it
-    /// with an arity error either way).
+    /// name (the command table's `pool`), at the first argument for SELECT and CLIENT (`*1
+    /// SELECT` pins: Redis answers it with an arity error either way), and for a command that
+    /// blocks only with an option (XREAD … BLOCK) when the option is seen.
     fn pins(&mut self) -> Option<Pin> {
         if self.arg_index == 0 {
-            self.pin_by_argument = false;
-            if self.names[0][0] == 0 && self.name_lens[0] > 0 {
-                return Some(Pin::Unknown); // longer than any name we know
-            }
-            return match pinning::by_name(self.name(0)) {
-                ByName::Shared => None,
-                ByName::Pin(pin) => Some(pin),
-                ByName::Argument if self.args_left == 1 => Some(Pin::Unknown),
-                ByName::Argument => {
-                    self.pin_by_argument = true;
+            let Some(spec) = self.spec() else {
+                // Longer than any name we know, or not in the table.
+                return Some(Pin::Unknown);
+            };
+            return match spec.pool {
+                Pool::Share => None,
+                Pool::Pin(pin) => Some(pin),
+                Pool::ByArgument if self.args_left == 1 => Some(Pin::Unknown),
+                Pool::ByArgument => {
+                    self.option = Scan::ByArgument;
                     None
                 }
             };
         }
-        if self.arg_index == 1 && self.pin_by_argument {
-            self.pin_by_argument = false;
-            return pinning::by_argument(self.name(0), self.name(1));
+        if self.arg_index == 1 && self.option == Scan::ByArgument {
+            self.option = Scan::Off;
+            return command::by_argument(self.name(0), self.name(1));
         }
-        None
+        (self.option == Scan::Seen).then_some(Pin::Blocking)
+    }
+
+    /// The request's name just ended: its row, and whether to look for a blocking option.
+    fn look_up(&mut self) {
+        let too_long = self.names[0][0] == 0 && self.name_lens[0] > 0;
+        self.spec = match too_long {
+            true => NO_SPEC,
+            false => command::index_of(self.name(0)).unwrap_or(NO_SPEC),
+        };
+        self.option = match self.spec().map(|s| s.blocks) {
+            Some(Blocks::Option(_)) => Scan::Looking,
+            _ => Scan::Off,
+        };
+    }
+
+    /// An argument ended while looking for the blocking option: is it the option, or where the
+    /// options end?
+    fn scan_word(&mut self) {
+        let Some(Blocks::Option(o)) = self.spec().map(|s| s.blocks) else {
+            self.option = Scan::Off;
+            return;
+        };
+        if (self.arg_index as usize) < o.from {
+            return;
+        }
+        let word = self.name((self.arg_index as usize).min(2));
+        if word == o.word {
+            self.option = Scan::Seen;
+        } else if word == o.until {
+            self.option = Scan::Off;
+        }
+    }
+
+    fn spec(&self) -> Option<&'static Spec> {
+        (self.spec != NO_SPEC).then(|| command::at(self.spec))
     }
 
     fn stop(&mut self, pin: Pin, last_complete: usize) {
@@ -367,6 +433,8 @@ impl RequestTracker {
 
     fn reset_request(&mut self) {
         self.name_lens = [0; 3];
+        self.spec = NO_SPEC;
+        self.option = Scan::Off;
         self.arg_index = 0;
         self.inline_len = 0;
         self.inline_word = 0;
@@ -401,23 +469,22 @@ impl RequestTracker {
         &self.names[idx][..self.name_lens[idx] as usize]
     }
 
+    /// Whether the request may have to be carried (`CaptureKind`): what changes connection
+    /// state, a transaction, subscriptions, and blocking commands that can be re-issued.
     fn is_captured_name(&self) -> bool {
-        matches!(
-            self.name(0),
-            b"AUTH"
-                | b"HELLO"
-                | b"SELECT"
-                | b"CLIENT"
-                | b"MULTI"
-                | b"EXEC"
-                | b"DISCARD"
-                | b"WATCH"
-                | b"UNWATCH"
-                | b"RESET"
-                | b"SUBSCRIBE"
-                | b"PSUBSCRIBE"
-                | b"SSUBSCRIBE"
-        ) || is_blocking(self.name(0))
+        self.spec().is_some_and(|s| {
+            matches!(
+                s.effect,
+                Effect::State(_)
+                    | Effect::Client
+                    | Effect::Multi
+                    | Effect::Exec
+                    | Effect::Watch
+                    | Effect::Unwatch
+                    | Effect::Reset
+                    | Effect::Subscribe
+            ) || matches!(s.blocks, Blocks::Always(_) | Blocks::Option(_))
+        })
     }
 
     fn capture_arg_header_first(&mut self) {
@@ -485,6 +552,11 @@ impl RequestTracker {
             return;
         }
         self.state = ReqState::Start;
+        self.look_up();
+        // An inline request's options are not scanned: one that may block is taken to.
+        if self.option == Scan::Looking {
+            self.option = Scan::Seen;
+        }
         self.complete(false, false);
     }
 
@@ -493,7 +565,7 @@ impl RequestTracker {
         self.requests += 1;
         let (names, lens) = (self.names, self.name_lens);
         let name = |i: usize| &names[i][..lens[i] as usize];
-        let (n0, n1, n2) = (name(0), name(1), name(2));
+        let (n1, n2) = (name(1), name(2));
         let mut expects = match self.reply_mode {
             ReplyMode::On => true,
             ReplyMode::Off => false,
@@ -504,51 +576,49 @@ impl RequestTracker {
         };
         let mut blocking = false;
         let mut kind = None;
-        // Redis queues these in MULTI (SYNC is refused there; the tracker still takes it as the
-        // start of a replication stream, which only makes the session a byte pipe).
+        let spec = self.spec();
+        let effect = spec.map_or(Effect::None, |s| s.effect);
+        // Redis queues everything else in MULTI (SYNC is refused there; the tracker still takes
+        // it as the start of a replication stream, which only makes the session a byte pipe).
         let queued = self.multi
             && !matches!(
-                n0,
-                b"EXEC"
-                    | b"DISCARD"
-                    | b"MULTI"
-                    | b"WATCH"
-                    | b"QUIT"
-                    | b"RESET"
-                    | b"SYNC"
-                    | b"PSYNC"
+                effect,
+                Effect::Exec
+                    | Effect::Multi
+                    | Effect::Watch
+                    | Effect::Quit
+                    | Effect::Reset
+                    | Effect::Replication
             );
-        match n0 {
+        match effect {
             _ if queued => {
                 kind = Some(CaptureKind::Queued);
-                if matches!(n0, b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE") {
+                if effect == Effect::Subscribe {
                     // Subscribed once EXEC runs it.
                     self.pubsub = true;
                 }
             }
-            b"CLIENT" if n1 == b"REPLY" => match n2 {
-                b"OFF" => {
+            Effect::Client => match command::client_sub(n1, n2) {
+                ClientSub::Reply(SubReply::Off) => {
                     self.reply_mode = ReplyMode::Off;
                     expects = false;
                 }
-                b"SKIP" => {
+                ClientSub::Reply(SubReply::Skip) => {
                     if self.reply_mode != ReplyMode::Off {
                         self.reply_mode = ReplyMode::SkipNext;
                     }
                     expects = false;
                 }
-                b"ON" => {
+                ClientSub::Reply(SubReply::On) => {
                     self.reply_mode = ReplyMode::On;
                     expects = true;
                 }
-                _ => {}
+                ClientSub::Reply(SubReply::Invalid) | ClientSub::Other => {}
+                ClientSub::State(_) => kind = Some(CaptureKind::State),
+                ClientSub::Tracking => kind = Some(CaptureKind::Tracking),
             },
-            b"CLIENT" if matches!(n1, b"SETNAME" | b"SETINFO" | b"NO-EVICT" | b"NO-TOUCH") => {
-                kind = Some(CaptureKind::State)
-            }
-            b"CLIENT" if n1 == b"TRACKING" => kind = Some(CaptureKind::Tracking),
-            b"AUTH" | b"HELLO" | b"SELECT" => kind = Some(CaptureKind::State),
-            b"RESET" => {
+            Effect::State(_) => kind = Some(CaptureKind::State),
+            Effect::Reset => {
                 // Redis's RESET: out of MULTI/WATCH, pub/sub, MONITOR, tracking and
                 // `CLIENT REPLY OFF`, back to db 0, RESP2, the default user and no name. Nothing
                 // is left to replay, and it is answered whatever the reply mode was.
@@ -562,26 +632,26 @@ impl RequestTracker {
                 self.resp3 = false;
                 kind = Some(CaptureKind::Reset);
             }
-            b"QUIT" => self.quit = true,
-            b"SYNC" | b"PSYNC" => self.replication = true,
-            b"MULTI" => {
+            Effect::Quit => self.quit = true,
+            Effect::Replication => self.replication = true,
+            Effect::Multi => {
                 self.multi = true;
                 kind = Some(CaptureKind::Multi);
             }
-            b"WATCH" => {
+            Effect::Watch => {
                 self.watching = true;
                 kind = Some(CaptureKind::Watch);
             }
-            b"EXEC" | b"DISCARD" => {
+            Effect::Exec => {
                 self.multi = false;
                 self.watching = false;
                 kind = Some(CaptureKind::Exec);
             }
-            b"UNWATCH" => {
+            Effect::Unwatch => {
                 self.watching = false;
                 kind = Some(CaptureKind::Unwatch);
             }
-            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => {
+            Effect::Subscribe => {
                 self.pubsub = true;
                 kind = Some(CaptureKind::Subscribe);
                 if self.resp3 {
@@ -589,14 +659,20 @@ impl RequestTracker {
                     expects = false;
                 }
             }
-            b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" if self.resp3 => expects = false,
-            b"MONITOR" => self.monitor = true,
-            b"WAIT" | b"WAITAOF" => blocking = true,
-            _ if is_blocking(n0) => {
-                blocking = true;
-                kind = Some(CaptureKind::Blocking);
-            }
-            _ => {}
+            Effect::Unsubscribe if self.resp3 => expects = false,
+            Effect::Monitor => self.monitor = true,
+            Effect::Unsubscribe | Effect::None => match spec.map(|s| s.blocks) {
+                Some(Blocks::Wait) => blocking = true,
+                Some(Blocks::Always(_)) => {
+                    blocking = true;
+                    kind = Some(CaptureKind::Blocking);
+                }
+                Some(Blocks::Option(_)) if self.option == Scan::Seen => {
+                    blocking = true;
+                    kind = Some(CaptureKind::Blocking);
+                }
+                _ => {}
+            },
         }
         self.in_transaction = self.multi || self.watching;
         let before = self.expected_replies;
@@ -621,24 +697,6 @@ impl RequestTracker {
         }
         self.capture.clear();
     }
-}
-
-/// Commands that may block the connection until data arrives or their timeout passes, and that a
-/// session can re-issue elsewhere (WAIT and WAITAOF block too, but mean nothing on another node).
-fn is_blocking(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"BLPOP"
-            | b"BRPOP"
-            | b"BRPOPLPUSH"
-            | b"BLMOVE"
-            | b"BLMPOP"
-            | b"BZPOPMIN"
-            | b"BZPOPMAX"
-            | b"BZMPOP"
-            | b"XREAD"
-            | b"XREADGROUP"
-    )
 }
 
 #[cfg(test)]
@@ -864,5 +922,68 @@ mod tests {
         let mut t = pooled();
         t.feed(b"*1\r\n$20\r\nAVERYLONGCOMMANDNAME\r\n").unwrap();
         assert_eq!(t.pin, Some(Pin::Unknown));
+    }
+
+    fn multibulk(words: &str) -> Vec<u8> {
+        let args: Vec<&[u8]> = words.split(' ').map(str::as_bytes).collect();
+        let mut out = Vec::new();
+        crate::resp::encode_command(&mut out, &args);
+        out
+    }
+
+    /// XREAD and XREADGROUP block only with BLOCK among their options (before STREAMS): only
+    /// then do they pin in pooled mode, count as blocking, and get captured for a re-issue.
+    #[test]
+    fn xread_blocks_only_with_its_block_option() {
+        for (cmd, blocks) in [
+            ("XREAD COUNT 10 STREAMS s 0", false),
+            ("XREAD COUNT 10 BLOCK 100 STREAMS s $", true),
+            ("xread block 0 streams s $", true),
+            ("XREAD STREAMS BLOCK 0", false),
+            ("XREADGROUP GROUP BLOCK c STREAMS s >", false),
+            (
+                "XREADGROUP GROUP g c COUNT 1 NOACK BLOCK 5 STREAMS s >",
+                true,
+            ),
+            ("XREADGROUP GROUP g c COUNT 1 STREAMS s >", false),
+        ] {
+            let req = multibulk(cmd);
+            let mut t = pooled();
+            t.feed(&req).unwrap();
+            assert_eq!(t.pin, blocks.then_some(Pin::Blocking), "{cmd}");
+            assert_eq!(t.requests, u64::from(!blocks), "{cmd}");
+            // Split anywhere, the same.
+            for cut in 1..req.len() {
+                let mut t = pooled();
+                t.feed(&req[..cut]).unwrap();
+                t.feed(&req[cut..]).unwrap();
+                assert_eq!(t.pin, blocks.then_some(Pin::Blocking), "{cmd} cut at {cut}");
+            }
+
+            let mut t = RequestTracker::new(1 << 20);
+            t.feed(&req).unwrap();
+            assert_eq!(t.blocking_seq, u64::from(blocks), "{cmd}");
+            let captured: Vec<CaptureKind> = t.captured.iter().map(|c| c.kind).collect();
+            let want = if blocks {
+                vec![CaptureKind::Blocking]
+            } else {
+                vec![]
+            };
+            assert_eq!(captured, want, "{cmd}");
+        }
+        // A request after it starts afresh.
+        let mut t = RequestTracker::new(1 << 20);
+        t.feed(
+            &[
+                multibulk("XREAD BLOCK 1 STREAMS s $"),
+                multibulk("GET BLOCK"),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.blocking_seq, t.expected_replies, t.captured.len()),
+            (1, 2, 1)
+        );
     }
 }

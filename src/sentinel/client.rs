@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::command::Learned;
 use crate::config::{Auth, HostPort};
+use crate::resp::encode_command;
 use crate::tls::Stream;
 
 /// Control-plane replies are small; anything larger is a broken or hostile peer.
@@ -163,20 +165,7 @@ pub fn interpret_reply(buf: &[u8]) {
         let _ = parse_master_addr(&frame);
         let _ = parse_sentinels(&frame);
         let _ = frame_text(&frame);
-    }
-}
-
-/// Append `*N\r\n$len\r\narg\r\n…` for `args`.
-pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for a in args {
-        out.push(b'$');
-        out.extend_from_slice(a.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
+        let _ = parse_commands(&frame);
     }
 }
 
@@ -208,6 +197,40 @@ pub async fn role(addr: SocketAddr, auth: &Auth, t: Duration) -> Result<Role, Cl
     let mut conn = RespConn::connect_addr(addr, auth, t).await?;
     let reply = conn.call(&[b"ROLE"]).await?;
     parse_role(&reply)
+}
+
+/// What the server at `addr` says of its commands (`COMMAND`: each one's name and flags), for
+/// the command table (`command::Learned`).
+pub async fn commands(addr: SocketAddr, auth: &Auth, t: Duration) -> Result<Learned, ClientError> {
+    let mut conn = RespConn::connect_addr(addr, auth, t).await?;
+    let reply = conn.call(&[b"COMMAND"]).await?;
+    parse_commands(&reply)
+}
+
+/// `COMMAND`'s reply: an entry per command, its name first and its flags third.
+pub fn parse_commands(reply: &OwnedFrame) -> Result<Learned, ClientError> {
+    let unexpected = || ClientError::Unexpected("COMMAND reply is not a list of commands".into());
+    let OwnedFrame::Array(entries) = reply else {
+        return Err(unexpected());
+    };
+    let mut learned = Vec::with_capacity(entries.len());
+    for e in entries {
+        let OwnedFrame::Array(fields) = e else {
+            return Err(unexpected());
+        };
+        let (Some(name), Some(OwnedFrame::Array(flags))) =
+            (fields.first().and_then(frame_text), fields.get(2))
+        else {
+            return Err(unexpected());
+        };
+        let flags: Vec<&[u8]> = flags
+            .iter()
+            .filter_map(frame_text)
+            .map(str::as_bytes)
+            .collect();
+        learned.push((name.as_bytes(), flags));
+    }
+    Ok(Learned::from_entries(learned))
 }
 
 pub fn parse_role(reply: &OwnedFrame) -> Result<Role, ClientError> {

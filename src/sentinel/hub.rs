@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::input::Msg;
 use super::subscription::subscription;
-use super::watcher::Msg;
 use crate::Shared;
 use crate::config::{Auth, HostPort};
 

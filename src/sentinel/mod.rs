@@ -3,8 +3,10 @@
 //! of what it lived (for /status); the event subscriptions every group shares (`hub.rs`).
 
 pub mod client;
+mod decide;
 pub mod events;
 pub mod hub;
+mod input;
 mod subscription;
 pub mod timeline;
 pub mod watcher;

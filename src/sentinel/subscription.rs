@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::client::{ClientError, RespConn, frame_text};
 use super::events;
-use super::watcher::Msg;
+use super::input::Msg;
 use crate::Shared;
 use crate::config::HostPort;
 

@@ -21,9 +21,10 @@
 //! the sentinels, a poll does not switch back to the master it came from until they catch up
 //! (`+switch-master`), the failover aborts, or 30 s pass.
 //!
-//! The resolver's parts: `known.rs` (the sentinels followed), `failover.rs` (the fence, the
-//! promotion watch, the guard and the record of a failover); here, the task, event handling,
-//! polls and their decision, verification and the swap.
+//! The resolver's parts: `decide.rs` (the rules above, without I/O: votes, quorum, the guard,
+//! what each event asks for), `known.rs` (the sentinels followed), `failover.rs` (the fence,
+//! the promotion watch and the record of a failover); here, the task: it feeds events and
+//! answers to `decide`, and carries out what it asks (verification, the swap, the pause).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,36 +40,15 @@ use tracing::{debug, error, info, warn};
 mod failover;
 mod known;
 
-use failover::Early;
 use known::Known;
 
 use super::client::{self, ClientError, Role, SentinelAnswer};
+use super::decide::{self, Answer, Early, Intent};
 use super::events::{Event, Kind};
-pub use super::timeline::WatcherState;
+use super::input::Msg;
 use super::timeline::{SwitchRecord, unix_ms};
-use crate::config::{Discovery, HostPort};
+use crate::config::HostPort;
 use crate::group::Group;
-
-pub(super) enum Msg {
-    Event {
-        event: Event,
-        at: Instant,
-    },
-    /// A poll's answers, by index into the known sentinels.
-    Polled(Vec<(usize, Result<SentinelAnswer, ClientError>)>),
-    /// A sentinel's subscription came up (events may have been missed: look again) or went
-    /// down (`hub.rs`).
-    Subscription {
-        sentinel: HostPort,
-        up: bool,
-        error: Option<String>,
-    },
-    /// The promotion watch saw the selected replica answer `ROLE` as master.
-    Promoted {
-        addr: SocketAddr,
-        at: Instant,
-    },
-}
 
 /// Run the watcher until `shutdown`: subscriptions plus the resolver loop.
 pub async fn run(group: Arc<Group>, shutdown: CancellationToken) {
@@ -155,30 +135,49 @@ struct Resolver {
 impl Resolver {
     async fn on_event(&mut self, event: Event, at: Instant) {
         let name = self.group.master_name.clone();
-        match event.kind {
-            Kind::SwitchMaster | Kind::PromotedSlave => {
-                let Some(hp) = event.addr else { return };
-                let Some(addr) = self.resolve(&hp).await else {
+        // Resolve only what the event's rule reads (a host name costs a lookup).
+        let addr = match event.kind {
+            Kind::SwitchMaster | Kind::PromotedSlave | Kind::SlaveSelected => {
+                let Some(addr) = self.resolve_opt(event.addr.as_ref()).await else {
                     return;
                 };
-                if event.kind == Kind::SwitchMaster {
-                    // The sentinels have adopted the new configuration: nothing left to guard.
-                    if self.early.as_ref().is_some_and(|e| e.to == addr) {
-                        self.early = None;
-                    }
-                    self.stop_promotion_watch();
+                Some(addr)
+            }
+            _ => None,
+        };
+        let about = match event.kind {
+            Kind::SlaveSelected | Kind::MasterDown | Kind::MasterUp => {
+                self.resolve_opt(event.about.as_ref()).await
+            }
+            _ => None,
+        };
+        let route = self.group.route.load();
+        let intent = decide::on_event(event.kind, addr, about, route.master, route.available);
+        let confirmed = match intent {
+            Intent::AlreadyThere { confirmed } | Intent::Verify { confirmed, .. } => confirmed,
+            _ => false,
+        };
+        if confirmed {
+            // The sentinels have adopted the new configuration: nothing left to guard.
+            if self.early.as_ref().is_some_and(|e| Some(e.to) == addr) {
+                self.early = None;
+            }
+            self.stop_promotion_watch();
+        }
+        match intent {
+            Intent::Nothing => {
+                if event.kind == Kind::SlaveSelected {
+                    debug!(replica = ?addr, "stale +selected-slave ignored");
                 }
-                let route = self.group.route.load();
-                if route.master == Some(addr) && route.available {
-                    self.end_pause("switched");
-                    return;
-                }
+            }
+            Intent::AlreadyThere { .. } => self.end_pause("switched"),
+            Intent::Verify { addr, guard, .. } => {
                 info!(master = %name, candidate = %addr, event = ?event.kind, "sentinel names a new master; verifying");
                 match self.verify(addr).await {
                     Ok(Role::Master) => {
                         let from = route.master;
                         self.swap(addr, &format!("{:?}", event.kind), Some(at));
-                        if event.kind == Kind::PromotedSlave {
+                        if guard {
                             self.guard_early(from, addr);
                         }
                     }
@@ -193,28 +192,17 @@ impl Resolver {
                     }
                 }
             }
-            Kind::SlaveSelected => {
-                let Some(hp) = event.addr else { return };
-                if let Some(addr) = self.resolve(&hp).await {
-                    // Only a failover *of the master we route to* is a reason to hold requests;
-                    // a late event (the route already moved) is not.
-                    let about = self.resolve_opt(event.about.as_ref()).await;
-                    let current = self.group.route.load().master;
-                    if current == Some(addr) || about.is_some_and(|a| Some(a) != current) {
-                        debug!(replica = %addr, "stale +selected-slave ignored");
-                        return;
-                    }
-                    self.failover_record(at);
-                    self.start_pause();
-                    info!(master = %name, replica = %addr, "sentinel selected a replica to promote; holding new requests and watching it");
-                    self.watch_promotion(addr);
-                }
+            Intent::Pause(replica) => {
+                self.failover_record(at);
+                self.start_pause();
+                info!(master = %name, replica = %replica, "sentinel selected a replica to promote; holding new requests and watching it");
+                self.watch_promotion(replica);
             }
-            Kind::FailoverStarted => {
+            Intent::Record => {
                 info!(master = %name, "sentinel failover started");
                 self.failover_record(at);
             }
-            Kind::FailoverAborted => {
+            Intent::Abort => {
                 warn!(master = %name, "sentinel failover aborted");
                 self.stop_promotion_watch();
                 self.early = None;
@@ -222,14 +210,7 @@ impl Resolver {
                 self.failover_end("aborted");
                 self.poll();
             }
-            Kind::FailoverEnded => info!(master = %name, "sentinel failover ended"),
-            Kind::MasterDown | Kind::MasterUp => {
-                // Only news about the node we route to is news for /status.
-                let about = self.resolve_opt(event.about.as_ref()).await;
-                if about.is_none() || about != self.group.route.load().master {
-                    return;
-                }
-                let down = event.kind == Kind::MasterDown;
+            Intent::MasterDown(down) => {
                 if down {
                     warn!(master = %name, "sentinel reports the master down");
                 } else {
@@ -238,9 +219,11 @@ impl Resolver {
                 self.group.watcher.lock().master_reported_down = Some(down);
             }
         }
+        if event.kind == Kind::FailoverEnded {
+            info!(master = %name, "sentinel failover ended");
+        }
     }
 
-    /// Ask every known sentinel at once, learn new ones, then decide (see the module doc).
     /// Ask every known sentinel at once, in the background: a hung sentinel costs its timeout
     /// there, never a delay in handling events. The answers come back as `Msg::Polled`.
     fn poll(&mut self) {
@@ -256,9 +239,12 @@ impl Resolver {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let mut set = JoinSet::new();
-            for (i, s) in targets.into_iter().enumerate() {
+            for s in targets {
                 let (name, auth, t) = (name.clone(), auth.clone(), timeout);
-                set.spawn(async move { (i, client::query_sentinel(&s, &name, &auth, t).await) });
+                set.spawn(async move {
+                    let answer = client::query_sentinel(&s, &name, &auth, t).await;
+                    (s, answer)
+                });
             }
             let mut results = Vec::new();
             while let Some(joined) = set.join_next().await {
@@ -270,54 +256,39 @@ impl Resolver {
         });
     }
 
-    /// Decide on the answers of a poll (see the module doc for the rules).
-    async fn finish_poll(&mut self, results: Vec<(usize, Result<SentinelAnswer, ClientError>)>) {
+    /// Decide on the answers of a poll (the rules: `decide.rs`).
+    async fn finish_poll(&mut self, results: Vec<(HostPort, Result<SentinelAnswer, ClientError>)>) {
         self.polling = false;
         if std::mem::take(&mut self.poll_again) {
             self.poll();
         }
-        let cfg = self.group.config();
-        let mut answers: Vec<(usize, HostPort)> = Vec::new();
+        let mut answers: Vec<(HostPort, Answer)> = Vec::with_capacity(results.len());
         let mut peers: Vec<HostPort> = Vec::new();
-        let mut ok = vec![false; self.known.len()];
-        for (i, r) in results {
-            let Some(s) = self.known.get(i).map(|k| k.addr.clone()) else {
-                continue;
-            };
-            match r {
+        for (s, r) in results {
+            let answer = match r {
                 Ok(answer) => {
-                    ok[i] = true;
-                    self.record_health(&s, None);
-                    if let Some(hp) = answer.master {
-                        answers.push((i, hp));
-                    }
                     peers.extend(answer.peers);
+                    Answer::Names(answer.master)
                 }
                 Err(e) => {
                     debug!(sentinel = %s, error = %e, "sentinel query failed");
-                    self.record_health(&s, Some(e.to_string()));
+                    Answer::Failed(e.to_string())
                 }
-            }
-        }
-        let reachable = ok.iter().filter(|o| **o).count();
-        answers.sort_by_key(|(i, _)| *i);
-        self.update_known(&ok, peers);
-
-        // Distinct candidates, most-named first, ties in known order.
-        let mut candidates: Vec<(SocketAddr, usize)> = Vec::new();
-        for (_, hp) in &answers {
-            let Some(addr) = self.resolve(hp).await else {
-                continue;
             };
-            match candidates.iter_mut().find(|(a, _)| *a == addr) {
-                Some((_, n)) => *n += 1,
-                None => candidates.push((addr, 1)),
+            answers.push((s, answer));
+        }
+        let order: Vec<HostPort> = self.known.iter().map(|k| k.addr.clone()).collect();
+        let tally = decide::tally(&order, &answers);
+        self.update_known(&answers, peers);
+
+        let mut named = Vec::with_capacity(tally.named.len());
+        for hp in &tally.named {
+            if let Some(addr) = self.resolve(hp).await {
+                named.push(addr);
             }
         }
-        candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
-        if cfg.discovery == Discovery::Quorum {
-            candidates.retain(|(_, n)| n * 2 > reachable);
-        }
+        let reachable = tally.reachable;
+        let candidates = decide::candidates(&named, reachable, self.group.config().discovery);
 
         if reachable == 0 {
             let keeping = if self.group.route.load().master.is_some() {
@@ -329,53 +300,42 @@ impl Resolver {
                 "no sentinel reachable (of {}){keeping}",
                 self.known.len()
             ));
-        } else if answers.is_empty() {
+        } else if tally.named.is_empty() {
             self.problem(format!(
                 "the sentinels do not know a master named '{}'",
                 self.group.master_name
             ));
         }
 
-        if self
-            .early
-            .as_ref()
-            .is_some_and(|e| Instant::now() > e.until)
-        {
+        if self.early.is_some_and(|e| !e.active(Instant::now())) {
             self.early = None;
         }
-        let current = self.group.route.load().master;
-        // The sentinels have not caught up with a switch made on an observed promotion yet.
-        let lagging = |cand: SocketAddr, early: &Option<Early>| {
-            early
-                .as_ref()
-                .is_some_and(|e| e.from == Some(cand) && current == Some(e.to))
-        };
-        if let [(only, _)] = candidates[..]
-            && Some(only) != current
-            && !lagging(only, &self.early)
+        let plan = decide::plan_poll(
+            &candidates,
+            self.group.route.load().master,
+            self.early.as_ref(),
+        );
+        if let Some(only) = plan.only
             && matches!(self.verify(only).await, Ok(Role::Master))
         {
             self.swap(only, "poll", None);
             return;
         }
-        if let Some(c) = current
+        if let Some(c) = plan.current
             && self.check_current(c).await
         {
-            if reachable > 0 && !answers.is_empty() {
+            if reachable > 0 && !tally.named.is_empty() {
                 self.problem_solved();
             }
             return;
         }
-        for (cand, _) in candidates {
-            if Some(cand) == current || lagging(cand, &self.early) {
-                continue;
-            }
+        for cand in plan.fallback {
             if matches!(self.verify(cand).await, Ok(Role::Master)) {
                 self.swap(cand, "poll", None);
                 return;
             }
         }
-        if !self.group.route.load().ready() && reachable > 0 && !answers.is_empty() {
+        if !self.group.route.load().ready() && reachable > 0 && !tally.named.is_empty() {
             self.problem("no node named by the sentinels verifies as master".to_string());
         }
     }
@@ -469,6 +429,7 @@ impl Resolver {
                 self.watch_drain(id, started, before.generation);
             }
         }
+        self.learn_commands(addr);
         self.group.watcher.switched(SwitchRecord {
             at_unix_ms: unix_ms(SystemTime::now()),
             from,
@@ -476,6 +437,34 @@ impl Resolver {
             generation: route.generation,
             cause: cause.to_string(),
             latency_ms: latency.map(|l| l.as_secs_f64() * 1000.0),
+        });
+    }
+
+    /// Ask the new master what commands it has (in the background: a slow answer delays
+    /// nothing); kept for the group until the next master (`command/learned.rs`).
+    fn learn_commands(&self, addr: SocketAddr) {
+        let group = self.group.clone();
+        let (auth, t) = (
+            group.settings().master_auth.clone(),
+            group.config().sentinel_timeout,
+        );
+        tokio::spawn(async move {
+            match client::commands(addr, &auth, t).await {
+                Ok(commands) if group.route.load().master == Some(addr) => {
+                    let d = commands.differences(crate::command::all());
+                    debug!(master = %addr, commands = commands.len(), ?d, "learned the master's commands");
+                    group
+                        .commands
+                        .store(Some(Arc::new(crate::group::LearnedFrom {
+                            master: addr,
+                            commands,
+                        })));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(master = %addr, error = %e, "the master did not list its commands; the hand list stands")
+                }
+            }
         });
     }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::io::exchange;
 use crate::Group;
-use crate::sentinel::client::encode_command;
+use crate::resp::encode_command;
 
 pub(super) async fn open(group: &Group, addr: SocketAddr) -> io::Result<TcpStream> {
     let config = group.config();

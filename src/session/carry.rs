@@ -19,9 +19,10 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
-use super::commands::{Frame, args, looks_like_confirmation, parse_frame, with_timeout_left};
+use super::compose::{Frame, args, looks_like_confirmation, parse_frame, with_timeout_left};
+use crate::command::{self, Slot};
+use crate::resp::encode_command as encode;
 use crate::resp::{CaptureKind, Captured};
-use crate::sentinel::client::encode_command as encode;
 
 /// A transaction's queue bigger than this is not carried (the session closes as before).
 const MAX_TRANSACTION_BYTES: usize = 1024 * 1024;
@@ -31,8 +32,8 @@ const MAX_FRAME_PREFIX: usize = 64 * 1024 + 64;
 /// The key that makes a WATCH fail on the new master (see `plan`).
 pub(super) const BROKEN_WATCH_KEY: &[u8] = b"sentinel-proxy:broken-watch";
 
-/// Connection-state slots, replayed in this order (authentication first).
-const SLOTS: usize = 8;
+/// Connection-state slots (`command::Slot`), replayed in this order (authentication first).
+const SLOTS: usize = Slot::COUNT;
 
 /// What the session is, for counting moves and closes by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,11 +228,13 @@ impl Carry {
             CaptureKind::State => match (error, p.bytes) {
                 (Some(true), _) => {}
                 (Some(false), Some(b)) => {
-                    if let Some(slot) = state_slot(&b) {
-                        if slot == 1 {
-                            self.resp3 = hello_version(&b).map_or(self.resp3, |v| v == b"3");
+                    let a = args(&b);
+                    if let Some(slot) = command::state_slot(&a) {
+                        if slot == Slot::Hello {
+                            self.resp3 =
+                                command::hello_version(&a).map_or(self.resp3, |v| v == b"3");
                         }
-                        self.slots[slot] = Some(b);
+                        self.slots[slot.index()] = Some(b);
                     }
                 }
                 _ => self.uncarriable = Some("state"),
@@ -474,32 +477,6 @@ impl Carry {
 }
 
 /// The slot of a connection-state command (replay order), or `None` for one not kept.
-fn state_slot(cmd: &[u8]) -> Option<usize> {
-    let a = args(cmd);
-    let name = a.first()?;
-    let up = |x: &[u8]| x.to_ascii_uppercase();
-    Some(match up(name).as_slice() {
-        b"AUTH" => 0,
-        b"HELLO" => 1,
-        b"SELECT" => 2,
-        b"CLIENT" => match up(a.get(1)?).as_slice() {
-            b"SETNAME" => 3,
-            b"SETINFO" => match up(a.get(2)?).as_slice() {
-                b"LIB-NAME" => 4,
-                _ => 5,
-            },
-            b"NO-EVICT" => 6,
-            b"NO-TOUCH" => 7,
-            _ => return None,
-        },
-        _ => return None,
-    })
-}
-
-fn hello_version(cmd: &[u8]) -> Option<&[u8]> {
-    args(cmd).get(1).copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 //! head waiter, and writes each run of replies straight to its client's socket; only what a
 //! client's socket cannot take now is kept (in that client's `out`). Shared connections speak
 //! RESP2 on db 0 with no other state: a client that would change that is pinned to a connection
-//! of its own first (`resp/pinning.rs`).
+//! of its own first (the command table, `command/`).
 //!
 //! The fence, per connection: a connection serves one route generation. Clients append only
 //! while the route is open on it (`pooled.rs` checks); after a switch it takes nothing new,
@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 
 use super::Close;
+use super::fence;
 use super::io::{Pending, SCRATCH};
 use crate::Group;
 use crate::resp::ReplyTracker;
@@ -216,16 +217,26 @@ pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, group: &Group) -> 
     let mut deadline: Option<Instant> = None;
     loop {
         // The thread's watcher wakes this task at every route change.
+        // The generation alone first (one load): the fence is asked only when it moved.
         if !retired && group.route.generation() != conn.generation {
-            retired = true;
-            conn.dead.set(true);
+            let asker = fence::Asker {
+                backend: Some(conn.generation),
+                served: true,
+                carrier: false,
+            };
             let route = group.route.load();
-            if route.previous_down {
-                // A hung or cut-off master may run these when it comes back, after its
-                // replacement was promoted: their outcome is unknown.
-                return Close::SwitchMasterDown;
+            if let fence::Admit::Retired { master_down } =
+                fence::admit(&route, asker, 0, &mut fence::Clock::lazy())
+            {
+                retired = true;
+                conn.dead.set(true);
+                if master_down {
+                    // A hung or cut-off master may run these when it comes back, after its
+                    // replacement was promoted: their outcome is unknown.
+                    return Close::SwitchMasterDown;
+                }
+                deadline = Some(Instant::now() + group.config().drain_timeout);
             }
-            deadline = Some(Instant::now() + group.config().drain_timeout);
         }
         if retired && conn.written.get() == 0 && conn.unwritten.get() > 0 {
             // Appended just before the switch and never sent: they must not reach the old

@@ -14,7 +14,7 @@
 //!   there: the client sees latency, not an error. The same happens when the master dies under
 //!   the session. A session whose state cannot be carried is closed, at a boundary where there is
 //!   one, and at the latest after `--drain-timeout`; requests it held were never sent anywhere.
-//!   When to move is decided in `fence.rs`.
+//!   When to move is decided in `fence.rs`, acted on in `dedicated/step.rs`.
 //! - **Byte pipe.** After `SYNC`/`PSYNC` (a replication stream: an RDB payload, then commands)
 //!   or a reply the tracker cannot follow, the session stops tracking and passes bytes through
 //!   unchanged for the rest of its life, like an L4 splice. The fence still holds its bytes while
@@ -41,11 +41,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::carry::Carry;
-use super::fence::gate_until;
+use super::fence::{self, gate_until};
 use super::io::{Pending, SCRATCH, arm, read_scratch, write_now};
 use super::{Close, Pipe};
 use crate::Group;
 use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
+
+mod step;
 
 /// The request tracker's state just before the chunk that is held, i.e. of the stream actually
 /// forwarded so far.
@@ -270,7 +272,9 @@ impl<'a> Session<'a> {
         let read_backend = !self.backend_gone && self.replies.is_empty();
         let flush_backend = !self.backend_gone && !self.unsent.is_empty();
         let flush_client = !self.replies.is_empty();
-        let gate = self.gated.then(|| gate_until(&self.group.route.load()));
+        let gate = self
+            .gated
+            .then(|| gate_until(&self.group.route.load(), fence::Now::get()));
         arm(&mut self.deadline_timer, self.deadline, gate);
         let deadline_timer = &mut self.deadline_timer;
         let deadline_passed = std::future::poll_fn(|cx| match deadline_timer {
@@ -336,19 +340,8 @@ impl<'a> Session<'a> {
                     && self.pipe.is_none();
                 if quiet { Step::Close(Close::IdleTimeout) } else { Step::Continue }
             }
-            _ = deadline_passed => {
-                if self.deadline.is_none_or(|d| Instant::now() < d) {
-                    // The gate's time is up, not the deadline: look again.
-                    return Step::Continue;
-                }
-                if self.backend_gone && !self.shutting_down {
-                    Step::Close(Close::BackendClosed)
-                } else if self.shutting_down {
-                    Step::Close(Close::Shutdown)
-                } else {
-                    Step::Close(Close::DrainDeadline)
-                }
-            }
+            // The gate's time or the deadline: the fence decides which (`fence.rs`).
+            _ = deadline_passed => Step::Continue,
             _ = shutdown.cancelled(), if !self.shutting_down => {
                 self.shutting_down = true;
                 self.deadline = Some(Instant::now() + self.group.config().shutdown_timeout);

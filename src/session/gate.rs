@@ -19,7 +19,8 @@ use tracing::debug;
 
 use super::Close;
 use crate::Group;
-use crate::sentinel::client::encode_command;
+use crate::command;
+use crate::resp::encode_command;
 
 const LIMIT: usize = 16 * 1024;
 
@@ -199,54 +200,40 @@ fn parse(buf: &[u8]) -> Result<Option<Parsed>, String> {
 }
 
 fn classify(args: &[Vec<u8>]) -> Ask {
-    let name = args[0].to_ascii_uppercase();
-    match name.as_slice() {
-        b"AUTH" => match args {
-            [_, password] => Ask::Login {
-                user: b"default".to_vec(),
-                password: password.clone(),
+    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    let Some(spec) = command::lookup_any_case(args[0]) else {
+        return Ask::Refuse(NOAUTH);
+    };
+    match spec.name {
+        b"AUTH" => match command::auth_args(&args) {
+            Ok((user, password)) => Ask::Login {
+                user: user.to_vec(),
+                password: password.to_vec(),
                 then: Vec::new(),
             },
-            [_, user, password] => Ask::Login {
-                user: user.clone(),
-                password: password.clone(),
-                then: Vec::new(),
-            },
-            _ => Ask::Wrong("wrong number of arguments for 'auth' command".into()),
+            Err(e) => Ask::Wrong(e.into()),
         },
-        b"HELLO" => hello(args),
+        b"HELLO" => hello(&args),
         b"QUIT" => Ask::Quit,
         _ => Ask::Refuse(NOAUTH),
     }
 }
 
-/// `HELLO [protover [AUTH user password] [SETNAME name]]`: with AUTH, a login that then sends
-/// the HELLO without it.
-fn hello(args: &[Vec<u8>]) -> Ask {
-    let mut rest: Vec<&[u8]> = Vec::with_capacity(args.len());
-    let mut login = None;
-    let mut i = 0;
-    while i < args.len() {
-        let word = args[i].to_ascii_uppercase();
-        if i >= 2 && word == b"AUTH" {
-            let (Some(user), Some(password)) = (args.get(i + 1), args.get(i + 2)) else {
-                return Ask::Wrong("Syntax error in HELLO option 'auth'".into());
-            };
-            login = Some((user.clone(), password.clone()));
-            i += 3;
-            continue;
-        }
-        rest.push(&args[i]);
-        i += 1;
-    }
-    let Some((user, password)) = login else {
+/// `HELLO [protover [AUTH user password] [SETNAME name]]` (`command::hello`): with AUTH, a
+/// login that then sends the HELLO without it.
+fn hello(args: &[&[u8]]) -> Ask {
+    let h = match command::hello(args) {
+        Ok(h) => h,
+        Err(e) => return Ask::Wrong(e.into()),
+    };
+    let Some((user, password)) = h.login else {
         return Ask::Refuse(HELLO_NOAUTH);
     };
     let mut then = Vec::new();
-    encode_command(&mut then, &rest);
+    encode_command(&mut then, &h.rest);
     Ask::Login {
-        user,
-        password,
+        user: user.to_vec(),
+        password: password.to_vec(),
         then,
     }
 }

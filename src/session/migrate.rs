@@ -32,12 +32,13 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Span, debug, info};
 
 use super::carry::{Carry, Plan};
-use super::commands::{Frame, parse_frame};
+use super::compose::{Frame, parse_frame};
 use super::dedicated::{Session, Step};
 use super::io::Pending;
 use super::{Close, tune};
 use crate::resp::ReplyTracker;
-use crate::sentinel::client::{ClientError, RespConn, encode_command as encode, frame_text};
+use crate::resp::encode_command as encode;
+use crate::sentinel::client::{ClientError, RespConn, frame_text};
 
 /// Read size while winding down or replaying (rare paths: a buffer of their own).
 const READ: usize = 16 * 1024;

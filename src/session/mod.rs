@@ -1,20 +1,20 @@
 //! One client connection, from accept to close: wait for a verified master, connect, run the
 //! session (`dedicated.rs`: one backend connection per client, with the byte-pipe and QUIT
 //! rules; `fence.rs`: when its bytes may go and when it moves; `carry.rs`: what the client built
-//! that a move re-creates; `migrate.rs`: the move itself; `commands.rs`: the commands and frames
+//! that a move re-creates; `migrate.rs`: the move itself; `compose.rs`: the commands and frames
 //! the proxy composes or inspects there), and count why it ended (`tally.rs` keeps it per switch
 //! for /status). `io.rs` holds the byte-moving primitives (one scratch buffer per thread, bytes
 //! kept only while a peer cannot take them).
 //!
 //! In pooled mode (`--pool`) a client starts in `pooled.rs`: its requests go on its thread's
 //! shared connections (`pool.rs`, each served by `conn.rs`) until one needs a connection of its
-//! own (`resp/pinning.rs`); then it continues here as a dedicated session.
+//! own (the command table, `command/`); then it continues here as a dedicated session.
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
 mod backend;
 mod carry;
-mod commands;
+mod compose;
 mod conn;
 mod dedicated;
 mod fence;
@@ -370,15 +370,7 @@ async fn dedicated(
 
 /// TCP_NODELAY (requests and replies are small and latency-bound) and keepalive (so a peer that
 /// vanished without a FIN is noticed) on a client or backend socket. Failures are harmless.
-fn tune(stream: &TcpStream, keepalive: Duration) {
-    let _ = stream.set_nodelay(true);
-    if !keepalive.is_zero() {
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(keepalive)
-            .with_interval(Duration::from_secs(10));
-        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
-    }
-}
+use crate::sockopt::tune;
 
 /// Connect to the current verified master, waiting up to `wait` for one to exist.
 async fn acquire_backend(
@@ -395,14 +387,18 @@ async fn acquire_backend(
         let mut failed = false;
         // Just after a switch, a new client waits for the gate too (`fence.rs`): subscribers
         // re-subscribe on the new master before anyone can publish there.
-        let gate = (group.route.carriers_elsewhere(route.generation) > 0)
-            .then(|| fence::gate_until(&route))
-            .filter(|until| *until > Instant::now());
-        let addr = match existing {
-            true => route.master.filter(|_| !route.paused),
-            false => route.target(),
+        let asker = fence::Asker {
+            backend: None,
+            served: existing,
+            carrier: false,
         };
-        if let Some(addr) = addr.filter(|_| gate.is_none()) {
+        let carriers = group.route.carriers_elsewhere(route.generation);
+        let (addr, gate) = match fence::admit(&route, asker, carriers, &mut fence::Clock::lazy()) {
+            fence::Admit::Go(addr) => (Some(addr), None),
+            fence::Admit::Hold(fence::Hold::Gate(until)) => (None, Some(until)),
+            _ => (None, None),
+        };
+        if let Some(addr) = addr {
             let began = Instant::now();
             let connect = backend::open(group, addr);
             match timeout(group.config().connect_timeout, connect).await {
@@ -487,7 +483,7 @@ mod tests {
                     let serve_size = size_of(&serve_pooled);
                     // A pooled client's memory: the task (`serve_pooled`), the boxed session and
                     // its `run` future; no buffer, no backend socket.
-                    // 10 000 idle pooled clients in ≤ 1.5 KiB each (issue 13): the session
+                    // 10 000 idle pooled clients in ≤ 1.5 KiB each (pooled mode's target): the session
                     // 328 B today, its run future 80, the task's future 184 (docs/PERFORMANCE.md).
                     assert!(pooled_size <= 352, "Pooled is {pooled_size} bytes");
                     assert!(run_size <= 96, "the pooled run future is {run_size} bytes");

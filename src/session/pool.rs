@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::conn::{Client, Conn, drive};
+use super::fence;
 use super::io::{ACCEPTED, exchange};
 use crate::Group;
 
@@ -163,12 +164,16 @@ impl Pool {
             return None;
         };
         let route = group.route.load();
-        let open = !route.paused
-            && route.generation == spare.generation
-            // Not `target()`: a master the watcher cannot reach right now still takes the
-            // connections of clients it already serves (see `pooled.rs`).
-            && route.master == Some(spare.addr)
-            && group.route.carriers_elsewhere(route.generation) == 0;
+        // Served: a master the watcher cannot reach right now still takes the connections of
+        // clients it already serves (see `pooled.rs`).
+        let asker = fence::Asker {
+            backend: Some(spare.generation),
+            served: true,
+            carrier: false,
+        };
+        let carriers = group.route.carriers_elsewhere(route.generation);
+        let open = fence::admit(&route, asker, carriers, &mut fence::Clock::lazy())
+            == fence::Admit::Go(spare.addr);
         let mut byte = [0u8; 1];
         let quiet = matches!(spare.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
         if !(open && quiet) {

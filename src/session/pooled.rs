@@ -1,6 +1,6 @@
 //! A client in pooled mode (`--pool`): its requests go on one of its thread's shared master
 //! connections (`pool.rs`) until it sends one that needs a connection of its own
-//! (`resp/pinning.rs`). Then it is pinned: once every reply it is owed has been delivered, it
+//! (`command/`). Then it is pinned: once every reply it is owed has been delivered, it
 //! leaves the pool and continues as a dedicated session (`dedicated.rs`), starting with that
 //! request, for the rest of its life.
 //!
@@ -28,11 +28,11 @@ use tracing::debug;
 
 use super::Close;
 use super::conn::{Client, Conn};
-use super::fence::gate_until;
+use super::fence::{self, Admit, Clock};
 use super::io::Pending;
 use super::pool::{PinGuard, Pool, Wait};
 use crate::Group;
-use crate::resp::pinning::Pin as PinReason;
+use crate::command::Pin as PinReason;
 use crate::resp::{ProtocolError, RequestTracker};
 
 mod wait;
@@ -293,23 +293,24 @@ impl<'a> Pooled<'a> {
     /// The connection requests may go on now, or why they must wait.
     fn usable(&mut self) -> Result<Rc<Conn>, Hold> {
         let route = self.group.route.load();
-        if route.paused {
-            return Err(Hold::Paused);
-        }
         // A master the watcher cannot reach right now (a long script, a busy moment) keeps the
         // connections it has, as 1:1 sessions keep theirs; only a new one waits.
         let live = |c: &Rc<Conn>| c.generation == route.generation && !c.dead.get();
-        let connected =
-            self.conn.as_ref().is_some_and(live) || self.pool.ready(self.slot, route.generation);
-        let Some(addr) = route.target().or(route.master.filter(|_| connected)) else {
-            return Err(Hold::NoMaster);
+        let asker = fence::Asker {
+            backend: None,
+            served: self.conn.as_ref().is_some_and(live)
+                || self.pool.ready(self.slot, route.generation),
+            carrier: false,
         };
-        if self.group.route.carriers_elsewhere(route.generation) > 0 {
-            let until = gate_until(&route);
-            if until > Instant::now() {
-                return Err(Hold::Gate(until));
+        let carriers = self.group.route.carriers_elsewhere(route.generation);
+        let addr = match fence::admit(&route, asker, carriers, &mut Clock::lazy()) {
+            Admit::Go(addr) => addr,
+            Admit::Hold(fence::Hold::Paused) => return Err(Hold::Paused),
+            Admit::Hold(fence::Hold::Gate(until)) => return Err(Hold::Gate(until)),
+            Admit::Hold(fence::Hold::NoMaster) | Admit::Retired { .. } => {
+                return Err(Hold::NoMaster);
             }
-        }
+        };
         // A client's own pin does not hold the requests it sent before it.
         if self.pin_guard.is_none()
             && let Some(until) = self.pool.barrier()

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -82,7 +83,7 @@ async fn bridged_both_ways_with_mutual_tls() {
         let mut results = Vec::new();
         for _ in 0..2 {
             let (tcp, _) = listener.accept().await.unwrap();
-            match accept(&server, tcp).await {
+            match accept(&server, tcp, Duration::ZERO).await {
                 Ok(mut s) => {
                     let mut buf = [0u8; 64];
                     let n = s.read(&mut buf).await.unwrap();
@@ -138,7 +139,7 @@ async fn an_announced_name_is_verified_not_the_address() {
         while let Ok((tcp, _)) = listener.accept().await {
             let server = server.clone();
             tokio::spawn(async move {
-                if let Ok(mut s) = accept(&server, tcp).await {
+                if let Ok(mut s) = accept(&server, tcp, Duration::ZERO).await {
                     let _ = s.write_all(b"+OK\r\n").await;
                     let mut sink = [0u8; 16];
                     let _ = s.read(&mut sink).await;
@@ -181,4 +182,51 @@ fn the_server_name_is_the_override_or_the_host() {
         named.server_name("10.0.0.1").unwrap().to_str(),
         "redis.internal"
     );
+}
+
+/// The options of a plain socket reach a TLS connection's own socket, not the bridge's loopback
+/// end: read back with getsockopt on a duplicate of the real socket, for a client accepted on a
+/// TLS port and for a TLS connection to a node.
+#[tokio::test]
+async fn the_real_sockets_get_nodelay_and_keepalive() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let server = Arc::new(TlsServer::load(server_files(&c, false)).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let keepalive = Duration::from_secs(77);
+    // The same socket twice (dup): one end for the code under test, one to read the options.
+    let twice = |tcp: TcpStream| {
+        let std = tcp.into_std().unwrap();
+        let probe = std.try_clone().unwrap();
+        (TcpStream::from_std(std).unwrap(), probe)
+    };
+    let check = |probe: &std::net::TcpStream, side: &str| {
+        let s = socket2::SockRef::from(probe);
+        assert!(s.tcp_nodelay().unwrap(), "{side}: nodelay");
+        assert!(s.keepalive().unwrap(), "{side}: keepalive");
+        assert_eq!(s.tcp_keepalive_time().unwrap(), keepalive, "{side}");
+        assert_eq!(
+            s.tcp_keepalive_interval().unwrap(),
+            crate::sockopt::KEEPALIVE_INTERVAL,
+            "{side}"
+        );
+    };
+    let accepting = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (tcp, probe) = twice(tcp);
+        let mut s = accept(&server, tcp, keepalive).await.unwrap();
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+        probe
+    });
+    let client = TlsClient::load(client_files(&c, false)).unwrap();
+    let (tcp, probe) = twice(TcpStream::connect(at).await.unwrap());
+    let mut s = secure(at, &client, tcp, keepalive).await.unwrap();
+    s.write_all(b"+PING\r\n").await.unwrap();
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).await.unwrap();
+    check(&probe, "a TLS connection to a node");
+    check(&accepting.await.unwrap(), "a client of a TLS port");
 }

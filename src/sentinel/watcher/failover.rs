@@ -1,7 +1,7 @@
 //! A failover as the watcher lives it: the fence (the pause while the selected replica is
 //! promoted), the promotion watch that routes to it the moment it answers `ROLE` as master, the
-//! guard against switching back while the sentinels catch up, and the failover's record for
-//! /status (`timeline.rs`).
+//! guard against switching back while the sentinels catch up (its rule: `decide.rs`), and the
+//! failover's record for /status (`timeline.rs`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,21 +10,12 @@ use tokio::time::{Instant, sleep};
 
 use super::{Msg, Resolver};
 use crate::sentinel::client::{self, RespConn, Role};
+use crate::sentinel::decide::Early;
 use crate::sentinel::timeline::FailoverRecord;
 
 /// How often the replica being promoted is asked `ROLE`, and for how long at most.
 const PROMOTION_POLL_EVERY: Duration = Duration::from_millis(5);
 const PROMOTION_WATCH_MAX: Duration = Duration::from_secs(30);
-/// How long a switch made ahead of the sentinels is protected from their lagging answers.
-const EARLY_GUARD: Duration = Duration::from_secs(30);
-
-/// A switch made ahead of the sentinels (on an observed promotion): until they confirm it, a poll
-/// that still hears the old master from them must not switch back.
-pub(super) struct Early {
-    pub(super) from: Option<SocketAddr>,
-    pub(super) to: SocketAddr,
-    pub(super) until: Instant,
-}
 
 impl Resolver {
     /// The selected replica said `role:master`: route to it now, before Sentinel announces it.
@@ -116,11 +107,7 @@ impl Resolver {
     }
 
     pub(super) fn guard_early(&mut self, from: Option<SocketAddr>, to: SocketAddr) {
-        self.early = Some(Early {
-            from,
-            to,
-            until: Instant::now() + EARLY_GUARD,
-        });
+        self.early = Some(Early::new(from, to, Instant::now()));
     }
 
     /// Ask the selected replica `ROLE` every few milliseconds (on one connection) until it says

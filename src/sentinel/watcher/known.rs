@@ -8,6 +8,7 @@ use tracing::info;
 
 use super::Resolver;
 use crate::config::HostPort;
+use crate::sentinel::decide::{self, Answer};
 use crate::sentinel::hub::{Hub, Membership};
 
 /// A sentinel the proxy knows: configured, or learned from `SENTINEL sentinels`.
@@ -119,16 +120,26 @@ impl Resolver {
         }
     }
 
-    /// Record who answered, learn the peers they named, prune long-dead discovered sentinels,
-    /// and move the ones that answered to the front.
-    pub(super) fn update_known(&mut self, ok: &[bool], peers: Vec<HostPort>) {
+    /// Record who answered (by address: the list may have changed since the poll started, and a
+    /// sentinel learned meanwhile was not asked), learn the peers they named, prune long-dead
+    /// discovered sentinels, and move the ones that answered to the front.
+    pub(super) fn update_known(&mut self, answers: &[(HostPort, Answer)], peers: Vec<HostPort>) {
         let now = Instant::now();
-        for (k, ok) in self.known.iter_mut().zip(ok) {
-            k.failing_since = if *ok {
-                None
-            } else {
-                Some(k.failing_since.unwrap_or(now))
-            };
+        for k in self.known.iter_mut() {
+            match decide::health(answers, &k.addr) {
+                Some(Answer::Names(_)) => k.failing_since = None,
+                Some(Answer::Failed(_)) => k.failing_since = Some(k.failing_since.unwrap_or(now)),
+                None => {}
+            }
+        }
+        for (s, a) in answers {
+            if self.known.iter().any(|k| &k.addr == s) {
+                let error = match a {
+                    Answer::Names(_) => None,
+                    Answer::Failed(e) => Some(e.clone()),
+                };
+                self.record_health(s, error);
+            }
         }
         let prune_after = self.group.config().sentinel_prune_after;
         let mut kept = Vec::with_capacity(self.known.len());

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use crate::sentinel::client::encode_command as encode;
+use crate::command;
+use crate::resp::encode_command as encode;
 
 /// A frame of a subscribed connection, as far as the proxy cares.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,19 +57,14 @@ pub(super) fn args(cmd: &[u8]) -> Vec<&[u8]> {
 /// forever: to the smallest timeout instead). A command without a timeout (XREAD without BLOCK)
 /// or with 0 is unchanged.
 pub(super) fn with_timeout_left(cmd: &[u8], elapsed: Duration) -> Vec<u8> {
-    let mut a: Vec<Vec<u8>> = args(cmd).into_iter().map(|x| x.to_vec()).collect();
-    let Some(name) = a.first().map(|n| n.to_ascii_uppercase()) else {
+    let parts = args(cmd);
+    if parts.is_empty() {
         return cmd.to_vec();
-    };
-    // Where the timeout is, and whether it is in seconds (a float) or milliseconds.
-    let at = match name.as_slice() {
-        b"BLMPOP" | b"BZMPOP" => Some((1, true)),
-        b"XREAD" | b"XREADGROUP" => a
-            .iter()
-            .position(|x| x.eq_ignore_ascii_case(b"block"))
-            .map(|i| (i + 1, false)),
-        _ => Some((a.len().saturating_sub(1), true)),
-    };
+    }
+    // Where the timeout is, and whether it is in seconds (a float) or milliseconds (the
+    // command table knows).
+    let at = command::timeout_at(&parts);
+    let mut a: Vec<Vec<u8>> = parts.into_iter().map(|x| x.to_vec()).collect();
     if let Some((i, seconds)) = at
         && let Some(t) = a.get(i).and_then(|t| std::str::from_utf8(t).ok())
         && let Ok(t) = t.parse::<f64>()

@@ -1,0 +1,127 @@
+//! What a server says of its own commands: the flags of `COMMAND INFO` (`write`, `readonly`,
+//! `blocking`, `noscript` …), learned once per master when the watcher verifies it, so that a
+//! version whose commands differ from the hand list (a new command, a changed flag) is told by
+//! the server rather than assumed. Where the server does not answer `COMMAND` (an old version,
+//! a renamed command), the hand list stands.
+//!
+//! Pure: fed the reply's entries (name and flags) by the control plane's client.
+
+use std::collections::HashMap;
+
+use super::{Blocks, Spec};
+
+/// A command's flags as the server gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub write: bool,
+    pub readonly: bool,
+    pub blocking: bool,
+    pub noscript: bool,
+}
+
+impl Flags {
+    fn from_words<'a>(words: impl IntoIterator<Item = &'a [u8]>) -> Flags {
+        let mut f = Flags::default();
+        for w in words {
+            match w.to_ascii_lowercase().as_slice() {
+                b"write" => f.write = true,
+                b"readonly" => f.readonly = true,
+                b"blocking" => f.blocking = true,
+                b"noscript" => f.noscript = true,
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// The commands one server knows, by upper-case name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Learned {
+    commands: HashMap<Vec<u8>, Flags>,
+}
+
+impl Learned {
+    /// From `COMMAND INFO`'s entries: each command's name and its flags.
+    pub fn from_entries<'a, F>(entries: impl IntoIterator<Item = (&'a [u8], F)>) -> Learned
+    where
+        F: IntoIterator<Item = &'a [u8]>,
+    {
+        Learned {
+            commands: entries
+                .into_iter()
+                .map(|(name, flags)| (name.to_ascii_uppercase(), Flags::from_words(flags)))
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    pub fn flags(&self, name: &[u8]) -> Option<Flags> {
+        self.commands.get(name).copied()
+    }
+
+    /// Whether the command `spec` writes: the server's word where it has one (scripts and
+    /// functions, which the server does not flag `write`, count as writes unless read-only).
+    pub fn writes(&self, spec: &Spec) -> bool {
+        match self.flags(spec.name) {
+            Some(f) if is_script(spec.name) => !f.readonly,
+            Some(f) => f.write,
+            None => spec.writes,
+        }
+    }
+
+    /// Where the hand list and the server disagree (for /status and the version tests): a flag
+    /// of a command both know, and the server's commands the list does not name.
+    pub fn differences(&self, table: &[Spec]) -> Differences {
+        let mut d = Differences::default();
+        for spec in table {
+            let Some(f) = self.flags(spec.name) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(spec.name).into_owned();
+            if self.writes(spec) != spec.writes {
+                d.writes.push(name.clone());
+            }
+            // Redis flags `blocking` the commands that wait for data (WAIT, which waits for
+            // replicas, is not flagged).
+            let waits_for_data = matches!(spec.blocks, Blocks::Always(_) | Blocks::Option(_));
+            if f.blocking != waits_for_data {
+                d.blocking.push(name);
+            }
+        }
+        let mut unknown: Vec<String> = self
+            .commands
+            .keys()
+            .filter(|n| table.binary_search_by(|s| s.name.cmp(n)).is_err())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        unknown.sort();
+        d.unknown = unknown;
+        d
+    }
+}
+
+fn is_script(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO"
+    )
+}
+
+/// See [`Learned::differences`].
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Differences {
+    /// Commands whose write flag differs.
+    pub writes: Vec<String>,
+    /// Commands whose blocking flag differs.
+    pub blocking: Vec<String>,
+    /// The server's commands the hand list does not name (they pin in pooled mode).
+    pub unknown: Vec<String>,
+}
