@@ -21,6 +21,10 @@
 //!
 //! The new master must answer the replayed commands as the old one did (an error where there was
 //! one, success where there was success); otherwise the move fails and the session is closed.
+//!
+//! What each frame means on the way (a replayed command's answer, the blocked command's reply,
+//! the marker) is decided in `migrate/frames.rs`, one frame at a time; here, the sockets and the
+//! deadlines.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,13 +36,16 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Span, debug, info};
 
 use super::carry::{Carry, Plan};
-use super::compose::{Frame, parse_frame};
 use super::dedicated::{Session, Step};
 use super::io::Pending;
 use super::{Close, tune};
 use crate::resp::ReplyTracker;
 use crate::resp::encode_command as encode;
 use crate::sentinel::client::{ClientError, RespConn, frame_text};
+
+mod frames;
+
+use frames::{ReplayCheck, Replayed, Unblocked};
 
 /// Read size while winding down or replaying (rare paths: a buffer of their own).
 const READ: usize = 16 * 1024;
@@ -195,7 +202,7 @@ impl<'a> Session<'a> {
                     Ok(false) => continue,
                     Err(_) => return Err(Failed::Close(Close::SwitchPubSub)),
                 }
-                if parse_frame(&frame, &token) == Frame::Marker {
+                if frames::is_marker(&frame, &token) {
                     // Whatever follows was published after the fence, not through the proxy (and
                     // may end mid-frame): it is not the client's to have from this connection.
                     if !self.send_client(&out, limit).await {
@@ -277,9 +284,9 @@ impl<'a> Session<'a> {
                         Err(_) => return Err(Failed::Close(Close::SwitchBlocking)),
                     }
                     let done = self.reply_base + self.rep.replies;
-                    if done == target {
-                        let timed_out =
-                            matches!(frame.as_slice(), b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
+                    let what = frames::unblocked(&frame, done, target);
+                    if what != Unblocked::Owed {
+                        let timed_out = what == Unblocked::TimedOut;
                         if !timed_out {
                             out.extend_from_slice(&frame);
                             if let Some(c) = self.carry.as_mut() {
@@ -323,7 +330,7 @@ impl<'a> Session<'a> {
         let mut t = ReplyTracker::new();
         let mut buf = vec![0u8; READ];
         let mut frame = Vec::new();
-        let (mut answered, mut confirmed) = (0, 0);
+        let mut check = ReplayCheck::new(&plan.replies, plan.confirmations);
         loop {
             let n = match backend.read(&mut buf).await {
                 Ok(n) if n > 0 => n,
@@ -337,23 +344,17 @@ impl<'a> Session<'a> {
                     Ok(false) => continue,
                     Err(_) => return Err(Failed::Close(Close::MigrateFailed)),
                 }
-                let push = frame.first() == Some(&b'>');
-                if answered < plan.replies.len() && !push {
-                    if t.last_error != plan.replies[answered] {
+                match check.feed(&frame, t.last_error) {
+                    Replayed::Swallow => {}
+                    Replayed::ToClient => out.extend_from_slice(&frame),
+                    Replayed::Differs => {
                         let shown = String::from_utf8_lossy(&frame[..frame.len().min(120)]);
                         info!(answer = %shown.trim_end(), "the new master answered a replayed command differently");
                         return Err(Failed::Close(Close::MigrateFailed));
                     }
-                    answered += 1;
-                } else if confirmed < plan.confirmations
-                    && matches!(parse_frame(&frame, b""), Frame::Confirmation { .. })
-                {
-                    confirmed += 1;
-                } else {
-                    out.extend_from_slice(&frame);
                 }
                 frame.clear();
-                if answered == plan.replies.len() && confirmed == plan.confirmations {
+                if check.done() {
                     leftover.extend_from_slice(rest);
                     if !out.is_empty() && !self.send_client(&out, limit).await {
                         return Err(Failed::Close(Close::ClientClosed));
