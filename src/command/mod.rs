@@ -211,13 +211,161 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
 }
 
 /// Where the row of `name` (upper case) is: a small number for a tracker to keep instead of a
-/// reference (every session has one; see [`at`]).
+/// reference (every session has one; see [`at`]). On the byte path, once per request: a name
+/// of up to 16 bytes, as nearly all are, goes straight to the few rows of its first letter and
+/// length ([`BUCKETS`]) and is compared as one integer; a longer one is searched by name.
+#[inline]
 pub fn index_of(name: &[u8]) -> Option<u16> {
-    let i = table::TABLE.binary_search_by(|s| s.name.cmp(name)).ok()?;
-    u16::try_from(i).ok()
+    if name.len() > KEY_LEN {
+        let i = table::TABLE.binary_search_by(|s| s.name.cmp(name)).ok()?;
+        return u16::try_from(i).ok();
+    }
+    let mut buf = [0u8; KEY_LEN];
+    buf[..name.len()].copy_from_slice(name);
+    index_of_packed(&buf, name.len())
+}
+
+/// [`index_of`] for a name kept in a 16-byte buffer (its first `len` bytes; what follows them
+/// need not be zero), as the request tracker keeps it: no copy.
+#[inline]
+pub fn index_of_packed(buf: &[u8; KEY_LEN], len: usize) -> Option<u16> {
+    let b = bucket(buf.get(..len)?)?;
+    // The bytes past `len` masked off: the same length and the same integer, the same name.
+    let key = u128::from_be_bytes(*buf) & (u128::MAX << ((KEY_LEN - len) * 8));
+    let (from, to) = (BUCKETS.start[b] as usize, BUCKETS.start[b + 1] as usize);
+    BUCKETS.rows[from..to]
+        .iter()
+        .copied()
+        .find(|&r| BUCKETS.keys[r as usize] == key)
+}
+
+/// Names are compared as integers up to this many bytes.
+const KEY_LEN: usize = 16;
+/// One bucket per first letter (A to Z) and length (1 to 16).
+const BUCKET_COUNT: usize = 26 * KEY_LEN;
+
+/// A name's bucket: its first letter and its length (none for a name that starts otherwise or
+/// is empty or too long: the table has no such name).
+const fn bucket(name: &[u8]) -> Option<usize> {
+    if name.is_empty() || name.len() > KEY_LEN || !name[0].is_ascii_uppercase() {
+        return None;
+    }
+    Some((name[0] - b'A') as usize * KEY_LEN + name.len() - 1)
+}
+
+/// The first 16 bytes of a name, zero-padded, as one integer (at compile time; `index_of` packs
+/// the name it looks up the same way).
+const fn key(name: &[u8]) -> u128 {
+    let mut buf = [0u8; KEY_LEN];
+    let mut j = 0;
+    while j < name.len() && j < KEY_LEN {
+        buf[j] = name[j];
+        j += 1;
+    }
+    u128::from_be_bytes(buf)
+}
+
+/// The table's rows grouped by bucket (built at compile time).
+struct Buckets {
+    /// Where each bucket's rows begin in `rows` (and the last one ends).
+    start: [u16; BUCKET_COUNT + 1],
+    /// Row numbers, bucket after bucket.
+    rows: [u16; table::TABLE.len()],
+    /// Each row's name as an integer ([`key`]).
+    keys: [u128; table::TABLE.len()],
+    /// Each row's [`traits`].
+    traits: [u8; table::TABLE.len()],
+}
+
+static BUCKETS: Buckets = {
+    const N: usize = table::TABLE.len();
+    let mut start = [0u16; BUCKET_COUNT + 1];
+    let mut keys = [0u128; N];
+    let mut traits = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        let name = table::TABLE[i].name;
+        keys[i] = key(name);
+        traits[i] = traits_for(&table::TABLE[i]);
+        if let Some(b) = bucket(name) {
+            start[b + 1] += 1;
+        }
+        i += 1;
+    }
+    let mut b = 0;
+    while b < BUCKET_COUNT {
+        start[b + 1] += start[b];
+        b += 1;
+    }
+    let mut rows = [u16::MAX; N];
+    let mut filled = [0u16; BUCKET_COUNT];
+    let mut i = 0;
+    while i < N {
+        if let Some(b) = bucket(table::TABLE[i].name) {
+            rows[(start[b] + filled[b]) as usize] = i as u16;
+            filled[b] += 1;
+        }
+        i += 1;
+    }
+    Buckets {
+        start,
+        rows,
+        keys,
+        traits,
+    }
+};
+
+/// What the request tracker asks of a row on every request, as bits of one byte per row (a
+/// small table next to the index, not the rows themselves: the byte path touches a few cache
+/// lines, not the whole table).
+pub mod traits {
+    /// A move may have to carry it (`resp::CaptureKind`): it sets connection state, is part of
+    /// a transaction or subscriptions, or blocks and can be re-issued.
+    pub const CAPTURED: u8 = 1;
+    /// It blocks only with an option (`Blocks::Option`): its arguments are scanned for it.
+    pub const BLOCK_OPTION: u8 = 2;
+    /// Nothing to note when it completes: no effect on the connection, never blocks.
+    pub const PLAIN: u8 = 4;
+    /// Pooled mode shares it by its name alone (`Pool::Share`).
+    pub const SHARE: u8 = 8;
+}
+
+/// The traits ([`traits`]) of the row at `index`.
+#[inline]
+pub fn traits_of(index: u16) -> u8 {
+    BUCKETS.traits[index as usize]
+}
+
+const fn traits_for(s: &Spec) -> u8 {
+    let mut t = 0;
+    let effect_captured = matches!(
+        s.effect,
+        Effect::State(_)
+            | Effect::Client
+            | Effect::Multi
+            | Effect::Exec
+            | Effect::Watch
+            | Effect::Unwatch
+            | Effect::Reset
+            | Effect::Subscribe
+    );
+    if effect_captured || matches!(s.blocks, Blocks::Always(_) | Blocks::Option(_)) {
+        t |= traits::CAPTURED;
+    }
+    if matches!(s.blocks, Blocks::Option(_)) {
+        t |= traits::BLOCK_OPTION;
+    }
+    if matches!(s.effect, Effect::None) && matches!(s.blocks, Blocks::Never) {
+        t |= traits::PLAIN;
+    }
+    if matches!(s.pool, Pool::Share) {
+        t |= traits::SHARE;
+    }
+    t
 }
 
 /// The row at `index` (from [`index_of`]).
+#[inline]
 pub fn at(index: u16) -> &'static Spec {
     &table::TABLE[index as usize]
 }

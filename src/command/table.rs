@@ -31,7 +31,7 @@ const fn spec(
 }
 
 #[rustfmt::skip]
-pub(super) static TABLE: &[Spec] = &[
+pub(super) const TABLE: &[Spec] = &[
     spec(b"ACL", Pool::Pin(Pin::Unknown), Effect::None, Blocks::Never, false),
     spec(b"APPEND", Pool::Share, Effect::None, Blocks::Never, true),
     spec(b"ASKING", Pool::Pin(Pin::ReadMode), Effect::None, Blocks::Never, false),

@@ -20,6 +20,20 @@ fn the_table_is_sorted_unique_and_upper_case() {
         }
     }
     assert!(lookup(b"SOMENEWCOMMAND").is_none());
+    // Past 16 bytes, and a 16-byte prefix of a longer name that is not a name itself.
+    assert_eq!(
+        lookup(b"GEORADIUSBYMEMBER_RO").map(|s| s.name),
+        Some(&b"GEORADIUSBYMEMBER_RO"[..])
+    );
+    assert_eq!(
+        lookup(b"GEORADIUSBYMEMBER").map(|s| s.name),
+        Some(&b"GEORADIUSBYMEMBER"[..])
+    );
+    assert!(lookup(b"GEORADIUSBYMEMBE").is_none());
+    assert!(lookup(b"ZZZZZZZZZZZZZZZZZZZ").is_none());
+    for s in t {
+        assert_eq!(index_of(s.name).map(at), Some(s));
+    }
     assert!(lookup(b"").is_none());
     assert!(lookup(b"get").is_none(), "names are upper case");
     assert_eq!(lookup_any_case(b"gEt").map(|s| s.name), Some(&b"GET"[..]));

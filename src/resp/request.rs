@@ -1,7 +1,9 @@
 //! The client → server side: [`RequestTracker`] (see the module doc of `resp`).
 
 use super::{MAX_ARGS, NumStep, ProtocolError, Writer, number_byte};
-use crate::command::{self, Blocks, ClientSub, Effect, Pin, Pool, ReplyMode as SubReply, Spec};
+use crate::command::{
+    self, Blocks, ClientSub, Effect, Pin, Pool, ReplyMode as SubReply, Spec, traits,
+};
 
 /// Bytes of an argument kept for recognising commands (command names and sub-commands are short).
 const NAME_LEN: usize = 16;
@@ -370,6 +372,9 @@ impl RequestTracker {
     /// blocks only with an option (XREAD … BLOCK) when the option is seen.
     fn pins(&mut self) -> Option<Pin> {
         if self.arg_index == 0 {
+            if self.traits() & traits::SHARE != 0 {
+                return None;
+            }
             let Some(spec) = self.spec() else {
                 // Longer than any name we know, or not in the table.
                 return Some(Pin::Unknown);
@@ -392,15 +397,17 @@ impl RequestTracker {
     }
 
     /// The request's name just ended: its row, and whether to look for a blocking option.
+    #[inline]
     fn look_up(&mut self) {
         let too_long = self.names[0][0] == 0 && self.name_lens[0] > 0;
         self.spec = match too_long {
             true => NO_SPEC,
-            false => command::index_of(self.name(0)).unwrap_or(NO_SPEC),
+            false => command::index_of_packed(&self.names[0], self.name_lens[0] as usize)
+                .unwrap_or(NO_SPEC),
         };
-        self.option = match self.spec().map(|s| s.blocks) {
-            Some(Blocks::Option(_)) => Scan::Looking,
-            _ => Scan::Off,
+        self.option = match self.traits() & traits::BLOCK_OPTION {
+            0 => Scan::Off,
+            _ => Scan::Looking,
         };
     }
 
@@ -419,6 +426,15 @@ impl RequestTracker {
             self.option = Scan::Seen;
         } else if word == o.until {
             self.option = Scan::Off;
+        }
+    }
+
+    /// The current request's traits (`command::traits`; none without a row).
+    #[inline]
+    fn traits(&self) -> u8 {
+        match self.spec {
+            NO_SPEC => 0,
+            i => command::traits_of(i),
         }
     }
 
@@ -472,19 +488,7 @@ impl RequestTracker {
     /// Whether the request may have to be carried (`CaptureKind`): what changes connection
     /// state, a transaction, subscriptions, and blocking commands that can be re-issued.
     fn is_captured_name(&self) -> bool {
-        self.spec().is_some_and(|s| {
-            matches!(
-                s.effect,
-                Effect::State(_)
-                    | Effect::Client
-                    | Effect::Multi
-                    | Effect::Exec
-                    | Effect::Watch
-                    | Effect::Unwatch
-                    | Effect::Reset
-                    | Effect::Subscribe
-            ) || matches!(s.blocks, Blocks::Always(_) | Blocks::Option(_))
-        })
+        self.traits() & traits::CAPTURED != 0
     }
 
     fn capture_arg_header_first(&mut self) {
@@ -563,9 +567,6 @@ impl RequestTracker {
     /// A whole request was received: update reply accounting and modes.
     fn complete(&mut self, multibulk: bool, captured: bool) {
         self.requests += 1;
-        let (names, lens) = (self.names, self.name_lens);
-        let name = |i: usize| &names[i][..lens[i] as usize];
-        let (n1, n2) = (name(1), name(2));
         let mut expects = match self.reply_mode {
             ReplyMode::On => true,
             ReplyMode::Off => false,
@@ -574,6 +575,14 @@ impl RequestTracker {
                 false
             }
         };
+        if self.traits() & traits::PLAIN != 0 && !self.multi {
+            // Most requests (GET, SET …): nothing to note but the reply they are owed.
+            self.expected_replies += u64::from(expects);
+            return;
+        }
+        let (names, lens) = (self.names, self.name_lens);
+        let name = |i: usize| &names[i][..lens[i] as usize];
+        let (n1, n2) = (name(1), name(2));
         let mut blocking = false;
         let mut kind = None;
         let spec = self.spec();
