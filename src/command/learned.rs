@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{Blocks, Spec};
+use super::{Blocks, Pin, Pool, Spec};
 
 /// A command's flags as the server gave them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl Learned {
     /// functions, which the server does not flag `write`, count as writes unless read-only).
     pub fn writes(&self, spec: &Spec) -> bool {
         match self.flags(spec.name) {
-            Some(f) if is_script(spec.name) => !f.readonly,
+            Some(f) if spec.pool == Pool::Pin(Pin::Script) => !f.readonly,
             Some(f) => f.write,
             None => spec.writes,
         }
@@ -106,13 +106,6 @@ impl Learned {
         d.unknown = unknown;
         d
     }
-}
-
-fn is_script(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO"
-    )
 }
 
 /// See [`Learned::differences`].
