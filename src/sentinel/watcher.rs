@@ -451,8 +451,9 @@ impl Resolver {
         tokio::spawn(async move {
             match client::commands(addr, &auth, t).await {
                 Ok(commands) if group.route.load().master == Some(addr) => {
-                    let d = commands.differences(crate::command::all());
-                    debug!(master = %addr, commands = commands.len(), ?d, "learned the master's commands");
+                    // The comparison is worked out only when debug logging is on (/status
+                    // shows it on request).
+                    debug!(master = %addr, commands = commands.len(), differences = ?commands.differences(crate::command::all()), "learned the master's commands");
                     group
                         .commands
                         .store(Some(Arc::new(crate::group::LearnedFrom {

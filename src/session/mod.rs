@@ -36,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::Group;
+// Every real socket's options (nodelay, keepalive): one rule for plain and TLS (`sockopt.rs`).
+use crate::sockopt::tune;
 use dedicated::Session;
 
 /// After a failed connect, look again at least this often while waiting for the watcher.
@@ -367,10 +369,6 @@ async fn dedicated(
         }
     }
 }
-
-/// TCP_NODELAY (requests and replies are small and latency-bound) and keepalive (so a peer that
-/// vanished without a FIN is noticed) on a client or backend socket. Failures are harmless.
-use crate::sockopt::tune;
 
 /// Connect to the current verified master, waiting up to `wait` for one to exist.
 async fn acquire_backend(

@@ -125,21 +125,21 @@ impl Resolver {
     /// discovered sentinels, and move the ones that answered to the front.
     pub(super) fn update_known(&mut self, answers: &[(HostPort, Answer)], peers: Vec<HostPort>) {
         let now = Instant::now();
-        for k in self.known.iter_mut() {
-            match decide::health(answers, &k.addr) {
-                Some(Answer::Names(_)) => k.failing_since = None,
-                Some(Answer::Failed(_)) => k.failing_since = Some(k.failing_since.unwrap_or(now)),
-                None => {}
-            }
-        }
-        for (s, a) in answers {
-            if self.known.iter().any(|k| &k.addr == s) {
-                let error = match a {
-                    Answer::Names(_) => None,
-                    Answer::Failed(e) => Some(e.clone()),
-                };
-                self.record_health(s, error);
-            }
+        for i in 0..self.known.len() {
+            let k = &mut self.known[i];
+            let Some(answer) = decide::health(answers, &k.addr) else {
+                continue; // not asked: learned while the poll was out
+            };
+            let error = match answer {
+                Answer::Names(_) => None,
+                Answer::Failed(e) => Some(e.clone()),
+            };
+            k.failing_since = match error {
+                None => None,
+                Some(_) => Some(k.failing_since.unwrap_or(now)),
+            };
+            let addr = k.addr.clone();
+            self.record_health(&addr, error);
         }
         let prune_after = self.group.config().sentinel_prune_after;
         let mut kept = Vec::with_capacity(self.known.len());
