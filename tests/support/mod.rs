@@ -35,6 +35,8 @@ pub fn init_logs() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_test_writer()
+        // The test logs go to files (target/*-test.log, CI's output): plain text.
+        .with_ansi(false)
         .try_init();
 }
 
