@@ -35,6 +35,8 @@ pub struct Metrics {
     moves_total: IntCounterVec,
     pipe_sessions_total: IntCounterVec,
     pinned_sessions_total: IntCounterVec,
+    borrowed_connections: IntGaugeVec,
+    borrow_seconds: HistogramVec,
     pool_connections: IntGaugeVec,
     not_master_replies_total: IntCounterVec,
     protocol_errors_total: IntCounterVec,
@@ -71,6 +73,8 @@ pub struct GroupMetrics {
     pub moves_total: Labeled<IntCounterVec>,
     pub pipe_sessions_total: Labeled<IntCounterVec>,
     pub pinned_sessions_total: Labeled<IntCounterVec>,
+    pub borrowed_connections: IntGauge,
+    pub borrow_seconds: Labeled<HistogramVec>,
     pub pool_connections: IntGauge,
     pub not_master_replies_total: IntCounter,
     pub protocol_errors_total: IntCounter,
@@ -260,6 +264,24 @@ impl Metrics {
                 "Pooled mode: clients given a master connection of their own, by the kind of command that needed it (transaction, pubsub, monitor, blocking, script, select, auth, client, read_mode, replication, reset, inline, unknown, large).",
                 &["reason"],
             ),
+            borrowed_connections: gauge(
+                "sentinel_proxy_borrowed_connections",
+                "Pooled mode: master connections lent to one client for a span (a transaction, a blocking call) right now.",
+            ),
+            borrow_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "sentinel_proxy_borrow_seconds",
+                        "Pooled mode: how long a client held a lent master connection, by what it was lent for (transaction, blocking) and how the span ended (returned: the client went back to the pool; closed: the client ended, or made the connection its own).",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+                    ]),
+                    &["group", "reason", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
             pool_connections: gauge(
                 "sentinel_proxy_pool_connections",
                 "Pooled mode: open master connections shared by clients (all worker threads).",
@@ -357,6 +379,11 @@ impl Metrics {
             moves_total: labeled(&self.moves_total),
             pipe_sessions_total: labeled(&self.pipe_sessions_total),
             pinned_sessions_total: labeled(&self.pinned_sessions_total),
+            borrowed_connections: self.borrowed_connections.with_label_values(&one),
+            borrow_seconds: Labeled {
+                vec: self.borrow_seconds.clone(),
+                group: name.to_string(),
+            },
             pool_connections: self.pool_connections.with_label_values(&one),
             not_master_replies_total: self.not_master_replies_total.with_label_values(&one),
             protocol_errors_total: self.protocol_errors_total.with_label_values(&one),
@@ -394,6 +421,7 @@ impl Metrics {
             &self.master_available,
             &self.route_generation,
             &self.pool_connections,
+            &self.borrowed_connections,
         ] {
             let _ = family.remove_label_values(&one);
         }

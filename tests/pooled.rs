@@ -1,7 +1,8 @@
 //! Pooled mode (`--pool`): many clients on a few shared master connections, each getting exactly
 //! its own replies; clients pinned to a connection of their own by the commands that need one,
-//! and counted; a shared connection lost with requests in flight closes exactly the clients that
-//! were owed replies.
+//! and counted; transactions and blocking calls lent a connection for their span and back in the
+//! pool after it (unless they made it their own); a shared connection lost with requests in
+//! flight closes exactly the clients that were owed replies.
 
 mod support;
 
@@ -184,16 +185,30 @@ async fn connection_commands_pin_their_client_and_are_counted() {
     assert_eq!(&got, b"+PONG\r\n");
 
     let (_, text) = http_get(proxy.admin, "/metrics").await;
-    for (reason, n) in [
-        ("select", 1.0),
-        ("transaction", 1.0),
-        ("client", 1.0),
-        ("blocking", 1.0),
-        ("inline", 1.0),
-    ] {
+    for (reason, n) in [("select", 1.0), ("client", 1.0), ("inline", 1.0)] {
         let series = format!("sentinel_proxy_pinned_sessions_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&text, &series), Some(n), "{series}\n{text}");
     }
+    // The transaction arrived whole and went on the shared connection; the pop only borrowed a
+    // connection, and gave it back.
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_pinned_sessions_total{reason=\"transaction\"}"
+        ),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sentinel_proxy_pinned_sessions_total{reason=\"blocking\"}"
+        ),
+        None,
+        "{text}"
+    );
+    let lent = "sentinel_proxy_borrow_seconds_count{outcome=\"returned\",reason=\"blocking\"}";
+    assert!(metric(&text, lent).unwrap_or(0.0) >= 1.0, "{lent}\n{text}");
     if let Some(complaints) = promtool_check(&text) {
         assert_eq!(complaints, "", "promtool check metrics");
     }
@@ -321,5 +336,177 @@ async fn a_pinning_request_stays_ahead_of_what_other_clients_send_after_it() {
             got.contains("no longer exists"),
             "round {round}: the DEL overtook the XREADGROUP: {got}"
         );
+    }
+}
+
+/// The master's client connections from the proxy (not the sentinels', not the one asking).
+async fn proxy_connections(probe: &mut sentinel_proxy::sentinel::client::RespConn) -> usize {
+    match cmd(probe, &["CLIENT", "LIST", "TYPE", "normal"])
+        .await
+        .unwrap()
+    {
+        OwnedFrame::BulkString(b) => String::from_utf8_lossy(&b)
+            .lines()
+            .filter(|l| !l.contains(" name=sentinel-") || l.contains(" name=sentinel-proxy"))
+            .filter(|l| !l.contains(" cmd=client|list"))
+            .count(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    }
+}
+
+/// A transaction (WATCH … EXEC, MULTI … DISCARD, WATCH … UNWATCH) and a worker's blocking pops
+/// borrow a master connection for their span only: the client is back in the pool after it, and
+/// a worker popping 30 times costs no connection per pop. A client that sets state of its own
+/// inside a span (SELECT) keeps the connection, and its state with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_borrow_a_connection_and_give_it_back() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 1;
+        c.threads = 1;
+    })
+    .await;
+    let master = proxy.wait_ready().await;
+    let ok = || OwnedFrame::SimpleString(b"OK".to_vec());
+    let returned = |reason: &str| {
+        format!("sentinel_proxy_borrow_seconds_count{{outcome=\"returned\",reason=\"{reason}\"}}")
+    };
+
+    let mut a = conn(proxy.port).await.unwrap();
+    assert_eq!(cmd(&mut a, &["SET", "span:k", "1"]).await.unwrap(), ok());
+    assert_eq!(cmd(&mut a, &["WATCH", "span:k"]).await.unwrap(), ok());
+    assert_eq!(cmd(&mut a, &["GET", "span:k"]).await.unwrap(), bulk("1"));
+    assert_eq!(cmd(&mut a, &["MULTI"]).await.unwrap(), ok());
+    assert_eq!(
+        cmd(&mut a, &["INCR", "span:k"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"QUEUED".to_vec())
+    );
+    assert_eq!(
+        cmd(&mut a, &["EXEC"]).await.unwrap(),
+        OwnedFrame::Array(vec![OwnedFrame::Integer(2)])
+    );
+    wait_metric(
+        proxy.admin,
+        &returned("transaction"),
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(cmd(&mut a, &["MULTI"]).await.unwrap(), ok());
+    assert_eq!(
+        cmd(&mut a, &["INCR", "span:k"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"QUEUED".to_vec())
+    );
+    assert_eq!(cmd(&mut a, &["DISCARD"]).await.unwrap(), ok());
+    wait_metric(
+        proxy.admin,
+        &returned("transaction"),
+        2.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(cmd(&mut a, &["WATCH", "span:k"]).await.unwrap(), ok());
+    assert_eq!(cmd(&mut a, &["UNWATCH"]).await.unwrap(), ok());
+    wait_metric(
+        proxy.admin,
+        &returned("transaction"),
+        3.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(cmd(&mut a, &["GET", "span:k"]).await.unwrap(), bulk("2"));
+
+    // A worker pops 30 times; a producer pushes each item once the pop waits.
+    let mut worker = conn(proxy.port).await.unwrap();
+    let mut producer = conn(proxy.port).await.unwrap();
+    let mut probe = conn(master).await.unwrap();
+    let mut most = 0;
+    for i in 0..30 {
+        let item = i.to_string();
+        let pop = async { cmd(&mut worker, &["BRPOP", "span:q", "5"]).await.unwrap() };
+        let push = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let OwnedFrame::BulkString(info) =
+                    cmd(&mut probe, &["INFO", "clients"]).await.unwrap()
+                else {
+                    panic!("INFO")
+                };
+                if String::from_utf8_lossy(&info).contains("blocked_clients:1") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "pop {i} never waited"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most = most.max(proxy_connections(&mut probe).await);
+            cmd(&mut producer, &["LPUSH", "span:q", &item])
+                .await
+                .unwrap()
+        };
+        let (popped, _) = tokio::join!(pop, push);
+        assert_eq!(
+            popped,
+            OwnedFrame::Array(vec![bulk("span:q"), bulk(&item)]),
+            "pop {i}"
+        );
+    }
+    wait_metric(
+        proxy.admin,
+        &returned("blocking"),
+        30.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    // The shared connection, the one lent (given back, taken again) and the spares a thread
+    // keeps: not one per pop.
+    eprintln!("at most {most} master connections from the proxy while a pop waited");
+    assert!(most <= 4, "{most} master connections while a pop waited");
+
+    // SELECT inside a span: the connection is the client's from then on, with its database.
+    let mut s = conn(proxy.port).await.unwrap();
+    assert_eq!(
+        cmd(&mut s, &["SET", "span:db", "zero"]).await.unwrap(),
+        ok()
+    );
+    assert_eq!(cmd(&mut s, &["WATCH", "span:db"]).await.unwrap(), ok());
+    assert_eq!(cmd(&mut s, &["SELECT", "3"]).await.unwrap(), ok());
+    assert_eq!(cmd(&mut s, &["UNWATCH"]).await.unwrap(), ok());
+    assert_eq!(
+        cmd(&mut s, &["SET", "span:db", "three"]).await.unwrap(),
+        ok()
+    );
+    assert_eq!(
+        cmd(&mut s, &["GET", "span:db"]).await.unwrap(),
+        bulk("three")
+    );
+    assert_eq!(
+        cmd(&mut a, &["GET", "span:db"]).await.unwrap(),
+        bulk("zero")
+    );
+
+    // A transaction pipelined whole (redis-py's `pipeline()`) needs no connection of its own.
+    let mut p = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    let mut out = multibulk(&["MULTI"]);
+    out.extend(multibulk(&["INCR", "span:p"]));
+    out.extend(multibulk(&["INCR", "span:p"]));
+    out.extend(multibulk(&["EXEC"]));
+    p.write_all(&out).await.unwrap();
+    let want = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:2\r\n";
+    let mut got = vec![0u8; want.len()];
+    p.read_exact(&mut got).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "sentinel_proxy_borrowed_connections"),
+        Some(1.0),
+        "only the client that kept its connection: {text}"
+    );
+    assert_eq!(metric(&text, &returned("transaction")), Some(3.0), "{text}");
+    if let Some(complaints) = promtool_check(&text) {
+        assert_eq!(complaints, "", "promtool check metrics");
     }
 }

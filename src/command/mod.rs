@@ -69,6 +69,12 @@ impl Pin {
         Pin::Large,
     ];
 
+    /// Pinned only for a span (a transaction, a blocking call): the client borrows a connection
+    /// and gives it back once the span is over and the connection is as it found it.
+    pub fn spans(self) -> bool {
+        matches!(self, Pin::Transaction | Pin::Blocking)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Pin::Transaction => "transaction",

@@ -63,6 +63,32 @@ pub struct Captured {
     pub bytes: Option<(u32, u32)>,
 }
 
+/// Pooled mode: a `MULTI` read in this buffer whose `EXEC` has not been (`feed`), and the
+/// tracker's counts before it.
+struct OpenTransaction {
+    /// Where the `MULTI` begins in the buffer (`u32::MAX`: in an earlier one).
+    start: u32,
+    /// The end of the last complete request before it.
+    before: u32,
+    requests: u64,
+    replies: u64,
+}
+
+/// Whose connection a tracked stream goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The client's own (a 1:1 session, or a pinned one).
+    Own,
+    /// Pooled mode, a shared connection (the command table, `command/`): `feed` stops at the
+    /// first request that pins the client, and says so in `pin`.
+    Pool,
+    /// Lent to a pooled client for a span (a transaction, a blocking call): `feed` goes on
+    /// through every request, and notes in `pin` the first one that would have pinned the client
+    /// for another reason (its state, a subscription, a command the table does not know). The
+    /// connection is then the client's own for the rest of its life.
+    Lent,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqState {
     Start,
@@ -126,11 +152,11 @@ pub struct RequestTracker {
     /// them after each `feed`. Empty for most sessions.
     pub captured: Vec<Captured>,
     pub captured_bytes: Vec<u8>,
-    /// Pooled mode (the command table, `command/`): `feed` stops at the first request that pins the client,
-    /// and says so in `pin`.
-    pub pool: bool,
-    /// Why `feed` stopped (see [`RequestTracker::pin_start`]). The tracker is not fed again
-    /// after this.
+    /// Whose connection the stream goes on: the client's own, a pool's shared one, or one lent
+    /// for a span ([`Mode`]).
+    pub mode: Mode,
+    /// Pooled mode: why `feed` stopped (see [`RequestTracker::pin_start`]); the tracker is not
+    /// fed again after this. Lent: the first request that made the connection the client's own.
     pub pin: Option<Pin>,
     /// Offset in the buffer last fed just past its last complete request (or where it stopped).
     pub boundary: u32,
@@ -176,7 +202,7 @@ impl RequestTracker {
             replication: false,
             captured: Vec::new(),
             captured_bytes: Vec::new(),
-            pool: false,
+            mode: Mode::Own,
             pin: None,
             boundary: 0,
             req_start: u32::MAX,
@@ -195,7 +221,34 @@ impl RequestTracker {
 
     /// Feed bytes. On a protocol error, returns it with the number of bytes of `buf` that belong
     /// to complete requests before the error (those may still be forwarded).
+    ///
+    /// Pooled mode shares a transaction that arrives whole: `MULTI`, requests that share, then
+    /// `EXEC` or `DISCARD`, all in this buffer (a client's pipelined transaction, as redis-py's
+    /// `pipeline()` sends it). Anything else from `MULTI` on (its end not here yet, a request in
+    /// it that would pin, bad input) stops at the `MULTI`: the client borrows a connection for it.
     pub fn feed(&mut self, buf: &[u8]) -> Result<(), (ProtocolError, usize)> {
+        let mut tx = None;
+        let fed = self.feed_requests(buf, &mut tx);
+        let Some(tx) = tx else {
+            return fed;
+        };
+        // A transaction still open: rewind to its MULTI, which pins.
+        self.pin = Some(Pin::Transaction);
+        self.boundary = tx.before;
+        self.req_start = tx.start;
+        self.requests = tx.requests;
+        self.expected_replies = tx.replies;
+        match fed {
+            Ok(()) => Ok(()),
+            Err((e, _)) => Err((e, tx.before as usize)),
+        }
+    }
+
+    fn feed_requests(
+        &mut self,
+        buf: &[u8],
+        tx: &mut Option<OpenTransaction>,
+    ) -> Result<(), (ProtocolError, usize)> {
         let mut i = 0;
         let mut last_complete = 0;
         self.boundary = 0;
@@ -208,9 +261,12 @@ impl RequestTracker {
                 ReqState::Start => {
                     self.reset_request();
                     self.req_start = i as u32;
-                    if self.pool && b != b'*' {
-                        self.stop(Pin::Inline, last_complete);
-                        return Ok(());
+                    if self.mode != Mode::Own && b != b'*' {
+                        if self.mode == Mode::Pool {
+                            self.stop(Pin::Inline, last_complete);
+                            return Ok(());
+                        }
+                        self.pin.get_or_insert(Pin::Inline);
                     }
                     if b == b'*' {
                         self.state = ReqState::MultibulkLen;
@@ -329,14 +385,34 @@ impl RequestTracker {
                         } else if self.option == Scan::Looking {
                             self.scan_word();
                         }
-                        if self.pool
+                        if self.mode != Mode::Own
                             && let Some(pin) = self.pins()
                         {
-                            self.stop(pin, last_complete);
-                            return Ok(());
+                            if self.mode == Mode::Pool {
+                                match self.transaction_edge(pin) {
+                                    Some(true) if tx.is_none() => {
+                                        *tx = Some(OpenTransaction {
+                                            start: self.req_start,
+                                            before: last_complete as u32,
+                                            requests: self.requests,
+                                            replies: self.expected_replies,
+                                        });
+                                    }
+                                    Some(false) if tx.is_some() => {}
+                                    _ => {
+                                        self.stop(pin, last_complete);
+                                        return Ok(());
+                                    }
+                                }
+                            }
+                            if !pin.spans() {
+                                self.pin.get_or_insert(pin);
+                            }
                         }
                         if self.arg_index == 0 {
-                            self.capturing = self.multi || self.is_captured_name();
+                            // Pooled mode has no carry: nothing to keep.
+                            self.capturing =
+                                self.mode != Mode::Pool && (self.multi || self.is_captured_name());
                             if self.capturing {
                                 self.capture.clear();
                                 self.capture_overflow = false;
@@ -349,6 +425,10 @@ impl RequestTracker {
                             self.finish_multibulk();
                             self.state = ReqState::Start;
                             last_complete = i;
+                            if tx.is_some() && !self.multi {
+                                // Its EXEC or DISCARD: the whole transaction goes on.
+                                *tx = None;
+                            }
                         } else {
                             self.state = ReqState::ArgType;
                         }
@@ -358,6 +438,21 @@ impl RequestTracker {
         }
         self.boundary = last_complete as u32;
         Ok(())
+    }
+
+    /// Pooled mode, a request's name that pins with `pin` just ended: `Some(true)` if it opens
+    /// a transaction (a bare `MULTI`), `Some(false)` if it ends one (a bare `EXEC` or
+    /// `DISCARD`), else `None`. With arguments they are errors that leave Redis's transaction
+    /// state as it was, so they pin.
+    fn transaction_edge(&self, pin: Pin) -> Option<bool> {
+        if pin != Pin::Transaction || self.arg_index != 0 || self.args_left != 1 {
+            return None;
+        }
+        match self.spec()?.effect {
+            Effect::Multi => Some(true),
+            Effect::Exec => Some(false),
+            _ => None,
+        }
     }
 
     /// Where the request that pinned the client begins in the buffer last fed (`None`: it
@@ -691,7 +786,9 @@ impl RequestTracker {
                 self.blocking_seq = self.expected_replies;
             }
         }
-        if let Some(kind) = kind {
+        if let Some(kind) = kind
+            && self.mode != Mode::Pool
+        {
             let bytes = (multibulk && captured && !self.capture_overflow).then(|| {
                 let start = self.captured_bytes.len() as u32;
                 self.captured_bytes.extend_from_slice(&self.capture);
@@ -877,8 +974,134 @@ mod tests {
 
     fn pooled() -> RequestTracker {
         let mut t = RequestTracker::new(MAX);
-        t.pool = true;
+        t.mode = Mode::Pool;
         t
+    }
+
+    /// A connection lent for a span: `feed` goes through everything (counting as a dedicated
+    /// tracker does) and `pin` names the first request that makes the connection the client's
+    /// own; transactions and blocking calls, what it was lent for, do not.
+    #[test]
+    fn a_lent_connection_notes_what_makes_it_the_clients_own() {
+        let lent = |stream: &[u8]| {
+            let mut t = RequestTracker::new(MAX);
+            t.mode = Mode::Lent;
+            t.feed(stream).unwrap();
+            (t.pin, t.requests, t.expected_replies)
+        };
+        let span = b"*2\r\n$5\r\nWATCH\r\n$1\r\nk\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n\
+            *1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*1\r\n$4\r\nEXEC\r\n\
+            *3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n*1\r\n$7\r\nUNWATCH\r\n\
+            *2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n";
+        assert_eq!(lent(span), (None, 8, 8));
+        for (then, why) in [
+            (&b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"[..], Pin::Select),
+            (
+                b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n",
+                Pin::Client,
+            ),
+            (b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n", Pin::PubSub),
+            (b"*1\r\n$7\r\nMONITOR\r\n", Pin::Monitor),
+            (b"*1\r\n$8\r\nNOSUCHCM\r\n", Pin::Unknown),
+            (b"PING\r\n", Pin::Inline),
+        ] {
+            let (pin, requests, _) = lent(&[&span[..], then, span].concat());
+            assert_eq!(
+                (pin, requests),
+                (Some(why), 17),
+                "{}",
+                String::from_utf8_lossy(then)
+            );
+        }
+    }
+
+    /// Pooled mode shares a transaction that arrives whole, and stops at its MULTI otherwise.
+    #[test]
+    fn pooled_mode_shares_a_whole_transaction() {
+        let r = |parts: &[&str]| {
+            let mut out = format!("*{}\r\n", parts.len());
+            for p in parts {
+                out += &format!("${}\r\n{p}\r\n", p.len());
+            }
+            out.into_bytes()
+        };
+        let (set, get) = (r(&["SET", "k", "1"]), r(&["GET", "k"]));
+        let (multi, incr, exec) = (r(&["MULTI"]), r(&["INCR", "k"]), r(&["EXEC"]));
+        let whole = [&set[..], &multi, &incr, &incr, &exec].concat();
+        // Whole, twice, and DISCARD: nothing pins, every request counted.
+        let discard = [&multi[..], &incr, &r(&["DISCARD"])].concat();
+        let stream = [&whole[..], &discard, &whole, &get].concat();
+        let mut t = pooled();
+        t.feed(&stream).unwrap();
+        assert_eq!((t.pin, t.boundary as usize), (None, stream.len()));
+        assert_eq!((t.requests, t.expected_replies), (14, 14));
+        // Then the next one in the same tracker, cut before its EXEC: it pins at its MULTI.
+        t.feed(&[&get[..], &multi, &incr].concat()).unwrap();
+        assert_eq!(t.pin, Some(Pin::Transaction));
+        assert_eq!(
+            (t.pin_start(), t.boundary as usize),
+            (Some(get.len()), get.len())
+        );
+        assert_eq!((t.requests, t.expected_replies), (15, 15));
+
+        // What makes a transaction pin at its MULTI: a request in it that pins, a nested MULTI,
+        // an EXEC or MULTI with arguments, its end not in the same buffer.
+        for inner in [
+            r(&["SELECT", "2"]),
+            r(&["WATCH", "k"]),
+            r(&["BLPOP", "q", "0"]),
+            r(&["MULTI"]),
+            r(&["EXEC", "x"]),
+            b"PING\r\n".to_vec(),
+        ] {
+            let mut t = pooled();
+            t.feed(&[&set[..], &multi, &incr, &inner, &exec, &get].concat())
+                .unwrap();
+            assert_eq!(
+                t.pin,
+                Some(Pin::Transaction),
+                "{}",
+                String::from_utf8_lossy(&inner)
+            );
+            assert_eq!(
+                (t.pin_start(), t.boundary as usize),
+                (Some(set.len()), set.len())
+            );
+            assert_eq!((t.requests, t.expected_replies), (1, 1));
+        }
+        let mut t = pooled();
+        t.feed(&[&set[..], &r(&["MULTI", "x"])].concat()).unwrap();
+        assert_eq!(
+            (t.pin, t.pin_start()),
+            (Some(Pin::Transaction), Some(set.len()))
+        );
+        // MULTI itself cut across buffers: the pin is at a request begun in the earlier one.
+        let mut t = pooled();
+        t.feed(&multi[..5]).unwrap();
+        t.feed(&[&multi[5..], &incr].concat()).unwrap();
+        assert_eq!(
+            (t.pin, t.pin_start(), t.boundary),
+            (Some(Pin::Transaction), None, 0)
+        );
+        // Bad input in a transaction: only what came before the MULTI is valid.
+        let mut t = pooled();
+        let bad = [&set[..], &multi, &incr, b"*1\r\nx"].concat();
+        assert_eq!(t.feed(&bad).unwrap_err().1, set.len());
+    }
+
+    /// Pooled mode keeps nothing per request: a client's shared state commands (SELECT 0,
+    /// CLIENT SETINFO) are never captured for a carry it does not have.
+    #[test]
+    fn pooled_mode_captures_nothing() {
+        let mut t = pooled();
+        let select = b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n";
+        let setinfo = b"*4\r\n$6\r\nCLIENT\r\n$7\r\nSETINFO\r\n$8\r\nLIB-NAME\r\n$1\r\nx\r\n";
+        for _ in 0..100 {
+            t.feed(select).unwrap();
+            t.feed(setinfo).unwrap();
+        }
+        assert_eq!((t.pin, t.requests), (None, 200));
+        assert!(t.captured.is_empty() && t.captured_bytes.is_empty());
     }
 
     /// Pooled mode: `feed` stops at the first request that pins, says where it begins, and

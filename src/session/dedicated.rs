@@ -45,7 +45,7 @@ use super::fence::{self, gate_until};
 use super::io::{Pending, SCRATCH, arm, read_scratch, write_now};
 use super::{Close, Pipe};
 use crate::Group;
-use crate::resp::{ProtocolError, ReplyTracker, RequestTracker};
+use crate::resp::{Mode, ProtocolError, ReplyTracker, RequestTracker};
 
 mod step;
 
@@ -109,6 +109,14 @@ enum Ready {
     ClientWritable,
     BackendWritable,
     ClientReadable,
+}
+
+/// How a dedicated session's run ended.
+pub(super) enum Ended {
+    Closed(Close),
+    /// A span borrowed from the pool is over (`returnable`): the client goes back to the pool
+    /// and its connection is given back, as it was lent.
+    Returned,
 }
 
 pub(super) enum Step {
@@ -193,7 +201,7 @@ impl<'a> Session<'a> {
 
     /// Serve until the session ends; returns why. `sent` is called after the first step (which
     /// forwards what the session holds, when the route allows) and before anything waits.
-    pub(super) async fn run(&mut self, shutdown: &CancellationToken, sent: impl FnOnce()) -> Close {
+    pub(super) async fn run(&mut self, shutdown: &CancellationToken, sent: impl FnOnce()) -> Ended {
         let mut sent = Some(sent);
         // One coarse timer per session, not one per request: checks idleness a few times per
         // timeout period.
@@ -219,6 +227,9 @@ impl<'a> Session<'a> {
                 Step::Again => continue,
                 _ => {}
             }
+            if self.req.mode == Mode::Lent && self.returnable() {
+                return Ended::Returned;
+            }
             if let Step::Close(c) = self.wait(shutdown, idle_check.as_mut(), idle).await {
                 break c;
             }
@@ -230,7 +241,36 @@ impl<'a> Session<'a> {
         if !self.held.is_empty() {
             self.count_held("dropped");
         }
-        close
+        Ended::Closed(close)
+    }
+
+    /// A connection lent for a span can go back to the pool: the span is over (no transaction
+    /// or WATCH open, nothing blocked, no reply owed, not mid-request, nothing held or pending
+    /// either way), the client set nothing of its own on it (no state, subscription, MONITOR,
+    /// tracking, reply mode, unknown command: `RequestTracker::kept`, the carry), and it is to
+    /// the routed master with no move or deadline under way.
+    fn returnable(&self) -> bool {
+        let req = &self.req;
+        req.pin.is_none()
+            && req.at_request_boundary()
+            && !req.in_transaction
+            && !req.pubsub
+            && !req.monitor
+            && !req.quit
+            && !req.replication
+            && self.in_flight() == 0
+            && self.held.is_empty()
+            && self.unsent.is_empty()
+            && self.replies.is_empty()
+            && self.carry.as_ref().is_none_or(|c| c.is_empty())
+            && self.pipe.is_none()
+            && !self.client_eof
+            && !self.backend_gone
+            && self.protocol_error.is_none()
+            && !self.shutting_down
+            && self.deadline.is_none()
+            && !self.carrier
+            && self.group.route.generation() == self.generation
     }
 
     /// Write the replies still pending to the client, waiting (boundedly) if need be.

@@ -8,7 +8,9 @@
 //!
 //! In pooled mode (`--pool`) a client starts in `pooled.rs`: its requests go on its thread's
 //! shared connections (`pool.rs`, each served by `conn.rs`) until one needs a connection of its
-//! own (the command table, `command/`); then it continues here as a dedicated session.
+//! own (the command table, `command/`); then it continues here as a dedicated session, on a
+//! connection lent for a span (a transaction, a blocking call: back to the pool after it, the
+//! connection kept as a spare) or pinned to it for good.
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::Group;
+use crate::command::Pin;
 // Every real socket's options (nodelay, keepalive): one rule for plain and TLS (`sockopt.rs`).
 use crate::sockopt::tune;
 use dedicated::Session;
@@ -143,7 +146,7 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
     tune(&client, group.config().tcp_keepalive);
     // (An `if`: its condition's temporary, the configuration, is not kept across the await.)
     let close = if group.config().users.is_none() {
-        dedicated(client, &group, &shutdown, (&[], false), || {}, None).await
+        closed_only(dedicated(client, &group, &shutdown, (&[], false), || {}, None, false).await)
     } else {
         // Boxed: what the gate leaves (a HELLO to send first) is not carried by every session.
         Box::pin(authenticated(client, &group, &shutdown)).await
@@ -158,9 +161,26 @@ async fn authenticated(
     shutdown: &CancellationToken,
 ) -> Close {
     match gate::pass(&mut client, group, shutdown).await {
-        Ok(first) => dedicated(client, group, shutdown, (&first, false), || {}, None).await,
+        Ok(first) => closed_only(
+            dedicated(client, group, shutdown, (&first, false), || {}, None, false).await,
+        ),
         Err(close) => close,
     }
+}
+
+/// A session that was never lent ends closed.
+fn closed_only(served: Served) -> Close {
+    match served {
+        Served::Closed(close) => close,
+        Served::Returned(..) => Close::IoError,
+    }
+}
+
+/// How a dedicated session ended: closed, or (lent to a pooled client for a span) returned with
+/// the client's socket and its connection, to the master of that generation.
+enum Served {
+    Closed(Close),
+    Returned(TcpStream, Option<Box<(TcpStream, u64, SocketAddr)>>),
 }
 
 /// Serve one client in pooled mode, on its worker's `LocalSet`: in the pool until a request pins
@@ -193,33 +213,40 @@ pub async fn serve_pooled(
             None => return,
         }
     };
-    // In a block, so that only the boxed future is kept across its await: not `outcome`, whose
-    // parts it owns (a moved-from local keeps its space in the task until its scope ends).
-    let next = {
-        let mut session = Box::new(pooled::Pooled::new(client, &group, pool.clone()));
-        let mut outcome = session.run().await;
-        if let pooled::Outcome::Pin = outcome {
-            outcome = session.pinned();
-        }
-        match outcome {
-            pooled::Outcome::Closed(close) => Err(close),
-            pooled::Outcome::Pin => Err(Close::IoError),
-            pooled::Outcome::Pinned(client, first, why, barrier) => {
-                debug!(
-                    reason = why.label(),
-                    "pinned to a master connection of its own"
-                );
-                m.pinned_sessions_total
-                    .with_label_values(&[why.label()])
-                    .inc();
-                let spare = pool.take_spare(&group).map(Box::new);
-                Ok(pinned(client, first, barrier, spare, &group, &shutdown))
+    let mut client = client;
+    let close = loop {
+        // In a block, so that only the boxed future is kept across its await: not `outcome`,
+        // whose parts it owns (a moved-from local keeps its space in the task until its scope
+        // ends).
+        let next = {
+            let mut session = Box::new(pooled::Pooled::new(client, &group, pool.clone()));
+            let mut outcome = session.run().await;
+            if let pooled::Outcome::Pin = outcome {
+                outcome = session.pinned();
             }
+            match outcome {
+                pooled::Outcome::Closed(close) => Err(close),
+                pooled::Outcome::Pin => Err(Close::IoError),
+                pooled::Outcome::Pinned(client, first, why, barrier) => {
+                    let spare = pool.take_spare(&group).map(Box::new);
+                    Ok(pinned(
+                        client, first, barrier, spare, why, &group, &shutdown,
+                    ))
+                }
+            }
+        };
+        match next {
+            Ok(session) => match session.await {
+                Served::Closed(close) => break close,
+                Served::Returned(c, conn) => {
+                    if let Some(conn) = conn {
+                        pool.give_back(*conn);
+                    }
+                    client = c;
+                }
+            },
+            Err(close) => break close,
         }
-    };
-    let close = match next {
-        Ok(session) => session.await,
-        Err(close) => close,
     };
     closed(&group, close);
 }
@@ -237,13 +264,8 @@ async fn pooled_gate(
         // `HELLO … AUTH`: the HELLO goes on a connection of the client's own, as it would from
         // the pool (it pins).
         Ok(first) => {
-            group
-                .metrics
-                .pinned_sessions_total
-                .with_label_values(&["auth"])
-                .inc();
             let spare = pool.take_spare(group).map(Box::new);
-            pinned(client, first, None, spare, group, shutdown).await
+            closed_only(pinned(client, first, None, spare, Pin::Auth, group, shutdown).await)
         }
         Err(close) => close,
     };
@@ -252,15 +274,32 @@ async fn pooled_gate(
 }
 
 /// A pinned client's dedicated session, boxed with everything it owns: an idle pooled client's
-/// task does not carry a dedicated session's space.
+/// task does not carry a dedicated session's space. Pinned for a span (`Pin::spans`: a
+/// transaction, a blocking call), the connection is lent: the session returns the client and the
+/// connection once the span is over, unless the client made the connection its own meanwhile.
 fn pinned<'a>(
     client: TcpStream,
     first: Vec<u8>,
     barrier: Option<pool::PinGuard>,
     spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
+    why: Pin,
     group: &'a Arc<Group>,
     shutdown: &'a CancellationToken,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Close> + 'a>> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Served> + 'a>> {
+    let m = &group.metrics;
+    let lent = why.spans();
+    if lent {
+        debug!(reason = why.label(), "a master connection lent for a span");
+        m.borrowed_connections.inc();
+    } else {
+        debug!(
+            reason = why.label(),
+            "pinned to a master connection of its own"
+        );
+        m.pinned_sessions_total
+            .with_label_values(&[why.label()])
+            .inc();
+    }
     // Its own span from here, at info level as in 1:1 mode (the pooled phase's is at debug
     // level: see `listener.rs`).
     let span = match client.peer_addr() {
@@ -274,7 +313,21 @@ fn pinned<'a>(
             // The pin barrier falls once the pinning request is written (`dedicated` runs the
             // session's first step, which sends it, before this task next yields).
             let sent = move || drop(barrier);
-            dedicated(client, group, shutdown, (&first, true), sent, spare).await
+            let began = Instant::now();
+            let served =
+                dedicated(client, group, shutdown, (&first, true), sent, spare, lent).await;
+            if lent {
+                let m = &group.metrics;
+                m.borrowed_connections.dec();
+                let outcome = match &served {
+                    Served::Returned(..) => "returned",
+                    Served::Closed(_) => "closed",
+                };
+                m.borrow_seconds
+                    .with_label_values(&[why.label(), outcome])
+                    .observe(began.elapsed().as_secs_f64());
+            }
+            served
         }
         .instrument(span),
     )
@@ -295,7 +348,8 @@ fn closed(group: &Group, close: Close) {
 /// The dedicated (1:1) session of `client`, whose first bytes (`first`, already read) are
 /// forwarded before anything else it sends. `pinned`: a pooled client that needed a connection
 /// of its own (`first` is the request that pinned it); else a new client (`first`, if any, is
-/// what the gate let through).
+/// what the gate let through). `lent`: the connection is lent to a pooled client for a span, and
+/// the session returns it once the span is over (`Served::Returned`).
 async fn dedicated(
     mut client: TcpStream,
     group: &Arc<Group>,
@@ -303,7 +357,8 @@ async fn dedicated(
     (first, pinned): (&[u8], bool),
     sent: impl FnOnce(),
     spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
-) -> Close {
+    lent: bool,
+) -> Served {
     let m = &group.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
     // short-lived) are boxed and freed once connected, the session lives in one box, and no
@@ -333,17 +388,21 @@ async fn dedicated(
                     debug!(backend = %addr, "no answer on a new connection");
                     group.metrics.backend_connect_failures_total.inc();
                     let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
-                    return Close::BackendClosed;
+                    return Served::Closed(Close::BackendClosed);
                 }
             }
             group.route.attach(generation);
             let mut session = Box::new(Session::new(client, backend, generation, group));
+            if lent {
+                session.req.mode = crate::resp::Mode::Lent;
+            }
             if !first.is_empty() {
                 session.take_request_bytes(first);
             }
-            let close = session.run(shutdown, sent).await;
+            let ended = session.run(shutdown, sent).await;
             let Session {
                 mut client,
+                backend,
                 generation,
                 carrier,
                 ..
@@ -352,8 +411,21 @@ async fn dedicated(
             if carrier {
                 group.route.carrier_detach(generation);
             }
-            let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
-            close
+            match ended {
+                // Returned only while `generation` is the route's: its target is the backend's.
+                dedicated::Ended::Returned => {
+                    let conn = group
+                        .route
+                        .load()
+                        .target()
+                        .map(|addr| Box::new((backend, generation, addr)));
+                    Served::Returned(client, conn)
+                }
+                dedicated::Ended::Closed(close) => {
+                    let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
+                    Served::Closed(close)
+                }
+            }
         }
         Err(close) => {
             if close == Close::NoMaster {
@@ -365,7 +437,7 @@ async fn dedicated(
                 let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
             }
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
-            close
+            Served::Closed(close)
         }
     }
 }

@@ -47,8 +47,9 @@ pub(super) struct Pool {
     pinning: Cell<u32>,
     pinning_since: Cell<Option<Instant>>,
     pin_waiters: RefCell<Vec<Weak<Client>>>,
-    /// A connection kept ready for the next client to pin (see `take_spare`).
-    spare: RefCell<Option<Spare>>,
+    /// Connections kept ready for the next clients to pin or borrow (see `take_spare`), at most
+    /// `SPARES_KEPT`, the most recently used last.
+    spares: RefCell<Vec<Spare>>,
     spare_pending: Cell<bool>,
 }
 
@@ -109,6 +110,10 @@ thread_local! {
 
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
+/// Spare connections a thread keeps: what clients borrowing for short spans (a worker's `BRPOP`
+/// after `BRPOP`) give back is taken again at once, without a connect.
+const SPARES_KEPT: usize = 2;
+
 impl Pool {
     /// This thread's pool of `size` connections, and the task that wakes its clients and
     /// connections when the route changes or shutdown begins. Call on the thread's `LocalSet`.
@@ -131,7 +136,7 @@ impl Pool {
                 pinning: Cell::new(0),
                 pinning_since: Cell::new(None),
                 pin_waiters: RefCell::new(Vec::new()),
-                spare: RefCell::new(None),
+                spares: RefCell::new(Vec::new()),
                 spare_pending: Cell::new(false),
             });
             pool.refill(group);
@@ -155,14 +160,25 @@ impl Pool {
         self: &Rc<Self>,
         group: &Arc<Group>,
     ) -> Option<(TcpStream, u64, SocketAddr)> {
-        let spare = self.spare.borrow_mut().take();
-        self.refill(group);
-        // Without a spare the pinning request waits for a new connection, covered only by the
-        // barrier (50 ms): why there was none is logged, for when a request was overtaken.
-        let Some(spare) = spare else {
-            debug!("no spare connection for a pinned client (still being made, or none could be)");
-            return None;
-        };
+        loop {
+            let spare = self.spares.borrow_mut().pop();
+            self.refill(group);
+            // Without a spare the pinning request waits for a new connection, covered only by the
+            // barrier (50 ms): why there was none is logged, for when a request was overtaken.
+            let Some(spare) = spare else {
+                debug!(
+                    "no spare connection for a pinned client (still being made, or none could be)"
+                );
+                return None;
+            };
+            if let Some(usable) = Self::usable_spare(spare, group) {
+                return Some(usable);
+            }
+        }
+    }
+
+    /// `spare` if it is to the routed master, the route is open and Redis has not closed it.
+    fn usable_spare(spare: Spare, group: &Group) -> Option<(TcpStream, u64, SocketAddr)> {
         let route = group.route.load();
         // Served: a master the watcher cannot reach right now still takes the connections of
         // clients it already serves (see `pooled.rs`).
@@ -185,9 +201,23 @@ impl Pool {
         (open && quiet).then_some((spare.stream, spare.generation, spare.addr))
     }
 
+    /// A connection lent for a span, given back clean (`dedicated.rs`, `returnable`): kept as a
+    /// spare if it is to the routed master and fewer than `SPARES_KEPT` are, else closed.
+    pub(super) fn give_back(&self, (stream, generation, addr): (TcpStream, u64, SocketAddr)) {
+        let mut spares = self.spares.borrow_mut();
+        spares.retain(|s| s.generation == generation);
+        if spares.len() < SPARES_KEPT {
+            spares.push(Spare {
+                stream,
+                generation,
+                addr,
+            });
+        }
+    }
+
     /// Make a spare connection unless there is one or one is being made.
     fn refill(self: &Rc<Self>, group: &Arc<Group>) {
-        if self.spare_pending.get() || self.spare.borrow().is_some() {
+        if self.spare_pending.get() || !self.spares.borrow().is_empty() {
             return;
         }
         self.spare_pending.set(true);
@@ -213,7 +243,12 @@ impl Pool {
             .await;
             if let Some(pool) = pool.upgrade() {
                 pool.spare_pending.set(false);
-                *pool.spare.borrow_mut() = made;
+                let mut spares = pool.spares.borrow_mut();
+                if let Some(made) = made
+                    && spares.len() < SPARES_KEPT
+                {
+                    spares.push(made);
+                }
             }
         });
     }

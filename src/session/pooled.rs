@@ -1,8 +1,10 @@
 //! A client in pooled mode (`--pool`): its requests go on one of its thread's shared master
 //! connections (`pool.rs`) until it sends one that needs a connection of its own
-//! (`command/`). Then it is pinned: once every reply it is owed has been delivered, it
-//! leaves the pool and continues as a dedicated session (`dedicated.rs`), starting with that
-//! request, for the rest of its life.
+//! (`command/`; a transaction that arrives whole does not: `RequestTracker::feed`). Then, once
+//! every reply it is owed has been delivered, it leaves the pool and continues as a dedicated
+//! session (`dedicated.rs`), starting with that request: for the span of a transaction or a
+//! blocking call on a connection lent to it (after which it comes back here, `mod.rs`), or for
+//! the rest of its life (pinned).
 //!
 //! Only complete requests go on a shared connection (the start of one is kept until its end
 //! arrives), and all of a client's requests in flight are on the same connection, so Redis runs
@@ -33,7 +35,7 @@ use super::io::Pending;
 use super::pool::{PinGuard, Pool, Wait};
 use crate::Group;
 use crate::command::Pin as PinReason;
-use crate::resp::{ProtocolError, RequestTracker};
+use crate::resp::{Mode, ProtocolError, RequestTracker};
 
 mod wait;
 
@@ -121,7 +123,7 @@ struct Slow {
 impl<'a> Pooled<'a> {
     pub(super) fn new(stream: TcpStream, group: &'a Arc<Group>, pool: Rc<Pool>) -> Self {
         let mut req = RequestTracker::new(group.config().max_request_bytes);
-        req.pool = true;
+        req.mode = Mode::Pool;
         let slot = pool.assign();
         let client = Rc::new(Client::new(stream));
         if !group.config().idle_timeout.is_zero() {
