@@ -16,6 +16,12 @@
 #   SCENARIOS=none IDLE=2000 benches/compare.sh   # idle memory only
 #   EXTRA="old=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
 #   TLS=1 benches/compare.sh                  # and the TLS rows (below)
+#   SCENARIOS="db1 resp3 evalsha" benches/compare.sh   # what applications send (below)
+#
+# The application profiles: db1 (--dbnum 1: every client sends SELECT 1 first), resp3 (-3: HELLO 3
+# first), evalsha (a script loaded once, then EVALSHA of it: an INCR of a random key). At the end
+# the report gives, per proxy, the clients it pinned and the connections it lent, by reason (its
+# /metrics): in pooled mode these profiles should pin nothing.
 #
 # TLS=1 adds, with certificates made by openssl: direct-tls (redis-benchmark --tls to the
 # master's own tls-port), tls-client (TLS client → proxy → plain master), tls-backend (plain
@@ -38,9 +44,13 @@ declare -A ARGS=(
     [c50p16]="-c 50 -P 16"
     [c1]="-c 1 -P 1"
     [d1024]="-c 50 -P 1 -d 1024"
+    [db1]="-c 50 -P 1 --dbnum 1"
+    [resp3]="-c 50 -P 1 -3"
+    [evalsha]="-c 50 -P 1"
 )
 # -c 1 is latency-bound: fewer requests keep it as long as the others.
-declare -A REQS=([c50p1]=$N [c50p16]=$((N * 4)) [c1]=$((N / 4)) [d1024]=$N)
+declare -A REQS=([c50p1]=$N [c50p16]=$((N * 4)) [c1]=$((N / 4)) [d1024]=$N [db1]=$N [resp3]=$N
+    [evalsha]=$N)
 
 ulimit -n "$(ulimit -Hn)"
 max_idle=$(( ($(ulimit -n) - 100) / 2 ))
@@ -60,6 +70,8 @@ MASTER=$(lab_master_port)
 redis-cli -p "$MASTER" config set maxclients $((IDLE + 200)) >/dev/null
 
 declare -A PORTS=([direct]=$MASTER)
+# The admin (metrics) port of each proxy target.
+declare -A ADMIN=()
 # Extra redis-benchmark (and redis-cli) arguments of a target: TLS ones for the TLS client side.
 declare -A BENCH=()
 # The process whose CPU time is charged to each target (for direct: the master redis-server).
@@ -72,9 +84,10 @@ BIN=target/release/sentinel-proxy
 for spec in "proxy=$BIN --threads 1" "pooled=$BIN --threads 1 --pool 1" \
     "proxy-mt=$BIN --threads 0" ${EXTRA:-}; do
     name=${spec%%=*} cmd=${spec#*=} cmd=${cmd//,/ }
-    port=$(free_port)
+    port=$(free_port) admin=$(free_port)
+    ADMIN[$name]=$admin
     # shellcheck disable=SC2086
-    $cmd --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" \
+    $cmd --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$admin" \
         --max-clients $((IDLE + 100)) --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/$name.log" &
     PIDS+=($!)
     CPU_PID[$name]=$!
@@ -166,6 +179,16 @@ TICK=$(getconf CLK_TCK)
 # A CSV field of one test's line: field TEST COLUMN (2 rps, 5 p50 ms, 7 p99 ms).
 field() { grep "^\"$1\"" | cut -d, -f"$2" | tr -d '"'; }
 
+# The evalsha profile's script (loaded on the master; a failover is not expected here).
+SHA=$(redis-cli -p "$MASTER" SCRIPT LOAD "return redis.call('INCR', KEYS[1])")
+# What redis-benchmark runs in a scenario: SET and GET, or the profile's own command.
+workload() {
+    case $1 in
+        evalsha) echo "EVALSHA $SHA 1 key:__rand_int__" ;;
+        *) echo "-t set,get" ;;
+    esac
+}
+
 declare -A R
 for r in $(seq 1 "$ROUNDS"); do
     for sc in $SCENARIOS; do
@@ -173,9 +196,14 @@ for r in $(seq 1 "$ROUNDS"); do
         for name in "${NAMES[@]}"; do
             before=$(cpu_ticks "${CPU_PID[$name]}") rbefore=$(cpu_ticks "${CPU_PID[direct]}")
             # shellcheck disable=SC2086
-            out=$(redis-benchmark ${BENCH[$name]:-} -p "${PORTS[$name]}" -t set,get -n "$n" \
-                ${ARGS[$sc]} --csv)
+            # shellcheck disable=SC2046
+            out=$(redis-benchmark ${BENCH[$name]:-} -p "${PORTS[$name]}" -n "$n" ${ARGS[$sc]} \
+                --csv $(workload "$sc"))
             after=$(cpu_ticks "${CPU_PID[$name]}") rafter=$(cpu_ticks "${CPU_PID[direct]}")
+            if [ "$sc" = evalsha ]; then
+                # One command: its line stands in the SET and GET columns alike.
+                out=$(sed -n '2p' <<<"$out" | sed 's/^"[^"]*"/"SET"/; p; s/^"SET"/"GET"/')
+            fi
             for t in SET GET; do
                 R[$sc.$name.$t]+="$(field "$t" 2 <<<"$out") "
                 R[$sc.$name.$t.p50]+="$(field "$t" 5 <<<"$out") "
@@ -195,7 +223,7 @@ m() { median <<<"${R[$1]}"; }
 echo "# $(nproc) CPUs; redis $(redis-server --version | grep -o 'v=[^ ]*'); medians of $ROUNDS interleaved rounds"
 for sc in $SCENARIOS; do
     echo
-    echo "## $sc: redis-benchmark -t set,get -n ${REQS[$sc]} ${ARGS[$sc]}"
+    echo "## $sc: redis-benchmark $(workload "$sc") -n ${REQS[$sc]} ${ARGS[$sc]}"
     printf '%-18s %10s %10s %7s %7s %10s %10s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
         "Redis s/M" "GET p50/p99 us" "added p50/p99"
     ds=$(m "$sc.direct.SET") dg=$(m "$sc.direct.GET")
@@ -209,6 +237,18 @@ for sc in $SCENARIOS; do
             "$(awk "BEGIN{printf \"%d/%d\", $p50*1000, $p99*1000}")" \
             "$(awk "BEGIN{printf \"%+d/%+d\", ($p50-$d50)*1000, ($p99-$d99)*1000}")"
     done
+done
+
+echo
+echo "## Clients pinned and connections lent, per proxy (its /metrics, every scenario together)"
+for name in "${NAMES[@]}"; do
+    [ -n "${ADMIN[$name]:-}" ] || continue
+    counts=$(curl -s "http://127.0.0.1:${ADMIN[$name]}/metrics" |
+        grep -E '^sentinel_proxy_(pinned_sessions_total|borrow_seconds_count)' |
+        sed -E 's/^sentinel_proxy_pinned_sessions_total\{.*reason="([^"]*)".*\} /pinned:\1=/;
+                s/^sentinel_proxy_borrow_seconds_count\{.*outcome="([^"]*)",reason="([^"]*)".*\} /lent:\2:\1=/' |
+        tr '\n' ' ')
+    printf '%-18s %s\n' "$name" "${counts:-none}"
 done
 
 echo

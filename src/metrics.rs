@@ -266,14 +266,14 @@ impl Metrics {
             ),
             borrowed_connections: gauge(
                 "sentinel_proxy_borrowed_connections",
-                "Pooled mode: master connections lent to one client for a span (a transaction, a blocking call) right now.",
+                "Pooled mode: master connections lent to one client for a span (a transaction, a blocking call, the answer to AUTH, HELLO or SELECT) right now.",
             ),
             borrow_seconds: reg(
                 &registry,
                 HistogramVec::new(
                     HistogramOpts::new(
                         "sentinel_proxy_borrow_seconds",
-                        "Pooled mode: how long a client held a lent master connection, by what it was lent for (transaction, blocking) and how the span ended (returned: the client went back to the pool; closed: the client ended, or made the connection its own).",
+                        "Pooled mode: how long a client held a lent master connection, by what it was lent for (transaction, blocking, auth, select) and how the span ended (returned: the client went back to the pool; closed: the client ended, or made the connection its own).",
                     )
                     .buckets(vec![
                         0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,

@@ -43,11 +43,14 @@ async fn proxy_clients(port: u16) -> Option<u64> {
     Some(
         text.lines()
             // In pooled mode the proxy also keeps a spare connection for the next client to
-            // pin, checked with CONFIG GET.
+            // pin, checked with CONFIG GET. The watcher's own short-lived queries of a new
+            // master (ROLE, and COMMAND just after the route is set) are not clients' either.
             .filter(|l| {
                 !l.contains(" name=sentinel")
                     && !l.contains(" cmd=client|list")
                     && !l.contains(" cmd=config|get")
+                    && !l.contains(" cmd=command ")
+                    && !l.contains(" cmd=role ")
             })
             .count() as u64,
     )

@@ -185,30 +185,22 @@ async fn connection_commands_pin_their_client_and_are_counted() {
     assert_eq!(&got, b"+PONG\r\n");
 
     let (_, text) = http_get(proxy.admin, "/metrics").await;
-    for (reason, n) in [("select", 1.0), ("client", 1.0), ("inline", 1.0)] {
+    for (reason, n) in [("client", 1.0), ("inline", 1.0)] {
         let series = format!("sentinel_proxy_pinned_sessions_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&text, &series), Some(n), "{series}\n{text}");
     }
-    // The transaction arrived whole and went on the shared connection; the pop only borrowed a
-    // connection, and gave it back.
-    assert_eq!(
-        metric(
-            &text,
-            "sentinel_proxy_pinned_sessions_total{reason=\"transaction\"}"
-        ),
-        None,
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "sentinel_proxy_pinned_sessions_total{reason=\"blocking\"}"
-        ),
-        None,
-        "{text}"
-    );
-    let lent = "sentinel_proxy_borrow_seconds_count{outcome=\"returned\",reason=\"blocking\"}";
-    assert!(metric(&text, lent).unwrap_or(0.0) >= 1.0, "{lent}\n{text}");
+    // The transaction arrived whole and went on the shared connection; the pop and SELECT 2
+    // only borrowed a connection for their answer (the SELECT's client went on in db 2's pool).
+    for reason in ["transaction", "blocking", "select"] {
+        let pinned = format!("sentinel_proxy_pinned_sessions_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &pinned), None, "{pinned}\n{text}");
+    }
+    for reason in ["blocking", "select"] {
+        let lent = format!(
+            "sentinel_proxy_borrow_seconds_count{{outcome=\"returned\",reason=\"{reason}\"}}"
+        );
+        assert!(metric(&text, &lent).unwrap_or(0.0) >= 1.0, "{lent}\n{text}");
+    }
     if let Some(complaints) = promtool_check(&text) {
         assert_eq!(complaints, "", "promtool check metrics");
     }
@@ -465,7 +457,7 @@ async fn spans_borrow_a_connection_and_give_it_back() {
     eprintln!("at most {most} master connections from the proxy while a pop waited");
     assert!(most <= 4, "{most} master connections while a pop waited");
 
-    // SELECT inside a span: the connection is the client's from then on, with its database.
+    // SELECT inside a span: the client goes back to the pool of its database.
     let mut s = conn(proxy.port).await.unwrap();
     assert_eq!(
         cmd(&mut s, &["SET", "span:db", "zero"]).await.unwrap(),
@@ -502,11 +494,132 @@ async fn spans_borrow_a_connection_and_give_it_back() {
     let (_, text) = http_get(proxy.admin, "/metrics").await;
     assert_eq!(
         metric(&text, "sentinel_proxy_borrowed_connections"),
-        Some(1.0),
-        "only the client that kept its connection: {text}"
+        Some(0.0),
+        "{text}"
     );
-    assert_eq!(metric(&text, &returned("transaction")), Some(3.0), "{text}");
+    // Three transactions, and the WATCH … UNWATCH that moved its client to db 3's pool.
+    assert_eq!(metric(&text, &returned("transaction")), Some(4.0), "{text}");
     if let Some(complaints) = promtool_check(&text) {
         assert_eq!(complaints, "", "promtool check metrics");
+    }
+}
+
+/// Read one RESP reply (RESP2 or RESP3) from a raw socket.
+async fn read_reply(s: &mut TcpStream) -> Vec<u8> {
+    let mut rep = sentinel_proxy::resp::ReplyTracker::new();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while rep.replies == 0 {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a reply within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        rep.feed(&buf[..n]).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// What applications send at connect, against a password-protected Redis: AUTH, SELECT 1, and
+/// HELLO 3 with AUTH. None of it pins: each borrows a connection for its answer, and the client
+/// goes on in the pool of its state (user, database, protocol), whose connections are opened
+/// with it, on the new master too after a failover. A wrong password gets Redis's own error
+/// and leaves the client unauthenticated; 40 clients cost a handful of master connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_a_password_a_database_and_resp3_share_pools_across_a_failover() {
+    const PW: &str = "pooled-secret-pw";
+    let lab = Lab::start_with(LabOptions {
+        redis_password: Some(PW.into()),
+        ..Default::default()
+    })
+    .await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 1;
+        c.threads = 1;
+        c.master_auth.password = Some(sentinel_proxy::config::Secret::new(PW));
+    })
+    .await;
+    let old = proxy.wait_ready().await;
+    let ok = || OwnedFrame::SimpleString(b"OK".to_vec());
+
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let mut c = conn(proxy.port).await.unwrap();
+        assert_eq!(cmd(&mut c, &["AUTH", PW]).await.unwrap(), ok());
+        assert_eq!(cmd(&mut c, &["SELECT", "1"]).await.unwrap(), ok());
+        let key = format!("auth:{i}");
+        assert_eq!(cmd(&mut c, &["SET", &key, "1"]).await.unwrap(), ok());
+        clients.push((c, key));
+    }
+    // RESP3 with its credentials in HELLO, as Lettuce and node-redis send it.
+    let mut r3 = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    r3.write_all(&multibulk(&["HELLO", "3", "AUTH", "default", PW]))
+        .await
+        .unwrap();
+    let hello = read_reply(&mut r3).await;
+    assert!(
+        hello.starts_with(b"%"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
+    r3.write_all(&multibulk(&["HSET", "auth:h", "f", "v"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut r3).await, b":1\r\n");
+    let map = b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n".to_vec();
+    r3.write_all(&multibulk(&["HGETALL", "auth:h"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut r3).await, map);
+    // A wrong password: Redis's own answer, and still no access.
+    let mut wrong = conn(proxy.port).await.unwrap();
+    let refused = cmd(&mut wrong, &["AUTH", "not-the-password"]).await;
+    assert!(format!("{refused:?}").contains("WRONGPASS"), "{refused:?}");
+    let noauth = cmd(&mut wrong, &["GET", "auth:0"]).await;
+    assert!(format!("{noauth:?}").contains("NOAUTH"), "{noauth:?}");
+
+    let mut probe = lab.rconn(old).await.unwrap();
+    let on_master = proxy_connections(&mut probe).await;
+    eprintln!("{on_master} master connections from the proxy for 42 clients");
+    assert!(
+        on_master <= 12,
+        "{on_master} master connections for 42 clients"
+    );
+
+    lab.failover().await;
+    let new = lab.wait_new_master(old, Duration::from_secs(60)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(10)).await;
+    for (c, key) in &mut clients {
+        assert_eq!(cmd(c, &["SET", key, "2"]).await.unwrap(), ok(), "{key}");
+        assert_eq!(cmd(c, &["GET", key]).await.unwrap(), bulk("2"), "{key}");
+    }
+    r3.write_all(&multibulk(&["HGETALL", "auth:h"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut r3).await, map);
+    let mut direct = lab.rconn(new).await.unwrap();
+    assert_eq!(cmd(&mut direct, &["SELECT", "1"]).await.unwrap(), ok());
+    assert_eq!(
+        cmd(&mut direct, &["GET", "auth:39"]).await.unwrap(),
+        bulk("2")
+    );
+    assert_eq!(
+        cmd(&mut direct, &["EXISTS", "auth:h"]).await.unwrap(),
+        OwnedFrame::Integer(0),
+        "db 1, not db 0"
+    );
+
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    for reason in ["auth", "select"] {
+        let pinned = format!("sentinel_proxy_pinned_sessions_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &pinned), None, "{pinned}\n{text}");
+        let lent = format!(
+            "sentinel_proxy_borrow_seconds_count{{outcome=\"returned\",reason=\"{reason}\"}}"
+        );
+        assert!(
+            metric(&text, &lent).unwrap_or(0.0) >= 40.0,
+            "{lent}\n{text}"
+        );
     }
 }

@@ -69,10 +69,15 @@ impl Pin {
         Pin::Large,
     ];
 
-    /// Pinned only for a span (a transaction, a blocking call): the client borrows a connection
-    /// and gives it back once the span is over and the connection is as it found it.
+    /// Pinned only for a span: the client borrows a connection and gives it back once the span
+    /// is over (a transaction, a blocking call, the answer to AUTH, HELLO or SELECT) and the
+    /// connection is in a state a pool can share (as it found it, or with only its user,
+    /// protocol or database changed: the client then goes to the pool of that state).
     pub fn spans(self) -> bool {
-        matches!(self, Pin::Transaction | Pin::Blocking)
+        matches!(
+            self,
+            Pin::Transaction | Pin::Blocking | Pin::Auth | Pin::Select
+        )
     }
 
     pub fn label(self) -> &'static str {

@@ -994,10 +994,14 @@ mod tests {
             *3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n*1\r\n$7\r\nUNWATCH\r\n\
             *2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n";
         assert_eq!(lent(span), (None, 8, 8));
+        // AUTH, HELLO and SELECT change what pool the client goes back to, not whether it does
+        // (the carry says which: `Carry::pool_state`).
+        let state = b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n*2\r\n$4\r\nAUTH\r\n$1\r\np\r\n\
+            *2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+        assert_eq!(lent(&[&span[..], state].concat()), (None, 11, 11));
         for (then, why) in [
-            (&b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"[..], Pin::Select),
             (
-                b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n",
+                &b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n"[..],
                 Pin::Client,
             ),
             (b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n", Pin::PubSub),

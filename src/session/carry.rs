@@ -369,6 +369,74 @@ impl Carry {
             && self.uncarriable.is_none()
     }
 
+    /// The connection state a pooled client may share a connection with other clients in
+    /// (its user, protocol and database: what AUTH, HELLO and SELECT set), as the commands that
+    /// set it, in the order a new connection must be sent them; `None` when the carry holds
+    /// anything else (a name, tracking, a transaction, subscriptions, a pending answer …).
+    /// `SELECT 0` is no state: it is where every connection starts. A library name or version
+    /// (`CLIENT SETINFO`) is left out: it names a connection, it changes no answer.
+    pub fn pool_state(&self) -> Option<Vec<Vec<u8>>> {
+        if !self.poolable() {
+            return None;
+        }
+        let mut state = Vec::new();
+        for slot in [Slot::Auth, Slot::Hello, Slot::Db] {
+            if let Some(b) = &self.slots[slot.index()] {
+                let a = args(b);
+                // Where every connection starts: SELECT 0, a bare HELLO or HELLO 2.
+                let default = match slot {
+                    Slot::Db => a.get(1).is_some_and(|db| *db == b"0"),
+                    Slot::Hello => a.len() <= 2 && a.get(1).is_none_or(|v| *v == b"2"),
+                    _ => false,
+                };
+                if default {
+                    continue;
+                }
+                state.push(b.clone());
+            }
+        }
+        Some(state)
+    }
+
+    /// Whether `pool_state` has one (checked without building it).
+    pub fn poolable(&self) -> bool {
+        let only_shared_slots = self.slots.iter().enumerate().all(|(i, s)| {
+            s.is_none()
+                || [
+                    Slot::Auth,
+                    Slot::Hello,
+                    Slot::Db,
+                    Slot::LibName,
+                    Slot::LibVersion,
+                ]
+                .iter()
+                .any(|slot| slot.index() == i)
+        });
+        only_shared_slots
+            && self.pending.is_empty()
+            && matches!(self.tracking, Tracking::Off)
+            && self.transaction.is_none()
+            && !self.watching
+            && self.blocked.is_none()
+            && self.subs.count() == 0
+            && !self.inspecting
+            && self.uncarriable.is_none()
+    }
+
+    /// Start from a pool's connection state (`pool_state`): the connection the session is lent
+    /// was opened with it, and a move must open the next one with it too.
+    pub fn preload(&mut self, state: &[Vec<u8>]) {
+        for b in state {
+            let a = args(b);
+            if let Some(slot) = command::state_slot(&a) {
+                if slot == Slot::Hello {
+                    self.resp3 = command::hello_version(&a).map_or(self.resp3, |v| v == b"3");
+                }
+                self.slots[slot.index()] = Some(b.clone());
+            }
+        }
+    }
+
     /// Whether a blocking command is in flight (sent, not answered).
     #[cfg(test)]
     pub fn blocking_in_flight(&self) -> bool {

@@ -244,11 +244,31 @@ impl<'a> Session<'a> {
         Ended::Closed(close)
     }
 
+    /// The connection was opened with a pool's state (`Carry::pool_state`: its user, protocol,
+    /// database): a move opens the next one with it too.
+    pub(super) fn preload(&mut self, state: &[Vec<u8>]) {
+        if state.is_empty() {
+            return;
+        }
+        let carry = self.carry.get_or_insert_with(|| Box::new(Carry::new()));
+        carry.preload(state);
+        self.req.resp3 = carry.resp3;
+    }
+
+    /// The pool state the client leaves a lent connection with (`returnable`).
+    pub(super) fn pool_state(&self) -> Vec<Vec<u8>> {
+        self.carry
+            .as_ref()
+            .and_then(|c| c.pool_state())
+            .unwrap_or_default()
+    }
+
     /// A connection lent for a span can go back to the pool: the span is over (no transaction
     /// or WATCH open, nothing blocked, no reply owed, not mid-request, nothing held or pending
-    /// either way), the client set nothing of its own on it (no state, subscription, MONITOR,
-    /// tracking, reply mode, unknown command: `RequestTracker::kept`, the carry), and it is to
-    /// the routed master with no move or deadline under way.
+    /// either way), the client set nothing of its own on it but what a pool can share (its
+    /// user, protocol, database: `Carry::pool_state`; no name, subscription, MONITOR, tracking,
+    /// reply mode, unknown command: `RequestTracker::pin`), and it is to the routed master with
+    /// no move or deadline under way.
     fn returnable(&self) -> bool {
         let req = &self.req;
         req.pin.is_none()
@@ -262,7 +282,7 @@ impl<'a> Session<'a> {
             && self.held.is_empty()
             && self.unsent.is_empty()
             && self.replies.is_empty()
-            && self.carry.as_ref().is_none_or(|c| c.is_empty())
+            && self.carry.as_ref().is_none_or(|c| c.poolable())
             && self.pipe.is_none()
             && !self.client_eof
             && !self.backend_gone

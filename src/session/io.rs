@@ -113,6 +113,32 @@ pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Resu
     Ok(line[0])
 }
 
+/// Send the commands of `state` (whole RESP commands, as `Carry::pool_state` keeps them) one by
+/// one and read each whole reply (HELLO's is a map): `Ok(false)` if Redis refused one.
+pub(super) async fn set_up(stream: &mut TcpStream, state: &[Vec<u8>]) -> io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 1024];
+    for command in state {
+        stream.write_all(command).await?;
+        let mut rep = crate::resp::ReplyTracker::new();
+        while rep.replies == 0 {
+            match stream.read(&mut buf).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => rep
+                    .feed(&buf[..n])
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?,
+            }
+        }
+        if rep.replies > 1 || !rep.at_reply_boundary() {
+            return Err(io::ErrorKind::InvalidData.into()); // more than was asked: not Redis
+        }
+        if rep.last_error {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A session's timer, boxed and only while it has something to wake for: set to the earliest of
 /// `a` and `b`, or dropped when neither is set (idle sessions stay small).
 pub(super) fn arm(

@@ -146,7 +146,18 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
     tune(&client, group.config().tcp_keepalive);
     // (An `if`: its condition's temporary, the configuration, is not kept across the await.)
     let close = if group.config().users.is_none() {
-        closed_only(dedicated(client, &group, &shutdown, (&[], false), || {}, None, false).await)
+        closed_only(
+            dedicated(
+                client,
+                &group,
+                &shutdown,
+                (&[], false),
+                || {},
+                None,
+                Lend::NONE,
+            )
+            .await,
+        )
     } else {
         // Boxed: what the gate leaves (a HELLO to send first) is not carried by every session.
         Box::pin(authenticated(client, &group, &shutdown)).await
@@ -162,7 +173,16 @@ async fn authenticated(
 ) -> Close {
     match gate::pass(&mut client, group, shutdown).await {
         Ok(first) => closed_only(
-            dedicated(client, group, shutdown, (&first, false), || {}, None, false).await,
+            dedicated(
+                client,
+                group,
+                shutdown,
+                (&first, false),
+                || {},
+                None,
+                Lend::NONE,
+            )
+            .await,
         ),
         Err(close) => close,
     }
@@ -177,10 +197,32 @@ fn closed_only(served: Served) -> Close {
 }
 
 /// How a dedicated session ended: closed, or (lent to a pooled client for a span) returned with
-/// the client's socket and its connection, to the master of that generation.
+/// the client's socket, its connection to the master of that generation, and the connection
+/// state the client left it in (the pool it goes back to: `Carry::pool_state`).
 enum Served {
     Closed(Close),
-    Returned(TcpStream, Option<Box<(TcpStream, u64, SocketAddr)>>),
+    Returned(
+        TcpStream,
+        Option<Box<(TcpStream, u64, SocketAddr)>>,
+        Vec<Vec<u8>>,
+    ),
+}
+
+/// A pooled client's dedicated session: whether its connection is lent for a span (else the
+/// client keeps it), and the state of the pool it came from, which its connection was opened
+/// with (a move must open the next one with it).
+#[derive(Clone, Copy)]
+struct Lend<'s> {
+    span: bool,
+    state: &'s [Vec<u8>],
+}
+
+impl Lend<'_> {
+    /// A 1:1 session.
+    const NONE: Lend<'static> = Lend {
+        span: false,
+        state: &[],
+    };
 }
 
 /// Serve one client in pooled mode, on its worker's `LocalSet`: in the pool until a request pins
@@ -203,7 +245,7 @@ pub async fn serve_pooled(
     m.client_connections.inc();
     m.client_connections_total.inc();
     tune(&client, group.config().tcp_keepalive);
-    let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown);
+    let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown, &[]);
     let client = if group.config().users.is_none() {
         client
     } else {
@@ -214,6 +256,7 @@ pub async fn serve_pooled(
         }
     };
     let mut client = client;
+    let mut pool = pool;
     let close = loop {
         // In a block, so that only the boxed future is kept across its await: not `outcome`,
         // whose parts it owns (a moved-from local keeps its space in the task until its scope
@@ -227,18 +270,20 @@ pub async fn serve_pooled(
             match outcome {
                 pooled::Outcome::Closed(close) => Err(close),
                 pooled::Outcome::Pin => Err(Close::IoError),
-                pooled::Outcome::Pinned(client, first, why, barrier) => {
-                    let spare = pool.take_spare(&group).map(Box::new);
-                    Ok(pinned(
-                        client, first, barrier, spare, why, &group, &shutdown,
-                    ))
-                }
+                pooled::Outcome::Pinned(client, first, why, barrier) => Ok(pinned(
+                    client, first, barrier, &pool, why, &group, &shutdown,
+                )),
             }
         };
         match next {
             Ok(session) => match session.await {
                 Served::Closed(close) => break close,
-                Served::Returned(c, conn) => {
+                Served::Returned(c, conn, state) => {
+                    if state != pool.state() {
+                        // AUTH, HELLO or SELECT in the span: the pool of its new state.
+                        pool =
+                            pool::Pool::for_thread(group.config().pool, &group, &shutdown, &state);
+                    }
                     if let Some(conn) = conn {
                         pool.give_back(*conn);
                     }
@@ -264,8 +309,7 @@ async fn pooled_gate(
         // `HELLO … AUTH`: the HELLO goes on a connection of the client's own, as it would from
         // the pool (it pins).
         Ok(first) => {
-            let spare = pool.take_spare(group).map(Box::new);
-            closed_only(pinned(client, first, None, spare, Pin::Auth, group, shutdown).await)
+            closed_only(pinned(client, first, None, pool, Pin::Auth, group, shutdown).await)
         }
         Err(close) => close,
     };
@@ -281,13 +325,18 @@ fn pinned<'a>(
     client: TcpStream,
     first: Vec<u8>,
     barrier: Option<pool::PinGuard>,
-    spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
+    pool: &std::rc::Rc<pool::Pool>,
     why: Pin,
     group: &'a Arc<Group>,
     shutdown: &'a CancellationToken,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Served> + 'a>> {
+    let spare = pool.take_spare(group).map(Box::new);
+    // The connection was opened with the pool's state: the session starts from it.
+    let state = pool.state().to_vec();
     let m = &group.metrics;
-    let lent = why.spans();
+    // The proxy's own authentication (`--users-file`) answers AUTH itself: its `HELLO … AUTH`
+    // keeps its connection.
+    let lent = why.spans() && !(why == Pin::Auth && group.config().users.is_some());
     if lent {
         debug!(reason = why.label(), "a master connection lent for a span");
         m.borrowed_connections.inc();
@@ -314,8 +363,12 @@ fn pinned<'a>(
             // session's first step, which sends it, before this task next yields).
             let sent = move || drop(barrier);
             let began = Instant::now();
+            let lend = Lend {
+                span: lent,
+                state: &state,
+            };
             let served =
-                dedicated(client, group, shutdown, (&first, true), sent, spare, lent).await;
+                dedicated(client, group, shutdown, (&first, true), sent, spare, lend).await;
             if lent {
                 let m = &group.metrics;
                 m.borrowed_connections.dec();
@@ -357,7 +410,7 @@ async fn dedicated(
     (first, pinned): (&[u8], bool),
     sent: impl FnOnce(),
     spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
-    lent: bool,
+    lend: Lend<'_>,
 ) -> Served {
     let m = &group.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
@@ -393,13 +446,18 @@ async fn dedicated(
             }
             group.route.attach(generation);
             let mut session = Box::new(Session::new(client, backend, generation, group));
-            if lent {
+            if lend.span {
                 session.req.mode = crate::resp::Mode::Lent;
             }
+            session.preload(lend.state);
             if !first.is_empty() {
                 session.take_request_bytes(first);
             }
             let ended = session.run(shutdown, sent).await;
+            let state = match ended {
+                dedicated::Ended::Returned => session.pool_state(),
+                dedicated::Ended::Closed(_) => Vec::new(),
+            };
             let Session {
                 mut client,
                 backend,
@@ -419,7 +477,7 @@ async fn dedicated(
                         .load()
                         .target()
                         .map(|addr| Box::new((backend, generation, addr)));
-                    Served::Returned(client, conn)
+                    Served::Returned(client, conn, state)
                 }
                 dedicated::Ended::Closed(close) => {
                     let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
@@ -541,7 +599,7 @@ mod tests {
             let local = tokio::task::LocalSet::new();
             local
                 .run_until(async {
-                    let pool = pool::Pool::for_thread(1, &group, &sd);
+                    let pool = pool::Pool::for_thread(1, &group, &sd, &[]);
                     let mut pooled = pooled::Pooled::new(socket().await.unwrap(), &group, pool);
                     let pooled_size = std::mem::size_of_val(&pooled);
                     let run_size = size_of(&pooled.run());

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use super::conn::{Client, Conn, drive};
 use super::fence;
-use super::io::{ACCEPTED, exchange};
+use super::io::{ACCEPTED, exchange, set_up};
 use crate::Group;
 
 enum Slot {
@@ -51,6 +51,10 @@ pub(super) struct Pool {
     /// `SPARES_KEPT`, the most recently used last.
     spares: RefCell<Vec<Spare>>,
     spare_pending: Cell<bool>,
+    /// The connection state its clients share (`Carry::pool_state`: AUTH, HELLO, SELECT as
+    /// their clients sent them, so a secret): every connection of the pool is opened with it.
+    /// Empty for the group's first pool. Never logged.
+    state: Vec<Vec<u8>>,
 }
 
 /// A master connection Redis has accepted and answered on (`io::ACCEPTED`), waiting for a client
@@ -104,7 +108,8 @@ pub(super) enum Wait {
 }
 
 thread_local! {
-    /// This thread's pool of each group (by `Group::id`): a few groups, looked up linearly.
+    /// This thread's pools of each group (by `Group::id`), one per connection state its clients
+    /// are in: a few, looked up linearly.
     static POOLS: RefCell<Vec<(usize, Rc<Pool>)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -121,9 +126,13 @@ impl Pool {
         size: usize,
         group: &Arc<Group>,
         shutdown: &CancellationToken,
+        state: &[Vec<u8>],
     ) -> Rc<Pool> {
         POOLS.with_borrow_mut(|pools| {
-            if let Some((_, pool)) = pools.iter().find(|(id, _)| *id == group.id) {
+            if let Some((_, pool)) = pools
+                .iter()
+                .find(|(id, p)| *id == group.id && p.state == state)
+            {
                 return pool.clone();
             }
             let pool = Rc::new(Pool {
@@ -138,6 +147,7 @@ impl Pool {
                 pin_waiters: RefCell::new(Vec::new()),
                 spares: RefCell::new(Vec::new()),
                 spare_pending: Cell::new(false),
+                state: state.to_vec(),
             });
             pool.refill(group);
             tokio::task::spawn_local(watch(
@@ -149,6 +159,11 @@ impl Pool {
             pools.push((group.id, pool.clone()));
             pool
         })
+    }
+
+    /// The connection state its clients share (see `state`).
+    pub(super) fn state(&self) -> &[Vec<u8>] {
+        &self.state
     }
 
     /// The spare connection for a client being pinned, if it is to the routed master, the route
@@ -222,6 +237,7 @@ impl Pool {
         }
         self.spare_pending.set(true);
         let (pool, group) = (Rc::downgrade(self), group.clone());
+        let state = self.state.clone();
         tokio::task::spawn_local(async move {
             let route = group.route.load();
             let config = group.config();
@@ -229,6 +245,9 @@ impl Pool {
                 let addr = route.target()?;
                 let connect = async {
                     let mut stream = super::backend::open(&group, addr).await?;
+                    if !set_up(&mut stream, &state).await? {
+                        return Err(refused());
+                    }
                     exchange(&mut stream, ACCEPTED).await?;
                     Ok::<_, std::io::Error>(stream)
                 };
@@ -418,6 +437,13 @@ impl Drop for Forget {
     }
 }
 
+fn refused() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "the master refused the pool's connection state",
+    )
+}
+
 /// Connect `slot` to the master and serve the connection until it ends.
 async fn connect(
     pool: Rc<Pool>,
@@ -442,13 +468,19 @@ async fn connect(
         }
     };
     let mut stream = stream;
-    // Named, so `CLIENT LIST` on the master tells the proxy's shared connections apart. Any
-    // answer will do (`-NOAUTH` when Redis wants a password: the name is only a courtesy).
+    // Opened with the pool's state (its clients' user, protocol, database), then named, so
+    // `CLIENT LIST` on the master tells the proxy's shared connections apart. Any answer to the
+    // name will do (`-NOAUTH` when Redis wants a password: the name is only a courtesy).
     let setname = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$19\r\nsentinel-proxy-pool\r\n";
-    if !matches!(
-        timeout(config.connect_timeout, exchange(&mut stream, setname)).await,
-        Ok(Ok(_))
-    ) {
+    let set_up = async {
+        if !set_up(&mut stream, &pool.state).await? {
+            // A password changed or a user removed since the clients logged in.
+            debug!(backend = %addr, "the master refused a pool's connection state");
+            return Err(refused());
+        }
+        exchange(&mut stream, setname).await
+    };
+    if !matches!(timeout(config.connect_timeout, set_up).await, Ok(Ok(_))) {
         group.metrics.backend_connect_failures_total.inc();
         pool.failed_at.set(Some(Instant::now()));
         pool.set(slot, generation, None);
