@@ -184,7 +184,7 @@ SHA=$(redis-cli -p "$MASTER" SCRIPT LOAD "return redis.call('INCR', KEYS[1])")
 # What redis-benchmark runs in a scenario: SET and GET, or the profile's own command.
 workload() {
     case $1 in
-        evalsha) echo "EVALSHA $SHA 1 key:__rand_int__" ;;
+        evalsha) echo "EVALSHA $SHA 1 evalsha:__rand_int__" ;;
         *) echo "-t set,get" ;;
     esac
 }
@@ -209,10 +209,13 @@ for r in $(seq 1 "$ROUNDS"); do
                 R[$sc.$name.$t.p50]+="$(field "$t" 5 <<<"$out") "
                 R[$sc.$name.$t.p99]+="$(field "$t" 7 <<<"$out") "
             done
-            # CPU seconds per million requests (SET and GET together: 2 x n requests).
-            R[$sc.$name.cpu]+="$(awk "BEGIN{print ($after - $before) / $TICK / (2 * $n / 1e6)}") "
+            # CPU seconds per million requests (SET and GET together: 2 x n requests; a profile's
+            # own command: n).
+            reqs=$((2 * n))
+            [ "$sc" = evalsha ] && reqs=$n
+            R[$sc.$name.cpu]+="$(awk "BEGIN{print ($after - $before) / $TICK / ($reqs / 1e6)}") "
             # And what Redis itself spent per request through this target.
-            R[$sc.$name.rcpu]+="$(awk "BEGIN{print ($rafter - $rbefore) / $TICK / (2 * $n / 1e6)}") "
+            R[$sc.$name.rcpu]+="$(awk "BEGIN{print ($rafter - $rbefore) / $TICK / ($reqs / 1e6)}") "
         done
     done
     echo "round $r of $ROUNDS done" >&2
@@ -243,11 +246,11 @@ echo
 echo "## Clients pinned and connections lent, per proxy (its /metrics, every scenario together)"
 for name in "${NAMES[@]}"; do
     [ -n "${ADMIN[$name]:-}" ] || continue
-    counts=$(curl -s "http://127.0.0.1:${ADMIN[$name]}/metrics" |
+    counts=$(curl -s "http://127.0.0.1:${ADMIN[$name]}/metrics" | {
         grep -E '^sentinel_proxy_(pinned_sessions_total|borrow_seconds_count)' |
         sed -E 's/^sentinel_proxy_pinned_sessions_total\{.*reason="([^"]*)".*\} /pinned:\1=/;
                 s/^sentinel_proxy_borrow_seconds_count\{.*outcome="([^"]*)",reason="([^"]*)".*\} /lent:\2:\1=/' |
-        tr '\n' ' ')
+        tr '\n' ' '; } || true)
     printf '%-18s %s\n' "$name" "${counts:-none}"
 done
 

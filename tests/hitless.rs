@@ -297,10 +297,28 @@ fn field(v: &serde_json::Value, kind: &str, name: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_client_rides_through_five_failovers_and_a_kill_9() {
+    rides_through(0).await;
+}
+
+/// The same in pooled mode: the subscribers, the MONITOR and the tracking client pinned, the
+/// blocked consumers and the open transactions on connections lent for their spans (moved in
+/// them), the rest on the shared connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_client_rides_through_five_failovers_and_a_kill_9_pooled() {
+    rides_through(2).await;
+}
+
+/// `pool`: `--pool` (0: 1:1 mode, or what `SENTINEL_PROXY_TEST_POOL` says).
+async fn rides_through(pool: usize) {
     let py = python(); // install before the lab starts its clocks
     drop(py);
     let mut lab = Lab::start().await;
-    let proxy = Proxy::start(lab.sentinel_addrs()).await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        if pool > 0 {
+            c.pool = pool;
+        }
+    })
+    .await;
     proxy.wait_ready().await;
 
     let stop = CancellationToken::new();
