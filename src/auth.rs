@@ -8,10 +8,17 @@
 //! Argon2 PHC string as `sentinel-proxy hash-password` prints it. `AUTH password` alone is user
 //! `default`, as in Redis. The file is read at start and on every reload (SIGHUP); a file that
 //! does not load fails the reload and the users in use stay.
+//!
+//! A pair that verified is remembered (`Verified`), so a client that connects for every request
+//! pays Argon2 once, not every time: by an HMAC-SHA256 of the name and password under a key drawn
+//! at random when the file is loaded, never the password itself. Only successes are kept (every
+//! wrong password costs the full Argon2), at most `VERIFIED_MAX` of them, and a reload starts
+//! afresh, so a changed or removed user's old password no longer passes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use argon2::Argon2;
 use password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -27,6 +34,39 @@ pub struct Users {
     pub path: PathBuf,
     /// Name → the PHC string of its password hash.
     hashes: HashMap<String, String>,
+    verified: Verified,
+}
+
+/// How many verified pairs are remembered; past it, the memory starts afresh.
+const VERIFIED_MAX: usize = 4096;
+
+/// The pairs that verified since the file was loaded, by keyed hash (see the module doc).
+struct Verified {
+    key: ring::hmac::Key,
+    /// `None` when the system gave no randomness for the key: every pair then pays Argon2.
+    seen: Option<Mutex<HashSet<[u8; 32]>>>,
+}
+
+impl Verified {
+    fn new() -> Verified {
+        let mut key = [0u8; 32];
+        let random = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key);
+        Verified {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            seen: random.is_ok().then(|| Mutex::new(HashSet::new())),
+        }
+    }
+
+    fn tag(&self, user: &[u8], password: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        // The name's length first: ("ab", "c") and ("a", "bc") are different pairs.
+        ctx.update(&(user.len() as u64).to_be_bytes());
+        ctx.update(user);
+        ctx.update(password);
+        let mut tag = [0u8; 32];
+        tag.copy_from_slice(ctx.sign().as_ref());
+        tag
+    }
 }
 
 impl Users {
@@ -40,11 +80,24 @@ impl Users {
         Ok(Users {
             path: path.to_path_buf(),
             hashes,
+            verified: Verified::new(),
         })
     }
 
-    /// Whether `password` is `user`'s. Slow by design (Argon2): call it off the async threads.
+    /// `Some(true)` if `password` is `user`'s and that pair verified before (fast: no Argon2);
+    /// `None` if only `verify` can tell.
+    pub fn verified_before(&self, user: &[u8], password: &[u8]) -> Option<bool> {
+        let seen = self.verified.seen.as_ref()?.lock().ok()?;
+        seen.contains(&self.verified.tag(user, password))
+            .then_some(true)
+    }
+
+    /// Whether `password` is `user`'s. Slow by design (Argon2) unless the pair verified before:
+    /// call it off the async threads.
     pub fn verify(&self, user: &[u8], password: &[u8]) -> bool {
+        if self.verified_before(user, password) == Some(true) {
+            return true;
+        }
         let Some(phc) = std::str::from_utf8(user)
             .ok()
             .and_then(|u| self.hashes.get(u))
@@ -53,9 +106,19 @@ impl Users {
             let _ = Argon2::default().verify_password(password, &decoy());
             return false;
         };
-        PasswordHash::new(phc)
+        let ok = PasswordHash::new(phc)
             .map(|h| Argon2::default().verify_password(password, &h).is_ok())
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if ok && let Some(seen) = &self.verified.seen {
+            let tag = self.verified.tag(user, password);
+            if let Ok(mut seen) = seen.lock() {
+                if seen.len() >= VERIFIED_MAX {
+                    seen.clear();
+                }
+                seen.insert(tag);
+            }
+        }
+        ok
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +205,7 @@ mod tests {
         Users {
             path: "users".into(),
             hashes: parse(text).unwrap(),
+            verified: Verified::new(),
         }
     }
 
@@ -159,6 +223,28 @@ mod tests {
             shown.contains("app") && !shown.contains("argon2"),
             "{shown}"
         );
+    }
+
+    /// A pair that verified is remembered (by keyed hash) and passes again without Argon2; a
+    /// wrong password or an unknown user never is; a reload (a new `Users`) starts afresh.
+    #[test]
+    fn a_verified_pair_is_remembered_and_nothing_else() {
+        let u = users(&format!("app:{}\n", hash("s3cret").unwrap()));
+        assert_eq!(u.verified_before(b"app", b"s3cret"), None);
+        assert!(!u.verify(b"app", b"wrong"));
+        assert!(!u.verify(b"nobody", b"s3cret"));
+        assert_eq!(u.verified_before(b"app", b"wrong"), None);
+        assert!(u.verify(b"app", b"s3cret"));
+        assert_eq!(u.verified_before(b"app", b"s3cret"), Some(true));
+        assert!(u.verify(b"app", b"s3cret"));
+        // The name is part of the pair, not only the bytes of name and password together.
+        assert_eq!(u.verified_before(b"ap", b"ps3cret"), None);
+        assert_eq!(u.verified_before(b"nobody", b"s3cret"), None);
+        let shown = format!("{u:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let reloaded = users(&format!("app:{}\n", hash("other").unwrap()));
+        assert_eq!(reloaded.verified_before(b"app", b"s3cret"), None);
+        assert!(!reloaded.verify(b"app", b"s3cret"));
     }
 
     #[test]

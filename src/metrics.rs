@@ -261,7 +261,7 @@ impl Metrics {
             ),
             pinned_sessions_total: counter_vec(
                 "sentinel_proxy_pinned_sessions_total",
-                "Pooled mode: clients given a master connection of their own, by the kind of command that needed it (transaction, pubsub, monitor, blocking, script, select, auth, client, read_mode, replication, reset, inline, unknown, large).",
+                "Pooled mode: clients given a master connection of their own, by the kind of command that needed it (transaction, pubsub, monitor, blocking, script, select, auth, client, read_mode, replication, reset, inline, unknown, large, notifications).",
                 &["reason"],
             ),
             borrowed_connections: gauge(
@@ -273,7 +273,7 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "sentinel_proxy_borrow_seconds",
-                        "Pooled mode: how long a client held a lent master connection, by what it was lent for (transaction, blocking, auth, select) and how the span ended (returned: the client went back to the pool; closed: the client ended, or made the connection its own).",
+                        "Pooled mode: how long a client held a lent master connection, by what it was lent for (transaction, blocking, auth, select, notifications) and how the span ended (returned: the client went back to the pool; closed: the client ended, or made the connection its own).",
                     )
                     .buckets(vec![
                         0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,

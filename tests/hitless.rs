@@ -28,28 +28,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// redis-py's interpreter: target/redis-py, made by `scripts/lib.sh`'s `ensure_redis_py` (run
-/// here when missing, so `cargo test` alone works too).
-fn python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let py = root.join("target/redis-py/bin/python");
-    let ok = |p: &PathBuf| {
-        Command::new(p)
-            .args(["-c", "import redis"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok(&py) {
-        let status = Command::new("bash")
-            .args(["-c", "source scripts/lib.sh && ensure_redis_py"])
-            .current_dir(&root)
-            .status()
-            .expect("run ensure_redis_py");
-        assert!(status.success() && ok(&py), "could not install redis-py");
-    }
-    py
-}
-
 /// The redis-py clients, killed on drop.
 struct Clients {
     child: Child,

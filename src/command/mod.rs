@@ -49,10 +49,14 @@ pub enum Pin {
     /// A request larger than pooled mode keeps whole (it is streamed on a connection of its own
     /// instead of being held until its end arrives).
     Large,
+    /// CLIENT MAINT_NOTIFICATIONS (redis-py 8 sends it at connect): a server that knows it
+    /// sends the connection push notifications from then on, one that does not answers an
+    /// error and nothing changes. Borrowed for its answer: kept only if it worked.
+    Notifications,
 }
 
 impl Pin {
-    pub const ALL: [Pin; 14] = [
+    pub const ALL: [Pin; 15] = [
         Pin::Transaction,
         Pin::PubSub,
         Pin::Monitor,
@@ -67,6 +71,7 @@ impl Pin {
         Pin::Inline,
         Pin::Unknown,
         Pin::Large,
+        Pin::Notifications,
     ];
 
     /// Pinned only for a span: the client borrows a connection and gives it back once the span
@@ -76,7 +81,7 @@ impl Pin {
     pub fn spans(self) -> bool {
         matches!(
             self,
-            Pin::Transaction | Pin::Blocking | Pin::Auth | Pin::Select
+            Pin::Transaction | Pin::Blocking | Pin::Auth | Pin::Select | Pin::Notifications
         )
     }
 
@@ -96,6 +101,7 @@ impl Pin {
             Pin::Inline => "inline",
             Pin::Unknown => "unknown",
             Pin::Large => "large",
+            Pin::Notifications => "notifications",
         }
     }
 }
@@ -122,10 +128,12 @@ pub enum Slot {
     LibVersion,
     NoEvict,
     NoTouch,
+    /// CLIENT MAINT_NOTIFICATIONS.
+    Notifications,
 }
 
 impl Slot {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 
     pub fn index(self) -> usize {
         self as usize
@@ -397,14 +405,24 @@ pub fn all() -> &'static [Spec] {
 
 /// Pooled mode, for a command whose row says `ByArgument`: SELECT 0 (every shared connection
 /// is on db 0) and CLIENT SETINFO (library name and version, which Redis only shows in CLIENT
-/// LIST; clients send it at connect) share; other SELECTs and CLIENT subcommands pin.
+/// LIST; clients send it at connect) share; other SELECTs and CLIENT subcommands pin (SELECT
+/// and CLIENT MAINT_NOTIFICATIONS only for their answer: `Pin::spans`).
 pub fn by_argument(name: &[u8], first: &[u8]) -> Option<Pin> {
     match name {
         b"SELECT" if first == b"0" => None,
         b"SELECT" => Some(Pin::Select),
         b"CLIENT" if first == b"SETINFO" => None,
+        b"CLIENT" if is_maint_notifications(first) => Some(Pin::Notifications),
         _ => Some(Pin::Client),
     }
+}
+
+/// `MAINT_NOTIFICATIONS`, whole, or as the request framer keeps a word longer than its 16
+/// bytes (`resp/request.rs`: the first byte zeroed, the next 15 kept): no other CLIENT
+/// subcommand is that long.
+fn is_maint_notifications(sub: &[u8]) -> bool {
+    sub == b"MAINT_NOTIFICATIONS"
+        || (sub.len() == 16 && sub[0] == 0 && &sub[1..] == b"AINT_NOTIFICATI")
 }
 
 /// What a CLIENT subcommand (upper case; `arg` its first argument, upper case) does to the
@@ -442,6 +460,7 @@ pub fn client_sub(sub: &[u8], arg: &[u8]) -> ClientSub {
         b"NO-EVICT" => ClientSub::State(Slot::NoEvict),
         b"NO-TOUCH" => ClientSub::State(Slot::NoTouch),
         b"TRACKING" => ClientSub::Tracking,
+        _ if is_maint_notifications(sub) => ClientSub::State(Slot::Notifications),
         _ => ClientSub::Other,
     }
 }

@@ -158,6 +158,10 @@ fn state_slots() {
     assert_eq!(slot("CLIENT SETINFO"), None);
     assert_eq!(slot("CLIENT NO-EVICT on"), Some(Slot::NoEvict));
     assert_eq!(slot("CLIENT NO-TOUCH on"), Some(Slot::NoTouch));
+    assert_eq!(
+        slot("client maint_notifications on moving-endpoint-type internal-ip"),
+        Some(Slot::Notifications)
+    );
     assert_eq!(slot("CLIENT TRACKING on"), None);
     assert_eq!(slot("CLIENT"), None);
     assert_eq!(slot("GET k"), None);
@@ -170,6 +174,7 @@ fn state_slots() {
         Slot::LibVersion,
         Slot::NoEvict,
         Slot::NoTouch,
+        Slot::Notifications,
     ]
     .iter()
     .map(|s| s.index())
@@ -195,6 +200,21 @@ fn client_subcommands() {
     assert_eq!(client_sub(b"TRACKING", b"ON"), ClientSub::Tracking);
     assert_eq!(client_sub(b"SETNAME", b"n"), ClientSub::State(Slot::Name));
     assert_eq!(client_sub(b"LIST", b""), ClientSub::Other);
+    // As the framer keeps it (longer than 16 bytes: the first zeroed, 15 kept), and whole.
+    let kept = b"\0AINT_NOTIFICATI";
+    assert_eq!(
+        client_sub(kept, b"ON"),
+        ClientSub::State(Slot::Notifications)
+    );
+    assert_eq!(by_argument(b"CLIENT", kept), Some(Pin::Notifications));
+    assert_eq!(
+        by_argument(b"CLIENT", b"MAINT_NOTIFICATIONS"),
+        Some(Pin::Notifications)
+    );
+    assert_eq!(
+        by_argument(b"CLIENT", b"\0AINT_NOTIFY_XX"),
+        Some(Pin::Client)
+    );
 }
 
 #[test]

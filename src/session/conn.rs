@@ -6,9 +6,10 @@
 //! of every client served in that tick leave in one write. It reads replies into the thread's
 //! scratch buffer, splits them by counting replies (`ReplyTracker::feed_replies`) against the
 //! head waiter, and writes each run of replies straight to its client's socket; only what a
-//! client's socket cannot take now is kept (in that client's `out`). Shared connections speak
-//! RESP2 on db 0 with no other state: a client that would change that is pinned to a connection
-//! of its own first (the command table, `command/`).
+//! client's socket cannot take now is kept (in that client's `out`). A shared connection is in
+//! its pool's connection state (`pool.rs`: the user, protocol and database its clients share,
+//! set when it was opened) and no other: a client that would change it borrows a connection of
+//! its own first, or is pinned to one (the command table, `command/`).
 //!
 //! The fence, per connection: a connection serves one route generation. Clients append only
 //! while the route is open on it (`pooled.rs` checks); after a switch it takes nothing new,

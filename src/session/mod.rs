@@ -432,13 +432,20 @@ async fn dedicated(
             if pinned && fresh {
                 // A pinned client: its request must reach Redis before what other clients send
                 // after it (the pin barrier), and Redis reads a connection it has not accepted
-                // yet only after the established ones. An answer means it has.
-                let ping = io::exchange(&mut backend, io::ACCEPTED);
+                // yet only after the established ones. An answer means it has. First, the
+                // connection state of the pool it came from (a spare has it already).
+                let state = lend.state;
+                let ready = Box::pin(async {
+                    if !io::set_up(&mut backend, state).await? {
+                        return Err(std::io::ErrorKind::PermissionDenied.into());
+                    }
+                    io::exchange(&mut backend, io::ACCEPTED).await
+                });
                 if !matches!(
-                    timeout(group.config().connect_timeout, ping).await,
+                    timeout(group.config().connect_timeout, ready).await,
                     Ok(Ok(_))
                 ) {
-                    debug!(backend = %addr, "no answer on a new connection");
+                    debug!(backend = %addr, "no answer on a new connection, or its state refused");
                     group.metrics.backend_connect_failures_total.inc();
                     let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
                     return Served::Closed(Close::BackendClosed);

@@ -1,5 +1,7 @@
-//! Pooled mode's connections of one worker thread: `--pool` shared master connections (each one
-//! served by `conn.rs`), connected on demand to the routed master and replaced after a switch;
+//! Pooled mode's connections of one worker thread, one pool per connection state its clients
+//! are in (the user, protocol and database they set with AUTH, HELLO and SELECT; the first pool
+//! has none): `--pool` shared master connections (each one served by `conn.rs`), opened with
+//! that state on demand to the routed master and replaced after a switch;
 //! the registry of the thread's pooled clients and the watcher task that wakes them and the
 //! connections at every route change and at shutdown (so a waiting client holds no timer or
 //! notification future and takes no lock per request); the pin barrier and the spare connection

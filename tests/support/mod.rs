@@ -912,6 +912,28 @@ pub async fn assert_ready_after_switches(proxy: &Proxy, switches: f64) -> String
     text
 }
 
+/// redis-py's interpreter: target/redis-py, made by `scripts/lib.sh`'s `ensure_redis_py` (run
+/// here when missing, so `cargo test` alone works too).
+pub fn python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let py = root.join("target/redis-py/bin/python");
+    let ok = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import redis"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok(&py) {
+        let status = Command::new("bash")
+            .args(["-c", "source scripts/lib.sh && ensure_redis_py"])
+            .current_dir(&root)
+            .status()
+            .expect("run ensure_redis_py");
+        assert!(status.success() && ok(&py), "could not install redis-py");
+    }
+    py
+}
+
 /// `promtool check metrics` on an exposition: None if promtool is not installed (scripts/test
 /// installs it), else its complaints (empty when clean).
 pub fn promtool_check(text: &str) -> Option<String> {

@@ -1,0 +1,123 @@
+//! Pooled mode with real clients configured as applications configure them (redis-py from pip:
+//! `tests/real_clients/redis_py.py`): RESP3, a password, a database, all at once, doing what
+//! applications do all day (plain commands, pipelined and optimistic transactions, RESP3 maps,
+//! blocking pops). None of it pins a client, and the master sees a handful of connections.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Run the redis-py clients against `port`; their report.
+async fn redis_py(
+    port: u16,
+    password: &str,
+    clients: usize,
+    (rounds, seconds): (usize, u64),
+    tag: &str,
+) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/real_clients/redis_py.py");
+    let (py, password, tag) = (python(), password.to_string(), tag.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(script)
+            .args([
+                port.to_string(),
+                password,
+                clients.to_string(),
+                rounds.to_string(),
+                seconds.to_string(),
+                tag,
+            ])
+            .output()
+            .expect("run the redis-py clients")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "redis-py: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The proxy's connections on the master (not the sentinels', not the one asking).
+async fn proxy_connections(lab: &Lab, master: u16) -> usize {
+    let mut c = lab.rconn(master).await.unwrap();
+    let list = cmd(&mut c, &["CLIENT", "LIST", "TYPE", "normal"])
+        .await
+        .unwrap();
+    let redis_protocol::resp2::types::OwnedFrame::BulkString(b) = list else {
+        panic!("CLIENT LIST: {list:?}");
+    };
+    String::from_utf8_lossy(&b)
+        .lines()
+        .filter(|l| !l.contains(" name=sentinel-") || l.contains(" name=sentinel-proxy"))
+        .filter(|l| !l.contains(" cmd=client|list"))
+        .count()
+}
+
+/// Forty redis-py clients with `protocol=3`, a password and `db=1`, all at once, through a
+/// sidecar's proxy (one thread, `--pool 2`), then again across a failover: no error, nothing
+/// pinned, and the master sees at most 10 connections from the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_with_resp3_a_password_and_a_database_shares_the_pool() {
+    const PW: &str = "real-clients-pw";
+    let py = python(); // installed before the lab starts its clocks
+    drop(py);
+    let lab = Lab::start_with(LabOptions {
+        redis_password: Some(PW.into()),
+        ..Default::default()
+    })
+    .await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 2;
+        c.threads = 1;
+        c.master_auth.password = Some(sentinel_proxy::config::Secret::new(PW));
+    })
+    .await;
+    let old = proxy.wait_ready().await;
+
+    let report = redis_py(proxy.port, PW, 40, (20, 0), "first").await;
+    eprintln!("redis-py: {report}");
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert_eq!(report["ops"], 40 * 20, "{report}");
+    let on_master = proxy_connections(&lab, old).await;
+    eprintln!("{on_master} master connections from the proxy after 40 redis-py clients");
+    assert!(on_master <= 10, "{on_master} master connections");
+
+    // Across a failover (the clients run for 10 s at least, the switch comes in the first
+    // seconds): the pools' connections reopen on the new master with their state, and the
+    // borrowed ones move inside their spans.
+    let failover = async {
+        lab.failover().await;
+        let new = lab.wait_new_master(old, Duration::from_secs(60)).await;
+        proxy.wait_routes_to(new, Duration::from_secs(10)).await;
+        Instant::now()
+    };
+    let clients = async {
+        let report = redis_py(proxy.port, PW, 40, (20, 10), "failover").await;
+        (report, Instant::now())
+    };
+    let (switched, (report, ended)) = tokio::join!(failover, clients);
+    eprintln!("redis-py across a failover: {report}");
+    assert!(switched < ended, "the clients ended before the switch");
+    assert_eq!(report["error_count"], 0, "{report}");
+
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    let pinned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sentinel_proxy_pinned_sessions_total"))
+        .collect();
+    assert!(pinned.is_empty(), "{pinned:?}");
+    let lent: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sentinel_proxy_borrow_seconds_count"))
+        .collect();
+    eprintln!("lent: {lent:#?}");
+}
