@@ -84,18 +84,19 @@ impl Users {
         })
     }
 
-    /// `Some(true)` if `password` is `user`'s and that pair verified before (fast: no Argon2);
-    /// `None` if only `verify` can tell.
-    pub fn verified_before(&self, user: &[u8], password: &[u8]) -> Option<bool> {
-        let seen = self.verified.seen.as_ref()?.lock().ok()?;
+    /// Whether `password` is `user`'s and that pair verified before (fast: no Argon2). False
+    /// says nothing: only `verify` can tell.
+    pub fn verified_before(&self, user: &[u8], password: &[u8]) -> bool {
+        let Some(Ok(seen)) = self.verified.seen.as_ref().map(|s| s.lock()) else {
+            return false;
+        };
         seen.contains(&self.verified.tag(user, password))
-            .then_some(true)
     }
 
     /// Whether `password` is `user`'s. Slow by design (Argon2) unless the pair verified before:
     /// call it off the async threads.
     pub fn verify(&self, user: &[u8], password: &[u8]) -> bool {
-        if self.verified_before(user, password) == Some(true) {
+        if self.verified_before(user, password) {
             return true;
         }
         let Some(phc) = std::str::from_utf8(user)
@@ -230,20 +231,20 @@ mod tests {
     #[test]
     fn a_verified_pair_is_remembered_and_nothing_else() {
         let u = users(&format!("app:{}\n", hash("s3cret").unwrap()));
-        assert_eq!(u.verified_before(b"app", b"s3cret"), None);
+        assert!(!u.verified_before(b"app", b"s3cret"));
         assert!(!u.verify(b"app", b"wrong"));
         assert!(!u.verify(b"nobody", b"s3cret"));
-        assert_eq!(u.verified_before(b"app", b"wrong"), None);
+        assert!(!u.verified_before(b"app", b"wrong"));
         assert!(u.verify(b"app", b"s3cret"));
-        assert_eq!(u.verified_before(b"app", b"s3cret"), Some(true));
+        assert!(u.verified_before(b"app", b"s3cret"));
         assert!(u.verify(b"app", b"s3cret"));
         // The name is part of the pair, not only the bytes of name and password together.
-        assert_eq!(u.verified_before(b"ap", b"ps3cret"), None);
-        assert_eq!(u.verified_before(b"nobody", b"s3cret"), None);
+        assert!(!u.verified_before(b"ap", b"ps3cret"));
+        assert!(!u.verified_before(b"nobody", b"s3cret"));
         let shown = format!("{u:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         let reloaded = users(&format!("app:{}\n", hash("other").unwrap()));
-        assert_eq!(reloaded.verified_before(b"app", b"s3cret"), None);
+        assert!(!reloaded.verified_before(b"app", b"s3cret"));
         assert!(!reloaded.verify(b"app", b"s3cret"));
     }
 

@@ -331,25 +331,10 @@ async fn a_pinning_request_stays_ahead_of_what_other_clients_send_after_it() {
     }
 }
 
-/// The master's client connections from the proxy (not the sentinels', not the one asking).
-async fn proxy_connections(probe: &mut sentinel_proxy::sentinel::client::RespConn) -> usize {
-    match cmd(probe, &["CLIENT", "LIST", "TYPE", "normal"])
-        .await
-        .unwrap()
-    {
-        OwnedFrame::BulkString(b) => String::from_utf8_lossy(&b)
-            .lines()
-            .filter(|l| !l.contains(" name=sentinel-") || l.contains(" name=sentinel-proxy"))
-            .filter(|l| !l.contains(" cmd=client|list"))
-            .count(),
-        other => panic!("CLIENT LIST: {other:?}"),
-    }
-}
-
 /// A transaction (WATCH … EXEC, MULTI … DISCARD, WATCH … UNWATCH) and a worker's blocking pops
 /// borrow a master connection for their span only: the client is back in the pool after it, and
-/// a worker popping 30 times costs no connection per pop. A client that sets state of its own
-/// inside a span (SELECT) keeps the connection, and its state with it.
+/// a worker popping 30 times costs no connection per pop. A client that selects a database
+/// inside a span goes back to the pool of that database, and a pipelined transaction shares.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_borrow_a_connection_and_give_it_back() {
     let lab = Lab::start().await;

@@ -46,22 +46,6 @@ async fn redis_py(
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-/// The proxy's connections on the master (not the sentinels', not the one asking).
-async fn proxy_connections(lab: &Lab, master: u16) -> usize {
-    let mut c = lab.rconn(master).await.unwrap();
-    let list = cmd(&mut c, &["CLIENT", "LIST", "TYPE", "normal"])
-        .await
-        .unwrap();
-    let redis_protocol::resp2::types::OwnedFrame::BulkString(b) = list else {
-        panic!("CLIENT LIST: {list:?}");
-    };
-    String::from_utf8_lossy(&b)
-        .lines()
-        .filter(|l| !l.contains(" name=sentinel-") || l.contains(" name=sentinel-proxy"))
-        .filter(|l| !l.contains(" cmd=client|list"))
-        .count()
-}
-
 /// Forty redis-py clients with `protocol=3`, a password and `db=1`, all at once, through a
 /// sidecar's proxy (one thread, `--pool 2`), then again across a failover: no error, nothing
 /// pinned, and the master sees at most 10 connections from the proxy.
@@ -87,7 +71,7 @@ async fn redis_py_with_resp3_a_password_and_a_database_shares_the_pool() {
     eprintln!("redis-py: {report}");
     assert_eq!(report["error_count"], 0, "{report}");
     assert_eq!(report["ops"], 40 * 20, "{report}");
-    let on_master = proxy_connections(&lab, old).await;
+    let on_master = proxy_connections(&mut lab.rconn(old).await.unwrap()).await;
     eprintln!("{on_master} master connections from the proxy after 40 redis-py clients");
     assert!(on_master <= 10, "{on_master} master connections");
 

@@ -82,10 +82,11 @@ pub enum Mode {
     /// Pooled mode, a shared connection (the command table, `command/`): `feed` stops at the
     /// first request that pins the client, and says so in `pin`.
     Pool,
-    /// Lent to a pooled client for a span (a transaction, a blocking call): `feed` goes on
-    /// through every request, and notes in `pin` the first one that would have pinned the client
-    /// for another reason (its state, a subscription, a command the table does not know). The
-    /// connection is then the client's own for the rest of its life.
+    /// Lent to a pooled client for a span (a transaction, a blocking call, the answer to AUTH,
+    /// HELLO or SELECT: `Pin::spans`): `feed` goes on through every request, and notes in `pin`
+    /// the first one that would have pinned the client for another reason (a name, a
+    /// subscription, a command the table does not know). The connection is then the client's
+    /// own for the rest of its life.
     Lent,
 }
 

@@ -357,9 +357,13 @@ impl Carry {
     /// Nothing to carry and nothing pending: the session can drop it (most clients only send a
     /// few state commands at connect, some of which fail).
     pub fn is_empty(&self) -> bool {
+        self.only_slots() && self.slots.iter().all(Option::is_none) && !self.resp3
+    }
+
+    /// Nothing but state slots (and the protocol): nothing pending, no tracking, transaction,
+    /// WATCH, blocked command or subscription, nothing uncarriable.
+    fn only_slots(&self) -> bool {
         self.pending.is_empty()
-            && self.slots.iter().all(Option::is_none)
-            && !self.resp3
             && matches!(self.tracking, Tracking::Off)
             && self.transaction.is_none()
             && !self.watching
@@ -412,15 +416,7 @@ impl Carry {
                 .iter()
                 .any(|slot| slot.index() == i)
         });
-        only_shared_slots
-            && self.pending.is_empty()
-            && matches!(self.tracking, Tracking::Off)
-            && self.transaction.is_none()
-            && !self.watching
-            && self.blocked.is_none()
-            && self.subs.count() == 0
-            && !self.inspecting
-            && self.uncarriable.is_none()
+        only_shared_slots && self.only_slots()
     }
 
     /// Start from a pool's connection state (`pool_state`): the connection the session is lent

@@ -319,7 +319,8 @@ async fn pooled_gate(
 
 /// A pinned client's dedicated session, boxed with everything it owns: an idle pooled client's
 /// task does not carry a dedicated session's space. Pinned for a span (`Pin::spans`: a
-/// transaction, a blocking call), the connection is lent: the session returns the client and the
+/// transaction, a blocking call, the answer to AUTH, HELLO, SELECT or CLIENT
+/// MAINT_NOTIFICATIONS), the connection is lent: the session returns the client and the
 /// connection once the span is over, unless the client made the connection its own meanwhile.
 fn pinned<'a>(
     client: TcpStream,
@@ -401,8 +402,9 @@ fn closed(group: &Group, close: Close) {
 /// The dedicated (1:1) session of `client`, whose first bytes (`first`, already read) are
 /// forwarded before anything else it sends. `pinned`: a pooled client that needed a connection
 /// of its own (`first` is the request that pinned it); else a new client (`first`, if any, is
-/// what the gate let through). `lent`: the connection is lent to a pooled client for a span, and
-/// the session returns it once the span is over (`Served::Returned`).
+/// what the gate let through). `lend`: whether the connection is lent to a pooled client for a
+/// span (the session then returns it once the span is over: `Served::Returned`), and the state
+/// of the pool the client came from.
 async fn dedicated(
     mut client: TcpStream,
     group: &Arc<Group>,

@@ -222,6 +222,9 @@ impl Pool {
     /// spare if it is to the routed master and fewer than `SPARES_KEPT` are, else closed.
     pub(super) fn give_back(&self, (stream, generation, addr): (TcpStream, u64, SocketAddr)) {
         let mut spares = self.spares.borrow_mut();
+        if spares.iter().any(|s| s.generation > generation) {
+            return; // the route moved on since the span ended
+        }
         spares.retain(|s| s.generation == generation);
         if spares.len() < SPARES_KEPT {
             spares.push(Spare {

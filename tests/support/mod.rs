@@ -934,6 +934,22 @@ pub fn python() -> PathBuf {
     py
 }
 
+/// The master's client connections from the proxy (`CLIENT LIST TYPE normal` on `probe`, a
+/// connection to the master): not the sentinels', not the one asking.
+pub async fn proxy_connections(probe: &mut RespConn) -> usize {
+    match cmd(probe, &["CLIENT", "LIST", "TYPE", "normal"])
+        .await
+        .unwrap()
+    {
+        OwnedFrame::BulkString(b) => String::from_utf8_lossy(&b)
+            .lines()
+            .filter(|l| !l.contains(" name=sentinel-") || l.contains(" name=sentinel-proxy"))
+            .filter(|l| !l.contains(" cmd=client|list"))
+            .count(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    }
+}
+
 /// `promtool check metrics` on an exposition: None if promtool is not installed (scripts/test
 /// installs it), else its complaints (empty when clean).
 pub fn promtool_check(text: &str) -> Option<String> {
