@@ -1,9 +1,7 @@
 //! The client → server side: [`RequestTracker`] (see the module doc of `resp`).
 
 use super::{MAX_ARGS, NumStep, ProtocolError, Writer, number_byte};
-use crate::command::{
-    self, Blocks, ClientSub, Effect, Pin, Pool, ReplyMode as SubReply, Spec, traits,
-};
+use crate::command::{self, Blocks, ClientSub, Effect, Pin, ReplyMode as SubReply, Spec, traits};
 
 /// Bytes of an argument kept for recognising commands (command names and sub-commands are short).
 const NAME_LEN: usize = 16;
@@ -63,32 +61,10 @@ pub struct Captured {
     pub bytes: Option<(u32, u32)>,
 }
 
-/// Pooled mode: a `MULTI` read in this buffer whose `EXEC` has not been (`feed`), and the
-/// tracker's counts before it.
-struct OpenTransaction {
-    /// Where the `MULTI` begins in the buffer (`u32::MAX`: in an earlier one).
-    start: u32,
-    /// The end of the last complete request before it.
-    before: u32,
-    requests: u64,
-    replies: u64,
-}
+mod pooled;
 
-/// Whose connection a tracked stream goes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The client's own (a 1:1 session, or a pinned one).
-    Own,
-    /// Pooled mode, a shared connection (the command table, `command/`): `feed` stops at the
-    /// first request that pins the client, and says so in `pin`.
-    Pool,
-    /// Lent to a pooled client for a span (a transaction, a blocking call, the answer to AUTH,
-    /// HELLO or SELECT: `Pin::spans`): `feed` goes on through every request, and notes in `pin`
-    /// the first one that would have pinned the client for another reason (a name, a
-    /// subscription, a command the table does not know). The connection is then the client's
-    /// own for the rest of its life.
-    Lent,
-}
+pub use pooled::Mode;
+use pooled::OpenTransaction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqState {
@@ -230,18 +206,9 @@ impl RequestTracker {
     pub fn feed(&mut self, buf: &[u8]) -> Result<(), (ProtocolError, usize)> {
         let mut tx = None;
         let fed = self.feed_requests(buf, &mut tx);
-        let Some(tx) = tx else {
-            return fed;
-        };
-        // A transaction still open: rewind to its MULTI, which pins.
-        self.pin = Some(Pin::Transaction);
-        self.boundary = tx.before;
-        self.req_start = tx.start;
-        self.requests = tx.requests;
-        self.expected_replies = tx.replies;
-        match fed {
-            Ok(()) => Ok(()),
-            Err((e, _)) => Err((e, tx.before as usize)),
+        match tx {
+            None => fed,
+            Some(tx) => self.rewind(tx, fed),
         }
     }
 
@@ -441,57 +408,6 @@ impl RequestTracker {
         Ok(())
     }
 
-    /// Pooled mode, a request's name that pins with `pin` just ended: `Some(true)` if it opens
-    /// a transaction (a bare `MULTI`), `Some(false)` if it ends one (a bare `EXEC` or
-    /// `DISCARD`), else `None`. With arguments they are errors that leave Redis's transaction
-    /// state as it was, so they pin.
-    fn transaction_edge(&self, pin: Pin) -> Option<bool> {
-        if pin != Pin::Transaction || self.arg_index != 0 || self.args_left != 1 {
-            return None;
-        }
-        match self.spec()?.effect {
-            Effect::Multi => Some(true),
-            Effect::Exec => Some(false),
-            _ => None,
-        }
-    }
-
-    /// Where the request that pinned the client begins in the buffer last fed (`None`: it
-    /// began in an earlier one).
-    pub fn pin_start(&self) -> Option<usize> {
-        (self.req_start != u32::MAX).then_some(self.req_start as usize)
-    }
-
-    /// Pooled mode, an argument just ended: does the request pin its client? Decided at the
-    /// name (the command table's `pool`), at the first argument for SELECT and CLIENT (`*1
-    /// SELECT` pins: Redis answers it with an arity error either way), and for a command that
-    /// blocks only with an option (XREAD … BLOCK) when the option is seen.
-    fn pins(&mut self) -> Option<Pin> {
-        if self.arg_index == 0 {
-            if self.traits() & traits::SHARE != 0 {
-                return None;
-            }
-            let Some(spec) = self.spec() else {
-                // Longer than any name we know, or not in the table.
-                return Some(Pin::Unknown);
-            };
-            return match spec.pool {
-                Pool::Share => None,
-                Pool::Pin(pin) => Some(pin),
-                Pool::ByArgument if self.args_left == 1 => Some(Pin::Unknown),
-                Pool::ByArgument => {
-                    self.option = Scan::ByArgument;
-                    None
-                }
-            };
-        }
-        if self.arg_index == 1 && self.option == Scan::ByArgument {
-            self.option = Scan::Off;
-            return command::by_argument(self.name(0), self.name(1));
-        }
-        (self.option == Scan::Seen).then_some(Pin::Blocking)
-    }
-
     /// The request's name just ended: its row, and whether to look for a blocking option.
     #[inline]
     fn look_up(&mut self) {
@@ -536,11 +452,6 @@ impl RequestTracker {
 
     fn spec(&self) -> Option<&'static Spec> {
         (self.spec != NO_SPEC).then(|| command::at(self.spec))
-    }
-
-    fn stop(&mut self, pin: Pin, last_complete: usize) {
-        self.pin = Some(pin);
-        self.boundary = last_complete as u32;
     }
 
     fn reset_request(&mut self) {
