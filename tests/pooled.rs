@@ -608,3 +608,88 @@ async fn clients_with_a_password_a_database_and_resp3_share_pools_across_a_failo
         );
     }
 }
+
+/// Scripts share (each slot's connection for scripts, `session/pool.rs`'s `Lane`): a script that
+/// runs past `busy-reply-threshold` (an endless loop, an EVAL and then a function) does not hold
+/// up clients that send no script (they get Redis's own `-BUSY`, as they would without the
+/// proxy), `SCRIPT KILL` and `FUNCTION KILL` from another client through the proxy end it, and a
+/// script queued behind it gets its reply. One thread with a pool of one, so every client shares
+/// the same two connections; nothing pins or borrows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_past_the_busy_threshold_is_killed_through_the_proxy_and_no_one_hangs() {
+    // The busy master answers Sentinel's PINGs `-BUSY`: no failover for the test's seconds.
+    let lab = Lab::start_with(LabOptions {
+        down_after_ms: 30_000,
+        ..Default::default()
+    })
+    .await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 1;
+        c.threads = 1;
+    })
+    .await;
+    let master = proxy.wait_ready().await;
+    let mut admin = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    admin
+        .write_all(&multibulk(&["CONFIG", "SET", "busy-reply-threshold", "50"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut admin).await, b"+OK\r\n");
+    let library =
+        "#!lua name=spin\nredis.register_function('spin', function() while true do end end)";
+    admin
+        .write_all(&multibulk(&["FUNCTION", "LOAD", "REPLACE", library]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut admin).await, b"$4\r\nspin\r\n");
+
+    let endless: [&[&str]; 2] = [&["EVAL", "while true do end", "0"], &["FCALL", "spin", "0"]];
+    for (spin, kill) in endless.into_iter().zip(["SCRIPT", "FUNCTION"]) {
+        let mut spinner = TcpStream::connect(addr(proxy.port)).await.unwrap();
+        spinner.write_all(&multibulk(spin)).await.unwrap();
+        // A client that sends no script: Redis's `-BUSY` once the script is past the threshold.
+        let mut plain = TcpStream::connect(addr(proxy.port)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            plain.write_all(&multibulk(&["PING"])).await.unwrap();
+            let got = read_reply(&mut plain).await;
+            if got.starts_with(b"-BUSY") {
+                break;
+            }
+            assert_eq!(got, b"+PONG\r\n");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no -BUSY while {spin:?} runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Another script queues behind it on the connection for scripts.
+        let mut queued = TcpStream::connect(addr(proxy.port)).await.unwrap();
+        queued
+            .write_all(&multibulk(&["EVAL", "return 7", "0"]))
+            .await
+            .unwrap();
+        // The kill, from another client.
+        admin.write_all(&multibulk(&[kill, "KILL"])).await.unwrap();
+        assert_eq!(read_reply(&mut admin).await, b"+OK\r\n", "{kill} KILL");
+        let ended = String::from_utf8_lossy(&read_reply(&mut spinner).await).into_owned();
+        assert!(ended.contains("killed by user"), "{spin:?}: {ended}");
+        assert_eq!(read_reply(&mut queued).await, b":7\r\n");
+        plain.write_all(&multibulk(&["PING"])).await.unwrap();
+        assert_eq!(read_reply(&mut plain).await, b"+PONG\r\n");
+    }
+
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "sentinel_proxy_borrowed_connections"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sentinel_proxy_pinned_sessions_total{")
+            && !text.contains("sentinel_proxy_borrow_seconds_count{"),
+        "nothing pins or borrows:\n{text}"
+    );
+    let (shared, list) = connections_on(master).await;
+    assert_eq!(shared, 2, "one plain and one for scripts:\n{list}");
+}

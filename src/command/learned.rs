@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{Blocks, Pin, Pool, Spec};
+use super::{Blocks, Pool, Spec};
 
 /// A command's flags as the server gave them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl Learned {
     /// functions, which the server does not flag `write`, count as writes unless read-only).
     pub fn writes(&self, spec: &Spec) -> bool {
         match self.flags(spec.name) {
-            Some(f) if spec.pool == Pool::Pin(Pin::Script) => !f.readonly,
+            Some(f) if spec.pool == Pool::Script => !f.readonly,
             Some(f) => f.write,
             None => spec.writes,
         }

@@ -26,10 +26,6 @@ pub enum Pin {
     Monitor,
     /// A command that may block the connection (BLPOP, XREAD … BLOCK, WAIT …).
     Blocking,
-    /// EVAL, EVALSHA, FCALL and their read-only forms: a script that runs long makes Redis answer
-    /// other connections `-BUSY` (and take `SCRIPT KILL`), which clients queued behind it on a
-    /// shared connection would never get.
-    Script,
     /// SELECT to a database other than 0.
     Select,
     /// AUTH or HELLO.
@@ -56,12 +52,11 @@ pub enum Pin {
 }
 
 impl Pin {
-    pub const ALL: [Pin; 15] = [
+    pub const ALL: [Pin; 14] = [
         Pin::Transaction,
         Pin::PubSub,
         Pin::Monitor,
         Pin::Blocking,
-        Pin::Script,
         Pin::Select,
         Pin::Auth,
         Pin::Client,
@@ -91,7 +86,6 @@ impl Pin {
             Pin::PubSub => "pubsub",
             Pin::Monitor => "monitor",
             Pin::Blocking => "blocking",
-            Pin::Script => "script",
             Pin::Select => "select",
             Pin::Auth => "auth",
             Pin::Client => "client",
@@ -113,6 +107,11 @@ pub enum Pool {
     /// commands, server-wide commands). One that blocks still pins (`Blocks`).
     Share,
     Pin(Pin),
+    /// EVAL, EVALSHA, FCALL and their read-only forms: shared, on a connection that carries
+    /// scripts (`session/pool.rs`: each shared connection has a twin for scripts). A script that
+    /// runs long holds its connection, and Redis answers other connections `-BUSY` (and takes
+    /// `SCRIPT KILL` on them): a client that sends no script never queues behind one.
+    Script,
     /// Decided by the first argument ([`by_argument`]): SELECT 0 and CLIENT SETINFO share.
     ByArgument,
 }
@@ -347,6 +346,8 @@ pub mod traits {
     pub const PLAIN: u8 = 4;
     /// Pooled mode shares it by its name alone (`Pool::Share`).
     pub const SHARE: u8 = 8;
+    /// A script (`Pool::Script`).
+    pub const SCRIPT: u8 = 16;
 }
 
 /// The traits ([`traits`]) of the row at `index`.
@@ -379,6 +380,9 @@ const fn traits_for(s: &Spec) -> u8 {
     }
     if matches!(s.pool, Pool::Share) {
         t |= traits::SHARE;
+    }
+    if matches!(s.pool, Pool::Script) {
+        t |= traits::SCRIPT;
     }
     t
 }

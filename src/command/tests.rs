@@ -71,8 +71,6 @@ fn data_commands_share_and_connection_commands_pin() {
         (b"MONITOR", Pin::Monitor),
         (b"BLPOP", Pin::Blocking),
         (b"WAIT", Pin::Blocking),
-        (b"EVALSHA", Pin::Script),
-        (b"FCALL_RO", Pin::Script),
         (b"AUTH", Pin::Auth),
         (b"HELLO", Pin::Auth),
         (b"READONLY", Pin::ReadMode),
@@ -82,6 +80,16 @@ fn data_commands_share_and_connection_commands_pin() {
     ];
     for (name, pin) in pins {
         assert_eq!(pool(name), Some(Pool::Pin(pin)));
+    }
+    for name in [
+        &b"EVAL"[..],
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ] {
+        assert_eq!(pool(name), Some(Pool::Script));
     }
     assert_eq!(pool(b"SELECT"), Some(Pool::ByArgument));
     assert_eq!(by_argument(b"SELECT", b"0"), None);

@@ -74,7 +74,7 @@ enum NumStep {
 }
 
 /// One byte of a `<digits>\r\n` length line.
-fn number_byte(num: &mut i64, neg: &mut bool, digits: &mut u32, b: u8) -> NumStep {
+fn number_byte(num: &mut i64, neg: &mut bool, digits: &mut u8, b: u8) -> NumStep {
     match b {
         b'0'..=b'9' => {
             *digits += 1;

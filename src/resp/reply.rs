@@ -12,7 +12,7 @@ pub struct ReplyTracker {
     state: RepState,
     num: i64,
     neg: bool,
-    digits: u32,
+    digits: u8,
     len_kind: u8,
     bulk_left: u64,
     top_kind: u8,

@@ -89,7 +89,7 @@ pub struct RequestTracker {
     state: ReqState,
     num: i64,
     neg: bool,
-    digits: u32,
+    digits: u8,
     args_left: i64,
     arg_index: u8,
     data_left: u64,
@@ -102,6 +102,9 @@ pub struct RequestTracker {
     reply_mode: ReplyMode,
     /// Complete requests seen.
     pub requests: u64,
+    /// Pooled mode: a script (EVAL, EVALSHA, FCALL and their read-only forms) completed since
+    /// the session last took this (it goes on a connection for scripts: `command::Pool::Script`).
+    pub scripts: bool,
     /// Replies the server owes for all complete requests so far.
     pub expected_replies: u64,
     /// `expected_replies` value at the most recent blocking command.
@@ -167,6 +170,7 @@ impl RequestTracker {
             max_bulk,
             reply_mode: ReplyMode::On,
             requests: 0,
+            scripts: false,
             expected_replies: 0,
             blocking_seq: 0,
             in_transaction: false,
@@ -574,6 +578,9 @@ impl RequestTracker {
     /// A whole request was received: update reply accounting and modes.
     fn complete(&mut self, multibulk: bool, captured: bool) {
         self.requests += 1;
+        if self.mode != Mode::Own && self.traits() & traits::SCRIPT != 0 {
+            self.scripts = true;
+        }
         let mut expects = match self.reply_mode {
             ReplyMode::On => true,
             ReplyMode::Off => false,

@@ -1,7 +1,7 @@
 //! Pooled mode's connections of one worker thread, one pool per connection state its clients
 //! are in (the user, protocol and database they set with AUTH, HELLO and SELECT; the first pool
-//! has none): `--pool` shared master connections (each one served by `conn.rs`), opened with
-//! that state on demand to the routed master and replaced after a switch;
+//! has none): `--pool` shared master connections and one for scripts (`Lane`; each one served by
+//! `conn.rs`), opened with that state on demand to the routed master and replaced after a switch;
 //! the registry of the thread's pooled clients and the watcher task that wakes them and the
 //! connections at every route change and at shutdown (so a waiting client holds no timer or
 //! notification future and takes no lock per request); the pin barrier and the spare connection
@@ -35,7 +35,10 @@ enum Slot {
 
 /// This thread's shared connections, and its pooled clients.
 pub(super) struct Pool {
+    /// `size` connections for clients that send no script, then one for scripts
+    /// (`Lane::Scripts`), each opened when a client first has a request for it.
     slots: RefCell<Vec<Slot>>,
+    size: usize,
     /// Every pooled client of the thread (a free list of places), woken by `wake_all`.
     clients: RefCell<Vec<Weak<Client>>>,
     free: RefCell<Vec<usize>>,
@@ -102,6 +105,19 @@ impl Drop for PinGuard {
 /// The longest the pin barrier holds other clients' requests.
 const PIN_BARRIER_MAX: Duration = Duration::from_millis(50);
 
+/// Which of the pool's connections requests go on: the client's slot's, or the pool's one for
+/// scripts. A script holds its connection for as long as it runs (a script past
+/// `busy-reply-threshold` until `SCRIPT KILL`, and Redis answers other connections `-BUSY`
+/// meanwhile, as Redis's own suite checks): requests queued behind it on a shared connection
+/// would wait with it. So scripts, and what their client sends while it is owed their replies,
+/// go on the connection for scripts; a client moves between the two only when it is owed
+/// nothing, and one that sends no script never queues behind one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    Plain,
+    Scripts,
+}
+
 /// Why a client cannot have a connection now.
 pub(super) enum Wait {
     /// A connect is under way (or just failed): the pool wakes the client when it ends; or look
@@ -138,7 +154,8 @@ impl Pool {
                 return pool.clone();
             }
             let pool = Rc::new(Pool {
-                slots: RefCell::new((0..size.max(1)).map(|_| Slot::Empty).collect()),
+                slots: RefCell::new((0..=size.max(1)).map(|_| Slot::Empty).collect()),
+                size: size.max(1),
                 clients: RefCell::new(Vec::new()),
                 free: RefCell::new(Vec::new()),
                 failed_at: Cell::new(None),
@@ -350,26 +367,39 @@ impl Pool {
         }
     }
 
-    /// The slot a new client uses (round robin over the pool).
+    /// The slot a new client uses (round robin over the pool), in its plain lane.
     pub(super) fn assign(&self) -> usize {
         let n = self.next_slot.get();
         self.next_slot.set(n.wrapping_add(1));
-        n % self.slots.borrow().len()
+        n % self.size
+    }
+
+    /// The slot of `lane` a client of `slot` (from `assign`) uses: scripts of every client of
+    /// the pool share one (Redis runs one at a time anyway).
+    pub(super) fn lane(&self, slot: usize, lane: Lane) -> usize {
+        match lane {
+            Lane::Plain => slot,
+            Lane::Scripts => self.size,
+        }
     }
 
     /// The connection of `slot` to `addr`, the master of `generation`, connecting one if there
-    /// is none (or only one to an older master).
+    /// is none (or only one to an older master). `create`: also when the slot never had one
+    /// (else only a connection a switch retired is replaced: a client with nothing to send does
+    /// not open one, as a client just passing through a pool's state would).
     pub(super) fn conn(
         self: &Rc<Self>,
         slot: usize,
         generation: u64,
         addr: SocketAddr,
         group: &Arc<Group>,
+        create: bool,
     ) -> Result<Rc<Conn>, Wait> {
         let mut slots = self.slots.borrow_mut();
         match &slots[slot] {
             Slot::Ready(c) if c.generation == generation && !c.dead.get() => return Ok(c.clone()),
             Slot::Connecting(g) if *g == generation => return Err(Wait::Connecting(None)),
+            Slot::Empty if !create => return Err(Wait::Connecting(None)),
             _ => {}
         }
         if let Some(at) = self.failed_at.get()

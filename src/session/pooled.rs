@@ -1,6 +1,7 @@
 //! A client in pooled mode (`--pool`): its requests go on one of its thread's shared master
-//! connections (`pool.rs`) until it sends one that needs a connection of its own
-//! (`command/`; a transaction that arrives whole does not: `RequestTracker::feed`). Then, once
+//! connections (`pool.rs`; scripts on the pool's connection for scripts, `Lane`) until it sends
+//! one that needs a connection of its own (`command/`; a transaction that arrives whole does not:
+//! `RequestTracker::feed`). Then, once
 //! every reply it is owed has been delivered, it leaves the pool and continues as a dedicated
 //! session (`dedicated.rs`), starting with that request: for the span of a transaction or a
 //! blocking call on a connection lent to it (after which it comes back here, `mod.rs`), or for
@@ -32,7 +33,7 @@ use super::Close;
 use super::conn::{Client, Conn};
 use super::fence::{self, Admit, Clock};
 use super::io::Pending;
-use super::pool::{PinGuard, Pool, Wait};
+use super::pool::{Lane, PinGuard, Pool, Wait};
 use crate::Group;
 use crate::command::Pin as PinReason;
 use crate::resp::{Mode, ProtocolError, RequestTracker};
@@ -79,8 +80,10 @@ pub(super) struct Pooled<'a> {
     client: Rc<Client>,
     pool: Rc<Pool>,
     slot: usize,
-    /// The connection its requests go on (the one its owed replies come from, if any).
+    /// The connection its requests go on (the one its owed replies come from, if any), and its
+    /// lane.
     conn: Option<Rc<Conn>>,
+    lane: Lane,
     req: RequestTracker,
     /// Made the first time the client leaves the steady state, and kept (no allocation per
     /// request); most clients never need it, and an idle one is the smaller for it.
@@ -111,6 +114,8 @@ struct Slow {
     /// Complete requests not yet sent (the fence holds them, or no connection is ready).
     held: Pending,
     held_replies: u64,
+    /// A script is among them.
+    held_scripts: bool,
     held_since: Option<Instant>,
     /// The request that pins the client, and what followed it.
     pin: Option<(PinReason, Pending)>,
@@ -135,6 +140,7 @@ impl<'a> Pooled<'a> {
             pool,
             slot,
             conn: None,
+            lane: Lane::Plain,
             req,
             slow: None,
             pin_guard: None,
@@ -287,21 +293,37 @@ impl<'a> Pooled<'a> {
             || !self.held_empty();
         self.client.want_idle.set(owed > 0 && waiting);
         if self.held_empty() && !waiting {
-            self.open = self.usable().is_ok();
+            self.open = self.usable(false).is_ok();
         }
         Step::Continue
     }
 
-    /// The connection requests may go on now, or why they must wait.
-    fn usable(&mut self) -> Result<Rc<Conn>, Hold> {
+    /// The lane of the next requests (`pool::Lane`): scripts' if they hold one or follow one
+    /// whose reply is owed, else the plain lane.
+    fn lane_for(&self, scripts: bool) -> Lane {
+        if scripts || (self.lane == Lane::Scripts && self.client.owed.get() > 0) {
+            Lane::Scripts
+        } else {
+            Lane::Plain
+        }
+    }
+
+    /// The connection requests may go on now, or why they must wait. `create`: there are
+    /// requests to send, so open the slot's connection if it never had one.
+    fn usable(&mut self, create: bool) -> Result<Rc<Conn>, Hold> {
+        // No request held: the lane it is in (an idle client does not move).
+        let lane = match &self.slow {
+            Some(s) if !s.held.is_empty() => self.lane_for(s.held_scripts),
+            _ => self.lane,
+        };
+        let slot = self.pool.lane(self.slot, lane);
         let route = self.group.route.load();
         // A master the watcher cannot reach right now (a long script, a busy moment) keeps the
         // connections it has, as 1:1 sessions keep theirs; only a new one waits.
         let live = |c: &Rc<Conn>| c.generation == route.generation && !c.dead.get();
         let asker = fence::Asker {
             backend: None,
-            served: self.conn.as_ref().is_some_and(live)
-                || self.pool.ready(self.slot, route.generation),
+            served: self.conn.as_ref().is_some_and(live) || self.pool.ready(slot, route.generation),
             carrier: false,
         };
         let carriers = self.group.route.carriers_elsewhere(route.generation);
@@ -320,7 +342,7 @@ impl<'a> Pooled<'a> {
             return Err(Hold::Barrier(until));
         }
         if let Some(c) = &self.conn {
-            if live(c) {
+            if live(c) && self.lane == lane {
                 return Ok(c.clone());
             }
             if self.client.owed.get() > 0 {
@@ -330,10 +352,11 @@ impl<'a> Pooled<'a> {
         }
         match self
             .pool
-            .conn(self.slot, route.generation, addr, self.group)
+            .conn(slot, route.generation, addr, self.group, create)
         {
             Ok(c) => {
                 self.conn = Some(c.clone());
+                self.lane = lane;
                 Ok(c)
             }
             Err(Wait::Connecting(at)) => Err(Hold::Connecting(at)),
@@ -343,13 +366,14 @@ impl<'a> Pooled<'a> {
     /// Send the held requests if the route allows, else note what to wait for.
     fn release(&mut self) {
         let now = Instant::now();
-        let usable = self.usable();
+        let usable = self.usable(true);
         let s = self.slow.get_or_insert_default();
         match usable {
             Ok(conn) => {
                 conn.push(&self.client, &[s.held.bytes()], s.held_replies);
                 s.held = Pending::default();
                 s.held_replies = 0;
+                s.held_scripts = false;
                 s.deadline = None;
                 if s.held_since.is_some() {
                     self.count_held("released");
@@ -437,7 +461,8 @@ impl<'a> Pooled<'a> {
                 self.open = false;
             }
         }
-        self.push_complete(carried.bytes(), complete, replies);
+        let scripts = std::mem::take(&mut self.req.scripts);
+        self.push_complete(carried.bytes(), complete, replies, scripts);
         if self.pinning() && self.pin_guard.is_none() {
             // Raised after this client's own requests before the pin went on (or were held).
             self.pin_guard = Some(self.pool.pin_begin());
@@ -445,12 +470,13 @@ impl<'a> Pooled<'a> {
     }
 
     /// Complete requests: on the connection now if the route is open, else held.
-    fn push_complete(&mut self, carried: &[u8], complete: &[u8], replies: u64) {
+    fn push_complete(&mut self, carried: &[u8], complete: &[u8], replies: u64, scripts: bool) {
         if complete.is_empty() && carried.is_empty() {
             return;
         }
         let parts = [carried, complete];
         if self.open
+            && self.lane_for(scripts) == self.lane
             && matches!(self.changes.has_changed(), Ok(false))
             && self.pool.barrier().is_none()
             && let Some(conn) = self.conn.as_ref().filter(|c| !c.dead.get())
@@ -463,6 +489,7 @@ impl<'a> Pooled<'a> {
             s.held.push(p);
         }
         s.held_replies += replies;
+        s.held_scripts |= scripts;
         self.open = false;
     }
 }

@@ -1,7 +1,8 @@
 """redis-py clients configured as applications configure them, all at once, through the proxy:
 RESP3, a password, db 1, and what they do all day (plain commands, a pipelined transaction, an
 optimistic WATCH transaction, a hash read back as a RESP3 map, a blocking pop that finds its
-item). Usage: redis_py.py PORT PASSWORD CLIENTS ROUNDS SECONDS TAG: each client runs ROUNDS
+item, a registered Lua script (EVALSHA, loaded again by redis-py where the server says
+NOSCRIPT)). Usage: redis_py.py PORT PASSWORD CLIENTS ROUNDS SECONDS TAG: each client runs ROUNDS
 rounds and for at least SECONDS; keys are named after TAG. Prints one JSON line: ops, errors."""
 
 import json
@@ -30,6 +31,7 @@ def worker(i):
             single_connection_client=True,
             socket_timeout=30,
         )
+        add = r.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
         start.wait()
         until = time.monotonic() + seconds
         r.ping()
@@ -53,6 +55,7 @@ def worker(i):
             assert r.hgetall(f"py:{tag}:hash:{i}") == {"a": "1", "b": "2"}
             r.rpush(f"py:{tag}:list:{i}", "item")
             assert r.blpop([f"py:{tag}:list:{i}"], timeout=5) == [f"py:{tag}:list:{i}", "item"]
+            assert add(keys=[f"py:{tag}:script:{i}"], args=[2]) == 2 * (j + 1)
             ops[i] += 1
             j += 1
         assert int(r.get(f"py:{tag}:watched:{i}")) == j

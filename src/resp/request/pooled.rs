@@ -87,7 +87,7 @@ impl RequestTracker {
                 return Some(Pin::Unknown);
             };
             return match spec.pool {
-                Pool::Share => None,
+                Pool::Share | Pool::Script => None,
                 Pool::Pin(pin) => Some(pin),
                 Pool::ByArgument if self.args_left == 1 => Some(Pin::Unknown),
                 Pool::ByArgument => {
