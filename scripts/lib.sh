@@ -45,6 +45,18 @@ ensure_redis_py() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'redis>=5'
 }
 
+# Celery with its Redis transport (tests/real_clients.rs), in a venv of its own: kombu pins the
+# redis-py versions it supports.
+ensure_celery() {
+    local venv=target/celery
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import celery, redis' 2>/dev/null; then
+        return
+    fi
+    python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
+    python3 -m venv "$venv" || { apt_install python3-venv && rm -rf "$venv" && python3 -m venv "$venv"; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'celery[redis]>=5.3'
+}
+
 # A loopback TCP port nobody listens on (probed, so a small race remains; callers retry). Taken
 # below the kernel's ephemeral range, where busy client connections would make bind() fail.
 free_port() {

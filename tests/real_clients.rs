@@ -1,7 +1,9 @@
 //! Pooled mode with real clients configured as applications configure them (redis-py from pip:
 //! `tests/real_clients/redis_py.py`): RESP3, a password, a database, all at once, doing what
 //! applications do all day (plain commands, pipelined and optimistic transactions, RESP3 maps,
-//! blocking pops). None of it pins a client, and the master sees a handful of connections.
+//! blocking pops, a registered script). None of it pins a client, and the master sees a handful of
+//! connections. A Celery worker and producer (`tests/real_clients/celery_app.py`) lose no task
+//! across a failover.
 
 mod support;
 
@@ -9,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use redis_protocol::resp2::types::OwnedFrame;
 use support::*;
 
 /// Run the redis-py clients against `port`; their report.
@@ -104,4 +107,72 @@ async fn redis_py_with_resp3_a_password_and_a_database_shares_the_pool() {
         .filter(|l| l.starts_with("sentinel_proxy_borrow_seconds_count"))
         .collect();
     eprintln!("lent: {lent:#?}");
+}
+
+/// A Celery worker (threads pool) and producer through a sidecar's proxy in pooled mode, broker
+/// and result backend both on Redis (the backend in db 1), a task every 5 ms for at least 12 s
+/// across a failover: every task sent runs and its result comes back, no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_worker_and_producer_lose_no_task_across_a_failover() {
+    let py = venv("celery", "celery", "ensure_celery"); // before the lab starts its clocks
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 2;
+        c.threads = 1;
+    })
+    .await;
+    let old = proxy.wait_ready().await;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/real_clients");
+    let port = proxy.port;
+    let celery = tokio::task::spawn_blocking(move || {
+        let out = Command::new(py)
+            .arg(dir.join("celery_app.py"))
+            .args(["200", "12"])
+            .env("PROXY_PORT", port.to_string())
+            .current_dir(&dir)
+            .output()
+            .expect("run the Celery app");
+        (out, Instant::now())
+    });
+    let failover = async {
+        // Once the worker is at work: 50 results stored (db 1) on the master.
+        eventually(Duration::from_secs(30), "50 Celery results", || async {
+            let mut m = lab.rconn(old).await.ok()?;
+            cmd(&mut m, &["SELECT", "1"]).await.ok()?;
+            match cmd(&mut m, &["DBSIZE"]).await.ok()? {
+                OwnedFrame::Integer(n) if n >= 50 => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+        lab.failover().await;
+        let new = lab.wait_new_master(old, Duration::from_secs(60)).await;
+        proxy.wait_routes_to(new, Duration::from_secs(10)).await;
+        Instant::now()
+    };
+    let (switched, ran) = tokio::join!(failover, celery);
+    let (out, ended) = ran.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "celery: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    eprintln!("celery across a failover: {report}");
+    assert!(switched < ended, "the tasks ended before the switch");
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["done"], report["sent"], "{report}");
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("sentinel_proxy_pinned_sessions_total")
+                || l.starts_with("sentinel_proxy_borrow_seconds_count")
+        })
+        .collect();
+    eprintln!("pinned and lent: {kept:#?}");
 }

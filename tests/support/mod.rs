@@ -915,21 +915,27 @@ pub async fn assert_ready_after_switches(proxy: &Proxy, switches: f64) -> String
 /// redis-py's interpreter: target/redis-py, made by `scripts/lib.sh`'s `ensure_redis_py` (run
 /// here when missing, so `cargo test` alone works too).
 pub fn python() -> PathBuf {
+    venv("redis-py", "redis", "ensure_redis_py")
+}
+
+/// The Python of a venv under `target/` that imports `module`, made by `scripts/lib.sh`'s
+/// `ensure` function if need be.
+pub fn venv(name: &str, module: &str, ensure: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let py = root.join("target/redis-py/bin/python");
+    let py = root.join("target").join(name).join("bin/python");
     let ok = |p: &PathBuf| {
         Command::new(p)
-            .args(["-c", "import redis"])
+            .args(["-c", &format!("import {module}")])
             .status()
             .is_ok_and(|s| s.success())
     };
     if !ok(&py) {
         let status = Command::new("bash")
-            .args(["-c", "source scripts/lib.sh && ensure_redis_py"])
+            .args(["-c", &format!("source scripts/lib.sh && {ensure}")])
             .current_dir(&root)
             .status()
-            .expect("run ensure_redis_py");
-        assert!(status.success() && ok(&py), "could not install redis-py");
+            .unwrap_or_else(|e| panic!("run {ensure}: {e}"));
+        assert!(status.success() && ok(&py), "could not install {module}");
     }
     py
 }
