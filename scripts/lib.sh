@@ -57,6 +57,16 @@ ensure_celery() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'celery[redis]>=5.3'
 }
 
+# BullMQ (and ioredis) from the npm registry, for tests/real_clients.rs, under target/bullmq.
+ensure_bullmq() {
+    local dir=target/bullmq
+    [ -f "$dir/node_modules/bullmq/package.json" ] && return
+    command -v npm >/dev/null || apt_install nodejs npm
+    mkdir -p "$dir"
+    [ -f "$dir/package.json" ] || echo '{"private": true}' >"$dir/package.json"
+    (cd "$dir" && npm install --no-audit --no-fund --silent 'bullmq@5')
+}
+
 # A loopback TCP port nobody listens on (probed, so a small race remains; callers retry). Taken
 # below the kernel's ephemeral range, where busy client connections would make bind() fail.
 free_port() {
