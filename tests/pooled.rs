@@ -693,3 +693,112 @@ async fn a_script_past_the_busy_threshold_is_killed_through_the_proxy_and_no_one
     let (shared, list) = connections_on(master).await;
     assert_eq!(shared, 2, "one plain and one for scripts:\n{list}");
 }
+
+/// `CLIENT SETNAME` and `GETNAME` are answered by the proxy from the client's own name: in order
+/// with the replies around them (pipelined in one write, or split across writes), Redis's own
+/// errors for a bad name, no pin. The name goes with the client onto a connection lent for a
+/// span (Redis's `CLIENT LIST` shows it while the client blocks there), and comes off that
+/// connection when it goes back to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_names_are_answered_by_the_proxy_and_lent_with_the_connection() {
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 1;
+        c.threads = 1;
+    })
+    .await;
+    let master = proxy.wait_ready().await;
+    let mut a = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    let mut out = multibulk(&["SET", "name:k", "v"]);
+    out.extend(multibulk(&["CLIENT", "SETNAME", "worker-1"]));
+    out.extend(multibulk(&["GET", "name:k"]));
+    out.extend(multibulk(&["client", "getname"]));
+    out.extend(multibulk(&["CLIENT", "SETNAME", "bad name"]));
+    out.extend(multibulk(&["CLIENT", "GETNAME", "extra"]));
+    out.extend(multibulk(&["INCR", "name:n"]));
+    a.write_all(&out).await.unwrap();
+    let want: &[u8] = b"+OK\r\n+OK\r\n$1\r\nv\r\n$8\r\nworker-1\r\n\
+        -ERR Client names cannot contain spaces, newlines or special characters.\r\n\
+        -ERR wrong number of arguments for 'client|getname' command\r\n:1\r\n";
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(10), a.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("no whole answer: {:?}", String::from_utf8_lossy(&got)))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    // Split across writes, with a request after it in the second.
+    let whole = [
+        multibulk(&["CLIENT", "SETNAME", "worker-2"]),
+        multibulk(&["CLIENT", "GETNAME"]),
+    ]
+    .concat();
+    a.write_all(&whole[..20]).await.unwrap();
+    a.flush().await.unwrap();
+    // Not a wait for anything: a pause, so that the proxy most likely reads the halves apart.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.write_all(&whole[20..]).await.unwrap();
+    let want: &[u8] = b"+OK\r\n$8\r\nworker-2\r\n";
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(10), a.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("no whole answer: {:?}", String::from_utf8_lossy(&got)))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    // Another client has no name.
+    let mut b = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    b.write_all(&multibulk(&["CLIENT", "GETNAME"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut b).await, b"$-1\r\n");
+
+    // A blocking pop borrows a connection: it carries the name while the client blocks.
+    a.write_all(&multibulk(&["BLPOP", "name:list", "10"]))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the named client blocked",
+        || async {
+            let (_, list) = connections_on_named(master, "worker-2").await;
+            list.then_some(())
+        },
+    )
+    .await;
+    b.write_all(&multibulk(&["RPUSH", "name:list", "x"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut b).await, b":1\r\n");
+    assert_eq!(
+        read_reply(&mut a).await,
+        b"*2\r\n$9\r\nname:list\r\n$1\r\nx\r\n"
+    );
+    // Back in the pool: its name is still its own, and the connection it gave back has none.
+    a.write_all(&multibulk(&["CLIENT", "GETNAME"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut a).await, b"$8\r\nworker-2\r\n");
+    eventually(
+        Duration::from_secs(5),
+        "the lent connection unnamed",
+        || async {
+            let (_, named) = connections_on_named(master, "worker-2").await;
+            (!named).then_some(())
+        },
+    )
+    .await;
+
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert!(
+        !text.contains("sentinel_proxy_pinned_sessions_total{"),
+        "nothing pins:\n{text}"
+    );
+    let lent = "sentinel_proxy_borrow_seconds_count{outcome=\"returned\",reason=\"blocking\"}";
+    assert_eq!(metric(&text, lent), Some(1.0), "{text}");
+}
+
+/// Whether a connection on the master is named `name` (and `CLIENT LIST`).
+async fn connections_on_named(master: u16, name: &str) -> (String, bool) {
+    let (_, list) = connections_on(master).await;
+    let named = list.lines().any(|l| l.contains(&format!(" name={name} ")));
+    (list, named)
+}

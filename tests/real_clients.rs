@@ -49,7 +49,7 @@ async fn redis_py(
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-/// Forty redis-py clients with `protocol=3`, a password and `db=1`, all at once, through a
+/// Forty redis-py clients with `protocol=3`, a password, `db=1` and a name, all at once, through a
 /// sidecar's proxy (one thread, `--pool 2`), then again across a failover: no error, nothing
 /// pinned, and the master sees at most 10 connections from the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,6 +175,14 @@ async fn celery_worker_and_producer_lose_no_task_across_a_failover() {
         })
         .collect();
     eprintln!("pinned and lent: {kept:#?}");
+    // Its result consumer subscribes (pinned by design); QUIT at the end pins for its answer.
+    let pinned = |l: &&&str| l.starts_with("sentinel_proxy_pinned_sessions_total");
+    for l in kept.iter().filter(pinned) {
+        assert!(
+            l.contains("reason=\"pubsub\"") || l.contains("reason=\"reset\""),
+            "{l}"
+        );
+    }
 }
 
 /// BullMQ's modules (target/bullmq, made by `scripts/lib.sh`'s `ensure_bullmq` if need be).
@@ -262,4 +270,10 @@ async fn bullmq_queue_and_worker_lose_no_job_across_a_failover() {
         })
         .collect();
     eprintln!("pinned and lent: {kept:#?}");
+    // Its workers name their connections and block in BZPOPMIN on borrowed ones; only QUIT at
+    // the end pins (for its answer).
+    let pinned = |l: &&&str| l.starts_with("sentinel_proxy_pinned_sessions_total");
+    for l in kept.iter().filter(pinned) {
+        assert!(l.contains("reason=\"reset\""), "{l}");
+    }
 }

@@ -30,8 +30,12 @@ pub enum Pin {
     Select,
     /// AUTH or HELLO.
     Auth,
-    /// CLIENT (all but SETINFO): names, tracking, reply modes, ids, lists.
+    /// CLIENT (all but SETINFO, SETNAME, GETNAME): tracking, reply modes, ids, lists.
     Client,
+    /// CLIENT SETNAME and GETNAME: answered by the proxy itself in pooled mode, from the client's
+    /// own name (`session/pooled/local.rs`), so they never pin there. On a connection lent for a
+    /// span they make it the client's own (the name is then the server's).
+    Name,
     /// READONLY, READWRITE, ASKING.
     ReadMode,
     /// SYNC, PSYNC, REPLCONF.
@@ -52,7 +56,7 @@ pub enum Pin {
 }
 
 impl Pin {
-    pub const ALL: [Pin; 14] = [
+    pub const ALL: [Pin; 15] = [
         Pin::Transaction,
         Pin::PubSub,
         Pin::Monitor,
@@ -60,6 +64,7 @@ impl Pin {
         Pin::Select,
         Pin::Auth,
         Pin::Client,
+        Pin::Name,
         Pin::ReadMode,
         Pin::Replication,
         Pin::Reset,
@@ -89,6 +94,7 @@ impl Pin {
             Pin::Select => "select",
             Pin::Auth => "auth",
             Pin::Client => "client",
+            Pin::Name => "name",
             Pin::ReadMode => "read_mode",
             Pin::Replication => "replication",
             Pin::Reset => "reset",
@@ -416,6 +422,7 @@ pub fn by_argument(name: &[u8], first: &[u8]) -> Option<Pin> {
         b"SELECT" if first == b"0" => None,
         b"SELECT" => Some(Pin::Select),
         b"CLIENT" if first == b"SETINFO" => None,
+        b"CLIENT" if first == b"SETNAME" || first == b"GETNAME" => Some(Pin::Name),
         b"CLIENT" if is_maint_notifications(first) => Some(Pin::Notifications),
         _ => Some(Pin::Client),
     }

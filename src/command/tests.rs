@@ -96,16 +96,11 @@ fn data_commands_share_and_connection_commands_pin() {
     assert_eq!(by_argument(b"SELECT", b"00"), Some(Pin::Select));
     assert_eq!(by_argument(b"SELECT", b"3"), Some(Pin::Select));
     assert_eq!(by_argument(b"CLIENT", b"SETINFO"), None);
-    for sub in [
-        &b"ID"[..],
-        b"INFO",
-        b"LIST",
-        b"SETNAME",
-        b"TRACKING",
-        b"REPLY",
-        b"KILL",
-    ] {
+    for sub in [&b"ID"[..], b"INFO", b"LIST", b"TRACKING", b"REPLY", b"KILL"] {
         assert_eq!(by_argument(b"CLIENT", sub), Some(Pin::Client));
+    }
+    for sub in [&b"SETNAME"[..], b"GETNAME"] {
+        assert_eq!(by_argument(b"CLIENT", sub), Some(Pin::Name));
     }
 }
 

@@ -921,7 +921,7 @@ mod tests {
         for (then, why) in [
             (
                 &b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n"[..],
-                Pin::Client,
+                Pin::Name,
             ),
             (b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n", Pin::PubSub),
             (b"*1\r\n$7\r\nMONITOR\r\n", Pin::Monitor),
@@ -1059,6 +1059,23 @@ mod tests {
         assert_eq!((t.pin, t.requests), (None, 1));
         t.feed(b"*2\r\n$6\r\nSELECT\r\n$1\r\n5\r\n").unwrap();
         assert_eq!((t.pin, t.pin_start()), (Some(Pin::Select), Some(0)));
+        // CLIENT SETNAME stops the tracker where it begins (the session answers it); `resume`
+        // tracks what follows it, counted after what came before.
+        let mut t = pooled();
+        let name = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n";
+        t.feed(&[&b"*1\r\n$4\r\nPING\r\n"[..], name].concat())
+            .unwrap();
+        assert_eq!(
+            (t.pin, t.pin_start(), t.boundary),
+            (Some(Pin::Name), Some(14), 14)
+        );
+        t.resume();
+        assert_eq!((t.pin, t.requests, t.expected_replies), (None, 1, 1));
+        t.feed(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").unwrap();
+        assert_eq!(
+            (t.pin, t.requests, t.expected_replies, t.boundary),
+            (None, 2, 2, 20)
+        );
         // CLIENT SETINFO shares, CLIENT ID pins; a lone CLIENT pins.
         let mut t = pooled();
         t.feed(b"*4\r\n$6\r\nclient\r\n$7\r\nsetinfo\r\n$8\r\nLIB-NAME\r\n$2\r\npy\r\n")

@@ -90,7 +90,7 @@ impl Client {
     }
 
     /// Replies for this client: written now as far as its socket takes them.
-    fn deliver(&self, bytes: &[u8], group: &Group) {
+    pub(super) fn deliver(&self, bytes: &[u8], group: &Group) {
         if self.broken.get().is_some() {
             return; // closing: the client is owed nothing more
         }

@@ -168,10 +168,10 @@ async fn next_command(client: &mut TcpStream, scratch: &mut [u8]) -> Result<Vec<
 }
 
 /// A command's arguments, and how many bytes it took.
-type Parsed = (Vec<Vec<u8>>, usize);
+pub(super) type Parsed = (Vec<Vec<u8>>, usize);
 
 /// One command from the front of `buf`: its arguments and its length, `None` if incomplete.
-fn parse(buf: &[u8]) -> Result<Option<Parsed>, String> {
+pub(super) fn parse(buf: &[u8]) -> Result<Option<Parsed>, String> {
     if buf.first() != Some(&b'*') {
         // Inline, as typed into telnet: space-separated words up to the end of the line.
         let Some(nl) = buf.iter().position(|&b| b == b'\n') else {

@@ -154,7 +154,7 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
                 (&[], false),
                 || {},
                 None,
-                Lend::NONE,
+                &Lend::NONE,
             )
             .await,
         )
@@ -180,7 +180,7 @@ async fn authenticated(
                 (&first, false),
                 || {},
                 None,
-                Lend::NONE,
+                &Lend::NONE,
             )
             .await,
         ),
@@ -215,6 +215,9 @@ enum Served {
 struct Lend<'s> {
     span: bool,
     state: &'s [Vec<u8>],
+    /// The client's name (`CLIENT SETNAME` in the pool): the connection has it while it is the
+    /// client's, and a move re-creates it where the connection is the client's for good.
+    name: Option<&'s [u8]>,
 }
 
 impl Lend<'_> {
@@ -222,6 +225,7 @@ impl Lend<'_> {
     const NONE: Lend<'static> = Lend {
         span: false,
         state: &[],
+        name: None,
     };
 }
 
@@ -257,12 +261,20 @@ pub async fn serve_pooled(
     };
     let mut client = client;
     let mut pool = pool;
+    // The client's name, answered in the pool (`pooled/local.rs`) and lent with the connection.
+    // Boxed: this task's future is most of an idle pooled client's memory.
+    let mut name: Option<Box<[u8]>> = None;
     let close = loop {
         // In a block, so that only the boxed future is kept across its await: not `outcome`,
         // whose parts it owns (a moved-from local keeps its space in the task until its scope
         // ends).
         let next = {
-            let mut session = Box::new(pooled::Pooled::new(client, &group, pool.clone()));
+            let mut session = Box::new(pooled::Pooled::new(
+                client,
+                &group,
+                pool.clone(),
+                name.take().map(Vec::from),
+            ));
             let mut outcome = session.run().await;
             if let pooled::Outcome::Pin = outcome {
                 outcome = session.pinned();
@@ -270,9 +282,18 @@ pub async fn serve_pooled(
             match outcome {
                 pooled::Outcome::Closed(close) => Err(close),
                 pooled::Outcome::Pin => Err(Close::IoError),
-                pooled::Outcome::Pinned(client, first, why, barrier) => Ok(pinned(
-                    client, first, barrier, &pool, why, &group, &shutdown,
-                )),
+                pooled::Outcome::Pinned(client, first, why, barrier, named) => {
+                    name = named.map(Vec::into_boxed_slice);
+                    Ok(pinned(
+                        client,
+                        first,
+                        barrier,
+                        &pool,
+                        why,
+                        (&group, &shutdown),
+                        name.as_deref().map(<[u8]>::to_vec),
+                    ))
+                }
             }
         };
         match next {
@@ -284,8 +305,10 @@ pub async fn serve_pooled(
                         pool =
                             pool::Pool::for_thread(group.config().pool, &group, &shutdown, &state);
                     }
-                    if let Some(conn) = conn {
-                        pool.give_back(*conn);
+                    match conn {
+                        Some(conn) if name.is_some() => pool.give_back_unnamed(*conn),
+                        Some(conn) => pool.give_back(*conn),
+                        None => {}
                     }
                     client = c;
                 }
@@ -308,9 +331,18 @@ async fn pooled_gate(
         Ok(first) if first.is_empty() => return Some(client),
         // `HELLO … AUTH`: the HELLO goes on a connection of the client's own, as it would from
         // the pool (it pins).
-        Ok(first) => {
-            closed_only(pinned(client, first, None, pool, Pin::Auth, group, shutdown).await)
-        }
+        Ok(first) => closed_only(
+            pinned(
+                client,
+                first,
+                None,
+                pool,
+                Pin::Auth,
+                (group, shutdown),
+                None,
+            )
+            .await,
+        ),
         Err(close) => close,
     };
     closed(group, close);
@@ -328,8 +360,8 @@ fn pinned<'a>(
     barrier: Option<pool::PinGuard>,
     pool: &std::rc::Rc<pool::Pool>,
     why: Pin,
-    group: &'a Arc<Group>,
-    shutdown: &'a CancellationToken,
+    (group, shutdown): (&'a Arc<Group>, &'a CancellationToken),
+    name: Option<Vec<u8>>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Served> + 'a>> {
     let spare = pool.take_spare(group).map(Box::new);
     // The connection was opened with the pool's state: the session starts from it.
@@ -367,9 +399,10 @@ fn pinned<'a>(
             let lend = Lend {
                 span: lent,
                 state: &state,
+                name: name.as_deref(),
             };
             let served =
-                dedicated(client, group, shutdown, (&first, true), sent, spare, lend).await;
+                dedicated(client, group, shutdown, (&first, true), sent, spare, &lend).await;
             if lent {
                 let m = &group.metrics;
                 m.borrowed_connections.dec();
@@ -412,7 +445,7 @@ async fn dedicated(
     (first, pinned): (&[u8], bool),
     sent: impl FnOnce(),
     spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
-    lend: Lend<'_>,
+    lend: &Lend<'_>,
 ) -> Served {
     let m = &group.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
@@ -431,15 +464,24 @@ async fn dedicated(
     match acquired {
         Ok((mut backend, generation, addr)) => {
             Span::current().record("backend", tracing::field::display(addr));
-            if pinned && fresh {
+            if pinned && (fresh || lend.name.is_some()) {
                 // A pinned client: its request must reach Redis before what other clients send
                 // after it (the pin barrier), and Redis reads a connection it has not accepted
                 // yet only after the established ones. An answer means it has. First, the
-                // connection state of the pool it came from (a spare has it already).
-                let state = lend.state;
+                // connection state of the pool it came from (a spare has it already), and the
+                // client's name.
+                let state = if fresh { lend.state } else { &[] };
                 let ready = Box::pin(async {
                     if !io::set_up(&mut backend, state).await? {
                         return Err(std::io::ErrorKind::PermissionDenied.into());
+                    }
+                    if let Some(setname) = lend.name.map(pooled::setname)
+                        && io::exchange(&mut backend, &setname).await? != b'+'
+                    {
+                        return Err(std::io::ErrorKind::PermissionDenied.into());
+                    }
+                    if !fresh {
+                        return Ok(b'+');
                     }
                     io::exchange(&mut backend, io::ACCEPTED).await
                 });
@@ -459,6 +501,9 @@ async fn dedicated(
                 session.req.mode = crate::resp::Mode::Lent;
             }
             session.preload(lend.state);
+            if let (false, Some(name)) = (lend.span, lend.name) {
+                session.preload(&[pooled::setname(name)]);
+            }
             if !first.is_empty() {
                 session.take_request_bytes(first);
             }
@@ -609,7 +654,8 @@ mod tests {
             local
                 .run_until(async {
                     let pool = pool::Pool::for_thread(1, &group, &sd, &[]);
-                    let mut pooled = pooled::Pooled::new(socket().await.unwrap(), &group, pool);
+                    let mut pooled =
+                        pooled::Pooled::new(socket().await.unwrap(), &group, pool, None);
                     let pooled_size = std::mem::size_of_val(&pooled);
                     let run_size = size_of(&pooled.run());
                     let serve_pooled = serve_pooled(

@@ -60,6 +60,8 @@ pub(super) struct Pool {
     /// their clients sent them, so a secret): every connection of the pool is opened with it.
     /// Empty for the group's first pool. Never logged.
     state: Vec<Vec<u8>>,
+    /// Its state includes `HELLO 3`.
+    resp3: bool,
 }
 
 /// A master connection Redis has accepted and answered on (`io::ACCEPTED`), waiting for a client
@@ -167,6 +169,11 @@ impl Pool {
                 spares: RefCell::new(Vec::new()),
                 spare_pending: Cell::new(false),
                 state: state.to_vec(),
+                resp3: {
+                    let mut carry = super::carry::Carry::new();
+                    carry.preload(state);
+                    carry.resp3
+                },
             });
             pool.refill(group);
             tokio::task::spawn_local(watch(
@@ -178,6 +185,11 @@ impl Pool {
             pools.push((group.id, pool.clone()));
             pool
         })
+    }
+
+    /// Whether its clients speak RESP3 (`HELLO 3` in its state).
+    pub(super) fn resp3(&self) -> bool {
+        self.resp3
     }
 
     /// The connection state its clients share (see `state`).
@@ -250,6 +262,22 @@ impl Pool {
                 addr,
             });
         }
+    }
+
+    /// `give_back` a connection lent to a named client once its name is removed (`CLIENT
+    /// SETNAME` of nothing), off the client's path; one that does not answer at once is dropped.
+    pub(super) fn give_back_unnamed(
+        self: &Rc<Self>,
+        (mut stream, generation, addr): (TcpStream, u64, SocketAddr),
+    ) {
+        const UNNAME: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$0\r\n\r\n";
+        let pool = Rc::downgrade(self);
+        tokio::task::spawn_local(async move {
+            let unnamed = timeout(Duration::from_secs(1), exchange(&mut stream, UNNAME)).await;
+            if let (Ok(Ok(b'+')), Some(pool)) = (unnamed, pool.upgrade()) {
+                pool.give_back((stream, generation, addr));
+            }
+        });
     }
 
     /// Make a spare connection unless there is one or one is being made.

@@ -38,7 +38,10 @@ use crate::Group;
 use crate::command::Pin as PinReason;
 use crate::resp::{Mode, ProtocolError, RequestTracker};
 
+mod local;
 mod wait;
+
+pub(super) use local::setname;
 
 use wait::Waiting;
 
@@ -52,8 +55,14 @@ pub(super) enum Outcome {
     /// A request pins the client: take it out with `pinned()`.
     Pin,
     /// Continue as a dedicated session: the socket, the pinning request and what the client sent
-    /// after it.
-    Pinned(TcpStream, Vec<u8>, PinReason, Option<PinGuard>),
+    /// after it, and the client's name (`CLIENT SETNAME`, kept here: `local.rs`).
+    Pinned(
+        TcpStream,
+        Vec<u8>,
+        PinReason,
+        Option<PinGuard>,
+        Option<Vec<u8>>,
+    ),
 }
 
 enum Step {
@@ -103,6 +112,11 @@ pub(super) struct Pooled<'a> {
     idle_check: Option<Box<Interval>>,
     /// Between polls: what the client waits for (`wait_for`), until an event comes.
     waiting: Option<Waiting>,
+    /// The client's name (`CLIENT SETNAME`, answered here: `local.rs`).
+    name: Option<Vec<u8>>,
+    /// A step answered a request itself: step again before waiting (what followed it may be
+    /// ready to go, or be another such request).
+    again: bool,
 }
 
 /// A pooled client's state away from the steady state: a request split across reads, requests
@@ -119,6 +133,9 @@ struct Slow {
     held_since: Option<Instant>,
     /// The request that pins the client, and what followed it.
     pin: Option<(PinReason, Pending)>,
+    /// A request the session answers itself (`local.rs`), from its start, and what followed it
+    /// (read on until the request is whole).
+    local: Option<Pending>,
     /// Held requests give up then.
     deadline: Option<Instant>,
     /// Look again then (the gate opens, a connect may be retried).
@@ -126,7 +143,12 @@ struct Slow {
 }
 
 impl<'a> Pooled<'a> {
-    pub(super) fn new(stream: TcpStream, group: &'a Arc<Group>, pool: Rc<Pool>) -> Self {
+    pub(super) fn new(
+        stream: TcpStream,
+        group: &'a Arc<Group>,
+        pool: Rc<Pool>,
+        name: Option<Vec<u8>>,
+    ) -> Self {
         let mut req = RequestTracker::new(group.config().max_request_bytes);
         req.mode = Mode::Pool;
         let slot = pool.assign();
@@ -152,6 +174,8 @@ impl<'a> Pooled<'a> {
             timer: None,
             idle_check: None,
             waiting: None,
+            name,
+            again: false,
         }
     }
 
@@ -209,6 +233,7 @@ impl<'a> Pooled<'a> {
             client,
             slow,
             pin_guard,
+            name,
             ..
         } = self;
         let Some((why, rest)) = slow.and_then(|s| s.pin) else {
@@ -229,11 +254,20 @@ impl<'a> Pooled<'a> {
             rest.bytes().to_vec(),
             why,
             pin_guard,
+            name,
         )
     }
 
     fn held_empty(&self) -> bool {
         self.slow.as_ref().is_none_or(|s| s.held.is_empty())
+    }
+
+    /// A request answered here waits with as much after it as is kept of a request.
+    fn local_full(&self) -> bool {
+        self.slow
+            .as_ref()
+            .and_then(|s| s.local.as_ref())
+            .is_some_and(|l| l.bytes().len() > MAX_KEPT_REQUEST)
     }
 
     /// A request that pins the client was read.
@@ -276,6 +310,10 @@ impl<'a> Pooled<'a> {
         let owed = self.client.owed.get();
         let out_empty = self.client.out.borrow().is_empty();
         if self.held_empty() && owed == 0 && out_empty {
+            self.answer_local();
+            if self.again {
+                return Step::Continue;
+            }
             if self.pinning() {
                 return Step::Pin;
             }
@@ -287,6 +325,7 @@ impl<'a> Pooled<'a> {
             }
         }
         let waiting = self.pinning()
+            || self.slow.as_ref().is_some_and(|s| s.local.is_some())
             || self.protocol_error.is_some()
             || self.client_eof
             || self.shutting_down
@@ -403,6 +442,36 @@ impl<'a> Pooled<'a> {
         }
     }
 
+    /// The client is owed nothing and holds nothing: answer the request the framer stopped at
+    /// for us (`local.rs`) once it is whole, then take what followed it. One too long to keep,
+    /// or not a well-formed command, goes to Redis on a connection of its own instead.
+    fn answer_local(&mut self) {
+        let Some(s) = self.slow.as_mut() else {
+            return;
+        };
+        let Some(local) = &s.local else {
+            return;
+        };
+        match super::gate::parse(local.bytes()) {
+            Ok(None) if local.bytes().len() <= MAX_KEPT_REQUEST => {} // read on
+            Ok(None) | Err(_) => {
+                let bytes = s.local.take().unwrap_or_default();
+                s.pin = Some((PinReason::Client, bytes));
+                self.pin_guard = Some(self.pool.pin_begin());
+            }
+            Ok(Some((args, used))) => {
+                let local = s.local.take().unwrap_or_default();
+                let reply = local::answer(&args, &mut self.name, self.pool.resp3());
+                self.client.deliver(&reply, self.group);
+                self.req.resume();
+                let rest = local.bytes()[used..].to_vec();
+                self.take_requests(&rest);
+                self.again = true;
+                self.open = false;
+            }
+        }
+    }
+
     fn count_held(&mut self, outcome: &str) {
         let m = &self.group.metrics;
         m.held_requests_total.with_label_values(&[outcome]).inc();
@@ -422,6 +491,18 @@ impl<'a> Pooled<'a> {
             .metrics
             .client_bytes_received_total
             .inc_by(bytes.len() as u64);
+        if let Some(local) = self.slow.as_mut().and_then(|s| s.local.as_mut()) {
+            local.push(bytes);
+            self.open = false;
+            return;
+        }
+        self.take_requests(bytes);
+    }
+
+    /// Requests read from the client (or what followed one answered here): complete ones go on
+    /// (or are held), the start of an incomplete one is kept, a pinning request stops the
+    /// reading.
+    fn take_requests(&mut self, bytes: &[u8]) {
         let before = self.req.expected_replies;
         let end = match self.req.feed(bytes) {
             Ok(()) => self.req.boundary as usize,
@@ -449,7 +530,11 @@ impl<'a> Pooled<'a> {
                 s.partial = Pending::default();
             }
             pinned.push(rest);
-            s.pin = Some((why, pinned));
+            if why == PinReason::Name {
+                s.local = Some(pinned);
+            } else {
+                s.pin = Some((why, pinned));
+            }
         } else if self.protocol_error.is_none() && !rest.is_empty() {
             let s = self.slow.get_or_insert_default();
             s.partial.push(rest);

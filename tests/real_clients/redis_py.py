@@ -1,5 +1,5 @@
 """redis-py clients configured as applications configure them, all at once, through the proxy:
-RESP3, a password, db 1, and what they do all day (plain commands, a pipelined transaction, an
+RESP3, a password, db 1, a client name, and what they do all day (plain commands, a pipelined transaction, an
 optimistic WATCH transaction, a hash read back as a RESP3 map, a blocking pop that finds its
 item, a registered Lua script (EVALSHA, loaded again by redis-py where the server says
 NOSCRIPT)). Usage: redis_py.py PORT PASSWORD CLIENTS ROUNDS SECONDS TAG: each client runs ROUNDS
@@ -27,12 +27,14 @@ def worker(i):
             password=password,
             db=1,
             protocol=3,
+            client_name=f"py-{tag}-{i}",
             decode_responses=True,
             single_connection_client=True,
             socket_timeout=30,
         )
         add = r.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
         start.wait()
+        assert r.client_getname() == f"py-{tag}-{i}"
         until = time.monotonic() + seconds
         r.ping()
         j = 0

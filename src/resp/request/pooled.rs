@@ -67,6 +67,19 @@ impl RequestTracker {
         }
     }
 
+    /// Pooled mode, after `feed` stopped at a request the session answers itself (`Pin::Name`):
+    /// track again from the start of the next request, with the counts of what went before.
+    pub fn resume(&mut self) {
+        let mut fresh = RequestTracker::new(self.max_bulk);
+        fresh.mode = self.mode;
+        fresh.requests = self.requests;
+        fresh.expected_replies = self.expected_replies;
+        fresh.blocking_seq = self.blocking_seq;
+        fresh.resp3 = self.resp3;
+        fresh.scripts = self.scripts;
+        *self = fresh;
+    }
+
     /// Where the request that pinned the client begins in the buffer last fed (`None`: it
     /// began in an earlier one).
     pub fn pin_start(&self) -> Option<usize> {

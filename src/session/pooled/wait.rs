@@ -43,6 +43,9 @@ impl Pooled<'_> {
                         Step::Continue => {}
                         done => return Poll::Ready(done),
                     }
+                    if std::mem::take(&mut self.again) {
+                        continue;
+                    }
                     self.wait_for()
                 }
             };
@@ -62,6 +65,7 @@ impl Pooled<'_> {
         let flush = !self.client.out.borrow().is_empty();
         let read_client = self.held_empty()
             && !self.pinning()
+            && !self.local_full()
             && self.protocol_error.is_none()
             && !self.client_eof
             && !self.shutting_down
