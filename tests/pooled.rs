@@ -698,7 +698,7 @@ async fn a_script_past_the_busy_threshold_is_killed_through_the_proxy_and_no_one
 /// with the replies around them (pipelined in one write, or split across writes), Redis's own
 /// errors for a bad name, no pin. The name goes with the client onto a connection lent for a
 /// span (Redis's `CLIENT LIST` shows it while the client blocks there), and comes off that
-/// connection when it goes back to the pool.
+/// connection when it goes back to the pool. `HELLO 3 SETNAME` names the client too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_names_are_answered_by_the_proxy_and_lent_with_the_connection() {
     let lab = Lab::start().await;
@@ -786,6 +786,30 @@ async fn client_names_are_answered_by_the_proxy_and_lent_with_the_connection() {
         },
     )
     .await;
+
+    // HELLO … SETNAME (Lettuce, go-redis, node-redis): the name is the client's from then on; a
+    // HELLO that fails changes no name.
+    let mut h = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    h.write_all(&multibulk(&["HELLO", "3", "SETNAME", "app-3"]))
+        .await
+        .unwrap();
+    let hello = String::from_utf8_lossy(&read_reply(&mut h).await).into_owned();
+    assert!(hello.starts_with('%'), "{hello}");
+    h.write_all(&multibulk(&["CLIENT", "GETNAME"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut h).await, b"$5\r\napp-3\r\n");
+    h.write_all(&multibulk(&[
+        "HELLO", "3", "AUTH", "nobody", "pw", "SETNAME", "app-4",
+    ]))
+    .await
+    .unwrap();
+    let refused = read_reply(&mut h).await;
+    assert!(refused.starts_with(b"-WRONGPASS"), "{refused:?}");
+    h.write_all(&multibulk(&["CLIENT", "GETNAME"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut h).await, b"$5\r\napp-3\r\n");
 
     let (_, text) = http_get(proxy.admin, "/metrics").await;
     assert!(

@@ -197,14 +197,17 @@ fn closed_only(served: Served) -> Close {
 }
 
 /// How a dedicated session ended: closed, or (lent to a pooled client for a span) returned with
-/// the client's socket, its connection to the master of that generation, and the connection
-/// state the client left it in (the pool it goes back to: `Carry::pool_state`).
+/// the client's socket, its connection to the master of that generation, the connection state
+/// the client left it in (the pool it goes back to: `Carry::pool_state`), the client's name
+/// after the span (`pinned` sets it), and whether the connection was given a name.
 enum Served {
     Closed(Close),
     Returned(
         TcpStream,
         Option<Box<(TcpStream, u64, SocketAddr)>>,
         Vec<Vec<u8>>,
+        Option<Vec<u8>>,
+        bool,
     ),
 }
 
@@ -299,14 +302,15 @@ pub async fn serve_pooled(
         match next {
             Ok(session) => match session.await {
                 Served::Closed(close) => break close,
-                Served::Returned(c, conn, state) => {
+                Served::Returned(c, conn, state, after, named) => {
+                    name = after.map(Vec::into_boxed_slice);
                     if state != pool.state() {
                         // AUTH, HELLO or SELECT in the span: the pool of its new state.
                         pool =
                             pool::Pool::for_thread(group.config().pool, &group, &shutdown, &state);
                     }
                     match conn {
-                        Some(conn) if name.is_some() => pool.give_back_unnamed(*conn),
+                        Some(conn) if named => pool.give_back_unnamed(*conn),
                         Some(conn) => pool.give_back(*conn),
                         None => {}
                     }
@@ -361,8 +365,17 @@ fn pinned<'a>(
     pool: &std::rc::Rc<pool::Pool>,
     why: Pin,
     (group, shutdown): (&'a Arc<Group>, &'a CancellationToken),
-    name: Option<Vec<u8>>,
+    mut name: Option<Vec<u8>>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Served> + 'a>> {
+    // `HELLO … SETNAME`: the name is the client's (as `CLIENT SETNAME`'s), put on the lent
+    // connection before the HELLO, which goes without it; kept only if the HELLO succeeds.
+    let (first, hello) = match (why, pooled::hello_setname(&first)) {
+        (Pin::Auth, Some((request, new, hello))) => {
+            let before = name.replace(new);
+            (request, Some((hello, before)))
+        }
+        _ => (first, None),
+    };
     let spare = pool.take_spare(group).map(Box::new);
     // The connection was opened with the pool's state: the session starts from it.
     let state = pool.state().to_vec();
@@ -403,6 +416,17 @@ fn pinned<'a>(
             };
             let served =
                 dedicated(client, group, shutdown, (&first, true), sent, spare, &lend).await;
+            let served = match served {
+                Served::Returned(client, conn, state, _, _) => {
+                    let named = name.is_some();
+                    let name = match hello {
+                        Some((hello, before)) if !state.contains(&hello) => before,
+                        _ => name,
+                    };
+                    Served::Returned(client, conn, state, name, named)
+                }
+                closed => closed,
+            };
             if lent {
                 let m = &group.metrics;
                 m.borrowed_connections.dec();
@@ -531,7 +555,7 @@ async fn dedicated(
                         .load()
                         .target()
                         .map(|addr| Box::new((backend, generation, addr)));
-                    Served::Returned(client, conn, state)
+                    Served::Returned(client, conn, state, None, false)
                 }
                 dedicated::Ended::Closed(close) => {
                     let _ = timeout(Duration::from_secs(1), client.shutdown()).await;

@@ -41,7 +41,7 @@ use crate::resp::{Mode, ProtocolError, RequestTracker};
 mod local;
 mod wait;
 
-pub(super) use local::setname;
+pub(super) use local::{hello_setname, setname};
 
 use wait::Waiting;
 

@@ -50,6 +50,41 @@ pub(crate) fn setname(name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `HELLO … SETNAME name` at the front of `first` (Lettuce, go-redis and node-redis name their
+/// connections this way): the request without its `SETNAME` (the name goes onto the lent
+/// connection before it, and the connection stays one a pool can take back), the name, and the
+/// HELLO as sent (the name is kept only if Redis accepted it). `None` for anything else, a name Redis would
+/// refuse, or options it would: those go to Redis as they are.
+pub(crate) fn hello_setname(first: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let (args, used) = crate::session::gate::parse(first).ok()??;
+    if !args.first()?.eq_ignore_ascii_case(b"HELLO") || args.len() < 2 {
+        return None;
+    }
+    let mut kept: Vec<&[u8]> = vec![&args[0], &args[1]];
+    let mut name = None;
+    let mut i = 2;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+            kept.extend([&args[i][..], &args[i + 1], &args[i + 2]]);
+            i += 3;
+        } else if args[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() && name.is_none() {
+            name = Some(args[i + 1].clone());
+            i += 2;
+        } else {
+            return None;
+        }
+    }
+    let name = name?;
+    if name.is_empty() || name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        return None;
+    }
+    let mut hello = Vec::new();
+    crate::resp::encode_command(&mut hello, &kept);
+    let mut request = hello.clone();
+    request.extend_from_slice(&first[used..]);
+    Some((request, name, hello))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +136,53 @@ mod tests {
         assert_eq!(
             setname(b"w1"),
             b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$2\r\nw1\r\n"
+        );
+    }
+
+    fn encode(s: &str) -> Vec<u8> {
+        let args: Vec<&[u8]> = s.split(' ').map(str::as_bytes).collect();
+        let mut out = Vec::new();
+        crate::resp::encode_command(&mut out, &args);
+        out
+    }
+
+    #[test]
+    fn hello_setname_is_taken_out_of_hello() {
+        let first = [
+            encode("hello 3 AUTH default pw SetName app-1"),
+            encode("PING"),
+        ]
+        .concat();
+        let (request, name, hello) = hello_setname(&first).unwrap();
+        assert_eq!(hello, encode("hello 3 AUTH default pw"));
+        assert_eq!(request, [hello.clone(), encode("PING")].concat());
+        assert_eq!(name, b"app-1");
+        let (_, name, hello) = hello_setname(&encode("HELLO 3 SETNAME n")).unwrap();
+        assert_eq!((name, hello), (b"n".to_vec(), encode("HELLO 3")));
+        // A user named SETNAME is a user.
+        let (_, name, hello) = hello_setname(&encode("HELLO 3 AUTH SETNAME pw SETNAME n")).unwrap();
+        assert_eq!(
+            (name, hello),
+            (b"n".to_vec(), encode("HELLO 3 AUTH SETNAME pw"))
+        );
+        for as_is in [
+            "HELLO 3",
+            "HELLO 3 AUTH u p",
+            "HELLO",
+            "HELLO 3 SETNAME",
+            "HELLO 3 SETNAME a SETNAME b",
+            "HELLO 3 SETNAME n BOGUS",
+            "PING",
+        ] {
+            assert_eq!(hello_setname(&encode(as_is)), None, "{as_is}");
+        }
+        let spaced =
+            [&b"*4\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$7\r\nSETNAME\r\n$3\r\na b\r\n"[..]].concat();
+        assert_eq!(hello_setname(&spaced), None, "a name Redis refuses");
+        assert_eq!(
+            hello_setname(&encode("HELLO 3 SETNAME n")[..10]),
+            None,
+            "incomplete"
         );
     }
 }
