@@ -16,12 +16,17 @@
 #   SCENARIOS=none IDLE=2000 benches/compare.sh   # idle memory only
 #   EXTRA="old=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
 #   TLS=1 benches/compare.sh                  # and the TLS rows (below)
-#   SCENARIOS="db1 resp3 evalsha" benches/compare.sh   # what applications send (below)
+#   SCENARIOS="db1 resp3 evalsha auth" benches/compare.sh   # what applications send (below)
+#   SCENARIOS=apps benches/compare.sh         # all of them, at -P 1 and -P 16
 #
 # The application profiles: db1 (--dbnum 1: every client sends SELECT 1 first), resp3 (-3: HELLO 3
-# first), evalsha (a script loaded once, then EVALSHA of it: an INCR of a random key). At the end
-# the report gives, per proxy, the clients it pinned and the connections it lent, by reason (its
-# /metrics): in pooled mode these profiles should pin nothing.
+# first), evalsha (a script loaded once, then EVALSHA of it: an INCR of a random key), auth (every
+# client sends AUTH first: as an ACL user made on the master, `--user bench -a PASS`, which Redis
+# checks as it checks a requirepass password); each also at -P 16 (db1p16, resp3p16, evalsha16,
+# auth16). At the end the report gives, per proxy, the clients it pinned and the connections it
+# lent, by reason (its /metrics): in pooled mode these profiles should pin nothing; and, with
+# FANIN clients at once (default 1000; FANIN=0: not run), the most master connections pooled mode
+# held in each profile.
 #
 # TLS=1 adds, with certificates made by openssl: direct-tls (redis-benchmark --tls to the
 # master's own tls-port), tls-client (TLS client → proxy → plain master), tls-backend (plain
@@ -37,6 +42,9 @@ source scripts/lib.sh
 ensure_redis_packages
 ROUNDS=${ROUNDS:-3} N=${N:-100000} IDLE=${IDLE:-9900}
 SCENARIOS=${SCENARIOS:-"c50p1 c50p16 c1 d1024"}
+[ "$SCENARIOS" = apps ] && SCENARIOS="db1 db1p16 resp3 resp3p16 evalsha evalsha16 auth auth16"
+FANIN=${FANIN:-1000}
+BENCH_AUTH="--user bench -a bench-pw"
 # SCENARIOS=none: only the idle-connection memory.
 [ "$SCENARIOS" = none ] && SCENARIOS="" ROUNDS=0
 declare -A ARGS=(
@@ -47,10 +55,16 @@ declare -A ARGS=(
     [db1]="-c 50 -P 1 --dbnum 1"
     [resp3]="-c 50 -P 1 -3"
     [evalsha]="-c 50 -P 1"
+    [auth]="-c 50 -P 1 $BENCH_AUTH"
+    [db1p16]="-c 50 -P 16 --dbnum 1"
+    [resp3p16]="-c 50 -P 16 -3"
+    [evalsha16]="-c 50 -P 16"
+    [auth16]="-c 50 -P 16 $BENCH_AUTH"
 )
 # -c 1 is latency-bound: fewer requests keep it as long as the others.
 declare -A REQS=([c50p1]=$N [c50p16]=$((N * 4)) [c1]=$((N / 4)) [d1024]=$N [db1]=$N [resp3]=$N
-    [evalsha]=$N)
+    [evalsha]=$N [auth]=$N [db1p16]=$((N * 4)) [resp3p16]=$((N * 4)) [evalsha16]=$((N * 4))
+    [auth16]=$((N * 4)))
 
 ulimit -n "$(ulimit -Hn)"
 max_idle=$(( ($(ulimit -n) - 100) / 2 ))
@@ -68,6 +82,8 @@ trap cleanup EXIT
 lab_start
 MASTER=$(lab_master_port)
 redis-cli -p "$MASTER" config set maxclients $((IDLE + 200)) >/dev/null
+# The auth profiles' user (ACL rules are the master's own: the profiles run on it alone).
+redis-cli -p "$MASTER" ACL SETUSER bench on '>bench-pw' '~*' '&*' '+@all' >/dev/null
 
 declare -A PORTS=([direct]=$MASTER)
 # The admin (metrics) port of each proxy target.
@@ -184,7 +200,7 @@ SHA=$(redis-cli -p "$MASTER" SCRIPT LOAD "return redis.call('INCR', KEYS[1])")
 # What redis-benchmark runs in a scenario: SET and GET, or the profile's own command.
 workload() {
     case $1 in
-        evalsha) echo "EVALSHA $SHA 1 evalsha:__rand_int__" ;;
+        evalsha*) echo "EVALSHA $SHA 1 evalsha:__rand_int__" ;;
         *) echo "-t set,get" ;;
     esac
 }
@@ -200,7 +216,7 @@ for r in $(seq 1 "$ROUNDS"); do
             out=$(redis-benchmark ${BENCH[$name]:-} -p "${PORTS[$name]}" -n "$n" ${ARGS[$sc]} \
                 --csv $(workload "$sc"))
             after=$(cpu_ticks "${CPU_PID[$name]}") rafter=$(cpu_ticks "${CPU_PID[direct]}")
-            if [ "$sc" = evalsha ]; then
+            if [[ $sc == evalsha* ]]; then
                 # One command: its line stands in the SET and GET columns alike.
                 out=$(sed -n '2p' <<<"$out" | sed 's/^"[^"]*"/"SET"/; p; s/^"SET"/"GET"/')
             fi
@@ -212,7 +228,7 @@ for r in $(seq 1 "$ROUNDS"); do
             # CPU seconds per million requests (SET and GET together: 2 x n requests; a profile's
             # own command: n).
             reqs=$((2 * n))
-            [ "$sc" = evalsha ] && reqs=$n
+            [[ $sc == evalsha* ]] && reqs=$n
             R[$sc.$name.cpu]+="$(awk "BEGIN{print ($after - $before) / $TICK / ($reqs / 1e6)}") "
             # And what Redis itself spent per request through this target.
             R[$sc.$name.rcpu]+="$(awk "BEGIN{print ($rafter - $rbefore) / $TICK / ($reqs / 1e6)}") "
@@ -253,6 +269,27 @@ for name in "${NAMES[@]}"; do
         tr '\n' ' '; } || true)
     printf '%-18s %s\n' "$name" "${counts:-none}"
 done
+
+if [ "$FANIN" -gt 0 ] && [ -n "${PORTS[pooled]:-}" ] && [ -n "$SCENARIOS" ]; then
+    echo
+    echo "## Pooled mode's master connections with $FANIN clients at once (the most in use, idle < 2 s, while redis-benchmark ran)"
+    printf '%-10s %12s\n' profile connections
+    for sc in c50p1 db1 resp3 evalsha auth; do
+        # shellcheck disable=SC2046,SC2086
+        redis-benchmark -p "${PORTS[pooled]}" -n $((FANIN * 100)) ${ARGS[$sc]/-c 50/-c $FANIN} \
+            --csv $(workload "$sc") >/dev/null 2>&1 &
+        bench=$!
+        most=0
+        while kill -0 "$bench" 2>/dev/null; do
+            n=$(redis-cli -p "$MASTER" CLIENT LIST TYPE normal | grep -v ' cmd=client|list' |
+                grep -v ' name=sentinel-[0-9a-f]' | grep -c ' idle=[01] ' || true)
+            (( n > most )) && most=$n
+            sleep 0.2
+        done
+        wait "$bench" || true
+        printf '%-10s %12s\n' "$sc" "$most"
+    done
+fi
 
 echo
 echo "## RSS per idle proxied connection, $IDLE client connections open (each sent one PING)"
