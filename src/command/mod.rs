@@ -74,6 +74,12 @@ impl Pin {
         Pin::Notifications,
     ];
 
+    /// A span of one request that changes only the client's own connection state (AUTH, HELLO,
+    /// SELECT, CLIENT MAINT_NOTIFICATIONS), answered at once.
+    pub fn sets_state(self) -> bool {
+        matches!(self, Pin::Auth | Pin::Select | Pin::Notifications)
+    }
+
     /// Pinned only for a span: the client borrows a connection and gives it back once the span
     /// is over (a transaction, a blocking call, the answer to AUTH, HELLO or SELECT) and the
     /// connection is in a state a pool can share (as it found it, or with only its user,

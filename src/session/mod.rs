@@ -221,6 +221,9 @@ struct Lend<'s> {
     /// The client's name (`CLIENT SETNAME` in the pool): the connection has it while it is the
     /// client's, and a move re-creates it where the connection is the client's for good.
     name: Option<&'s [u8]>,
+    /// A change of the client's own state: it waits for a turn (`Pool::state_spans`) to open a
+    /// connection when no spare is ready.
+    turns: Option<&'s tokio::sync::Semaphore>,
 }
 
 impl Lend<'_> {
@@ -229,6 +232,7 @@ impl Lend<'_> {
         span: false,
         state: &[],
         name: None,
+        turns: None,
     };
 }
 
@@ -376,6 +380,7 @@ fn pinned<'a>(
         }
         _ => (first, None),
     };
+    let turns = why.sets_state().then(|| pool.state_spans());
     let spare = pool.take_spare(group).map(Box::new);
     // The connection was opened with the pool's state: the session starts from it.
     let state = pool.state().to_vec();
@@ -413,6 +418,7 @@ fn pinned<'a>(
                 span: lent,
                 state: &state,
                 name: name.as_deref(),
+                turns: turns.as_deref(),
             };
             let served =
                 dedicated(client, group, shutdown, (&first, true), sent, spare, &lend).await;
@@ -482,7 +488,14 @@ async fn dedicated(
         None => {
             // A pinned client is not new: like a 1:1 session that already has its connection, it
             // is not held back by a master the watcher cannot reach right now.
-            Box::pin(acquire_backend(group, shutdown, connect_wait, pinned)).await
+            Box::pin(async {
+                let _turn = match lend.turns {
+                    Some(turns) => turns.acquire().await.ok(),
+                    None => None,
+                };
+                acquire_backend(group, shutdown, connect_wait, pinned).await
+            })
+            .await
         }
     };
     match acquired {

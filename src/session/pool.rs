@@ -62,6 +62,11 @@ pub(super) struct Pool {
     state: Vec<Vec<u8>>,
     /// Its state includes `HELLO 3`.
     resp3: bool,
+    /// Connections being opened for spans that change a client's state (`Pin::sets_state`), at
+    /// most `STATE_SPANS` at once: a thousand clients connecting at once with AUTH or SELECT
+    /// open a few connections in turn (each answered in one round trip and then a spare for the
+    /// next), not a thousand at once. Only the opening waits: a span holds no turn while it runs.
+    state_spans: Rc<tokio::sync::Semaphore>,
 }
 
 /// A master connection Redis has accepted and answered on (`io::ACCEPTED`), waiting for a client
@@ -139,6 +144,10 @@ const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// after `BRPOP`) give back is taken again at once, without a connect.
 const SPARES_KEPT: usize = 2;
 
+/// Connections opened at once per pool for spans that change a client's state (see
+/// `state_spans`).
+const STATE_SPANS: usize = 2;
+
 impl Pool {
     /// This thread's pool of `size` connections, and the task that wakes its clients and
     /// connections when the route changes or shutdown begins. Call on the thread's `LocalSet`.
@@ -169,6 +178,7 @@ impl Pool {
                 spares: RefCell::new(Vec::new()),
                 spare_pending: Cell::new(false),
                 state: state.to_vec(),
+                state_spans: Rc::new(tokio::sync::Semaphore::new(STATE_SPANS)),
                 resp3: {
                     let mut carry = super::carry::Carry::new();
                     carry.preload(state);
@@ -185,6 +195,12 @@ impl Pool {
             pools.push((group.id, pool.clone()));
             pool
         })
+    }
+
+    /// The turns to open a connection for a span that changes a client's state (see
+    /// `state_spans`).
+    pub(super) fn state_spans(&self) -> Rc<tokio::sync::Semaphore> {
+        self.state_spans.clone()
     }
 
     /// Whether its clients speak RESP3 (`HELLO 3` in its state).
