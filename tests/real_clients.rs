@@ -123,60 +123,28 @@ async fn celery_worker_and_producer_lose_no_task_across_a_failover() {
     .await;
     let old = proxy.wait_ready().await;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/real_clients");
-    let port = proxy.port;
-    let celery = tokio::task::spawn_blocking(move || {
-        let out = Command::new(py)
-            .arg(dir.join("celery_app.py"))
-            .args(["200", "12"])
-            .env("PROXY_PORT", port.to_string())
-            .current_dir(&dir)
-            .output()
-            .expect("run the Celery app");
-        (out, Instant::now())
-    });
-    let failover = async {
-        // Once the worker is at work: 50 results stored (db 1) on the master.
-        eventually(Duration::from_secs(30), "50 Celery results", || async {
-            let mut m = lab.rconn(old).await.ok()?;
-            cmd(&mut m, &["SELECT", "1"]).await.ok()?;
-            match cmd(&mut m, &["DBSIZE"]).await.ok()? {
-                OwnedFrame::Integer(n) if n >= 50 => Some(()),
-                _ => None,
-            }
-        })
-        .await;
-        lab.failover().await;
-        let new = lab.wait_new_master(old, Duration::from_secs(60)).await;
-        proxy.wait_routes_to(new, Duration::from_secs(10)).await;
-        Instant::now()
-    };
-    let (switched, ran) = tokio::join!(failover, celery);
-    let (out, ended) = ran.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "celery: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-            .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let mut app = Command::new(py);
+    app.arg(dir.join("celery_app.py"))
+        .args(["200", "12"])
+        .env("PROXY_PORT", proxy.port.to_string())
+        .current_dir(&dir);
+    // Once the worker is at work: 50 results stored (db 1) on the master.
+    let (report, kept) = across_a_failover(&lab, &proxy, old, app, "50 Celery results", || async {
+        let mut m = lab.rconn(old).await.ok()?;
+        cmd(&mut m, &["SELECT", "1"]).await.ok()?;
+        match cmd(&mut m, &["DBSIZE"]).await.ok()? {
+            OwnedFrame::Integer(n) if n >= 50 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
     eprintln!("celery across a failover: {report}");
-    assert!(switched < ended, "the tasks ended before the switch");
     assert_eq!(report["error_count"], 0, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["done"], report["sent"], "{report}");
-    let (_, text) = http_get(proxy.admin, "/metrics").await;
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("sentinel_proxy_pinned_sessions_total")
-                || l.starts_with("sentinel_proxy_borrow_seconds_count")
-        })
-        .collect();
     eprintln!("pinned and lent: {kept:#?}");
     // Its result consumer subscribes (pinned by design); QUIT at the end pins for its answer.
-    let pinned = |l: &&&str| l.starts_with("sentinel_proxy_pinned_sessions_total");
+    let pinned = |l: &&String| l.starts_with("sentinel_proxy_pinned_sessions_total");
     for l in kept.iter().filter(pinned) {
         assert!(
             l.contains("reason=\"pubsub\"") || l.contains("reason=\"reset\""),
@@ -216,64 +184,84 @@ async fn bullmq_queue_and_worker_lose_no_job_across_a_failover() {
     let old = proxy.wait_ready().await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/real_clients/bullmq.js");
     let port = proxy.port;
-    let bullmq = tokio::task::spawn_blocking(move || {
-        let out = Command::new("node")
-            .arg(script)
-            .args([port.to_string().as_str(), "200", "12"])
-            .env("NODE_PATH", modules)
-            .output()
-            .expect("run the BullMQ app");
+    let mut app = Command::new("node");
+    app.arg(script)
+        .args([port.to_string().as_str(), "200", "12"])
+        .env("NODE_PATH", modules);
+    // Once the worker is at work: the job ids handed out past 50 (BullMQ keeps no completed
+    // count with removeOnComplete).
+    let (report, kept) = across_a_failover(&lab, &proxy, old, app, "50 BullMQ jobs", || async {
+        let mut m = lab.rconn(old).await.ok()?;
+        let key = format!("bull:proxytest-{port}:id");
+        match cmd(&mut m, &["GET", &key]).await.ok()? {
+            OwnedFrame::BulkString(b) if String::from_utf8_lossy(&b).parse::<u64>().ok()? >= 50 => {
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
+    eprintln!("BullMQ across a failover: {report}");
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    eprintln!("pinned and lent: {kept:#?}");
+    // Its workers name their connections and block in BZPOPMIN on borrowed ones; only QUIT at
+    // the end pins (for its answer).
+    let pinned = |l: &&String| l.starts_with("sentinel_proxy_pinned_sessions_total");
+    for l in kept.iter().filter(pinned) {
+        assert!(l.contains("reason=\"reset\""), "{l}");
+    }
+}
+
+/// Run `app` (it prints its report as one JSON line, last) through the proxy, and fail the
+/// master over once `ready` holds: the report, checked to have come after the switch, and the
+/// proxy's pinned and borrowed counts then (its `/metrics` lines).
+async fn across_a_failover<F, Fut>(
+    lab: &Lab,
+    proxy: &Proxy,
+    old: u16,
+    mut app: Command,
+    ready_when: &str,
+    ready: F,
+) -> (serde_json::Value, Vec<String>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let run = tokio::task::spawn_blocking(move || {
+        let out = app.output().expect("run the application");
         (out, Instant::now())
     });
     let failover = async {
-        // Once the worker is at work: its completed count (BullMQ's `completed` metric key is
-        // not kept with removeOnComplete, so the job ids handed out) past 50.
-        eventually(Duration::from_secs(30), "50 BullMQ jobs", || async {
-            let mut m = lab.rconn(old).await.ok()?;
-            let key = format!("bull:proxytest-{port}:id");
-            match cmd(&mut m, &["GET", &key]).await.ok()? {
-                OwnedFrame::BulkString(b)
-                    if String::from_utf8_lossy(&b).parse::<u64>().ok()? >= 50 =>
-                {
-                    Some(())
-                }
-                _ => None,
-            }
-        })
-        .await;
+        eventually(Duration::from_secs(30), ready_when, ready).await;
         lab.failover().await;
         let new = lab.wait_new_master(old, Duration::from_secs(60)).await;
         proxy.wait_routes_to(new, Duration::from_secs(10)).await;
         Instant::now()
     };
-    let (switched, ran) = tokio::join!(failover, bullmq);
+    let (switched, ran) = tokio::join!(failover, run);
     let (out, ended) = ran.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "bullmq: {stdout}{}",
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value =
         serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
             .unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    eprintln!("BullMQ across a failover: {report}");
-    assert!(switched < ended, "the jobs ended before the switch");
-    assert_eq!(report["error_count"], 0, "{report}");
-    assert_eq!(report["lost"], 0, "{report}");
+    assert!(
+        switched < ended,
+        "the application ended before the switch: {report}"
+    );
     let (_, text) = http_get(proxy.admin, "/metrics").await;
-    let kept: Vec<&str> = text
+    let kept = text
         .lines()
         .filter(|l| {
             l.starts_with("sentinel_proxy_pinned_sessions_total")
                 || l.starts_with("sentinel_proxy_borrow_seconds_count")
         })
+        .map(str::to_string)
         .collect();
-    eprintln!("pinned and lent: {kept:#?}");
-    // Its workers name their connections and block in BZPOPMIN on borrowed ones; only QUIT at
-    // the end pins (for its answer).
-    let pinned = |l: &&&str| l.starts_with("sentinel_proxy_pinned_sessions_total");
-    for l in kept.iter().filter(pinned) {
-        assert!(l.contains("reason=\"reset\""), "{l}");
-    }
+    (report, kept)
 }
