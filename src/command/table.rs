@@ -52,7 +52,9 @@ pub(super) const TABLE: &[Spec] = &[
     spec(b"BZPOPMAX", Pool::Pin(Pin::Blocking), Effect::None, Blocks::Always(Timeout::Last), true),
     spec(b"BZPOPMIN", Pool::Pin(Pin::Blocking), Effect::None, Blocks::Always(Timeout::Last), true),
     spec(b"CLIENT", Pool::ByArgument, Effect::Client, Blocks::Never, false),
-    spec(b"CLUSTER", Pool::Pin(Pin::Unknown), Effect::None, Blocks::Never, false),
+    // No subcommand touches the connection (READONLY and ASKING are commands of their own), and
+    // outside cluster mode each one is an error; StackExchange.Redis asks CLUSTER NODES at connect.
+    spec(b"CLUSTER", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"COMMAND", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"CONFIG", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"COPY", Pool::Share, Effect::None, Blocks::Never, true),
@@ -185,6 +187,10 @@ pub(super) const TABLE: &[Spec] = &[
     spec(b"SDIFF", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"SDIFFSTORE", Pool::Share, Effect::None, Blocks::Never, true),
     spec(b"SELECT", Pool::ByArgument, Effect::State(Slot::Db), Blocks::Never, false),
+    // Not a command of a Redis server (it answers "unknown command" and changes nothing), but
+    // clients that speak Sentinel too ask it of every node at connect (StackExchange.Redis:
+    // SENTINEL MASTERS): it shares, where a command the list does not name would pin.
+    spec(b"SENTINEL", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"SET", Pool::Share, Effect::None, Blocks::Never, true),
     spec(b"SETBIT", Pool::Share, Effect::None, Blocks::Never, true),
     spec(b"SETEX", Pool::Share, Effect::None, Blocks::Never, true),

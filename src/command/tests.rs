@@ -55,6 +55,8 @@ fn data_commands_share_and_connection_commands_pin() {
         b"INFO",
         b"XREAD",
         b"XREADGROUP",
+        b"CLUSTER",
+        b"SENTINEL",
     ] {
         assert_eq!(
             pool(name),
