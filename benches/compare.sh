@@ -95,10 +95,10 @@ declare -A CPU_PID=([direct]=$(head -n 1 "$LAB_DIR/pids"))
 NAMES=(direct)
 BIN=target/release/sentinel-proxy
 # `pooled` (--pool) shares master connections between clients (one thread, like a sidecar's
-# clients, which all come from 127.0.0.1); `proxy` is 1:1. EXTRA entries are name=path pairs;
+# clients, which all come from 127.0.0.1); `proxy` is 1:1 (`--pool 0`). EXTRA entries are name=path pairs;
 # a path may carry flags joined with commas (old=/path/bin,--pool,2).
-for spec in "proxy=$BIN --threads 1" "pooled=$BIN --threads 1 --pool 1" \
-    "proxy-mt=$BIN --threads 0" ${EXTRA:-}; do
+for spec in "proxy=$BIN --threads 1 --pool 0" "pooled=$BIN --threads 1 --pool 1" \
+    "proxy-mt=$BIN --threads 0 --pool 0" ${EXTRA:-}; do
     name=${spec%%=*} cmd=${spec#*=} cmd=${cmd//,/ }
     port=$(free_port) admin=$(free_port)
     ADMIN[$name]=$admin
@@ -156,7 +156,7 @@ CONF
         IFS='|' read -r name flags cli <<<"$spec"
         port=$(free_port)
         # shellcheck disable=SC2086
-        $BIN --threads 1 $flags --listen "127.0.0.1:$port" \
+        $BIN --threads 1 --pool 0 $flags --listen "127.0.0.1:$port" \
             --metrics-listen "127.0.0.1:$(free_port)" 2>"$LAB_DIR/$name.log" &
         PIDS+=($!)
         CPU_PID[$name]=$!

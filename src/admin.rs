@@ -226,6 +226,7 @@ fn status(shared: &Shared, groups: &[&Group]) -> serde_json::Value {
                 "drain_timeout_ms": cfg.drain_timeout.as_millis() as u64,
                 "sentinel_prune_after_ms": cfg.sentinel_prune_after.as_millis() as u64,
                 "idle_timeout_ms": cfg.idle_timeout.as_millis() as u64,
+                "pool_idle_timeout_ms": cfg.pool_idle_timeout.as_millis() as u64,
                 "tcp_keepalive_ms": cfg.tcp_keepalive.as_millis() as u64,
                 "max_request_bytes": cfg.max_request_bytes,
                 "max_clients": cfg.max_clients,

@@ -75,8 +75,12 @@ pub struct Config {
     pub max_clients: usize,
     /// Runtime threads; zero: one per CPU.
     pub threads: usize,
-    /// Shared master connections per worker thread; zero: 1:1 mode.
+    /// Shared master connections per worker thread; zero: 1:1 mode ([`DEFAULT_POOL`] unless set).
     pub pool: usize,
+    /// A pool of a connection state other than the group's first (a user, protocol or
+    /// database its clients set) closes its master connections once it has had no client this
+    /// long; zero: kept while the proxy runs.
+    pub pool_idle_timeout: Duration,
     /// Zero: no keepalive.
     pub tcp_keepalive: Duration,
     /// Zero: idle clients are kept.
@@ -88,6 +92,8 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:6379";
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9379";
 pub const DEFAULT_MASTER_NAME: &str = "mymaster";
+/// Shared master connections per worker thread unless `--pool` says otherwise (`0`: 1:1 mode).
+pub const DEFAULT_POOL: usize = 2;
 
 impl Config {
     /// A configuration with every default, for the given sentinels (used by tests and embedders).
@@ -119,7 +125,8 @@ impl Config {
             max_request_bytes: 512 * 1024 * 1024,
             max_clients: 10_000,
             threads: 0,
-            pool: 0,
+            pool: DEFAULT_POOL,
+            pool_idle_timeout: Duration::from_secs(60),
             tcp_keepalive: Duration::from_secs(60),
             idle_timeout: Duration::ZERO,
             tls_refresh: Duration::from_secs(5),
@@ -309,6 +316,12 @@ impl Config {
                 &cli.idle_timeout,
                 file.idle_timeout,
                 &mut cfg.idle_timeout,
+            ),
+            (
+                "pool-idle-timeout",
+                &cli.pool_idle_timeout,
+                file.pool_idle_timeout,
+                &mut cfg.pool_idle_timeout,
             ),
         ];
         for (name, flag, from_file, slot) in durations {

@@ -84,7 +84,7 @@ impl Shared {
     }
 
     /// Apply a reloaded configuration to the process and its `running` groups. Settings bound at
-    /// start-up (metrics-listen, max-clients, threads, pool, log format, a group's listen and
+    /// start-up (metrics-listen, max-clients, threads, pool and pool-idle-timeout, log format, a group's listen and
     /// read-listen addresses and master) keep their old values and are returned as needing a restart;
     /// everything else takes effect for new decisions and new sessions (a group's sentinels and
     /// credentials included). Groups added or removed are for the caller (`Server::serve`) to
@@ -107,6 +107,10 @@ impl Shared {
         if new.pool != old.pool {
             restart.push("pool");
             new.pool = old.pool;
+        }
+        if new.pool_idle_timeout != old.pool_idle_timeout {
+            restart.push("pool-idle-timeout");
+            new.pool_idle_timeout = old.pool_idle_timeout;
         }
         if new.log_format != old.log_format {
             restart.push("log-format");

@@ -286,17 +286,12 @@ async fn every_kind_of_client_rides_through_five_failovers_and_a_kill_9_pooled()
     rides_through(2).await;
 }
 
-/// `pool`: `--pool` (0: 1:1 mode, or what `SENTINEL_PROXY_TEST_POOL` says).
+/// `pool`: `--pool` (0: 1:1 mode).
 async fn rides_through(pool: usize) {
     let py = python(); // install before the lab starts its clocks
     drop(py);
     let mut lab = Lab::start().await;
-    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        if pool > 0 {
-            c.pool = pool;
-        }
-    })
-    .await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| c.pool = pool).await;
     proxy.wait_ready().await;
 
     let stop = CancellationToken::new();

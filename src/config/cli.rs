@@ -166,11 +166,20 @@ pub struct Cli {
     #[arg(long, env = "SENTINEL_PROXY_THREADS", value_name = "N")]
     pub threads: Option<usize>,
     /// Pooled mode: client requests share N pipelined connections to the master per worker
-    /// thread; a client whose command needs a connection of its own (MULTI, SUBSCRIBE, SELECT n,
-    /// AUTH, a blocking command, …) is pinned to a dedicated one. `0` is 1:1 mode: one master
-    /// connection per client [default: 0].
+    /// thread; a transaction or a blocking call borrows a connection for its span, and a client
+    /// whose command needs one for good (SUBSCRIBE, MONITOR, CLIENT TRACKING, …) is pinned to
+    /// one. `0` is 1:1 mode: one master connection per client [default: 2].
     #[arg(long, env = "SENTINEL_PROXY_POOL", value_name = "N")]
     pub pool: Option<usize>,
+    /// Pooled mode: a pool of a connection state other than the default one (a user, `HELLO 3`
+    /// or a database its clients set) closes its master connections once it has had no client
+    /// this long, and opens them again for the next; `0s` keeps them [default: 60s].
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_POOL_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub pool_idle_timeout: Option<String>,
     /// Close a client idle this long (no bytes either way, nothing in flight; not pub/sub or
     /// MONITOR), like Redis's `timeout`; `0s` keeps idle clients forever [default: 0s].
     #[arg(long, env = "SENTINEL_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]

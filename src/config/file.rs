@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub max_clients: Option<usize>,
     pub threads: Option<usize>,
     pub pool: Option<usize>,
+    pub pool_idle_timeout: Option<String>,
     pub tcp_keepalive: Option<String>,
     pub idle_timeout: Option<String>,
     pub read_listen: Option<String>,

@@ -70,6 +70,7 @@ fn every_duration_setting_is_applied() {
         "sentinel-prune-after",
         "tcp-keepalive",
         "idle-timeout",
+        "pool-idle-timeout",
     ];
     let get = |c: &Config| {
         [
@@ -83,6 +84,7 @@ fn every_duration_setting_is_applied() {
             c.sentinel_prune_after,
             c.tcp_keepalive,
             c.idle_timeout,
+            c.pool_idle_timeout,
         ]
     };
     let mut args = vec!["--sentinels".to_string(), "a:1".to_string()];

@@ -130,6 +130,10 @@ pub(super) struct Carry {
     frame: Vec<u8>,
     /// Why this session cannot be carried, if it cannot.
     pub uncarriable: Option<&'static str>,
+    /// The `CLIENT SETNAME` a pooled client's name was put on a connection lent to it with
+    /// (`session/mod.rs`): re-created by a move unless the client named the connection itself,
+    /// and no state of the connection's own (a lent connection that has only it goes back).
+    lent_name: Option<Vec<u8>>,
 }
 
 /// What to send to a new master before the client's own requests, and what it must answer.
@@ -157,7 +161,13 @@ impl Carry {
             inspecting: false,
             frame: Vec::new(),
             uncarriable: None,
+            lent_name: None,
         }
+    }
+
+    /// The connection is lent to a pooled client named with `setname` (see `lent_name`).
+    pub fn lend_name(&mut self, setname: Vec<u8>) {
+        self.lent_name = Some(setname);
     }
 
     /// Take what the request tracker captured (`bytes` is its `captured_bytes`).
@@ -357,7 +367,10 @@ impl Carry {
     /// Nothing to carry and nothing pending: the session can drop it (most clients only send a
     /// few state commands at connect, some of which fail).
     pub fn is_empty(&self) -> bool {
-        self.only_slots() && self.slots.iter().all(Option::is_none) && !self.resp3
+        self.only_slots()
+            && self.slots.iter().all(Option::is_none)
+            && !self.resp3
+            && self.lent_name.is_none()
     }
 
     /// Nothing but state slots (and the protocol): nothing pending, no tracking, transaction,
@@ -496,6 +509,10 @@ impl Carry {
             plan.bytes.extend_from_slice(b);
             plan.replies.push(false);
         }
+        if let (None, Some(b)) = (&self.slots[Slot::Name.index()], &self.lent_name) {
+            plan.bytes.extend_from_slice(b);
+            plan.replies.push(false);
+        }
         if let Tracking::On(b) = &self.tracking {
             plan.bytes.extend_from_slice(b);
             plan.replies.push(false);
@@ -612,6 +629,25 @@ mod tests {
         assert!(c.is_empty());
         assert!(!session(&cmd(&[b"SELECT", b"1"]), b"+OK\r\n").is_empty());
         assert!(!session(&cmd(&[b"SELECT", b"1"]), b"").is_empty());
+    }
+
+    #[test]
+    fn a_lent_name_is_re_created_but_is_no_state_of_the_connection() {
+        let setname = |n: &[u8]| cmd(&[b"CLIENT", b"SETNAME", n]);
+        let mut c = session(&cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
+        c.lend_name(setname(b"pooled"));
+        assert!(!c.is_empty());
+        assert_eq!(c.pool_state(), Some(vec![cmd(&[b"SELECT", b"1"])]));
+        let p = c.plan(false, false, Instant::now());
+        assert_eq!(
+            p.bytes,
+            [cmd(&[b"SELECT", b"1"]), setname(b"pooled")].concat()
+        );
+        // A name the client gave the connection itself wins.
+        let mut c = session(&setname(b"own"), b"+OK\r\n");
+        c.lend_name(setname(b"pooled"));
+        assert_eq!(c.plan(false, false, Instant::now()).bytes, setname(b"own"));
+        assert_eq!(c.pool_state(), None);
     }
 
     #[test]

@@ -217,6 +217,14 @@ pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, group: &Group) -> 
     let mut rechecked = false;
     let mut deadline: Option<Instant> = None;
     loop {
+        // Closed by its idle pool (`pool.rs`): once no reply is owed and nothing waits to go.
+        if !retired
+            && conn.dead.get()
+            && conn.waiters.borrow().is_empty()
+            && conn.out.borrow().is_empty()
+        {
+            return Close::IdleTimeout;
+        }
         // The thread's watcher wakes this task at every route change.
         // The generation alone first (one load): the fence is asked only when it moved.
         if !retired && group.route.generation() != conn.generation {

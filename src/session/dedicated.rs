@@ -255,6 +255,13 @@ impl<'a> Session<'a> {
         self.req.resp3 = carry.resp3;
     }
 
+    /// The connection is lent to a pooled client named with `setname`: a move re-creates it.
+    pub(super) fn lend_name(&mut self, setname: Vec<u8>) {
+        self.carry
+            .get_or_insert_with(|| Box::new(Carry::new()))
+            .lend_name(setname);
+    }
+
     /// The pool state the client leaves a lent connection with (`returnable`).
     pub(super) fn pool_state(&self) -> Vec<Vec<u8>> {
         self.carry

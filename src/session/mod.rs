@@ -538,8 +538,12 @@ async fn dedicated(
                 session.req.mode = crate::resp::Mode::Lent;
             }
             session.preload(lend.state);
-            if let (false, Some(name)) = (lend.span, lend.name) {
-                session.preload(&[pooled::setname(name)]);
+            match (lend.span, lend.name) {
+                (false, Some(name)) => session.preload(&[pooled::setname(name)]),
+                // Not the connection's own state (it goes back to the pool without it), but
+                // re-created by a move, in the span or after the client made it its own.
+                (true, Some(name)) => session.lend_name(pooled::setname(name)),
+                _ => {}
             }
             if !first.is_empty() {
                 session.take_request_bytes(first);

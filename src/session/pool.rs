@@ -186,11 +186,15 @@ impl Pool {
                 },
             });
             pool.refill(group);
+            // The group's first pool stays open: it is where every client begins.
+            let idle_after = Some(group.config().pool_idle_timeout)
+                .filter(|d| !state.is_empty() && !d.is_zero());
             tokio::task::spawn_local(watch(
                 Rc::downgrade(&pool),
                 group.route.subscribe(),
                 group.id,
                 shutdown.clone(),
+                idle_after,
             ));
             pools.push((group.id, pool.clone()));
             pool
@@ -392,6 +396,28 @@ impl Pool {
         }
     }
 
+    /// Whether a client is in the pool now (lent and pinned clients are not).
+    fn has_clients(&self) -> bool {
+        self.clients.borrow().iter().any(|c| c.strong_count() > 0)
+    }
+
+    /// Close the pool's connections (each once nothing is owed on it: `conn.rs`) and its
+    /// spares; the next client opens them again. Whether there was any to close.
+    fn close_connections(&self) -> bool {
+        let mut closed = !self.spares.borrow().is_empty();
+        self.spares.borrow_mut().clear();
+        for slot in self.slots.borrow().iter() {
+            if let Slot::Ready(c) = slot
+                && !c.dead.get()
+            {
+                c.dead.set(true);
+                c.wake();
+                closed = true;
+            }
+        }
+        closed
+    }
+
     /// Wake every client and connection of the thread to look at the route again.
     fn wake_all(&self) {
         // Collected first: a woken client may register or deregister others.
@@ -475,13 +501,20 @@ impl Pool {
 /// The thread's watcher: wakes clients and connections at every route change, and when shutdown
 /// (or the group's removal) begins. It holds no `Group`: when the group is gone (removed, its
 /// sessions closed) its route's sender drops, and the thread forgets the pool.
+///
+/// `idle_after` (`--pool-idle-timeout`, for a pool of a state its clients set): the pool's
+/// connections close once it has had no client at two looks that far apart. A client that set
+/// a database or a user for one request does not leave master connections open for good.
 async fn watch(
     pool: Weak<Pool>,
     mut changes: tokio::sync::watch::Receiver<u64>,
     group_id: usize,
     shutdown: CancellationToken,
+    idle_after: Option<Duration>,
 ) {
     let _forget = Forget(group_id);
+    let mut look = idle_after.map(|d| Instant::now() + d);
+    let mut empty_before = false;
     loop {
         let stopping = pool.upgrade().is_none_or(|p| p.shutting_down.get());
         tokio::select! {
@@ -494,6 +527,16 @@ async fn watch(
                 if let Some(p) = pool.upgrade() {
                     p.shutting_down.set(true);
                 }
+            }
+            _ = tokio::time::sleep_until(look.unwrap_or_else(Instant::now)), if look.is_some() => {
+                look = idle_after.map(|d| Instant::now() + d);
+                let Some(p) = pool.upgrade() else { return };
+                let empty = !p.has_clients();
+                if empty && empty_before && p.close_connections() {
+                    debug!("an idle pool closed its connections");
+                }
+                empty_before = empty;
+                continue;
             }
         }
         match pool.upgrade() {

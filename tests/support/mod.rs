@@ -988,3 +988,42 @@ pub fn multibulk<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     }
     out
 }
+
+/// Read one RESP reply (RESP2 or RESP3) from a raw socket.
+pub async fn read_reply(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut rep = sentinel_proxy::resp::ReplyTracker::new();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while rep.replies == 0 {
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(s, &mut buf),
+        )
+        .await
+        .expect("a reply within 10 s")
+        .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        rep.feed(&buf[..n]).unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// The proxy's shared connections on the master (named `sentinel-proxy-pool`), by `CLIENT LIST`.
+pub async fn connections_on(master: u16) -> (usize, String) {
+    let mut c = conn(master).await.unwrap();
+    match cmd(&mut c, &["CLIENT", "LIST", "TYPE", "normal"])
+        .await
+        .unwrap()
+    {
+        OwnedFrame::BulkString(b) => {
+            let list = String::from_utf8_lossy(&b).into_owned();
+            let n = list
+                .lines()
+                .filter(|l| l.contains(" name=sentinel-proxy-pool "))
+                .count();
+            (n, list)
+        }
+        other => panic!("CLIENT LIST: {other:?}"),
+    }
+}
