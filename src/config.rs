@@ -158,6 +158,22 @@ impl Config {
         Config::merge(cli, file)
     }
 
+    /// The admin address a running proxy of this command line, environment and file serves
+    /// (`--metrics-listen`, else the file's `metrics-listen`, else the default), for `healthcheck`:
+    /// it needs nothing else of the configuration (a container's health check runs without the
+    /// proxy's arguments, often without its sentinels).
+    pub fn admin_address(cli: &Cli) -> anyhow::Result<SocketAddr> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        addr(
+            "metrics-listen",
+            pick(&cli.metrics_listen, file.metrics_listen).as_deref(),
+            DEFAULT_METRICS_LISTEN,
+        )
+    }
+
     pub fn merge(cli: &Cli, file: FileConfig) -> anyhow::Result<Config> {
         let tables = file.group.unwrap_or_default();
         let sentinels: Option<Vec<String>> = match (&cli.sentinels, file.sentinels) {

@@ -16,6 +16,15 @@ fn main() -> ExitCode {
     if let Some(Command::HashPassword) = cli.command {
         return hash_password();
     }
+    if let Some(Command::Healthcheck { ready }) = &cli.command {
+        return match Config::admin_address(&cli) {
+            Ok(addr) => healthcheck(addr, *ready),
+            Err(e) => {
+                eprintln!("sentinel-proxy: invalid configuration: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -23,9 +32,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Healthcheck { ready }) = &cli.command {
-        return healthcheck(&config, *ready);
-    }
     if cli.check {
         let mode = match config.pool {
             0 => "1:1".to_string(),
@@ -147,9 +153,8 @@ fn init_tracing(format: LogFormat) {
 
 /// `sentinel-proxy healthcheck [--ready]`: GET /healthz (or /readyz) from the running proxy's
 /// admin address; exit 0 on 200, 1 otherwise.
-fn healthcheck(config: &Config, ready: bool) -> ExitCode {
+fn healthcheck(mut addr: std::net::SocketAddr, ready: bool) -> ExitCode {
     use std::io::{Read, Write};
-    let mut addr = config.metrics_listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -223,6 +223,69 @@ fn healthcheck_subcommand_asks_the_running_proxy() {
     let (code, _, err) = run(&[&args[..], &["healthcheck", "--ready"]].concat(), &[]);
     assert_eq!(code, 1);
     assert!(err.contains("/readyz") && err.contains("503"), "{err}");
+    // A container's health check runs without the proxy's arguments: the admin address alone
+    // is enough (no sentinels), given after the subcommand too.
+    let (code, _, err) = run(&["healthcheck", "--metrics-listen", &admin], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &["healthcheck"],
+        &[("SENTINEL_PROXY_METRICS_LISTEN", &admin)],
+    );
+    assert_eq!(code, 0, "{err}");
+    // A file that cannot be read is a usage error, not an unhealthy proxy.
+    let (code, _, err) = run(&["healthcheck", "--config", "/nonexistent/proxy.toml"], &[]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// As the project's compose file runs it: the proxy started with a configuration file (named by
+/// `SENTINEL_PROXY_CONFIG`, or `--config`), and the image's `HEALTHCHECK`, which runs
+/// `sentinel-proxy healthcheck` with no arguments, finds the admin address in the same file.
+/// No `ENV` in the image overrides a file's setting.
+#[test]
+fn healthcheck_finds_the_admin_address_in_the_config_file() {
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let dir = std::env::temp_dir().join(format!("sp-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sentinel-proxy.toml");
+    // As in the compose file: a group table with its own listen; the admin address top-level.
+    let toml = format!(
+        "metrics-listen = \"{admin}\"\nsentinels = [\"127.0.0.1:1\"]\n\n\
+         [[group]]\nmaster-name = \"mymaster\"\nlisten = \"127.0.0.1:0\"\n"
+    );
+    std::fs::write(&file, toml).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let env = [("SENTINEL_PROXY_CONFIG", file.as_str())];
+    let (code, _, err) = run(&["healthcheck"], &env);
+    assert_eq!(code, 1, "nothing runs yet: {err}");
+    let _child = KillOnDrop(
+        Command::new(BIN)
+            .env("SENTINEL_PROXY_CONFIG", &file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run(&["healthcheck"], &env).0 != 0 {
+        assert!(Instant::now() < deadline, "healthcheck never passed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, err) = run(&["healthcheck", "--config", &file], &[]);
+    assert_eq!(code, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let env_lines: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ENV SENTINEL_PROXY_"))
+        .collect();
+    assert!(
+        env_lines.is_empty(),
+        "the image overrides settings: {env_lines:?}"
+    );
 }
 
 /// A child process killed when the test ends, even by a panic.

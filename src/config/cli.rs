@@ -16,7 +16,12 @@ use super::{Discovery, LogFormat, ReadFallback};
 )]
 pub struct Cli {
     /// TOML configuration file; flags and env vars override its values.
-    #[arg(long, env = "SENTINEL_PROXY_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     pub config: Option<PathBuf>,
     /// Address clients connect to [default: 0.0.0.0:6379].
     #[arg(long, env = "SENTINEL_PROXY_LISTEN", value_name = "ADDR")]
@@ -28,7 +33,12 @@ pub struct Cli {
     #[arg(long, env = "SENTINEL_PROXY_MASTER_NAME", value_name = "NAME")]
     pub master_name: Option<String>,
     /// Address of the HTTP admin endpoints (/metrics, /healthz, /readyz, /status) [default: 0.0.0.0:9379].
-    #[arg(long, env = "SENTINEL_PROXY_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "SENTINEL_PROXY_METRICS_LISTEN",
+        value_name = "ADDR",
+        global = true
+    )]
     pub metrics_listen: Option<String>,
     /// ACL username for the proxy's own Sentinel connections.
     #[arg(long, env = "SENTINEL_PROXY_SENTINEL_USERNAME", value_name = "USER")]
@@ -218,8 +228,10 @@ pub struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Ask a running proxy (at --metrics-listen) whether it is alive; exit 0 if so, else 1.
-    /// For container health checks without curl.
+    /// Ask a running proxy whether it is alive: exit 0 if so, 1 if not, 2 for a bad
+    /// `--config` or address. Its admin address is `--metrics-listen` (or its env var), else the
+    /// `--config` file's (or `SENTINEL_PROXY_CONFIG`'s), else the default; nothing else of the
+    /// configuration is needed. For container health checks without curl.
     Healthcheck {
         /// Ask /readyz (a verified master is known) instead of /healthz.
         #[arg(long)]
