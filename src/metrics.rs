@@ -116,6 +116,14 @@ impl<T: MetricVecBuilder> Labeled<MetricVec<T>> {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        // The process's CPU seconds, resident and virtual memory, open and most descriptors,
+        // threads and start time (`process_*`, the names every Prometheus client library uses).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector's names are unique");
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
             r.register(Box::new(m.clone()))
                 .expect("metric names are unique constants");
@@ -471,7 +479,11 @@ mod tests {
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let mut parts = line.split_whitespace().skip(2);
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
-            assert!(name.starts_with("sentinel_proxy_"), "{line}");
+            // Ours, or the process's own families under their standard names.
+            assert!(
+                name.starts_with("sentinel_proxy_") || name.starts_with("process_"),
+                "{line}"
+            );
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
         }
         assert!(
@@ -481,5 +493,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sentinel_proxy_client_connections{group=\"mymaster\"} 1"));
+        #[cfg(target_os = "linux")]
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{family} ")), "{family}:\n{text}");
+        }
     }
 }
