@@ -333,3 +333,51 @@ fn example_dashboards_are_json_over_our_metrics() {
     }
     assert!(seen >= 1, "no dashboard in config/");
 }
+
+/// The systemd unit is one systemd accepts (`systemd-analyze verify`, where installed: no unknown
+/// key, every command executable), with this build's binary in its paths; with its credential
+/// lines uncommented too.
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: the unit is not verified");
+        return;
+    };
+    assert!(out.status.success());
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/sentinel-proxy.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/bin/sentinel-proxy", BIN);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("sentinel-proxy.service", unit.clone()),
+        (
+            "sentinel-proxy-credentials.service",
+            unit.replace("\n#LoadCredential=", "\nLoadCredential=")
+                .replace("\n#Environment=", "\nEnvironment="),
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let complaints: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains(name) || l.contains("Unknown"))
+            .collect();
+        assert!(
+            out.status.success() && complaints.is_empty(),
+            "{name}: {said}"
+        );
+    }
+}
