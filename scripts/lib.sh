@@ -33,29 +33,30 @@ ensure_promtool() {
     command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }
 
-# redis-py, the Python client the hitless tests drive, in a virtualenv of its own under target/
-# (Debian's system Python refuses pip installs): target/redis-py/bin/python.
-ensure_redis_py() {
-    local venv=target/redis-py
-    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import redis' 2>/dev/null; then
+# A Python package from PyPI in a venv of its own under target/NAME (Debian's system Python
+# refuses pip installs), made once, python3-venv installed when missing:
+# ensure_venv NAME IMPORTS PIP-SPEC...
+ensure_venv() {
+    local venv=target/$1 imports=$2
+    shift 2
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import $imports" 2>/dev/null; then
         return
     fi
     python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
     python3 -m venv "$venv" || { apt_install python3-venv && rm -rf "$venv" && python3 -m venv "$venv"; }
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'redis>=5'
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
 }
+
+# redis-py, for the tests' real clients (tests/hitless.rs, tests/real_clients.rs).
+ensure_redis_py() { ensure_venv redis-py redis 'redis>=5'; }
 
 # Celery with its Redis transport (tests/real_clients.rs), in a venv of its own: kombu pins the
 # redis-py versions it supports.
-ensure_celery() {
-    local venv=target/celery
-    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import celery, redis' 2>/dev/null; then
-        return
-    fi
-    python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
-    python3 -m venv "$venv" || { apt_install python3-venv && rm -rf "$venv" && python3 -m venv "$venv"; }
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'celery[redis]>=5.3'
-}
+ensure_celery() { ensure_venv celery 'celery, redis' 'celery[redis]>=5.3'; }
+
+# kubernetes-validate (its Kubernetes schemas ship with it, so it checks offline), for the
+# manifests under config/ (tests/cli.rs).
+ensure_kubernetes_validate() { ensure_venv kubernetes-validate kubernetes_validate kubernetes-validate; }
 
 # BullMQ (and ioredis) from the npm registry, for tests/real_clients.rs, under target/bullmq.
 ensure_bullmq() {

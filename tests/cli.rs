@@ -381,3 +381,36 @@ fn the_systemd_unit_verifies() {
         );
     }
 }
+
+/// The Kubernetes manifests validate against Kubernetes's own schemas, strictly (no field the
+/// API does not know), with `kubernetes-validate` from PyPI (`scripts/test` installs it under
+/// target/; its schemas ship with it); the sidecar is a native sidecar on one thread.
+#[test]
+fn the_kubernetes_manifests_validate() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let sidecar = std::fs::read_to_string(format!("{root}/config/k8s-sidecar.yaml")).unwrap();
+    let init = sidecar.find("initContainers:").expect("a native sidecar");
+    let always = sidecar
+        .find("restartPolicy: Always")
+        .expect("restartPolicy: Always");
+    assert!(init < always && always < sidecar.find("containers:\n").unwrap_or(usize::MAX));
+    assert!(sidecar.contains("SENTINEL_PROXY_THREADS, value: \"1\""));
+    let tool = format!("{root}/target/kubernetes-validate/bin/kubernetes-validate");
+    if !std::path::Path::new(&tool).exists() {
+        eprintln!("kubernetes-validate not installed (scripts/test installs it): not validated");
+        return;
+    }
+    let out = Command::new(&tool)
+        .arg("--strict")
+        .arg(format!("{root}/config/k8s-sidecar.yaml"))
+        .arg(format!("{root}/config/k8s-standalone.yaml"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert_eq!(said.matches(" passed for resource ").count(), 5, "{said}");
+}
