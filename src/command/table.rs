@@ -1,5 +1,5 @@
-//! The hand list: every command of Redis 7.0 (and WAITAOF, 7.2), sorted by name for a binary
-//! search (a unit test checks the order). The write flags are Redis's own (`COMMAND INFO`,
+//! The hand list: every command of Redis 7.0 (and WAITAOF, 7.2; COMMANDLOG, Valkey 8.1), sorted
+//! by name for a binary search (a unit test checks the order). The write flags are Redis's own (`COMMAND INFO`,
 //! `write`), scripts and functions counted as writes unless read-only; a test checks them, and
 //! the blocking ones, against the server the end-to-end failover test runs (`tests/failover.rs`).
 //!
@@ -56,6 +56,8 @@ pub(super) const TABLE: &[Spec] = &[
     // outside cluster mode each one is an error; StackExchange.Redis asks CLUSTER NODES at connect.
     spec(b"CLUSTER", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"COMMAND", Pool::Share, Effect::None, Blocks::Never, false),
+    // Valkey 8.1's log of slow, large-request and large-reply commands (SLOWLOG's successor).
+    spec(b"COMMANDLOG", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"CONFIG", Pool::Share, Effect::None, Blocks::Never, false),
     spec(b"COPY", Pool::Share, Effect::None, Blocks::Never, true),
     spec(b"DBSIZE", Pool::Share, Effect::None, Blocks::Never, false),

@@ -256,9 +256,12 @@ fn learned_flags_override_the_hand_list_and_differences_are_named() {
         // A server where LPUSH does not write, and a command the list does not know.
         (b"lpush", vec![b"readonly"]),
         (b"hgetex", vec![b"write", b"fast"]),
+        // Valkey 8.1 flags WAIT and WAITAOF `blocking`, Redis 7.0 does not: both agree.
+        (b"wait", vec![b"blocking"]),
+        (b"waitaof", vec![b"noscript"]),
     ];
     let l = Learned::from_entries(entries);
-    assert_eq!(l.len(), 7);
+    assert_eq!(l.len(), 9);
     let w = |n: &[u8]| l.writes(lookup(n).unwrap());
     assert!(!w(b"GET"));
     assert!(w(b"SET"));

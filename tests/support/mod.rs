@@ -178,6 +178,27 @@ impl Drop for Proc {
     }
 }
 
+/// The executable for `program` (`redis-server` or `redis-sentinel`) and the arguments it takes
+/// after its own: the installed Redis, or the server `SENTINEL_PROXY_TEST_SERVER` names (another
+/// version, e.g. `valkey-server`, which runs a sentinel with `--sentinel`; `scripts/test` runs
+/// the end-to-end failover tests once per server it has).
+pub fn executable(program: &str) -> (String, Vec<String>) {
+    match std::env::var("SENTINEL_PROXY_TEST_SERVER") {
+        Ok(server) if !server.is_empty() => {
+            let sentinel = program == "redis-sentinel";
+            (
+                server,
+                if sentinel {
+                    vec!["--sentinel".into()]
+                } else {
+                    vec![]
+                },
+            )
+        }
+        _ => (program.to_string(), Vec::new()),
+    }
+}
+
 /// Spawn `program` with args from `make(port)` on a free port; retry on a port race.
 async fn spawn_on_free_port(
     dir: &Path,
@@ -185,12 +206,14 @@ async fn spawn_on_free_port(
     probe: Auth,
     make: impl Fn(u16, &Path) -> Vec<String>,
 ) -> Proc {
+    let (exe, after) = executable(program);
     for _ in 0..5 {
         let (hold, port) = free_port();
         let log = dir.join(format!("{program}-{port}.log"));
-        let args = make(port, &log);
+        let mut args = make(port, &log);
+        args.extend(after.iter().cloned());
         drop(hold);
-        let child = Command::new(program)
+        let child = Command::new(&exe)
             .args(&args)
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -202,7 +225,7 @@ async fn spawn_on_free_port(
             port,
             child: Some(child),
             log,
-            program: program.to_string(),
+            program: exe.clone(),
             args,
             dir: dir.to_path_buf(),
             probe: probe.clone(),
