@@ -51,6 +51,7 @@ pub struct Metrics {
     pub sentinel_up: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
     pub tls_reloads_total: IntCounterVec,
+    pub tls_certificate_expiry: IntGaugeVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -343,6 +344,12 @@ impl Metrics {
                 vec![
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0,
                 ],
+            ),
+            tls_certificate_expiry: process_gauge_vec(
+                "sentinel_proxy_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate the proxy presents expires (its notAfter, Unix seconds), by \
+                 side: clients (the client ports' certificate). Absent without TLS.",
+                &["side"],
             ),
             build_info: process_gauge_vec(
                 "sentinel_proxy_build_info",

@@ -12,6 +12,7 @@
 //! directly ([`Stream`]).
 
 mod bridge;
+mod expiry;
 pub(crate) mod refresh;
 mod stream;
 
@@ -68,6 +69,10 @@ pub trait Files: fmt::Debug + PartialEq {
     fn paths(&self) -> Vec<&Path>;
     /// Build from the files' contents, in the order of [`Files::paths`].
     fn build(&self, contents: &[Vec<u8>]) -> Result<Self::Config, TlsError>;
+    /// When the certificate the proxy presents expires (Unix seconds), if it presents one.
+    fn not_after(&self, _contents: &[Vec<u8>]) -> Option<i64> {
+        None
+    }
 }
 
 /// Files, their configuration, and what the files held when last read (to tell a change).
@@ -76,6 +81,8 @@ pub struct Material<F: Files> {
     current: ArcSwap<F::Config>,
     /// The files' contents at the last read, or why they could not be read.
     seen: Mutex<Result<Vec<Vec<u8>>, String>>,
+    /// `Files::not_after` of the files in use; 0: none.
+    not_after: std::sync::atomic::AtomicI64,
 }
 
 pub type TlsServer = Material<ServerFiles>;
@@ -86,10 +93,12 @@ impl<F: Files> Material<F> {
     pub fn load(files: F) -> Result<Material<F>, TlsError> {
         let contents = read_all(&files.paths())?;
         let config = files.build(&contents)?;
+        let not_after = files.not_after(&contents).unwrap_or(0);
         Ok(Material {
             files,
             current: ArcSwap::from_pointee(config),
             seen: Mutex::new(Ok(contents)),
+            not_after: not_after.into(),
         })
     }
 
@@ -108,9 +117,19 @@ impl<F: Files> Material<F> {
             return Ok(false);
         }
         *seen = now.as_ref().map(Clone::clone).map_err(ToString::to_string);
-        let config = self.files.build(&now?)?;
+        let now = now?;
+        let config = self.files.build(&now)?;
         self.current.store(Arc::new(config));
+        self.not_after.store(
+            self.files.not_after(&now).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(true)
+    }
+
+    /// When the certificate in use expires (Unix seconds), if the files present one.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.not_after.load(std::sync::atomic::Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     pub fn config(&self) -> Arc<F::Config> {
@@ -202,6 +221,11 @@ impl Files for ServerFiles {
         builder
             .with_single_cert(chain, key)
             .map_err(|e| file_error(&self.key, e))
+    }
+
+    fn not_after(&self, c: &[Vec<u8>]) -> Option<i64> {
+        let chain = certs(&self.cert, &c[0]).ok()?;
+        expiry::not_after(chain.first()?)
     }
 }
 

@@ -207,6 +207,15 @@ async fn the_proxys_certificate_rotates_without_dropping_connections() {
     proxy.wait_ready().await;
     let cert = server.files.cert.clone();
     assert_eq!(presented(proxy.port, &t.certs).await, der(&cert));
+    // When the certificate expires, for the alert that warns before clients refuse it.
+    let (_, metrics) = http_get(proxy.admin, "/metrics").await;
+    let series = "sentinel_proxy_tls_certificate_expiry_timestamp_seconds{side=\"clients\"}";
+    let expiry = metric(&metrics, series).unwrap_or_else(|| panic!("{series}:\n{metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now + 86_400.0 * 365.0, "{expiry}");
     let mut open = through(proxy.port, &client_auth(&t.certs, false))
         .await
         .unwrap();

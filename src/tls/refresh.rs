@@ -34,6 +34,13 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     loop {
+        if let Some(t) = shared.config().tls.as_ref().and_then(|t| t.not_after()) {
+            shared
+                .metrics
+                .tls_certificate_expiry
+                .with_label_values(&["clients"])
+                .set(t);
+        }
         let every = shared.config().tls_refresh;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
