@@ -20,6 +20,15 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// What a finished command printed, standard output then standard error.
+fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn assert_one_line_error(args: &[&str], expect: &str) {
     let (code, _, err) = run(args, &[]);
     assert_eq!(code, 2, "{args:?}: {err}");
@@ -305,12 +314,7 @@ fn example_alert_rules_are_valid() {
         .args(["check", "rules", rules])
         .output()
     {
-        Ok(out) => assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        Ok(out) => assert!(out.status.success(), "{}", printed(&out)),
         // scripts/test installs promtool; a bare `cargo test` without it checks the rest.
         Err(_) => eprintln!("promtool not installed: `promtool check rules` skipped"),
     }
@@ -366,11 +370,7 @@ fn the_systemd_unit_verifies() {
             .arg(&path)
             .output()
             .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = printed(&out);
         let complaints: Vec<&str> = said
             .lines()
             .filter(|l| l.contains(name) || l.contains("Unknown"))
@@ -406,11 +406,7 @@ fn the_kubernetes_manifests_validate() {
         .arg(format!("{root}/config/k8s-standalone.yaml"))
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = printed(&out);
     assert!(out.status.success(), "{said}");
     assert_eq!(said.matches(" passed for resource ").count(), 5, "{said}");
 }
