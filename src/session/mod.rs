@@ -483,17 +483,24 @@ async fn dedicated(
     // temporary is kept across the session's life.
     let connect_wait = group.config().connect_wait;
     let fresh = spare.is_none();
-    let acquired = match spare {
-        Some(spare) => Ok(*spare),
+    // A turn to open a connection (`Lend::turns`), held until Redis has answered on it: the
+    // connect alone takes microseconds on a LAN, the round trips after it (the pool's state,
+    // the first answer) the most under a storm of new clients, which would otherwise open
+    // hundreds of connections side by side.
+    let (acquired, turn) = match spare {
+        Some(spare) => (Ok(*spare), None),
         None => {
             // A pinned client is not new: like a 1:1 session that already has its connection, it
             // is not held back by a master the watcher cannot reach right now.
             Box::pin(async {
-                let _turn = match lend.turns {
+                let turn = match lend.turns {
                     Some(turns) => turns.acquire().await.ok(),
                     None => None,
                 };
-                acquire_backend(group, shutdown, connect_wait, pinned).await
+                (
+                    acquire_backend(group, shutdown, connect_wait, pinned).await,
+                    turn,
+                )
             })
             .await
         }
@@ -532,6 +539,7 @@ async fn dedicated(
                     return Served::Closed(Close::BackendClosed);
                 }
             }
+            drop(turn);
             group.route.attach(generation);
             let mut session = Box::new(Session::new(client, backend, generation, group));
             if lend.span {
