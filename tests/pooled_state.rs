@@ -8,12 +8,33 @@ mod support;
 use std::time::Duration;
 
 use redis_protocol::resp2::types::OwnedFrame;
+use sentinel_proxy::config::Config;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn bulk(s: &str) -> OwnedFrame {
     OwnedFrame::BulkString(s.as_bytes().to_vec())
+}
+
+/// The proxy on one worker thread with a pool of one (every client shares the same few
+/// connections), and whatever else `tweak` sets.
+async fn pool_of_one(lab: &Lab, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.pool = 1;
+        c.threads = 1;
+        tweak(c);
+    })
+    .await
+}
+
+/// A lab whose Redis nodes want `password`.
+async fn password_lab(password: &str) -> Lab {
+    Lab::start_with(LabOptions {
+        redis_password: Some(password.into()),
+        ..Default::default()
+    })
+    .await
 }
 
 /// What applications send at connect, against a password-protected Redis: AUTH, SELECT 1, and
@@ -24,14 +45,8 @@ fn bulk(s: &str) -> OwnedFrame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_with_a_password_a_database_and_resp3_share_pools_across_a_failover() {
     const PW: &str = "pooled-secret-pw";
-    let lab = Lab::start_with(LabOptions {
-        redis_password: Some(PW.into()),
-        ..Default::default()
-    })
-    .await;
-    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        c.pool = 1;
-        c.threads = 1;
+    let lab = password_lab(PW).await;
+    let proxy = pool_of_one(&lab, |c| {
         c.master_auth.password = Some(sentinel_proxy::config::Secret::new(PW));
     })
     .await;
@@ -133,11 +148,7 @@ async fn a_script_past_the_busy_threshold_is_killed_through_the_proxy_and_no_one
         ..Default::default()
     })
     .await;
-    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        c.pool = 1;
-        c.threads = 1;
-    })
-    .await;
+    let proxy = pool_of_one(&lab, |_| {}).await;
     let master = proxy.wait_ready().await;
     let mut admin = TcpStream::connect(addr(proxy.port)).await.unwrap();
     admin
@@ -212,11 +223,7 @@ async fn a_script_past_the_busy_threshold_is_killed_through_the_proxy_and_no_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_names_are_answered_by_the_proxy_and_lent_with_the_connection() {
     let lab = Lab::start().await;
-    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        c.pool = 1;
-        c.threads = 1;
-    })
-    .await;
+    let proxy = pool_of_one(&lab, |_| {}).await;
     let master = proxy.wait_ready().await;
     let mut a = TcpStream::connect(addr(proxy.port)).await.unwrap();
     let mut out = multibulk(&["SET", "name:k", "v"]);
@@ -353,12 +360,7 @@ async fn connections_in_db(master: u16, db: u32) -> (usize, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_pool_of_a_database_closes_its_connections() {
     let lab = Lab::start().await;
-    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        c.pool = 1;
-        c.threads = 1;
-        c.pool_idle_timeout = Duration::from_millis(500);
-    })
-    .await;
+    let proxy = pool_of_one(&lab, |c| c.pool_idle_timeout = Duration::from_millis(500)).await;
     let master = proxy.wait_ready().await;
     let ok = || OwnedFrame::SimpleString(b"OK".to_vec());
     let mut plain = conn(proxy.port).await.unwrap();
@@ -422,11 +424,7 @@ async fn an_idle_pool_of_a_database_closes_its_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lent_connection_keeps_its_clients_name_across_a_failover() {
     let lab = Lab::start().await;
-    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        c.pool = 1;
-        c.threads = 1;
-    })
-    .await;
+    let proxy = pool_of_one(&lab, |_| {}).await;
     let old = proxy.wait_ready().await;
     // Any type of client (a subscriber is `pubsub`, not `normal`).
     let named = |port: u16, name: &'static str| async move {
@@ -505,14 +503,8 @@ async fn a_lent_connection_keeps_its_clients_name_across_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_logins_opens_a_few_master_connections_at_a_time() {
     const PW: &str = "storm-secret-pw";
-    let lab = Lab::start_with(LabOptions {
-        redis_password: Some(PW.into()),
-        ..Default::default()
-    })
-    .await;
-    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        c.pool = 1;
-        c.threads = 1;
+    let lab = password_lab(PW).await;
+    let proxy = pool_of_one(&lab, |c| {
         c.master_auth.password = Some(sentinel_proxy::config::Secret::new(PW));
     })
     .await;
