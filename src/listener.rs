@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::tls::Link;
 use tokio::sync::Semaphore;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
@@ -119,7 +121,7 @@ pub async fn run(
                                 tokio::task::spawn_local(
                                     async move {
                                         let s = Box::pin(handshake(stream, tls, &group)).await;
-                                        if let Some(s) = s.and_then(|s| s.into_std().ok()) {
+                                        if let Some(s) = s {
                                             session::serve_pooled(s, group, shutdown).await;
                                         }
                                         drop(permit);
@@ -144,7 +146,7 @@ pub async fn run(
                     None => tracker.spawn_on(
                         async move {
                             match TcpStream::from_std(stream) {
-                                Ok(stream) => session::serve(stream, group, shutdown).await,
+                                Ok(stream) => session::serve(stream.into(), group, shutdown).await,
                                 Err(e) => warn!(error = %e, "could not register a connection"),
                             }
                             drop(lane);
@@ -185,7 +187,7 @@ async fn handshake(
     stream: std::net::TcpStream,
     tls: Arc<TlsServer>,
     group: &Group,
-) -> Option<TcpStream> {
+) -> Option<Link> {
     let tcp = TcpStream::from_std(stream)
         .inspect_err(|e| warn!(error = %e, "could not register a connection"))
         .ok()?;
@@ -216,7 +218,7 @@ async fn refuse(stream: TcpStream, tls: Option<Arc<TlsServer>>) {
 /// Answer `msg` and close; on a TLS port, over TLS (a client reads no plain text there).
 async fn refuse_with(stream: TcpStream, msg: String, tls: Option<Arc<TlsServer>>) {
     let mut stream = match tls {
-        None => stream,
+        None => Link::Plain(stream),
         Some(tls) => {
             match timeout(
                 Duration::from_secs(2),

@@ -6,13 +6,16 @@
 //! open connection. [`Material::refresh`] re-reads the files and swaps only when they changed
 //! and load; a file that does not load is reported and the configuration in use stays.
 //!
-//! The data path stays on plain sockets: a TLS connection is terminated here and spliced to its
-//! session over a loopback pair (`bridge.rs`), so sessions, pools and the fence are the same
-//! code with TLS or without. The control plane's own client (`sentinel/client.rs`) speaks TLS
-//! directly ([`Stream`]).
+//! On the data path, a client of a TLS port is served on its own socket: its session reads and
+//! writes the TLS stream itself ([`Link`]), with no second hop. A TLS connection to a Redis
+//! node is still terminated here and spliced to its session over a loopback pair
+//! (`bridge.rs`), so the backend side of sessions, pools and the fence is the same code with
+//! TLS or without (pooled mode bridges only its few shared connections). The control plane's
+//! own client (`sentinel/client.rs`) speaks TLS directly ([`Stream`]).
 
 mod bridge;
 mod expiry;
+mod link;
 pub(crate) mod refresh;
 mod stream;
 
@@ -31,6 +34,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 
 pub use bridge::addrs;
+pub use link::Link;
 pub use stream::Stream;
 
 #[derive(Debug, thiserror::Error)]
@@ -340,20 +344,25 @@ async fn secure(
     bridge::splice(tls, Some(ends)).await
 }
 
-/// A client of a TLS listener: the handshake, then a plain socket spliced to it for the session.
-/// The client's own socket gets the options a plain client's gets (`sockopt.rs`), `keepalive`
-/// included: the bridge's loopback end is no place for them.
+/// A client of a TLS listener: the handshake, then the client's connection as its session
+/// reads and writes it (`link.rs`). The socket gets the options a plain client's gets
+/// (`sockopt.rs`), `keepalive` included.
 pub async fn accept(
     tls: &TlsServer,
     tcp: TcpStream,
     keepalive: std::time::Duration,
-) -> io::Result<TcpStream> {
+) -> io::Result<Link> {
     crate::sockopt::tune(&tcp, keepalive);
-    let tls = tokio_rustls::TlsAcceptor::from(tls.config())
+    let mut conn = tokio_rustls::TlsAcceptor::from(tls.config())
         .accept(tcp)
-        .await?;
-    bridge::splice(tls, None).await
+        .await?
+        .into_inner();
+    conn.1.set_buffer_limit(Some(LINK_BUFFER));
+    Ok(Link::tls(conn.0, conn.1))
 }
+
+/// What a client's TLS connection takes ahead of its socket (rustls's default).
+const LINK_BUFFER: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests;

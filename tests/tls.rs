@@ -297,3 +297,64 @@ async fn nodes_are_verified_for_the_names_sentinels_announce() {
         OwnedFrame::Integer(2)
     );
 }
+
+/// A TLS client's connection carries large values and a deep pipeline whole, both ways, in
+/// the session's own TLS (no bridge): 48 values of 192 KiB written and read back in one
+/// pipeline, while the client reads as it writes, so that the sockets fill both ways and TLS
+/// records wait for room (in both modes: `scripts/test` runs this file in 1:1 too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_and_a_deep_pipeline_cross_a_tls_client_connection_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lab = Lab::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |cfg| {
+        cfg.tls = Some(proxy_tls(&certs, false));
+    })
+    .await;
+    proxy.wait_ready().await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    let tls = tls_client(&certs)
+        .handshake("127.0.0.1", tcp)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    const N: usize = 48;
+    const SIZE: usize = 192 * 1024;
+    let value = |i: usize| -> Vec<u8> { (0..SIZE).map(|j| b'a' + ((i + j) % 26) as u8).collect() };
+    let mut expected = Vec::new();
+    let mut pipeline = Vec::new();
+    for i in 0..N {
+        let v = value(i);
+        let key = format!("tls:big:{i}");
+        pipeline.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${SIZE}\r\n", key.len()).as_bytes(),
+        );
+        pipeline.extend_from_slice(&v);
+        pipeline.extend_from_slice(b"\r\n");
+        expected.extend_from_slice(b"+OK\r\n");
+    }
+    for i in 0..N {
+        let key = format!("tls:big:{i}");
+        pipeline.extend_from_slice(
+            format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes(),
+        );
+        expected.extend_from_slice(format!("${SIZE}\r\n").as_bytes());
+        expected.extend_from_slice(&value(i));
+        expected.extend_from_slice(b"\r\n");
+    }
+    let writer = tokio::spawn(async move {
+        wr.write_all(&pipeline).await.unwrap();
+        wr.flush().await.unwrap();
+        wr
+    });
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(Duration::from_secs(60), rd.read_exact(&mut got))
+        .await
+        .expect("every reply within 60 s")
+        .unwrap();
+    let _wr = writer.await.unwrap();
+    assert!(got == expected, "the replies differ from what was written");
+}

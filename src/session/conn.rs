@@ -26,6 +26,8 @@ use std::task::{Poll, Waker};
 
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
+
+use crate::tls::Link;
 use tokio::time::{Instant, sleep_until};
 
 use super::Close;
@@ -40,7 +42,7 @@ pub(super) struct Client {
     /// client's task flushes what it could not take (`poll_write`).
     /// The client's socket, read by the client's task and written by both (unsplit: splitting
     /// costs an allocation per client).
-    pub(super) stream: RefCell<TcpStream>,
+    pub(super) stream: RefCell<Link>,
     /// Replies the client's socket could not take yet; the client's task flushes them.
     pub(super) out: RefCell<Pending>,
     /// Replies still to come on its connection.
@@ -61,7 +63,7 @@ pub(super) struct Client {
 }
 
 impl Client {
-    pub(super) fn new(stream: TcpStream) -> Client {
+    pub(super) fn new(stream: Link) -> Client {
         Client {
             stream: RefCell::new(stream),
             id: Cell::new(usize::MAX),
@@ -100,7 +102,7 @@ impl Client {
         let mut out = self.out.borrow_mut();
         let mut w = 0;
         if out.is_empty() {
-            w = match super::io::write_now(&self.stream.borrow(), bytes) {
+            w = match super::io::write_link(&mut self.stream.borrow_mut(), bytes) {
                 Ok(w) => w,
                 Err(_) => {
                     drop(out);
@@ -117,6 +119,9 @@ impl Client {
             if was_empty {
                 self.wake(); // its task now waits for the socket to take the rest
             }
+        } else if out.is_empty() && self.stream.borrow().wants_flush() {
+            drop(out);
+            self.wake(); // TLS records of these replies wait for the socket: the same
         }
     }
 }

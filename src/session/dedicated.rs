@@ -35,6 +35,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use crate::tls::Link;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +44,7 @@ use tracing::{debug, info};
 
 use super::carry::Carry;
 use super::fence::{self, gate_until};
-use super::io::{Pending, SCRATCH, arm, read_scratch, write_now};
+use super::io::{Pending, SCRATCH, arm, read_scratch, write_link, write_now};
 use super::{Close, Pipe};
 use crate::Group;
 use crate::resp::{Mode, ProtocolError, ReplyTracker, RequestTracker};
@@ -60,7 +62,7 @@ pub(super) struct Forwarded {
 
 pub(super) struct Session<'a> {
     pub(super) group: &'a Group,
-    pub(super) client: TcpStream,
+    pub(super) client: Link,
     pub(super) backend: TcpStream,
     pub(super) generation: u64,
     pub(super) req: RequestTracker,
@@ -132,12 +134,7 @@ pub(super) enum Step {
 }
 
 impl<'a> Session<'a> {
-    pub(super) fn new(
-        client: TcpStream,
-        backend: TcpStream,
-        generation: u64,
-        group: &'a Group,
-    ) -> Self {
+    pub(super) fn new(client: Link, backend: TcpStream, generation: u64, group: &'a Group) -> Self {
         let req = RequestTracker::new(group.config().max_request_bytes);
         let forwarded = Forwarded {
             at_boundary: true,
@@ -235,7 +232,7 @@ impl<'a> Session<'a> {
             }
         };
         // Replies already read are the client's, whatever the reason for closing.
-        if !self.replies.is_empty() {
+        if !self.replies.is_empty() || self.client.wants_flush() {
             Box::pin(self.deliver_replies()).await;
         }
         if !self.held.is_empty() {
@@ -300,17 +297,19 @@ impl<'a> Session<'a> {
             && self.group.route.generation() == self.generation
     }
 
-    /// Write the replies still pending to the client, waiting (boundedly) if need be.
+    /// Write the replies still pending to the client, waiting (boundedly) if need be (on TLS,
+    /// with their records: flushed).
     async fn deliver_replies(&mut self) {
-        if !self.replies.is_empty() {
-            let bytes = self.replies.bytes();
-            if let Ok(Ok(())) = timeout(Duration::from_secs(1), self.client.write_all(bytes)).await
-            {
-                let m = &self.group.metrics;
-                m.client_bytes_sent_total.inc_by(bytes.len() as u64);
-            }
-            self.replies = Pending::default();
+        let bytes = self.replies.bytes();
+        let write = async {
+            self.client.write_all(bytes).await?;
+            self.client.flush().await
+        };
+        if let Ok(Ok(())) = timeout(Duration::from_secs(1), write).await {
+            let m = &self.group.metrics;
+            m.client_bytes_sent_total.inc_by(bytes.len() as u64);
         }
+        self.replies = Pending::default();
     }
 
     /// Wait for the next thing to happen: client bytes, backend bytes, room to write what is
@@ -338,7 +337,7 @@ impl<'a> Session<'a> {
             && !self.shutting_down;
         let read_backend = !self.backend_gone && self.replies.is_empty();
         let flush_backend = !self.backend_gone && !self.unsent.is_empty();
-        let flush_client = !self.replies.is_empty();
+        let flush_client = !self.replies.is_empty() || self.client.wants_flush();
         let gate = self
             .gated
             .then(|| gate_until(&self.group.route.load(), fence::Now::get()));
@@ -519,7 +518,7 @@ impl<'a> Session<'a> {
             self.group.metrics.not_master_replies_total.inc();
             self.group.route.request_recheck();
         }
-        match write_now(&self.client, bytes) {
+        match write_link(&mut self.client, bytes) {
             Ok(w) => {
                 self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
                 self.replies.push(&bytes[w..]);
@@ -574,7 +573,9 @@ impl<'a> Session<'a> {
     }
 
     fn flush_replies(&mut self) -> Step {
-        match write_now(&self.client, self.replies.bytes()) {
+        // On TLS, the records of replies already taken go first.
+        let flushed = self.client.flush_now();
+        match flushed.and_then(|()| write_link(&mut self.client, self.replies.bytes())) {
             Ok(w) => {
                 self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
                 self.replies.consume(w);
@@ -635,11 +636,11 @@ impl<'a> Session<'a> {
         self.deliver_replies().await;
         self.group.metrics.protocol_errors_total.inc();
         let msg = format!("-ERR Protocol error: {}\r\n", e.message());
-        let _ = timeout(
-            Duration::from_secs(1),
-            self.client.write_all(msg.as_bytes()),
-        )
-        .await;
+        let write = async {
+            self.client.write_all(msg.as_bytes()).await?;
+            self.client.flush().await
+        };
+        let _ = timeout(Duration::from_secs(1), write).await;
         Step::Close(Close::ProtocolError)
     }
 

@@ -10,10 +10,10 @@
 //!
 //! Like Redis, an unauthenticated client may not send large requests (16 KiB at most here).
 
+use crate::tls::Link;
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -46,7 +46,7 @@ enum Ask {
 /// Wait for the client to authenticate. `Ok(first)`: it has, and `first` (possibly empty) is
 /// what the session must send to Redis before anything else.
 pub(super) async fn pass(
-    client: &mut TcpStream,
+    client: &mut Link,
     group: &Group,
     shutdown: &CancellationToken,
 ) -> Result<Vec<u8>, Close> {
@@ -69,7 +69,7 @@ pub(super) async fn pass(
         };
         let reply: Vec<u8> = match classify(&args) {
             Ask::Quit => {
-                let _ = client.write_all(b"+OK\r\n").await;
+                let _ = say(client, b"+OK\r\n").await;
                 return Err(Close::Quit);
             }
             Ask::Refuse(r) => r.to_vec(),
@@ -109,15 +109,18 @@ pub(super) async fn pass(
                 WRONGPASS.to_vec()
             }
         };
-        client
-            .write_all(&reply)
-            .await
-            .map_err(|_| Close::ClientClosed)?;
+        say(client, &reply).await.map_err(|_| Close::ClientClosed)?;
     }
 }
 
+/// Write `bytes` and flush them (on TLS, their records: the client waits for this answer).
+async fn say(client: &mut Link, bytes: &[u8]) -> std::io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
+}
+
 /// The next command, taken off the socket up to its last byte and no further.
-async fn next_command(client: &mut TcpStream, scratch: &mut [u8]) -> Result<Vec<Vec<u8>>, Close> {
+async fn next_command(client: &mut Link, scratch: &mut [u8]) -> Result<Vec<Vec<u8>>, Close> {
     // Bytes of this command already taken (it came in pieces).
     let mut taken: Vec<u8> = Vec::new();
     loop {
@@ -152,15 +155,15 @@ async fn next_command(client: &mut TcpStream, scratch: &mut [u8]) -> Result<Vec<
                 taken = seen;
             }
             Ok(None) => {
-                let _ = client
-                    .write_all(b"-ERR Protocol error: unauthenticated request too large\r\n")
-                    .await;
+                let _ = say(
+                    client,
+                    b"-ERR Protocol error: unauthenticated request too large\r\n",
+                )
+                .await;
                 return Err(Close::ProtocolError);
             }
             Err(e) => {
-                let _ = client
-                    .write_all(format!("-ERR Protocol error: {e}\r\n").as_bytes())
-                    .await;
+                let _ = say(client, format!("-ERR Protocol error: {e}\r\n").as_bytes()).await;
                 return Err(Close::ProtocolError);
             }
         }

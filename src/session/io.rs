@@ -10,6 +10,8 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::tls::Link;
+
 /// The read buffer of each runtime thread. Every read lands here and is written on at once, so a
 /// connection holds no buffer of its own unless a peer's socket is full or the fence holds bytes.
 const SCRATCH_SIZE: usize = 64 * 1024;
@@ -54,7 +56,16 @@ pub(super) fn write_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     write_with(|b| stream.try_write(b), bytes)
 }
 
-fn write_with(try_write: impl Fn(&[u8]) -> io::Result<usize>, bytes: &[u8]) -> io::Result<usize> {
+/// [`write_now`] to a client: on TLS, what is taken may wait in the link's own records
+/// ([`Link::wants_flush`]).
+pub(super) fn write_link(link: &mut Link, bytes: &[u8]) -> io::Result<usize> {
+    write_with(|b| link.try_write(b), bytes)
+}
+
+fn write_with(
+    mut try_write: impl FnMut(&[u8]) -> io::Result<usize>,
+    bytes: &[u8],
+) -> io::Result<usize> {
     let mut done = 0;
     while done < bytes.len() {
         match try_write(&bytes[done..]) {
@@ -72,7 +83,9 @@ fn write_with(try_write: impl Fn(&[u8]) -> io::Result<usize>, bytes: &[u8]) -> i
 /// bytes before its next `.await`, so no other session on this thread can overwrite them. A short
 /// read clears the readiness (tokio's `poll_read` does), which saves the `EAGAIN` read a
 /// `try_read` would cost on every request.
-pub(super) async fn read_scratch(stream: &mut TcpStream) -> Option<io::Result<usize>> {
+pub(super) async fn read_scratch<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Option<io::Result<usize>> {
     std::future::poll_fn(|cx| {
         SCRATCH.with_borrow_mut(|scratch| {
             let mut rb = ReadBuf::new(scratch);

@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use crate::tls::Link;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info_span, warn};
@@ -139,11 +141,13 @@ impl Pipe {
 }
 
 /// Serve one client until it ends (1:1 mode). Runs inside the connection's tracing span.
-pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationToken) {
+pub async fn serve(client: Link, group: Arc<Group>, shutdown: CancellationToken) {
     let m = &group.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
-    tune(&client, group.config().tcp_keepalive);
+    if let Link::Plain(tcp) = &client {
+        tune(tcp, group.config().tcp_keepalive); // a TLS client's was, before its handshake
+    }
     // (An `if`: its condition's temporary, the configuration, is not kept across the await.)
     let close = if group.config().users.is_none() {
         closed_only(
@@ -165,9 +169,37 @@ pub async fn serve(client: TcpStream, group: Arc<Group>, shutdown: CancellationT
     closed(&group, close);
 }
 
+/// A client's connection as the listener hands it to a pooled session.
+pub trait Accepted {
+    /// The connection, registered on this thread and set up (`sockopt.rs`); `None` if it can't be.
+    fn link(self, group: &Group) -> Option<Link>;
+}
+
+impl Accepted for std::net::TcpStream {
+    fn link(self, group: &Group) -> Option<Link> {
+        match TcpStream::from_std(self) {
+            Ok(c) => {
+                tune(&c, group.config().tcp_keepalive);
+                Some(Link::Plain(c))
+            }
+            Err(e) => {
+                warn!(error = %e, "could not register a connection");
+                None
+            }
+        }
+    }
+}
+
+/// A TLS client's (set up before its handshake).
+impl Accepted for Link {
+    fn link(self, _: &Group) -> Option<Link> {
+        Some(self)
+    }
+}
+
 /// A 1:1 session behind the proxy's own authentication (`gate.rs`).
 async fn authenticated(
-    mut client: TcpStream,
+    mut client: Link,
     group: &Arc<Group>,
     shutdown: &CancellationToken,
 ) -> Close {
@@ -203,7 +235,7 @@ fn closed_only(served: Served) -> Close {
 enum Served {
     Closed(Close),
     Returned(
-        TcpStream,
+        Link,
         Option<Box<(TcpStream, u64, SocketAddr)>>,
         Vec<Vec<u8>>,
         Option<Vec<u8>>,
@@ -239,23 +271,15 @@ impl Lend<'_> {
 /// Serve one client in pooled mode, on its worker's `LocalSet`: in the pool until a request pins
 /// it, then as a dedicated session. It takes the socket as the listener accepted it (registered
 /// here, on the worker's own I/O driver): the task keeps its arguments for its whole life, and
-/// this one is 4 bytes.
-pub async fn serve_pooled(
-    client: std::net::TcpStream,
-    group: Arc<Group>,
-    shutdown: CancellationToken,
-) {
-    let client = match TcpStream::from_std(client) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "could not register a connection");
-            return;
-        }
+/// this one is 4 bytes. A client of a TLS port comes as its [`Link`], its handshake done on this
+/// worker.
+pub async fn serve_pooled<C: Accepted>(client: C, group: Arc<Group>, shutdown: CancellationToken) {
+    let Some(client) = client.link(&group) else {
+        return;
     };
     let m = &group.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
-    tune(&client, group.config().tcp_keepalive);
     let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown, &[]);
     let client = if group.config().users.is_none() {
         client
@@ -330,11 +354,11 @@ pub async fn serve_pooled(
 /// Pooled mode behind the proxy's own authentication (`gate.rs`): `Some(client)` to serve in the
 /// pool, `None` once the client is done with.
 async fn pooled_gate(
-    mut client: TcpStream,
+    mut client: Link,
     group: &Arc<Group>,
     shutdown: &CancellationToken,
     pool: &std::rc::Rc<pool::Pool>,
-) -> Option<TcpStream> {
+) -> Option<Link> {
     let close = match gate::pass(&mut client, group, shutdown).await {
         Ok(first) if first.is_empty() => return Some(client),
         // `HELLO … AUTH`: the HELLO goes on a connection of the client's own, as it would from
@@ -363,7 +387,7 @@ async fn pooled_gate(
 /// MAINT_NOTIFICATIONS), the connection is lent: the session returns the client and the
 /// connection once the span is over, unless the client made the connection its own meanwhile.
 fn pinned<'a>(
-    client: TcpStream,
+    client: Link,
     first: Vec<u8>,
     barrier: Option<pool::PinGuard>,
     pool: &std::rc::Rc<pool::Pool>,
@@ -469,7 +493,7 @@ fn closed(group: &Group, close: Close) {
 /// span (the session then returns it once the span is over: `Served::Returned`), and the state
 /// of the pool the client came from.
 async fn dedicated(
-    mut client: TcpStream,
+    mut client: Link,
     group: &Arc<Group>,
     shutdown: &CancellationToken,
     (first, pinned): (&[u8], bool),
@@ -693,8 +717,13 @@ mod tests {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
             let socket = || TcpStream::connect(addr);
-            let session = Session::new(socket().await.unwrap(), socket().await.unwrap(), 1, &group);
-            let serve = serve(socket().await.unwrap(), group.clone(), shutdown);
+            let session = Session::new(
+                socket().await.unwrap().into(),
+                socket().await.unwrap(),
+                1,
+                &group,
+            );
+            let serve = serve(socket().await.unwrap().into(), group.clone(), shutdown);
             let (session, serve) = (std::mem::size_of_val(&session), size_of(&serve));
             assert!(session <= 768, "Session is {session} bytes");
             assert!(serve <= 1024, "the serve future is {serve} bytes");
@@ -704,7 +733,7 @@ mod tests {
                 .run_until(async {
                     let pool = pool::Pool::for_thread(1, &group, &sd, &[]);
                     let mut pooled =
-                        pooled::Pooled::new(socket().await.unwrap(), &group, pool, None);
+                        pooled::Pooled::new(socket().await.unwrap().into(), &group, pool, None);
                     let pooled_size = std::mem::size_of_val(&pooled);
                     let run_size = size_of(&pooled.run());
                     let serve_pooled = serve_pooled(

@@ -21,9 +21,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::Link;
 use std::pin::Pin;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use tokio::time::{Instant, Interval, Sleep, timeout};
@@ -56,13 +56,7 @@ pub(super) enum Outcome {
     Pin,
     /// Continue as a dedicated session: the socket, the pinning request and what the client sent
     /// after it, and the client's name (`CLIENT SETNAME`, kept here: `local.rs`).
-    Pinned(
-        TcpStream,
-        Vec<u8>,
-        PinReason,
-        Option<PinGuard>,
-        Option<Vec<u8>>,
-    ),
+    Pinned(Link, Vec<u8>, PinReason, Option<PinGuard>, Option<Vec<u8>>),
 }
 
 enum Step {
@@ -144,7 +138,7 @@ struct Slow {
 
 impl<'a> Pooled<'a> {
     pub(super) fn new(
-        stream: TcpStream,
+        stream: Link,
         group: &'a Arc<Group>,
         pool: Rc<Pool>,
         name: Option<Vec<u8>>,
@@ -216,7 +210,7 @@ impl<'a> Pooled<'a> {
             let out = std::mem::take(&mut *self.client.out.borrow_mut())
                 .bytes()
                 .to_vec();
-            if !out.is_empty() {
+            if !out.is_empty() || self.client.stream.borrow().wants_flush() {
                 write_all(&self.client, out).await;
             }
         }
@@ -603,6 +597,11 @@ async fn write_all_now(client: &Client, bytes: Vec<u8>) {
                 _ => return,
             }
         }
+        // On TLS, the last records too.
+        let _ = std::future::poll_fn(|cx| {
+            std::pin::Pin::new(&mut *client.stream.borrow_mut()).poll_flush(cx)
+        })
+        .await;
     };
     let _ = timeout(Duration::from_secs(1), write).await;
 }

@@ -216,6 +216,9 @@ async fn the_real_sockets_get_nodelay_and_keepalive() {
         let (tcp, _) = listener.accept().await.unwrap();
         let (tcp, probe) = twice(tcp);
         let mut s = accept(&server, tcp, keepalive).await.unwrap();
+        // The session's socket is the client's own (no loopback hop): the same two ends.
+        assert_eq!(s.tcp().peer_addr().unwrap(), probe.peer_addr().unwrap());
+        assert_eq!(s.tcp().local_addr().unwrap(), probe.local_addr().unwrap());
         let mut buf = [0u8; 7];
         s.read_exact(&mut buf).await.unwrap();
         s.write_all(&buf).await.unwrap();
@@ -229,4 +232,56 @@ async fn the_real_sockets_get_nodelay_and_keepalive() {
     s.read_exact(&mut buf).await.unwrap();
     check(&probe, "a TLS connection to a node");
     check(&accepting.await.unwrap(), "a client of a TLS port");
+}
+
+/// What a TLS client's link takes is all delivered, however full its socket: `try_write` takes
+/// plaintext until the socket and rustls's buffer are full, and says `WouldBlock` only with
+/// records left to write (`wants_flush`), which `flush_now` writes once the socket has room.
+#[tokio::test]
+async fn a_full_socket_keeps_tls_records_until_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let server = Arc::new(TlsServer::load(server_files(&c, false)).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let client = TlsClient::load(client_files(&c, false)).unwrap();
+    let connecting = async {
+        let tcp = TcpStream::connect(at).await.unwrap();
+        client.handshake("127.0.0.1", tcp).await.unwrap()
+    };
+    let accepting = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        accept(&server, tcp, Duration::ZERO).await.unwrap()
+    };
+    let (mut peer, mut link) = tokio::join!(connecting, accepting);
+    // The peer reads nothing yet: write until nothing more is taken.
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut taken = 0usize;
+    loop {
+        match link.try_write(&chunk) {
+            Ok(n) => taken += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(link.wants_flush(), "WouldBlock with no records left");
+    // Now the peer reads, and the link writes what it kept as the socket makes room.
+    let reading = async {
+        let mut got = vec![0u8; taken];
+        peer.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|b| *b == b'x'));
+    };
+    let flushing = async {
+        while link.wants_flush() {
+            std::future::poll_fn(|cx| link.poll_write_ready(cx))
+                .await
+                .unwrap();
+            link.flush_now().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(reading, flushing)
+    })
+    .await
+    .expect("every byte taken arrives");
 }

@@ -62,7 +62,9 @@ impl Pooled<'_> {
     /// connection or the thread's watcher (route change, shutdown, a connect ended), a deadline.
     /// No timer unless one is set, no lock.
     fn wait_for(&mut self) -> Waiting {
-        let flush = !self.client.out.borrow().is_empty();
+        // On TLS, records of replies already taken may wait for the socket too.
+        let flush =
+            !self.client.out.borrow().is_empty() || self.client.stream.borrow().wants_flush();
         let read_client = self.held_empty()
             && !self.pinning()
             && !self.local_full()
