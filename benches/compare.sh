@@ -31,8 +31,10 @@
 # TLS=1 adds, with certificates made by openssl: direct-tls (redis-benchmark --tls to the
 # master's own tls-port), tls-client (TLS client → proxy → plain master), tls-backend (plain
 # client → proxy → the master's tls-port, learned from a sentinel with tls-replication) and
-# tls-both; each 1:1 on one thread like `proxy`, plus pooled-tls-backend. Their ratios are to
-# plain direct, as every row's. The idle-connection RSS is measured for the plain targets only.
+# tls-both; each 1:1 on one thread like `proxy`, and pooled (pooled-tls-client, …) like `pooled`;
+# haproxy-tls and haproxy-tls-both (HAProxy terminating TLS); NAME-tls-client for each EXTRA
+# build. Their ratios are to plain direct, as every row's. The idle-connection RSS is measured
+# for the plain targets only.
 #
 # IDLE defaults to 9900, not 10000: a 1:1 proxy needs two descriptors per connection, and this
 # machine's hard limit on open files is 20000. It is clamped to what the limit allows.
@@ -150,13 +152,22 @@ CONF
     NAMES+=(direct-tls)
     serve_tls="--tls-cert-file $tls/node.pem --tls-key-file $tls/node.key"
     backend_tls="--master-tls-ca-file $tls/ca.pem --sentinels 127.0.0.1:$TLS_SENTINEL"
-    for spec in "tls-client|$serve_tls --sentinels $(lab_sentinel_list)|$TLS_CLI" \
-        "tls-backend|$backend_tls|" "tls-both|$serve_tls $backend_tls|$TLS_CLI" \
-        "pooled-tls-backend|$backend_tls --pool 1|"; do
-        IFS='|' read -r name flags cli <<<"$spec"
+    plain_sentinels="--sentinels $(lab_sentinel_list)"
+    tls_specs=("tls-client|$BIN|$serve_tls $plain_sentinels --pool 0|$TLS_CLI"
+        "tls-backend|$BIN|$backend_tls --pool 0|" "tls-both|$BIN|$serve_tls $backend_tls --pool 0|$TLS_CLI"
+        "pooled-tls-client|$BIN|$serve_tls $plain_sentinels --pool 1|$TLS_CLI"
+        "pooled-tls-backend|$BIN|$backend_tls --pool 1|"
+        "pooled-tls-both|$BIN|$serve_tls $backend_tls --pool 1|$TLS_CLI")
+    # An EXTRA build gets a TLS client row too (NAME-tls-client, with the flags its spec has).
+    for spec in ${EXTRA:-}; do
+        name=${spec%%=*} cmd=${spec#*=} cmd=${cmd//,/ }
+        tls_specs+=("$name-tls-client|$cmd|$serve_tls $plain_sentinels|$TLS_CLI")
+    done
+    for spec in "${tls_specs[@]}"; do
+        IFS='|' read -r name bin flags cli <<<"$spec"
         port=$(free_port)
         # shellcheck disable=SC2086
-        $BIN --threads 1 --pool 0 $flags --listen "127.0.0.1:$port" \
+        $bin --threads 1 $flags --listen "127.0.0.1:$port" \
             --metrics-listen "127.0.0.1:$(free_port)" 2>"$LAB_DIR/$name.log" &
         PIDS+=($!)
         CPU_PID[$name]=$!
@@ -167,26 +178,30 @@ CONF
         NAMES+=("$name")
     done
 fi
-if command -v haproxy >/dev/null 2>&1; then
-    HA=$(free_port)
-    cat >"$LAB_DIR/haproxy.cfg" <<CFG
-global
-    maxconn $((IDLE + 50))
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 1h
-    timeout server 1h
-listen redis
-    bind 127.0.0.1:$HA
-    server master 127.0.0.1:$MASTER
-CFG
-    haproxy -f "$LAB_DIR/haproxy.cfg" &
+# HAProxy (Debian's) in tcp mode, one process per target (so each is charged its own CPU), with
+# its defaults otherwise: plain, and with TLS=1 terminating TLS (`bind … ssl crt`) to the plain
+# master (haproxy-tls) and to the master's TLS port too (haproxy-tls-both).
+command -v haproxy >/dev/null 2>&1 || apt_install haproxy
+haproxy_target() { # NAME BIND-OPTIONS SERVER-LINE REDIS-CLI-ARGS
+    local name=$1 port
+    port=$(free_port)
+    printf 'global\n    maxconn %s\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1h\n    timeout server 1h\nlisten redis\n    bind 127.0.0.1:%s %s\n    %s\n' \
+        $((IDLE + 50)) "$port" "$2" "$3" >"$LAB_DIR/$name.cfg"
+    haproxy -f "$LAB_DIR/$name.cfg" 2>"$LAB_DIR/$name.log" &
     PIDS+=($!)
-    CPU_PID[haproxy]=$!
-    wait_for 10 "haproxy" redis-cli -p "$HA" ping
-    PORTS[haproxy]=$HA
-    NAMES+=(haproxy)
+    CPU_PID[$name]=$!
+    # shellcheck disable=SC2086
+    wait_for 10 "$name" redis-cli $4 -p "$port" ping
+    PORTS[$name]=$port
+    BENCH[$name]=$4
+    NAMES+=("$name")
+}
+haproxy_target haproxy "" "server master 127.0.0.1:$MASTER" ""
+if [ "${TLS:-0}" = 1 ]; then
+    cat "$tls/node.pem" "$tls/node.key" >"$tls/haproxy.pem"
+    haproxy_target haproxy-tls "ssl crt $tls/haproxy.pem" "server master 127.0.0.1:$MASTER" "$TLS_CLI"
+    haproxy_target haproxy-tls-both "ssl crt $tls/haproxy.pem" \
+        "server master 127.0.0.1:$MASTER_TLS ssl verify required ca-file $tls/ca.pem" "$TLS_CLI"
 fi
 
 # CPU ticks (user + system) a process has used so far.
