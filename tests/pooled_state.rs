@@ -28,13 +28,19 @@ async fn pool_of_one(lab: &Lab, tweak: impl FnOnce(&mut Config)) -> Proxy {
     .await
 }
 
-/// A lab whose Redis nodes want `password`.
-async fn password_lab(password: &str) -> Lab {
-    Lab::start_with(LabOptions {
+/// A lab whose Redis nodes want `password`, and [`pool_of_one`] in front of it with that
+/// password as its own.
+async fn password_lab(password: &str) -> (Lab, Proxy) {
+    let lab = Lab::start_with(LabOptions {
         redis_password: Some(password.into()),
         ..Default::default()
     })
-    .await
+    .await;
+    let proxy = pool_of_one(&lab, |c| {
+        c.master_auth.password = Some(sentinel_proxy::config::Secret::new(password));
+    })
+    .await;
+    (lab, proxy)
 }
 
 /// What applications send at connect, against a password-protected Redis: AUTH, SELECT 1, and
@@ -45,11 +51,7 @@ async fn password_lab(password: &str) -> Lab {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_with_a_password_a_database_and_resp3_share_pools_across_a_failover() {
     const PW: &str = "pooled-secret-pw";
-    let lab = password_lab(PW).await;
-    let proxy = pool_of_one(&lab, |c| {
-        c.master_auth.password = Some(sentinel_proxy::config::Secret::new(PW));
-    })
-    .await;
+    let (lab, proxy) = password_lab(PW).await;
     let old = proxy.wait_ready().await;
     let ok = || OwnedFrame::SimpleString(b"OK".to_vec());
 
@@ -503,11 +505,7 @@ async fn a_lent_connection_keeps_its_clients_name_across_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_logins_opens_a_few_master_connections_at_a_time() {
     const PW: &str = "storm-secret-pw";
-    let lab = password_lab(PW).await;
-    let proxy = pool_of_one(&lab, |c| {
-        c.master_auth.password = Some(sentinel_proxy::config::Secret::new(PW));
-    })
-    .await;
+    let (lab, proxy) = password_lab(PW).await;
     let master = proxy.wait_ready().await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The most connections the proxy holds on the master while the clients log in (a sample
