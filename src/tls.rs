@@ -6,14 +6,11 @@
 //! open connection. [`Material::refresh`] re-reads the files and swaps only when they changed
 //! and load; a file that does not load is reported and the configuration in use stays.
 //!
-//! On the data path, a client of a TLS port is served on its own socket: its session reads and
-//! writes the TLS stream itself ([`Link`]), with no second hop. A TLS connection to a Redis
-//! node is still terminated here and spliced to its session over a loopback pair
-//! (`bridge.rs`), so the backend side of sessions, pools and the fence is the same code with
-//! TLS or without (pooled mode bridges only its few shared connections). The control plane's
-//! own client (`sentinel/client.rs`) speaks TLS directly ([`Stream`]).
+//! On the data path, every TLS connection (a client of a TLS port, a connection to a TLS node)
+//! is read and written by its session itself, on its own socket ([`Link`]): no second hop. The
+//! control plane's own client (`sentinel/client.rs`) speaks TLS through tokio-rustls
+//! ([`Stream`]).
 
-mod bridge;
 mod expiry;
 mod link;
 pub(crate) mod refresh;
@@ -33,7 +30,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 
-pub use bridge::addrs;
 pub use link::Link;
 pub use stream::Stream;
 
@@ -316,32 +312,29 @@ fn announced_name(addr: SocketAddr) -> Option<Arc<str>> {
     names.get(&addr).cloned()
 }
 
-/// A connection to a Redis node at `addr` for the data path: a plain socket, which with `tls`
-/// is the near end of a loopback pair spliced to the TLS connection (whose own socket gets the
-/// options the caller would have set on a plain one: `sockopt.rs`).
+/// A connection to a Redis node at `addr` for the data path: the socket, with `tls` TLS on it
+/// as its session reads and writes it ([`Link`]), the handshake done. The socket gets the
+/// options of every connection of the data path (`sockopt.rs`).
 pub async fn connect(
     addr: SocketAddr,
     tls: Option<&TlsClient>,
     keepalive: std::time::Duration,
-) -> io::Result<TcpStream> {
+) -> io::Result<Link> {
     let tcp = TcpStream::connect(addr).await?;
+    crate::sockopt::tune(&tcp, keepalive);
     match tls {
-        None => Ok(tcp),
-        Some(tls) => secure(addr, tls, tcp, keepalive).await,
+        None => Ok(Link::Plain(tcp)),
+        Some(tls) => secure(addr, tls, tcp).await,
     }
 }
 
-/// TLS over the connection `tcp` to the node at `addr`, bridged (see `connect`).
-async fn secure(
-    addr: SocketAddr,
-    tls: &TlsClient,
-    tcp: TcpStream,
-    keepalive: std::time::Duration,
-) -> io::Result<TcpStream> {
-    crate::sockopt::tune(&tcp, keepalive);
-    let ends = (tcp.peer_addr()?, tcp.local_addr()?);
-    let tls = tls.handshake(&addr.ip().to_string(), tcp).await?;
-    bridge::splice(tls, Some(ends)).await
+/// TLS over the connection `tcp` to the node at `addr`.
+async fn secure(addr: SocketAddr, tls: &TlsClient, tcp: TcpStream) -> io::Result<Link> {
+    let (tcp, conn) = tls
+        .handshake(&addr.ip().to_string(), tcp)
+        .await?
+        .into_inner();
+    Ok(Link::tls(tcp, conn))
 }
 
 /// A client of a TLS listener: the handshake, then the client's connection as its session
@@ -353,16 +346,12 @@ pub async fn accept(
     keepalive: std::time::Duration,
 ) -> io::Result<Link> {
     crate::sockopt::tune(&tcp, keepalive);
-    let mut conn = tokio_rustls::TlsAcceptor::from(tls.config())
+    let (tcp, conn) = tokio_rustls::TlsAcceptor::from(tls.config())
         .accept(tcp)
         .await?
         .into_inner();
-    conn.1.set_buffer_limit(Some(LINK_BUFFER));
-    Ok(Link::tls(conn.0, conn.1))
+    Ok(Link::tls(tcp, conn))
 }
-
-/// What a client's TLS connection takes ahead of its socket (rustls's default).
-const LINK_BUFFER: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests;

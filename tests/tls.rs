@@ -304,7 +304,6 @@ async fn nodes_are_verified_for_the_names_sentinels_announce() {
 /// records wait for room (in both modes: `scripts/test` runs this file in 1:1 too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_and_a_deep_pipeline_cross_a_tls_client_connection_whole() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let lab = Lab::start().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::make(dir.path());
@@ -313,13 +312,33 @@ async fn large_values_and_a_deep_pipeline_cross_a_tls_client_connection_whole() 
     })
     .await;
     proxy.wait_ready().await;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+    pipeline_whole(proxy.port, &certs).await;
+}
+
+/// The same with TLS on the proxy's side to Redis too: the records of requests wait for room
+/// on the node's socket as the records of replies do on the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_and_a_deep_pipeline_cross_tls_on_both_sides_whole() {
+    let t = tls_lab().await;
+    let backend = Some(Arc::new(tls_client(&t.certs)));
+    let proxy = Proxy::start_with(t.lab.sentinel_addrs(), |cfg| {
+        cfg.master_auth.tls = backend.clone();
+        cfg.sentinel_auth.tls = backend.clone();
+        cfg.tls = Some(proxy_tls(&t.certs, false));
+    })
+    .await;
+    proxy.wait_ready().await;
+    pipeline_whole(proxy.port, &t.certs).await;
+}
+
+/// 48 values of 192 KiB SET then GET in one pipeline over TLS to `port`, read as it is
+/// written: every reply, whole and in order, within 60 s.
+async fn pipeline_whole(port: u16, certs: &Certs) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let tls = tls_client(&certs)
-        .handshake("127.0.0.1", tcp)
-        .await
-        .unwrap();
+    let tls = tls_client(certs).handshake("127.0.0.1", tcp).await.unwrap();
     let (mut rd, mut wr) = tokio::io::split(tls);
     const N: usize = 48;
     const SIZE: usize = 192 * 1024;
@@ -357,4 +376,69 @@ async fn large_values_and_a_deep_pipeline_cross_a_tls_client_connection_whole() 
         .unwrap();
     let _wr = writer.await.unwrap();
     assert!(got == expected, "the replies differ from what was written");
+}
+
+/// A subscriber, a client blocked in BLPOP and an idle client ride a failover with TLS to the
+/// nodes: each is moved to the new master over TLS (the blocked one unblocked on the old master
+/// and its BLPOP re-issued), and each gets what is sent there, once, on the socket it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_and_subscribed_clients_ride_a_failover_over_tls_to_the_nodes() {
+    let t = tls_lab().await;
+    let backend = Some(Arc::new(tls_client(&t.certs)));
+    let proxy = Proxy::start_with(t.lab.sentinel_addrs(), |cfg| {
+        cfg.master_auth.tls = backend.clone();
+        cfg.sentinel_auth.tls = backend.clone();
+    })
+    .await;
+    let old = proxy.wait_ready().await;
+    let mut sub = conn(proxy.port).await.unwrap();
+    cmd(&mut sub, &["SUBSCRIBE", "news"]).await.unwrap();
+    let mut blocked = conn(proxy.port).await.unwrap();
+    blocked.send(&[b"BLPOP", b"queue", b"0"]).await.unwrap();
+    let mut idle = conn(proxy.port).await.unwrap();
+    assert_eq!(node_port(&mut idle).await.unwrap(), old);
+    eventually(Duration::from_secs(5), "the BLPOP is blocked", || async {
+        let mut c = conn(proxy.port).await.ok()?;
+        let info = cmd(&mut c, &["INFO", "clients"]).await.ok()?;
+        frame_text(&info)?
+            .contains("blocked_clients:1")
+            .then_some(())
+    })
+    .await;
+
+    t.lab.failover().await;
+    let new = t.lab.wait_new_master(old, Duration::from_secs(30)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(30)).await;
+    wait_carried_to(&mut idle, new, Duration::from_secs(20)).await;
+    for kind in ["pubsub", "blocking"] {
+        let series = format!("sentinel_proxy_session_moves_total{{kind=\"{kind}\"}}");
+        wait_metric(proxy.admin, &series, 1.0, Duration::from_secs(10)).await;
+    }
+    let mut p = conn(proxy.port).await.unwrap();
+    assert_eq!(
+        cmd(&mut p, &["PUBLISH", "news", "after"]).await.unwrap(),
+        OwnedFrame::Integer(1)
+    );
+    cmd(&mut p, &["RPUSH", "queue", "item"]).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.read_frame()).await;
+    assert_eq!(
+        message.unwrap().unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"message".to_vec()),
+            OwnedFrame::BulkString(b"news".to_vec()),
+            OwnedFrame::BulkString(b"after".to_vec()),
+        ])
+    );
+    let popped = tokio::time::timeout(Duration::from_secs(5), blocked.read_frame()).await;
+    assert_eq!(
+        popped.unwrap().unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"queue".to_vec()),
+            OwnedFrame::BulkString(b"item".to_vec()),
+        ])
+    );
+    assert_eq!(
+        cmd(&mut p, &["LLEN", "queue"]).await.unwrap(),
+        OwnedFrame::Integer(0)
+    );
 }

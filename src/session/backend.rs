@@ -6,13 +6,13 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::TcpStream;
+use crate::tls::Link;
 
 use super::io::exchange;
 use crate::Group;
 use crate::resp::encode_command;
 
-pub(super) async fn open(group: &Group, addr: SocketAddr) -> io::Result<TcpStream> {
+pub(super) async fn open(group: &Group, addr: SocketAddr) -> io::Result<Link> {
     let config = group.config();
     let settings = group.settings();
     let auth = &settings.master_auth;

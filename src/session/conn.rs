@@ -25,7 +25,6 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use tokio::io::AsyncRead;
-use tokio::net::TcpStream;
 
 use crate::tls::Link;
 use tokio::time::{Instant, sleep_until};
@@ -102,7 +101,7 @@ impl Client {
         let mut out = self.out.borrow_mut();
         let mut w = 0;
         if out.is_empty() {
-            w = match super::io::write_link(&mut self.stream.borrow_mut(), bytes) {
+            w = match super::io::write_now(&mut self.stream.borrow_mut(), bytes) {
                 Ok(w) => w,
                 Err(_) => {
                     drop(out);
@@ -216,7 +215,7 @@ enum Event {
 
 /// Serve one shared connection: write what clients append, hand replies back. Returns why it
 /// ended; the caller closes the clients still owed replies with that reason.
-pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, group: &Group) -> Close {
+pub(super) async fn drive(conn: &Conn, mut stream: Link, group: &Group) -> Close {
     let mut rep = ReplyTracker::new();
     let mut retired = false;
     let mut rechecked = false;
@@ -299,6 +298,15 @@ pub(super) async fn drive(conn: &Conn, mut stream: TcpStream, group: &Group) -> 
                             break;
                         }
                         Err(_) => return Poll::Ready(Err(())),
+                    }
+                }
+                // On TLS, the records of what was taken may wait for room too.
+                while stream.wants_flush() {
+                    if stream.flush_now().is_err() {
+                        return Poll::Ready(Err(()));
+                    }
+                    if stream.wants_flush() && stream.poll_write_ready(cx).is_pending() {
+                        break;
                     }
                 }
                 if conn.kicked.replace(false) {

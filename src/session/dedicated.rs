@@ -34,7 +34,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::tls::Link;
 use tokio::sync::watch;
@@ -44,7 +43,7 @@ use tracing::{debug, info};
 
 use super::carry::Carry;
 use super::fence::{self, gate_until};
-use super::io::{Pending, SCRATCH, arm, read_scratch, write_link, write_now};
+use super::io::{Pending, SCRATCH, arm, read_scratch, write_now};
 use super::{Close, Pipe};
 use crate::Group;
 use crate::resp::{Mode, ProtocolError, ReplyTracker, RequestTracker};
@@ -63,7 +62,7 @@ pub(super) struct Forwarded {
 pub(super) struct Session<'a> {
     pub(super) group: &'a Group,
     pub(super) client: Link,
-    pub(super) backend: TcpStream,
+    pub(super) backend: Link,
     pub(super) generation: u64,
     pub(super) req: RequestTracker,
     pub(super) rep: ReplyTracker,
@@ -134,7 +133,7 @@ pub(super) enum Step {
 }
 
 impl<'a> Session<'a> {
-    pub(super) fn new(client: Link, backend: TcpStream, generation: u64, group: &'a Group) -> Self {
+    pub(super) fn new(client: Link, backend: Link, generation: u64, group: &'a Group) -> Self {
         let req = RequestTracker::new(group.config().max_request_bytes);
         let forwarded = Forwarded {
             at_boundary: true,
@@ -336,7 +335,8 @@ impl<'a> Session<'a> {
             && self.protocol_error.is_none()
             && !self.shutting_down;
         let read_backend = !self.backend_gone && self.replies.is_empty();
-        let flush_backend = !self.backend_gone && !self.unsent.is_empty();
+        let flush_backend =
+            !self.backend_gone && (!self.unsent.is_empty() || self.backend.wants_flush());
         let flush_client = !self.replies.is_empty() || self.client.wants_flush();
         let gate = self
             .gated
@@ -481,7 +481,7 @@ impl<'a> Session<'a> {
     /// Commit client bytes to the backend: written now as far as its socket takes them, the
     /// rest kept in `unsent`. Either way they count as forwarded from here on.
     pub(super) fn forward(&mut self, bytes: &[u8]) -> Step {
-        match write_now(&self.backend, bytes) {
+        match write_now(&mut self.backend, bytes) {
             Ok(w) => self.unsent.push(&bytes[w..]),
             Err(e) => {
                 debug!(error = %e, "backend write error");
@@ -518,7 +518,7 @@ impl<'a> Session<'a> {
             self.group.metrics.not_master_replies_total.inc();
             self.group.route.request_recheck();
         }
-        match write_link(&mut self.client, bytes) {
+        match write_now(&mut self.client, bytes) {
             Ok(w) => {
                 self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
                 self.replies.push(&bytes[w..]);
@@ -575,7 +575,7 @@ impl<'a> Session<'a> {
     fn flush_replies(&mut self) -> Step {
         // On TLS, the records of replies already taken go first.
         let flushed = self.client.flush_now();
-        match flushed.and_then(|()| write_link(&mut self.client, self.replies.bytes())) {
+        match flushed.and_then(|()| write_now(&mut self.client, self.replies.bytes())) {
             Ok(w) => {
                 self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
                 self.replies.consume(w);
@@ -589,7 +589,9 @@ impl<'a> Session<'a> {
     }
 
     fn flush_unsent(&mut self) -> Step {
-        match write_now(&self.backend, self.unsent.bytes()) {
+        // On TLS, the records of requests already taken go first.
+        let flushed = self.backend.flush_now();
+        match flushed.and_then(|()| write_now(&mut self.backend, self.unsent.bytes())) {
             Ok(w) => {
                 self.unsent.consume(w);
                 Step::Continue

@@ -69,7 +69,7 @@ pub(super) async fn pass(
         };
         let reply: Vec<u8> = match classify(&args) {
             Ask::Quit => {
-                let _ = say(client, b"+OK\r\n").await;
+                let _ = client.send(b"+OK\r\n").await;
                 return Err(Close::Quit);
             }
             Ask::Refuse(r) => r.to_vec(),
@@ -109,14 +109,8 @@ pub(super) async fn pass(
                 WRONGPASS.to_vec()
             }
         };
-        say(client, &reply).await.map_err(|_| Close::ClientClosed)?;
+        client.send(&reply).await.map_err(|_| Close::ClientClosed)?;
     }
-}
-
-/// Write `bytes` and flush them (on TLS, their records: the client waits for this answer).
-async fn say(client: &mut Link, bytes: &[u8]) -> std::io::Result<()> {
-    client.write_all(bytes).await?;
-    client.flush().await
 }
 
 /// The next command, taken off the socket up to its last byte and no further.
@@ -155,15 +149,15 @@ async fn next_command(client: &mut Link, scratch: &mut [u8]) -> Result<Vec<Vec<u
                 taken = seen;
             }
             Ok(None) => {
-                let _ = say(
-                    client,
-                    b"-ERR Protocol error: unauthenticated request too large\r\n",
-                )
-                .await;
+                let _ = client
+                    .send(b"-ERR Protocol error: unauthenticated request too large\r\n")
+                    .await;
                 return Err(Close::ProtocolError);
             }
             Err(e) => {
-                let _ = say(client, format!("-ERR Protocol error: {e}\r\n").as_bytes()).await;
+                let _ = client
+                    .send(format!("-ERR Protocol error: {e}\r\n").as_bytes())
+                    .await;
                 return Err(Close::ProtocolError);
             }
         }

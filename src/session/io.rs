@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::tls::Link;
 
@@ -51,14 +50,9 @@ impl Pending {
     }
 }
 
-/// Write as much of `bytes` as the socket takes now, without waiting.
-pub(super) fn write_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    write_with(|b| stream.try_write(b), bytes)
-}
-
-/// [`write_now`] to a client: on TLS, what is taken may wait in the link's own records
-/// ([`Link::wants_flush`]).
-pub(super) fn write_link(link: &mut Link, bytes: &[u8]) -> io::Result<usize> {
+/// Write as much of `bytes` as the socket takes now, without waiting. On TLS, what is taken may
+/// wait in the link's own records ([`Link::wants_flush`]).
+pub(super) fn write_now(link: &mut Link, bytes: &[u8]) -> io::Result<usize> {
     write_with(|b| link.try_write(b), bytes)
 }
 
@@ -106,9 +100,9 @@ pub(super) const ACCEPTED: &[u8] = b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$14\r\ns
 /// Send one command the proxy composed on a connection of its own and read its one-line answer
 /// (`+OK`, `+PONG`, an error: any will do; its first byte is returned). Fails on anything else,
 /// or an end of stream.
-pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Result<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(command).await?;
+pub(super) async fn exchange(stream: &mut Link, command: &[u8]) -> io::Result<u8> {
+    use tokio::io::AsyncReadExt;
+    stream.send(command).await?;
     let mut line = [0u8; 256];
     let mut got = 0;
     while !line[..got].contains(&b'\n') {
@@ -128,11 +122,11 @@ pub(super) async fn exchange(stream: &mut TcpStream, command: &[u8]) -> io::Resu
 
 /// Send the commands of `state` (whole RESP commands, as `Carry::pool_state` keeps them) one by
 /// one and read each whole reply (HELLO's is a map): `Ok(false)` if Redis refused one.
-pub(super) async fn set_up(stream: &mut TcpStream, state: &[Vec<u8>]) -> io::Result<bool> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub(super) async fn set_up(stream: &mut Link, state: &[Vec<u8>]) -> io::Result<bool> {
+    use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 1024];
     for command in state {
-        stream.write_all(command).await?;
+        stream.send(command).await?;
         let mut rep = crate::resp::ReplyTracker::new();
         while rep.replies == 0 {
             match stream.read(&mut buf).await? {

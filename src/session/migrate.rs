@@ -31,14 +31,15 @@ use std::time::Duration;
 
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::tls::Link;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Span, debug, info};
 
+use super::Close;
 use super::carry::{Carry, Plan};
 use super::dedicated::{Session, Step};
 use super::io::Pending;
-use super::{Close, tune};
 use crate::resp::ReplyTracker;
 use crate::resp::encode_command as encode;
 use crate::sentinel::client::{ClientError, RespConn, frame_text};
@@ -84,7 +85,6 @@ impl<'a> Session<'a> {
                 return Err(None);
             }
         };
-        tune(&backend, cfg.tcp_keepalive);
         let kind = self.kind();
         let wind_down = Instant::now() + cfg.connect_timeout;
 
@@ -182,7 +182,7 @@ impl<'a> Session<'a> {
         let token = format!("sentinel-proxy-drain-{nanos:x}").into_bytes();
         let mut ping = Vec::new();
         encode(&mut ping, &[b"PING", &token]);
-        match timeout_at(until, self.backend.write_all(&ping)).await {
+        match timeout_at(until, self.backend.send(&ping)).await {
             Ok(Ok(())) => {}
             _ => return Err(Failed::OldGone),
         }
@@ -226,7 +226,7 @@ impl<'a> Session<'a> {
     /// still owed. Returns whether the command must be re-issued (it timed out there).
     async fn unblock_old(&mut self, until: Instant) -> Result<bool, Failed> {
         let cfg = self.group.config();
-        let Ok((old, me)) = crate::tls::addrs(&self.backend) else {
+        let (Ok(old), Ok(me)) = (self.backend.peer_addr(), self.backend.local_addr()) else {
             return Err(Failed::OldGone);
         };
         let Some(target) = self.carry.as_ref().and_then(|c| c.blocked.as_ref()) else {
@@ -316,11 +316,11 @@ impl<'a> Session<'a> {
     /// left in `leftover`.
     async fn replay(
         &mut self,
-        backend: &mut TcpStream,
+        backend: &mut Link,
         plan: &Plan,
         leftover: &mut Vec<u8>,
     ) -> Result<(), Failed> {
-        if backend.write_all(&plan.bytes).await.is_err() {
+        if backend.send(&plan.bytes).await.is_err() {
             return Err(Failed::OldGone);
         }
         if plan.replies.is_empty() && plan.confirmations == 0 {
@@ -446,7 +446,7 @@ impl Session<'_> {
         let probe = async {
             let tls = self.group.settings().master_auth.tls.clone();
             let mut s = crate::tls::connect(addr, tls.as_deref(), Duration::ZERO).await?;
-            s.write_all(b"PING\r\n").await?;
+            s.send(b"PING\r\n").await?;
             let mut reply = [0u8; 1];
             let n = s.read(&mut reply).await?;
             Ok::<bool, std::io::Error>(n == 1 && matches!(reply[0], b'+' | b'-'))

@@ -236,7 +236,7 @@ enum Served {
     Closed(Close),
     Returned(
         Link,
-        Option<Box<(TcpStream, u64, SocketAddr)>>,
+        Option<Box<(Link, u64, SocketAddr)>>,
         Vec<Vec<u8>>,
         Option<Vec<u8>>,
         bool,
@@ -498,7 +498,7 @@ async fn dedicated(
     shutdown: &CancellationToken,
     (first, pinned): (&[u8], bool),
     sent: impl FnOnce(),
-    spare: Option<Box<(TcpStream, u64, SocketAddr)>>,
+    spare: Option<Box<(Link, u64, SocketAddr)>>,
     lend: &Lend<'_>,
 ) -> Served {
     let m = &group.metrics;
@@ -633,7 +633,7 @@ async fn acquire_backend(
     shutdown: &CancellationToken,
     wait: Duration,
     existing: bool,
-) -> Result<(TcpStream, u64, SocketAddr), Close> {
+) -> Result<(Link, u64, SocketAddr), Close> {
     let deadline = Instant::now() + wait;
     let mut changes = group.route.subscribe();
     loop {
@@ -664,7 +664,6 @@ async fn acquire_backend(
                         .observe(began.elapsed().as_secs_f64());
                     // The route may have moved while we connected; never hand out a stale master.
                     if group.route.generation() == route.generation {
-                        tune(&stream, group.config().tcp_keepalive);
                         return Ok((stream, route.generation, addr));
                     }
                     continue;
@@ -719,7 +718,7 @@ mod tests {
             let socket = || TcpStream::connect(addr);
             let session = Session::new(
                 socket().await.unwrap().into(),
-                socket().await.unwrap(),
+                socket().await.unwrap().into(),
                 1,
                 &group,
             );

@@ -16,7 +16,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use crate::tls::Link;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -72,7 +72,7 @@ pub(super) struct Pool {
 /// A master connection Redis has accepted and answered on (`io::ACCEPTED`), waiting for a client
 /// to pin.
 struct Spare {
-    stream: TcpStream,
+    stream: Link,
     generation: u64,
     addr: SocketAddr,
 }
@@ -225,7 +225,7 @@ impl Pool {
     pub(super) fn take_spare(
         self: &Rc<Self>,
         group: &Arc<Group>,
-    ) -> Option<(TcpStream, u64, SocketAddr)> {
+    ) -> Option<(Link, u64, SocketAddr)> {
         loop {
             let spare = self.spares.borrow_mut().pop();
             self.refill(group);
@@ -244,7 +244,7 @@ impl Pool {
     }
 
     /// `spare` if it is to the routed master, the route is open and Redis has not closed it.
-    fn usable_spare(spare: Spare, group: &Group) -> Option<(TcpStream, u64, SocketAddr)> {
+    fn usable_spare(spare: Spare, group: &Group) -> Option<(Link, u64, SocketAddr)> {
         let route = group.route.load();
         // Served: a master the watcher cannot reach right now still takes the connections of
         // clients it already serves (see `pooled.rs`).
@@ -256,8 +256,8 @@ impl Pool {
         let carriers = group.route.carriers_elsewhere(route.generation);
         let open = fence::admit(&route, asker, carriers, &mut fence::Clock::lazy())
             == fence::Admit::Go(spare.addr);
-        let mut byte = [0u8; 1];
-        let quiet = matches!(spare.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let mut spare = spare;
+        let quiet = spare.stream.quiet();
         if !(open && quiet) {
             debug!(
                 open,
@@ -269,7 +269,7 @@ impl Pool {
 
     /// A connection lent for a span, given back clean (`dedicated.rs`, `returnable`): kept as a
     /// spare if it is to the routed master and fewer than `SPARES_KEPT` are, else closed.
-    pub(super) fn give_back(&self, (stream, generation, addr): (TcpStream, u64, SocketAddr)) {
+    pub(super) fn give_back(&self, (stream, generation, addr): (Link, u64, SocketAddr)) {
         let mut spares = self.spares.borrow_mut();
         if spares.iter().any(|s| s.generation > generation) {
             return; // the route moved on since the span ended
@@ -288,7 +288,7 @@ impl Pool {
     /// SETNAME` of nothing), off the client's path; one that does not answer at once is dropped.
     pub(super) fn give_back_unnamed(
         self: &Rc<Self>,
-        (mut stream, generation, addr): (TcpStream, u64, SocketAddr),
+        (mut stream, generation, addr): (Link, u64, SocketAddr),
     ) {
         const UNNAME: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$0\r\n\r\n";
         let pool = Rc::downgrade(self);
@@ -322,7 +322,6 @@ impl Pool {
                     Ok::<_, std::io::Error>(stream)
                 };
                 let stream = timeout(config.connect_timeout, connect).await.ok()?.ok()?;
-                super::tune(&stream, config.tcp_keepalive);
                 Some(Spare {
                     stream,
                     generation: route.generation,
@@ -613,7 +612,6 @@ async fn connect(
         .backend_connect_seconds
         .observe(began.elapsed().as_secs_f64());
     pool.failed_at.set(None);
-    super::tune(&stream, config.tcp_keepalive);
     let conn = Rc::new(Conn::new(generation));
     if group.route.generation() != generation {
         pool.set(slot, generation, None); // moved on while connecting

@@ -1,7 +1,8 @@
-//! A client's connection as its session reads and writes it: the TCP socket itself, or TLS
-//! over it that the session decrypts and encrypts in place (rustls driven from the session's
-//! own reads and writes), one socket per client, no second hop. Options set on the client's
-//! connection (`sockopt.rs`) are set on the socket the client is connected to.
+//! A connection of the data path (a client's, or one to a Redis node) as its session reads and
+//! writes it: the TCP socket itself, or TLS over it that the session decrypts and encrypts in
+//! place (rustls driven from the session's own reads and writes), one socket per connection, no
+//! second hop. Options set on the connection (`sockopt.rs`) are set on that socket, and the
+//! addresses Redis sees (`CLIENT LIST`) are its own.
 //!
 //! The primitives are the ones sessions use on a plain socket, with the same meaning:
 //! readiness polled in place, a read into the caller's buffer, a write of as much as can go now
@@ -16,19 +17,23 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use rustls::ServerConnection;
+use rustls::Connection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// What a TLS connection takes ahead of its socket (rustls's default).
+const BUFFER_LIMIT: usize = 64 * 1024;
 
 pub enum Link {
     Plain(TcpStream),
     Tls(Box<Terminated>),
 }
 
-/// TLS terminated on the client's own socket.
+/// TLS on the connection's own socket, the proxy as the server (a client of a TLS port) or as
+/// the client (a connection to a TLS node).
 pub struct Terminated {
     tcp: TcpStream,
-    conn: ServerConnection,
+    conn: Connection,
     /// Plaintext may be waiting in rustls (a read filled the caller's buffer, or the handshake
     /// took bytes sent with its last message): readable without the socket.
     more: bool,
@@ -42,8 +47,11 @@ impl From<TcpStream> for Link {
 
 impl Link {
     /// TLS on `tcp`, its handshake done (by `tokio_rustls`, whose stream is taken apart here:
-    /// whatever it read past the handshake is in `conn`).
-    pub fn tls(tcp: TcpStream, conn: ServerConnection) -> Link {
+    /// whatever it read past the handshake is in `conn`), as the server (a client of a TLS
+    /// port) or as the client (a connection to a TLS node).
+    pub fn tls(tcp: TcpStream, conn: impl Into<Connection>) -> Link {
+        let mut conn = conn.into();
+        conn.set_buffer_limit(Some(BUFFER_LIMIT));
         Link::Tls(Box::new(Terminated {
             tcp,
             conn,
@@ -51,7 +59,7 @@ impl Link {
         }))
     }
 
-    /// The socket the client is connected to.
+    /// The connection's socket.
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Link::Plain(s) => s,
@@ -61,6 +69,20 @@ impl Link {
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.tcp().peer_addr()
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    /// Nothing to read, and not at its end: a connection kept aside that may be used as it is.
+    /// (A TLS peer's own records, such as session tickets, are taken in passing.) A byte read
+    /// here is lost: only ask of a connection that is dropped unless it is quiet.
+    pub fn quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        Pin::new(self).poll_read(&mut cx, &mut buf).is_pending()
     }
 
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -89,6 +111,14 @@ impl Link {
             Link::Plain(_) => false,
             Link::Tls(t) => t.conn.wants_write(),
         }
+    }
+
+    /// Write all of `bytes` and flush them (on TLS, their records too): for an exchange where
+    /// the peer's answer is awaited next.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        self.flush().await
     }
 
     /// Like `TcpStream::peek`: the bytes at the front, left for the next read.

@@ -1,6 +1,6 @@
 //! The control plane's connection to a sentinel or a Redis node: a plain socket, or TLS over
-//! one. The proxy's own queries are small and few, so they speak TLS directly, not through a
-//! bridge.
+//! one through tokio-rustls (the proxy's own queries are small and few; the data path's
+//! connections are `link.rs`'s).
 
 use std::io;
 use std::net::SocketAddr;

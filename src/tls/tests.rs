@@ -70,10 +70,11 @@ fn debug_shows_paths_never_key_material() {
     assert!(!shown.contains("PRIVATE"), "{shown}");
 }
 
-/// A TLS client through `connect` to a TLS server through `accept`, each bridged: bytes go
-/// both ways, the real addresses are known, and without a client certificate mutual TLS fails.
+/// A TLS client through `connect` to a TLS server through `accept`, each a link on its own
+/// socket: bytes go both ways, the addresses are the sockets' own, and without a client
+/// certificate mutual TLS fails.
 #[tokio::test]
-async fn bridged_both_ways_with_mutual_tls() {
+async fn both_ways_with_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let c = Certs::make(dir.path());
     let server = Arc::new(TlsServer::load(server_files(&c, true)).unwrap());
@@ -87,7 +88,7 @@ async fn bridged_both_ways_with_mutual_tls() {
                 Ok(mut s) => {
                     let mut buf = [0u8; 64];
                     let n = s.read(&mut buf).await.unwrap();
-                    s.write_all(&buf[..n]).await.unwrap();
+                    s.send(&buf[..n]).await.unwrap();
                     results.push(true);
                 }
                 Err(_) => results.push(false),
@@ -100,10 +101,9 @@ async fn bridged_both_ways_with_mutual_tls() {
     let mut s = connect(at, Some(&client), std::time::Duration::ZERO)
         .await
         .unwrap();
-    let (peer, me) = addrs(&s).unwrap();
-    assert_eq!(peer, at, "the node's address, not the bridge's");
-    assert_ne!(me, s.local_addr().unwrap());
-    s.write_all(b"+PING\r\n").await.unwrap();
+    assert_eq!(s.peer_addr().unwrap(), at, "the node's address");
+    assert_eq!(s.local_addr().unwrap(), s.tcp().local_addr().unwrap());
+    s.send(b"+PING\r\n").await.unwrap();
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"+PING\r\n");
@@ -148,11 +148,11 @@ async fn an_announced_name_is_verified_not_the_address() {
         }
     });
     let client = TlsClient::load(client_files(&c, false)).unwrap();
-    let answer = |mut s: TcpStream| async move {
+    let answer = |mut s: Link| async move {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).await.map(|_| buf)
     };
-    // By address: the certificate has no IP, so the handshake fails and the bridge closes.
+    // By address: the certificate has no IP, so the handshake fails.
     let s = connect(at, Some(&client), std::time::Duration::ZERO).await;
     assert!(s.is_err() || answer(s.unwrap()).await.is_err());
     remember_name(at, "localhost");
@@ -184,9 +184,9 @@ fn the_server_name_is_the_override_or_the_host() {
     );
 }
 
-/// The options of a plain socket reach a TLS connection's own socket, not the bridge's loopback
-/// end: read back with getsockopt on a duplicate of the real socket, for a client accepted on a
-/// TLS port and for a TLS connection to a node.
+/// A TLS connection's session works on the connection's own socket, which gets the options of a
+/// plain one: read back with getsockopt on a duplicate of the socket, for a client accepted on
+/// a TLS port and for a TLS connection to a node.
 #[tokio::test]
 async fn the_real_sockets_get_nodelay_and_keepalive() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,13 +221,15 @@ async fn the_real_sockets_get_nodelay_and_keepalive() {
         assert_eq!(s.tcp().local_addr().unwrap(), probe.local_addr().unwrap());
         let mut buf = [0u8; 7];
         s.read_exact(&mut buf).await.unwrap();
-        s.write_all(&buf).await.unwrap();
+        s.send(&buf).await.unwrap();
         probe
     });
     let client = TlsClient::load(client_files(&c, false)).unwrap();
     let (tcp, probe) = twice(TcpStream::connect(at).await.unwrap());
-    let mut s = secure(at, &client, tcp, keepalive).await.unwrap();
-    s.write_all(b"+PING\r\n").await.unwrap();
+    crate::sockopt::tune(&tcp, keepalive); // as `connect` does before the handshake
+    let mut s = secure(at, &client, tcp).await.unwrap();
+    assert_eq!(s.tcp().local_addr().unwrap(), probe.local_addr().unwrap());
+    s.send(b"+PING\r\n").await.unwrap();
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf).await.unwrap();
     check(&probe, "a TLS connection to a node");
@@ -284,4 +286,68 @@ async fn a_full_socket_keeps_tls_records_until_flushed() {
     })
     .await
     .expect("every byte taken arrives");
+}
+
+/// A link and its TLS peer: (the proxy's end as a client of a TLS port, the peer's end).
+async fn linked() -> (
+    Link,
+    tokio_rustls::client::TlsStream<TcpStream>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    let server = Arc::new(TlsServer::load(server_files(&c, false)).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let client = TlsClient::load(client_files(&c, false)).unwrap();
+    let connecting = async {
+        let tcp = TcpStream::connect(at).await.unwrap();
+        client.handshake("127.0.0.1", tcp).await.unwrap()
+    };
+    let accepting = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        accept(&server, tcp, Duration::ZERO).await.unwrap()
+    };
+    let (peer, link) = tokio::join!(connecting, accepting);
+    (link, peer, dir)
+}
+
+/// The peer's end of stream reaches the session as one, whether the peer says `close_notify`
+/// first or just closes its socket (as most Redis clients do), after the bytes it sent before.
+#[tokio::test]
+async fn the_peers_end_of_stream_reaches_the_session_after_its_bytes() {
+    for notify in [true, false] {
+        let (mut link, mut peer, _dir) = linked().await;
+        peer.write_all(b"QUIT\r\n").await.unwrap();
+        peer.flush().await.unwrap();
+        if notify {
+            peer.shutdown().await.unwrap();
+        } else {
+            // The socket's end under TLS (a FIN: dropping the socket would reset it, as the
+            // proxy's session tickets are still unread there, and a reset is an error, as on a
+            // plain socket).
+            peer.get_mut().0.shutdown().await.unwrap();
+        }
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), link.read_to_end(&mut got))
+            .await
+            .expect("the end of stream")
+            .unwrap();
+        assert_eq!(got, b"QUIT\r\n", "close_notify first: {notify}");
+    }
+}
+
+/// The session's last bytes reach the peer when it closes, then `close_notify` and the end.
+#[tokio::test]
+async fn the_sessions_last_bytes_reach_the_peer_when_it_closes() {
+    let (mut link, mut peer, _dir) = linked().await;
+    link.send(b"+OK\r\n").await.unwrap();
+    link.shutdown().await.unwrap();
+    drop(link);
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut got))
+        .await
+        .expect("the end of stream")
+        .unwrap();
+    assert_eq!(got, b"+OK\r\n");
 }
