@@ -122,6 +122,11 @@ impl Users {
         ok
     }
 
+    /// `name` is a user of the file (a client certificate that names it logs in as it).
+    pub fn has(&self, name: &str) -> bool {
+        self.hashes.contains_key(name)
+    }
+
     pub fn len(&self) -> usize {
         self.hashes.len()
     }

@@ -27,7 +27,7 @@ pub use file::FileConfig;
 use file::read_file;
 
 use crate::auth::Users;
-use crate::tls::{ClientFiles, ServerFiles, TlsClient, TlsServer};
+use crate::tls::{CertUser, ClientFiles, ServerFiles, TlsClient, TlsServer};
 pub use groups::{GroupConfig, GroupFile};
 pub use values::{
     Auth, Discovery, HostPort, LogFormat, ReadFallback, Secret, parse_duration, parse_size,
@@ -54,6 +54,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// TLS on the client ports (every group's listen and read-listen), if on.
     pub tls: Option<Arc<TlsServer>>,
+    /// Mutual TLS with the users file: which field of a client's certificate names its user.
+    pub tls_client_user: Option<CertUser>,
     /// The implicit group's read port (`--read-listen`), if any.
     pub read_listen: Option<SocketAddr>,
     /// Read port: the largest replication lag, in bytes, of a replica that serves reads.
@@ -106,6 +108,7 @@ impl Config {
             sentinel_auth: Auth::default(),
             master_auth: Auth::default(),
             tls: None,
+            tls_client_user: None,
             users: None,
             admin_token: None,
             declared_groups: Vec::new(),
@@ -255,7 +258,25 @@ impl Config {
             pick(&cli.tls_cert_file, file.tls_cert_file),
             pick(&cli.tls_key_file, file.tls_key_file),
             pick(&cli.tls_client_ca_file, file.tls_client_ca_file),
+            pick(&cli.tls_client_crl_file, file.tls_client_crl_file),
         )?;
+        let file_user = match file.tls_client_user {
+            Some(f) => Some(
+                f.parse()
+                    .map_err(|e| anyhow::anyhow!("tls-client-user {e}"))?,
+            ),
+            None => None,
+        };
+        cfg.tls_client_user = cli.tls_client_user.or(file_user);
+        if cfg.tls_client_user.is_some() {
+            let mutual = cfg
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.files.client_ca.is_some());
+            if !mutual || cfg.users.is_none() {
+                bail!("tls-client-user needs mutual TLS (tls-client-ca-file) and a users-file");
+            }
+        }
         cfg.master_auth.tls = client_tls(
             "master",
             pick(&cli.master_tls_ca_file, file.master_tls_ca_file),
@@ -452,18 +473,23 @@ fn server_tls(
     cert: Option<String>,
     key: Option<String>,
     client_ca: Option<String>,
+    client_crl: Option<String>,
 ) -> anyhow::Result<Option<Arc<TlsServer>>> {
     let (cert, key) = match (cert, key, &client_ca) {
-        (None, None, None) => return Ok(None),
+        (None, None, None) if client_crl.is_none() => return Ok(None),
         (Some(c), Some(k), _) => (c, k),
         _ => {
             bail!("tls-cert-file and tls-key-file go together (and tls-client-ca-file needs both)")
         }
     };
+    if client_crl.is_some() && client_ca.is_none() {
+        bail!("tls-client-crl-file needs tls-client-ca-file");
+    }
     let files = ServerFiles {
         cert: PathBuf::from(cert),
         key: PathBuf::from(key),
         client_ca: client_ca.map(PathBuf::from),
+        client_crl: client_crl.map(PathBuf::from),
     };
     let loaded = TlsServer::load(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
     Ok(Some(Arc::new(loaded)))

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, debug_span, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::config::ReadFallback;
 use crate::read::ReadPort;
@@ -181,8 +181,9 @@ pub async fn run(
     }
 }
 
-/// On a TLS port, the socket a session serves: the plain end of the client's terminated
-/// connection once the handshake is done (bounded, so a silent client costs nothing for long).
+/// On a TLS port, the connection a session serves, once the handshake is done (bounded, so a
+/// silent client costs nothing for long). A client certificate refused (expired, revoked, not
+/// the CA's, none) is logged at info level with the reason; other failures at debug.
 async fn handshake(
     stream: std::net::TcpStream,
     tls: Arc<TlsServer>,
@@ -191,6 +192,7 @@ async fn handshake(
     let tcp = TcpStream::from_std(stream)
         .inspect_err(|e| warn!(error = %e, "could not register a connection"))
         .ok()?;
+    let peer = tcp.peer_addr().ok();
     match timeout(
         HANDSHAKE_TIMEOUT,
         crate::tls::accept(&tls, tcp, group.config().tcp_keepalive),
@@ -200,7 +202,14 @@ async fn handshake(
         Ok(Ok(s)) => Some(s),
         failed => {
             let error = match failed {
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => match crate::tls::certificate_refused(&e) {
+                    Some(why) => {
+                        let client = peer.map_or_else(|| "?".into(), |p| p.to_string());
+                        info!(%client, reason = %why, "TLS handshake refused: the client's certificate");
+                        why
+                    }
+                    None => e.to_string(),
+                },
                 _ => "timed out".to_string(),
             };
             debug!(%error, "TLS handshake failed");

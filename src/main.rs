@@ -56,9 +56,10 @@ fn main() -> ExitCode {
         // What is protected, so a file that forgot a setting shows it.
         let mut tls = Vec::new();
         if let Some(t) = &config.tls {
-            tls.push(match t.files.client_ca {
-                Some(_) => "client ports (mutual)",
-                None => "client ports",
+            tls.push(match (&t.files.client_ca, config.tls_client_user) {
+                (Some(_), Some(_)) => "client ports (mutual, certificates log in as users)",
+                (Some(_), None) => "client ports (mutual)",
+                (None, _) => "client ports",
             });
         }
         if config.master_auth.tls.is_some() {

@@ -11,7 +11,9 @@
 //! control plane's own client (`sentinel/client.rs`) speaks TLS through tokio-rustls
 //! ([`Stream`]).
 
+mod der;
 mod expiry;
+mod identity;
 mod link;
 pub(crate) mod refresh;
 mod stream;
@@ -30,6 +32,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 
+pub use identity::{CertUser, names as certificate_names};
 pub use link::Link;
 pub use stream::Stream;
 
@@ -48,6 +51,8 @@ pub struct ServerFiles {
     pub key: PathBuf,
     /// Clients must show a certificate signed by this CA (mutual TLS).
     pub client_ca: Option<PathBuf>,
+    /// The CA's list of revoked client certificates (a CRL, PEM).
+    pub client_crl: Option<PathBuf>,
 }
 
 /// How the proxy reaches one kind of peer (Redis nodes, or sentinels) over TLS.
@@ -183,6 +188,22 @@ fn key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| file_error(path, format!("private key: {e}")))
 }
 
+fn crls(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    let list = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, format!("revocation list: {e}")))?;
+    if list.is_empty() {
+        return Err(file_error(
+            path,
+            "no revocation list (X509 CRL) in the file",
+        ));
+    }
+    Ok(list)
+}
+
 fn roots(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certs(path, pem)? {
@@ -197,6 +218,7 @@ impl Files for ServerFiles {
     fn paths(&self) -> Vec<&Path> {
         let mut p = vec![self.cert.as_path(), self.key.as_path()];
         p.extend(self.client_ca.as_deref());
+        p.extend(self.client_crl.as_deref());
         p
     }
 
@@ -207,12 +229,18 @@ impl Files for ServerFiles {
             .with_safe_default_protocol_versions()?;
         let builder = match &self.client_ca {
             Some(path) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(
+                let mut verifier = WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots(path, &c[2])?),
                     provider(),
-                )
-                .build()
-                .map_err(|e| file_error(path, e))?;
+                );
+                if let Some(crl_path) = &self.client_crl {
+                    // The client's own certificate is checked against the CA's list (an
+                    // intermediate's status is not asked for: the list is the issuing CA's).
+                    verifier = verifier
+                        .with_crls(crls(crl_path, &c[3])?)
+                        .only_check_end_entity_revocation();
+                }
+                let verifier = verifier.build().map_err(|e| file_error(path, e))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -335,6 +363,17 @@ async fn secure(addr: SocketAddr, tls: &TlsClient, tcp: TcpStream) -> io::Result
         .await?
         .into_inner();
     Ok(Link::tls(tcp, conn))
+}
+
+/// Why a handshake that failed with `e` refused the client's certificate (expired, revoked, not
+/// signed by the client CA, none shown), if that is why it failed.
+pub fn certificate_refused(e: &io::Error) -> Option<String> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match inner {
+        rustls::Error::InvalidCertificate(why) => Some(format!("{why:?}")),
+        rustls::Error::NoCertificatesPresented => Some("no certificate".to_string()),
+        _ => None,
+    }
 }
 
 /// A client of a TLS listener: the handshake, then the client's connection as its session

@@ -55,6 +55,7 @@ fn proxy_tls(c: &Certs, mutual: bool) -> Arc<TlsServer> {
             cert,
             key,
             client_ca: mutual.then(|| c.ca.clone()),
+            client_crl: None,
         })
         .unwrap(),
     )
@@ -441,4 +442,83 @@ async fn blocked_and_subscribed_clients_ride_a_failover_over_tls_to_the_nodes() 
         cmd(&mut p, &["LLEN", "queue"]).await.unwrap(),
         OwnedFrame::Integer(0)
     );
+}
+
+/// Mutual TLS logs a client in as the user its certificate names (`--tls-client-user cn`,
+/// with `--users-file`): alice's certificate needs no AUTH, in either mode; a certificate that
+/// names no user leaves its client to AUTH like any other; a revoked one (the CA's list,
+/// `--tls-client-crl-file`) does not get in, and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_as_the_user_it_names() {
+    use sentinel_proxy::auth::{Users, hash};
+    let lab = Lab::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    certs.issue_client("alice", "alice", &[], 100, false);
+    certs.issue_client("mallory", "mallory", &[], 101, false);
+    certs.issue_client("eve", "alice", &[], 102, false);
+    let crl = certs.revoke(&[102]);
+    let users_path = dir.path().join("users");
+    std::fs::write(
+        &users_path,
+        format!("alice:{}\n", hash("alice-pw").unwrap()),
+    )
+    .unwrap();
+    let users = Arc::new(Users::load(&users_path).unwrap());
+    certs.issue("proxy", &["127.0.0.1"]);
+    let server = Arc::new(
+        TlsServer::load(ServerFiles {
+            cert: certs.ca.with_file_name("proxy.pem"),
+            key: certs.ca.with_file_name("proxy.key"),
+            client_ca: Some(certs.ca.clone()),
+            client_crl: Some(crl),
+        })
+        .unwrap(),
+    );
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |cfg| {
+        cfg.tls = Some(server);
+        cfg.users = Some(users);
+        cfg.tls_client_user = Some(sentinel_proxy::tls::CertUser::Cn);
+    })
+    .await;
+    proxy.wait_ready().await;
+    let as_client = |stem: &str| Auth {
+        tls: Some(Arc::new(
+            TlsClient::load(ClientFiles {
+                ca: certs.ca.clone(),
+                cert: Some(certs.ca.with_file_name(format!("{stem}.pem"))),
+                key: Some(certs.ca.with_file_name(format!("{stem}.key"))),
+                server_name: None,
+            })
+            .unwrap(),
+        )),
+        ..Auth::default()
+    };
+    let mut alice = through(proxy.port, &as_client("alice")).await.unwrap();
+    cmd(&mut alice, &["SET", "cert:k", "v"]).await.unwrap();
+    let got = cmd(&mut alice, &["GET", "cert:k"]).await.unwrap();
+    assert_eq!(frame_text(&got), Some("v"));
+
+    let mut mallory = through(proxy.port, &as_client("mallory")).await.unwrap();
+    let refused = cmd(&mut mallory, &["GET", "cert:k"]).await;
+    assert!(
+        format!("{refused:?}").contains("NOAUTH"),
+        "a certificate naming no user: {refused:?}"
+    );
+    cmd(&mut mallory, &["AUTH", "alice", "alice-pw"])
+        .await
+        .unwrap();
+    let got = cmd(&mut mallory, &["GET", "cert:k"]).await.unwrap();
+    assert_eq!(frame_text(&got), Some("v"));
+
+    if let Some(mut eve) = through(proxy.port, &as_client("eve")).await {
+        assert!(cmd(&mut eve, &["GET", "cert:k"]).await.is_err());
+    }
+    wait_metric(
+        proxy.admin,
+        "sentinel_proxy_tls_handshake_failures_total",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
 }

@@ -99,6 +99,14 @@ pub struct Cli {
     /// Mutual TLS: clients must show a certificate signed by this CA (PEM).
     #[arg(long, env = "SENTINEL_PROXY_TLS_CLIENT_CA_FILE", value_name = "FILE")]
     pub tls_client_ca_file: Option<String>,
+    /// Mutual TLS: client certificates revoked by the client CA, its CRL (PEM); reloaded with
+    /// the certificates.
+    #[arg(long, env = "SENTINEL_PROXY_TLS_CLIENT_CRL_FILE", value_name = "FILE")]
+    pub tls_client_crl_file: Option<String>,
+    /// Mutual TLS with --users-file: a client whose certificate names a user is logged in as
+    /// that user, no AUTH needed (cn: the subject's common name; san: its DNS names).
+    #[arg(long, env = "SENTINEL_PROXY_TLS_CLIENT_USER", value_name = "cn|san")]
+    pub tls_client_user: Option<crate::tls::CertUser>,
     /// TLS to the Redis nodes, verified against this CA (PEM); plain TCP when unset.
     #[arg(long, env = "SENTINEL_PROXY_MASTER_TLS_CA_FILE", value_name = "FILE")]
     pub master_tls_ca_file: Option<String>,

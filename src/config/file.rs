@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
     pub tls_client_ca_file: Option<String>,
+    pub tls_client_crl_file: Option<String>,
+    pub tls_client_user: Option<String>,
     pub master_tls_ca_file: Option<String>,
     pub master_tls_cert_file: Option<String>,
     pub master_tls_key_file: Option<String>,

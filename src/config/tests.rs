@@ -305,6 +305,7 @@ fn tls_users_and_secret_files_reach_the_config() {
     let users = dir.path().join("users");
     let hash = crate::auth::hash("x").unwrap();
     std::fs::write(&users, format!("app:{hash}\n")).unwrap();
+    let crl = c.revoke(&[7]);
 
     let flags = cli(&[
         "--sentinels",
@@ -323,10 +324,16 @@ fn tls_users_and_secret_files_reach_the_config() {
         &p(&pw),
         "--users-file",
         &p(&users),
+        "--tls-client-user",
+        "CN",
+        "--tls-client-crl-file",
+        &p(&crl),
     ]);
     let cfg = Config::merge(&flags, FileConfig::default()).unwrap();
     let tls = cfg.tls.as_ref().unwrap();
     assert_eq!(tls.files.client_ca.as_deref(), Some(c.ca.as_path()));
+    assert_eq!(tls.files.client_crl.as_deref(), Some(crl.as_path()));
+    assert_eq!(cfg.tls_client_user, Some(crate::tls::CertUser::Cn));
     let master = cfg.master_auth.tls.as_ref().unwrap();
     assert_eq!(master.files.server_name.as_deref(), Some("redis.internal"));
     assert!(cfg.sentinel_auth.tls.is_none(), "each side on its own");
@@ -360,6 +367,23 @@ fn tls_users_and_secret_files_reach_the_config() {
     assert_eq!(g.master_auth.password.as_ref().unwrap().expose(), "s3cret");
     assert_eq!(cfg.admin_token.as_ref().unwrap().expose(), "s3cret");
 
+    // The file's key, as the flag: cn or san.
+    let mutual_file = |field: &str| -> FileConfig {
+        toml::from_str(&format!(
+            "sentinels = [\"10.0.0.1:26379\"]\ntls-cert-file = \"{cert}\"\n\
+             tls-key-file = \"{key}\"\ntls-client-ca-file = \"{ca}\"\n\
+             users-file = \"{}\"\ntls-client-user = \"{field}\"\n",
+            p(&users)
+        ))
+        .unwrap()
+    };
+    let cfg = Config::merge(&cli(&[]), mutual_file("san")).unwrap();
+    assert_eq!(cfg.tls_client_user, Some(crate::tls::CertUser::San));
+    let e = Config::merge(&cli(&[]), mutual_file("uri"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "tls-client-user 'uri': cn or san");
+
     let base = ["--sentinels", "10.0.0.1:26379"];
     for (args, want) in [
         (
@@ -384,6 +408,54 @@ fn tls_users_and_secret_files_reach_the_config() {
             "node.key",
         ),
         (vec!["--users-file", &p(&pw)], "line 1: expected name:hash"),
+        (
+            vec![
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-client-user",
+                "cn",
+            ],
+            "tls-client-user needs mutual TLS (tls-client-ca-file) and a users-file",
+        ),
+        (
+            vec![
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-client-ca-file",
+                &ca,
+                "--tls-client-user",
+                "cn",
+            ],
+            "tls-client-user needs mutual TLS (tls-client-ca-file) and a users-file",
+        ),
+        (
+            vec![
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-client-crl-file",
+                &p(&crl),
+            ],
+            "tls-client-crl-file needs tls-client-ca-file",
+        ),
+        (
+            vec![
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-client-ca-file",
+                &ca,
+                "--tls-client-crl-file",
+                &ca,
+            ],
+            "no revocation list",
+        ),
     ] {
         let mut a = base.to_vec();
         a.extend(args);

@@ -15,7 +15,7 @@ use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::Close;
 use crate::Group;
@@ -50,6 +50,10 @@ pub(super) async fn pass(
     group: &Group,
     shutdown: &CancellationToken,
 ) -> Result<Vec<u8>, Close> {
+    if let Some(user) = certificate_user(client, group) {
+        debug!(%user, "authenticated by its certificate");
+        return Ok(Vec::new());
+    }
     let mut scratch = vec![0u8; LIMIT];
     loop {
         // `idle-timeout` holds here too, as Redis's `timeout` does for a client that has not
@@ -111,6 +115,24 @@ pub(super) async fn pass(
         };
         client.send(&reply).await.map_err(|_| Close::ClientClosed)?;
     }
+}
+
+/// With `--tls-client-user`, the user the client's certificate names, if the users file has it
+/// (the first such name, in the certificate's order). A certificate that names none leaves the
+/// client to log in with AUTH, as any other.
+fn certificate_user(client: &Link, group: &Group) -> Option<String> {
+    let config = group.config();
+    let (field, users) = (config.tls_client_user?, config.users.as_ref()?);
+    let names = crate::tls::certificate_names(client.peer_certificate()?, field);
+    let user = names.iter().find(|n| users.has(n)).cloned();
+    if user.is_none() {
+        info!(
+            ?field,
+            names = ?names,
+            "the client's certificate names no user of the users file: it must AUTH"
+        );
+    }
+    user
 }
 
 /// The next command, taken off the socket up to its last byte and no further.

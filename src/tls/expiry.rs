@@ -3,30 +3,10 @@
 //! seconds, for the gauge and the alert that warn before clients start refusing the proxy.
 //! Pure: no I/O; anything it cannot read gives `None`.
 
-/// One DER element at the start of `b`: its tag, its contents, and what follows it.
-fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = b.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |a, &x| (a << 8) | usize::from(x));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
+use super::der::{SEQUENCE, VERSION, element};
 
-const SEQUENCE: u8 = 0x30;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
-/// `[0] EXPLICIT Version`.
-const VERSION: u8 = 0xa0;
 
 /// The certificate's `notAfter` in Unix seconds.
 pub fn not_after(der: &[u8]) -> Option<i64> {

@@ -105,6 +105,14 @@ impl Link {
         }
     }
 
+    /// The certificate the peer showed, verified (a client's, with mutual TLS), as DER.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Link::Plain(_) => None,
+            Link::Tls(t) => t.conn.peer_certificates()?.first().map(|c| c.as_ref()),
+        }
+    }
+
     /// TLS records the socket has not taken yet (never on a plain socket).
     pub fn wants_flush(&self) -> bool {
         match self {

@@ -13,6 +13,7 @@ fn server_files(c: &Certs, client_ca: bool) -> ServerFiles {
         cert: c.cert.clone(),
         key: c.key.clone(),
         client_ca: client_ca.then(|| c.ca.clone()),
+        client_crl: None,
     }
 }
 
@@ -130,6 +131,7 @@ async fn an_announced_name_is_verified_not_the_address() {
             cert,
             key,
             client_ca: None,
+            client_crl: None,
         })
         .unwrap(),
     );
@@ -350,4 +352,80 @@ async fn the_sessions_last_bytes_reach_the_peer_when_it_closes() {
         .expect("the end of stream")
         .unwrap();
     assert_eq!(got, b"+OK\r\n");
+}
+
+/// Mutual TLS with the CA's revocation list: a good client certificate passes and names its
+/// user (`cn`, `san`); an expired one, a revoked one and one of another CA are refused, and
+/// `certificate_refused` says why (what the listener logs).
+#[tokio::test]
+async fn expired_and_revoked_client_certificates_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Certs::make(dir.path());
+    c.issue_client("alice", "alice", &["alice.clients.internal"], 100, false);
+    c.issue_client("old", "alice", &[], 101, true);
+    c.issue_client("eve", "eve", &[], 102, false);
+    let crl = c.revoke(&[102]);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Certs::make(other_dir.path());
+    other.issue_client("stranger", "alice", &[], 100, false);
+    let mut files = server_files(&c, true);
+    files.client_crl = Some(crl);
+    let server = Arc::new(TlsServer::load(files).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let as_client = |certs: &Certs, stem: &str| {
+        TlsClient::load(ClientFiles {
+            ca: c.ca.clone(),
+            cert: Some(certs.ca.with_file_name(format!("{stem}.pem"))),
+            key: Some(certs.ca.with_file_name(format!("{stem}.key"))),
+            server_name: None,
+        })
+        .unwrap()
+    };
+    for (certs, stem, refused) in [
+        (&c, "alice", None),
+        (&c, "old", Some("Expired")),
+        (&c, "eve", Some("Revoked")),
+        // Another CA of the same name: its signature does not verify.
+        (&other, "stranger", Some("BadSignature")),
+    ] {
+        let client = as_client(certs, stem);
+        let connecting = async {
+            let tcp = TcpStream::connect(at).await.unwrap();
+            // TLS 1.3: the client is done before the server has judged its certificate; the
+            // refusal reaches it as an alert or a close on its first read.
+            let mut s = client.handshake("127.0.0.1", tcp).await.ok()?;
+            s.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 6];
+            s.read_exact(&mut buf).await.ok().map(|_| buf)
+        };
+        let accepting = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            match accept(&server, tcp, Duration::ZERO).await {
+                Ok(mut link) => {
+                    let user = certificate_names(link.peer_certificate().unwrap(), CertUser::Cn);
+                    let dns = certificate_names(link.peer_certificate().unwrap(), CertUser::San);
+                    let mut buf = [0u8; 6];
+                    link.read_exact(&mut buf).await.unwrap();
+                    link.send(b"+PONG\r\n").await.unwrap();
+                    Ok((user, dns))
+                }
+                Err(e) => Err(certificate_refused(&e)),
+            }
+        };
+        let (answered, accepted) = tokio::join!(connecting, accepting);
+        match refused {
+            None => {
+                let (user, dns) = accepted.expect("a good certificate passes");
+                assert_eq!(user, vec!["alice"]);
+                assert_eq!(dns, vec!["alice.clients.internal"]);
+                assert!(answered.is_some());
+            }
+            Some(why) => {
+                let reason = accepted.expect_err(stem).expect("a certificate reason");
+                assert!(reason.contains(why), "{stem}: {reason}");
+                assert!(answered.is_none(), "{stem} got an answer");
+            }
+        }
+    }
 }

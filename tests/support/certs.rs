@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
+    date_time_ymd,
 };
 
 pub struct Certs {
@@ -57,5 +59,59 @@ impl Certs {
         std::fs::write(&c, cert.pem()).expect("write certificate");
         std::fs::write(&k, key.serialize_pem()).expect("write key");
         (c, k)
+    }
+
+    /// A client certificate from the CA, as `<stem>.pem` and `<stem>.key`: common name `cn`,
+    /// DNS names `dns`, serial number `serial`, and valid only in 2020 when `expired`.
+    pub fn issue_client(
+        &self,
+        stem: &str,
+        cn: &str,
+        dns: &[&str],
+        serial: u64,
+        expired: bool,
+    ) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = dns.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(SerialNumber::from(serial));
+        if expired {
+            params.not_before = date_time_ymd(2020, 1, 1);
+            params.not_after = date_time_ymd(2020, 12, 31);
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        let (c, k) = (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write certificate");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+
+    /// The CA's list of revoked certificates, these serial numbers, as `crl.pem`.
+    pub fn revoke(&self, serials: &[u64]) -> PathBuf {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|n| RevokedCertParams {
+                    serial_number: SerialNumber::from(*n),
+                    revocation_time: date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).expect("revocation list");
+        let path = self.dir.join("crl.pem");
+        std::fs::write(&path, crl.pem().expect("PEM")).expect("write revocation list");
+        path
     }
 }
