@@ -18,6 +18,8 @@
 #   TLS=1 benches/compare.sh                  # and the TLS rows (below)
 #   SCENARIOS="db1 resp3 evalsha auth" benches/compare.sh   # what applications send (below)
 #   SCENARIOS=apps benches/compare.sh         # all of them, at -P 1 and -P 16
+#   TLS=1 SCENARIOS=k0 benches/compare.sh     # a new connection per request (-k 0): with TLS,
+#                                             # a handshake each: a reconnect storm's rate
 #
 # The application profiles: db1 (--dbnum 1: every client sends SELECT 1 first), resp3 (-3: HELLO 3
 # first), evalsha (a script loaded once, then EVALSHA of it: an INCR of a random key), auth (every
@@ -62,11 +64,12 @@ declare -A ARGS=(
     [resp3p16]="-c 50 -P 16 -3"
     [evalsha16]="-c 50 -P 16"
     [auth16]="-c 50 -P 16 $BENCH_AUTH"
+    [k0]="-c 50 -P 1 -k 0"
 )
 # -c 1 is latency-bound: fewer requests keep it as long as the others.
 declare -A REQS=([c50p1]=$N [c50p16]=$((N * 4)) [c1]=$((N / 4)) [d1024]=$N [db1]=$N [resp3]=$N
     [evalsha]=$N [auth]=$N [db1p16]=$((N * 4)) [resp3p16]=$((N * 4)) [evalsha16]=$((N * 4))
-    [auth16]=$((N * 4)))
+    [auth16]=$((N * 4)) [k0]=$((N / 10)))
 
 ulimit -n "$(ulimit -Hn)"
 max_idle=$(( ($(ulimit -n) - 100) / 2 ))
