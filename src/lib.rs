@@ -31,6 +31,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod group;
+pub mod lag;
 pub mod listener;
 pub mod metrics;
 pub mod read;

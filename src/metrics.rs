@@ -38,6 +38,9 @@ pub struct Metrics {
     borrowed_connections: IntGaugeVec,
     borrow_seconds: HistogramVec,
     pool_connections: IntGaugeVec,
+    replication_lag_bytes: IntGaugeVec,
+    replication_ack_age_seconds: IntGaugeVec,
+    replicas_online: IntGaugeVec,
     not_master_replies_total: IntCounterVec,
     protocol_errors_total: IntCounterVec,
     failover_pauses_total: IntCounterVec,
@@ -77,6 +80,10 @@ pub struct GroupMetrics {
     pub borrowed_connections: IntGauge,
     pub borrow_seconds: Labeled<HistogramVec>,
     pub pool_connections: IntGauge,
+    /// The master's replication, as `lag.rs` last read it.
+    pub replication_lag_bytes: IntGauge,
+    pub replication_ack_age_seconds: IntGauge,
+    pub replicas_online: IntGauge,
     pub not_master_replies_total: IntCounter,
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: Labeled<IntCounterVec>,
@@ -295,6 +302,18 @@ impl Metrics {
                 "sentinel_proxy_pool_connections",
                 "Pooled mode: open master connections shared by clients (all worker threads).",
             ),
+            replication_lag_bytes: gauge(
+                "sentinel_proxy_replication_lag_bytes",
+                "Bytes of the master's replication stream its most up-to-date online replica has not acknowledged: what a failover now would lose at least (master INFO replication).",
+            ),
+            replication_ack_age_seconds: gauge(
+                "sentinel_proxy_replication_ack_age_seconds",
+                "Seconds since that replica last acknowledged (replicas acknowledge every second).",
+            ),
+            replicas_online: gauge(
+                "sentinel_proxy_replicas_online",
+                "Replicas the master reports online.",
+            ),
             not_master_replies_total: counter(
                 "sentinel_proxy_not_master_replies_total",
                 "-READONLY or -MASTERDOWN replies seen from the routed master (each triggers a re-check).",
@@ -400,6 +419,9 @@ impl Metrics {
                 group: name.to_string(),
             },
             pool_connections: self.pool_connections.with_label_values(&one),
+            replication_lag_bytes: self.replication_lag_bytes.with_label_values(&one),
+            replication_ack_age_seconds: self.replication_ack_age_seconds.with_label_values(&one),
+            replicas_online: self.replicas_online.with_label_values(&one),
             not_master_replies_total: self.not_master_replies_total.with_label_values(&one),
             protocol_errors_total: self.protocol_errors_total.with_label_values(&one),
             failover_pauses_total: labeled(&self.failover_pauses_total),
@@ -437,6 +459,9 @@ impl Metrics {
             &self.route_generation,
             &self.pool_connections,
             &self.borrowed_connections,
+            &self.replication_lag_bytes,
+            &self.replication_ack_age_seconds,
+            &self.replicas_online,
         ] {
             let _ = family.remove_label_values(&one);
         }
