@@ -300,7 +300,7 @@ if [ "$FANIN" -gt 0 ] && [ -n "${PORTS[pooled]:-}" ] && [ -n "$SCENARIOS" ]; the
         most=0
         while kill -0 "$bench" 2>/dev/null; do
             n=$(redis-cli -p "$MASTER" CLIENT LIST TYPE normal | grep -v ' cmd=client|list' |
-                grep -v ' name=sentinel-[0-9a-f]' | grep -c ' idle=[01] ' || true)
+                grep -v ' name=sentinel-[0-9a-f]' | grep -v ' name=sentinel-proxy-lag ' | grep -c ' idle=[01] ' || true)
             (( n > most )) && most=$n
             sleep 0.2
         done

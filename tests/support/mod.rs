@@ -963,8 +963,9 @@ pub fn venv(name: &str, module: &str, ensure: &str) -> PathBuf {
     py
 }
 
-/// The master's client connections from the proxy (`CLIENT LIST TYPE normal` on `probe`, a
-/// connection to the master): not the sentinels', not the one asking.
+/// The master's client connections from the proxy that serve clients (`CLIENT LIST TYPE
+/// normal` on `probe`, a connection to the master): not the sentinels', not the one asking, not
+/// the proxy's own that reads the replication lag (`sentinel-proxy-lag`).
 pub async fn proxy_connections(probe: &mut RespConn) -> usize {
     match cmd(probe, &["CLIENT", "LIST", "TYPE", "normal"])
         .await
@@ -973,6 +974,7 @@ pub async fn proxy_connections(probe: &mut RespConn) -> usize {
         OwnedFrame::BulkString(b) => String::from_utf8_lossy(&b)
             .lines()
             .filter(|l| !l.contains(" name=sentinel-") || l.contains(" name=sentinel-proxy"))
+            .filter(|l| !l.contains(" name=sentinel-proxy-lag "))
             .filter(|l| !l.contains(" cmd=client|list"))
             .count(),
         other => panic!("CLIENT LIST: {other:?}"),
