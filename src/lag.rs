@@ -48,16 +48,19 @@ const EVERY: Duration = Duration::from_secs(5);
 /// The name of the connection that asks (`CLIENT LIST` on the master tells it apart).
 const NAME: &[u8] = b"sentinel-proxy-lag";
 
-/// Read the master's replication every [`EVERY`] until `stop`, on one connection kept open
-/// while the master stays the same.
+/// Read the master's replication every [`EVERY`] and at every route change until `stop`, on one
+/// connection kept open while the master stays the same.
 pub async fn run(group: Arc<Group>, stop: CancellationToken) {
     let mut tick = interval(EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A new master is asked at once (and the connection to the old one let go).
+    let mut changes = group.route.subscribe();
     let mut conn: Option<(SocketAddr, RespConn)> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            r = changes.changed() => if r.is_err() { return },
         }
         let Some(master) = group.route.load().master else {
             conn = None;
