@@ -8,15 +8,14 @@
 //!
 //! On the data path, every TLS connection (a client of a TLS port, a connection to a TLS node)
 //! is read and written by its session itself, on its own socket ([`Link`]): no second hop. The
-//! control plane's own client (`sentinel/client.rs`) speaks TLS through tokio-rustls
-//! ([`Stream`]).
+//! control plane's own client (`sentinel/client.rs`) uses the same `Link`, through its
+//! `AsyncRead` and `AsyncWrite`.
 
 mod der;
 mod expiry;
 mod identity;
 mod link;
 pub(crate) mod refresh;
-mod stream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,7 +33,6 @@ use tokio::net::TcpStream;
 
 pub use identity::{CertUser, names as certificate_names};
 pub use link::Link;
-pub use stream::Stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -350,18 +348,18 @@ pub async fn connect(
 ) -> io::Result<Link> {
     let tcp = TcpStream::connect(addr).await?;
     crate::sockopt::tune(&tcp, keepalive);
-    match tls {
-        None => Ok(Link::Plain(tcp)),
-        Some(tls) => secure(addr, tls, tcp).await,
-    }
+    open(tcp, &addr.ip().to_string(), tls).await
 }
 
-/// TLS over the connection `tcp` to the node at `addr`.
-async fn secure(addr: SocketAddr, tls: &TlsClient, tcp: TcpStream) -> io::Result<Link> {
-    let (tcp, conn) = tls
-        .handshake(&addr.ip().to_string(), tcp)
-        .await?
-        .into_inner();
+/// Over the connected socket `tcp` to `host` (a name or an address): the socket itself, or with
+/// `tls` TLS on it, the handshake done and the peer verified for `host` ([`TlsClient::handshake`]).
+/// The data path's connections to nodes ([`connect`]) and the control plane's to sentinels and
+/// nodes (`sentinel/client.rs`) alike.
+pub async fn open(tcp: TcpStream, host: &str, tls: Option<&TlsClient>) -> io::Result<Link> {
+    let Some(tls) = tls else {
+        return Ok(Link::Plain(tcp));
+    };
+    let (tcp, conn) = tls.handshake(host, tcp).await?.into_inner();
     Ok(Link::tls(tcp, conn))
 }
 

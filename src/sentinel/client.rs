@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use crate::command::Learned;
 use crate::config::{Auth, HostPort};
 use crate::resp::encode_command;
-use crate::tls::Stream;
+use crate::tls::Link;
 
 /// Control-plane replies are small; anything larger is a broken or hostile peer.
 const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
@@ -48,7 +48,7 @@ pub enum ClientError {
 
 /// One connection speaking RESP2, with a per-call timeout.
 pub struct RespConn {
-    stream: Stream,
+    stream: Link,
     buf: BytesMut,
     out: Vec<u8>,
     timeout: Duration,
@@ -63,7 +63,8 @@ impl RespConn {
     ) -> Result<RespConn, ClientError> {
         let open = async {
             let tcp = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
-            Stream::open(tcp, &addr.host, auth.tls.as_deref()).await
+            crate::sockopt::tune(&tcp, Duration::ZERO);
+            crate::tls::open(tcp, &addr.host, auth.tls.as_deref()).await
         };
         let stream = match timeout(t, open).await {
             Ok(Ok(s)) => s,

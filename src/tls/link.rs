@@ -2,7 +2,8 @@
 //! writes it: the TCP socket itself, or TLS over it that the session decrypts and encrypts in
 //! place (rustls driven from the session's own reads and writes), one socket per connection, no
 //! second hop. Options set on the connection (`sockopt.rs`) are set on that socket, and the
-//! addresses Redis sees (`CLIENT LIST`) are its own.
+//! addresses Redis sees (`CLIENT LIST`) are its own. The control plane's client (sentinels, the
+//! `ROLE` and `INFO` it asks of nodes) uses it too, through `AsyncRead`/`AsyncWrite`.
 //!
 //! The primitives are the ones sessions use on a plain socket, with the same meaning:
 //! readiness polled in place, a read into the caller's buffer, a write of as much as can go now

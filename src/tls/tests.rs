@@ -229,7 +229,7 @@ async fn the_real_sockets_get_nodelay_and_keepalive() {
     let client = TlsClient::load(client_files(&c, false)).unwrap();
     let (tcp, probe) = twice(TcpStream::connect(at).await.unwrap());
     crate::sockopt::tune(&tcp, keepalive); // as `connect` does before the handshake
-    let mut s = secure(at, &client, tcp).await.unwrap();
+    let mut s = open(tcp, "127.0.0.1", Some(&client)).await.unwrap();
     assert_eq!(s.tcp().local_addr().unwrap(), probe.local_addr().unwrap());
     s.send(b"+PING\r\n").await.unwrap();
     let mut buf = [0u8; 7];
