@@ -363,33 +363,7 @@ async fn pubsub_and_blocking_clients_ride_through_the_switch() {
     .await;
     // The subscriber hears what is published on the new master, the BLPOP gets what is pushed
     // there, each exactly once and on the socket they had.
-    let mut p = conn(proxy.port).await.unwrap();
-    assert_eq!(
-        cmd(&mut p, &["PUBLISH", "news", "after"]).await.unwrap(),
-        OwnedFrame::Integer(1)
-    );
-    cmd(&mut p, &["RPUSH", "queue", "item"]).await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(5), sub.read_frame()).await;
-    assert_eq!(
-        message.unwrap().unwrap(),
-        OwnedFrame::Array(vec![
-            OwnedFrame::BulkString(b"message".to_vec()),
-            OwnedFrame::BulkString(b"news".to_vec()),
-            OwnedFrame::BulkString(b"after".to_vec()),
-        ])
-    );
-    let popped = tokio::time::timeout(Duration::from_secs(5), blocked.read_frame()).await;
-    assert_eq!(
-        popped.unwrap().unwrap(),
-        OwnedFrame::Array(vec![
-            OwnedFrame::BulkString(b"queue".to_vec()),
-            OwnedFrame::BulkString(b"item".to_vec()),
-        ])
-    );
-    assert_eq!(
-        cmd(&mut p, &["LLEN", "queue"]).await.unwrap(),
-        OwnedFrame::Integer(0)
-    );
+    moved_subscriber_and_blocked_hear_the_new_master(proxy.port, &mut sub, &mut blocked).await;
     // The transaction with an inline command could not be carried: closed, counted.
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), txn.read_to_end(&mut rest)).await;

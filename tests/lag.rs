@@ -26,19 +26,10 @@ async fn the_replication_lag_is_a_gauge() {
         limit,
     )
     .await;
-    let pids: Vec<String> = lab
-        .replicas_of(master)
-        .into_iter()
-        .map(|p| lab.proc_by_port(p).pid().unwrap().to_string())
-        .collect();
-    let signal = |sig: &str| {
-        for pid in &pids {
-            let ok = std::process::Command::new("kill")
-                .args([sig, pid])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok);
+    let replicas = lab.replicas_of(master);
+    let mut signal = |sig: &str| {
+        for &p in &replicas {
+            lab.proc_by_port(p).signal(sig);
         }
     };
     signal("-STOP");

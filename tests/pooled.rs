@@ -211,8 +211,7 @@ async fn a_lost_connection_fails_exactly_the_clients_it_owed_replies() {
         .unwrap();
     let mut got = [0u8; 12];
     busy.read_exact(&mut got).await.unwrap(); // "$-1\r\n+PONG\r\n": the pool connection is up
-    let pid = lab.proc_by_port(old).pid().unwrap();
-    signal(pid, "STOP");
+    lab.proc_by_port(old).signal("-STOP");
     busy.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n")
         .await
         .unwrap();
@@ -239,14 +238,6 @@ async fn a_lost_connection_fails_exactly_the_clients_it_owed_replies() {
 
 async fn writer_conn(port: u16) -> sentinel_proxy::sentinel::client::RespConn {
     support::writer::patient(port).await.unwrap()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// Through an L4 splice, a request one client sends after another client's reaches Redis after

@@ -114,16 +114,7 @@ async fn reads_spread_over_healthy_replicas_and_follow_their_health() {
 
     // A replica that stops (SIGSTOP) stops acknowledging and falls behind: out of the pool,
     // new read clients go to the other; back when it resumes.
-    let pid = lab.proc_by_port(dead).pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    };
-    signal("-STOP");
+    lab.proc_by_port(dead).signal("-STOP");
     let big = "x".repeat(16 * 1024);
     for i in 0..8 {
         cmd(&mut w, &["SET", &format!("big{i}"), &big])
@@ -135,7 +126,7 @@ async fn reads_spread_over_healthy_replicas_and_follow_their_health() {
         let mut c = conn(read).await.unwrap();
         assert_eq!(node(&mut c).await, alive);
     }
-    signal("-CONT");
+    lab.proc_by_port(dead).signal("-CONT");
     wait_pool(&proxy, &replicas, "the resumed replica back in the pool").await;
 }
 

@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,15 +50,6 @@ async fn routes_to(admin: u16, port: u16) {
         },
     )
     .await;
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 /// redis-benchmark through the proxy, run after run, until `stop`; returns the number of runs.
@@ -135,7 +125,7 @@ async fn the_proxy_survives_failovers_of_every_kind_under_load() {
                 lab.failover().await;
             }
             Failover::Kill => lab.proc_by_port(old).kill(),
-            Failover::Hang => signal(lab.proc_by_port(old).pid().unwrap(), "-STOP"),
+            Failover::Hang => lab.proc_by_port(old).signal("-STOP"),
             Failover::SentinelRestart => {
                 let s = &mut lab.sentinels[round % 3];
                 s.kill();
@@ -148,7 +138,7 @@ async fn the_proxy_survives_failovers_of_every_kind_under_load() {
         let routed = began.elapsed();
         match kind {
             Failover::Kill => lab.proc_by_port(old).restart().await,
-            Failover::Hang => signal(lab.proc_by_port(old).pid().unwrap(), "-CONT"),
+            Failover::Hang => lab.proc_by_port(old).signal("-CONT"),
             _ => {}
         }
         // Sentinel may have moved the master again on its own meanwhile: target the one it

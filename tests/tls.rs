@@ -415,33 +415,7 @@ async fn blocked_and_subscribed_clients_ride_a_failover_over_tls_to_the_nodes() 
         let series = format!("sentinel_proxy_session_moves_total{{kind=\"{kind}\"}}");
         wait_metric(proxy.admin, &series, 1.0, Duration::from_secs(10)).await;
     }
-    let mut p = conn(proxy.port).await.unwrap();
-    assert_eq!(
-        cmd(&mut p, &["PUBLISH", "news", "after"]).await.unwrap(),
-        OwnedFrame::Integer(1)
-    );
-    cmd(&mut p, &["RPUSH", "queue", "item"]).await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(5), sub.read_frame()).await;
-    assert_eq!(
-        message.unwrap().unwrap(),
-        OwnedFrame::Array(vec![
-            OwnedFrame::BulkString(b"message".to_vec()),
-            OwnedFrame::BulkString(b"news".to_vec()),
-            OwnedFrame::BulkString(b"after".to_vec()),
-        ])
-    );
-    let popped = tokio::time::timeout(Duration::from_secs(5), blocked.read_frame()).await;
-    assert_eq!(
-        popped.unwrap().unwrap(),
-        OwnedFrame::Array(vec![
-            OwnedFrame::BulkString(b"queue".to_vec()),
-            OwnedFrame::BulkString(b"item".to_vec()),
-        ])
-    );
-    assert_eq!(
-        cmd(&mut p, &["LLEN", "queue"]).await.unwrap(),
-        OwnedFrame::Integer(0)
-    );
+    moved_subscriber_and_blocked_hear_the_new_master(proxy.port, &mut sub, &mut blocked).await;
 }
 
 /// Mutual TLS logs a client in as the user its certificate names (`--tls-client-user cn`,

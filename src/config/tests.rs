@@ -384,6 +384,14 @@ fn tls_users_and_secret_files_reach_the_config() {
         .to_string();
     assert_eq!(e, "tls-client-user 'uri': cn or san");
 
+    // The client ports' TLS, and more flags.
+    let crl_path = p(&crl);
+    let serving = [
+        "--tls-cert-file",
+        cert.as_str(),
+        "--tls-key-file",
+        key.as_str(),
+    ];
     let base = ["--sentinels", "10.0.0.1:26379"];
     for (args, want) in [
         (
@@ -409,51 +417,27 @@ fn tls_users_and_secret_files_reach_the_config() {
         ),
         (vec!["--users-file", &p(&pw)], "line 1: expected name:hash"),
         (
-            vec![
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-client-user",
-                "cn",
-            ],
+            [&serving[..], &["--tls-client-user", "cn"]].concat(),
             "tls-client-user needs mutual TLS (tls-client-ca-file) and a users-file",
         ),
         (
-            vec![
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-client-ca-file",
-                &ca,
-                "--tls-client-user",
-                "cn",
-            ],
+            [
+                &serving[..],
+                &["--tls-client-ca-file", &ca, "--tls-client-user", "cn"],
+            ]
+            .concat(),
             "tls-client-user needs mutual TLS (tls-client-ca-file) and a users-file",
         ),
         (
-            vec![
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-client-crl-file",
-                &p(&crl),
-            ],
+            [&serving[..], &["--tls-client-crl-file", &crl_path]].concat(),
             "tls-client-crl-file needs tls-client-ca-file",
         ),
         (
-            vec![
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-client-ca-file",
-                &ca,
-                "--tls-client-crl-file",
-                &ca,
-            ],
+            [
+                &serving[..],
+                &["--tls-client-ca-file", &ca, "--tls-client-crl-file", &ca],
+            ]
+            .concat(),
             "no revocation list",
         ),
     ] {

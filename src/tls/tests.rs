@@ -243,21 +243,7 @@ async fn the_real_sockets_get_nodelay_and_keepalive() {
 /// records left to write (`wants_flush`), which `flush_now` writes once the socket has room.
 #[tokio::test]
 async fn a_full_socket_keeps_tls_records_until_flushed() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Certs::make(dir.path());
-    let server = Arc::new(TlsServer::load(server_files(&c, false)).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let client = TlsClient::load(client_files(&c, false)).unwrap();
-    let connecting = async {
-        let tcp = TcpStream::connect(at).await.unwrap();
-        client.handshake("127.0.0.1", tcp).await.unwrap()
-    };
-    let accepting = async {
-        let (tcp, _) = listener.accept().await.unwrap();
-        accept(&server, tcp, Duration::ZERO).await.unwrap()
-    };
-    let (mut peer, mut link) = tokio::join!(connecting, accepting);
+    let (mut link, mut peer, _dir) = linked().await;
     // The peer reads nothing yet: write until nothing more is taken.
     let chunk = vec![b'x'; 64 * 1024];
     let mut taken = 0usize;

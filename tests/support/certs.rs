@@ -43,22 +43,12 @@ impl Certs {
 
     /// A new certificate and key from the CA, for `names`, as `<stem>.pem` and `<stem>.key`.
     pub fn issue(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, stem);
+        let mut params = self.params(stem, names);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        let (c, k) = (
-            self.dir.join(format!("{stem}.pem")),
-            self.dir.join(format!("{stem}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write certificate");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
+        self.sign(stem, &params)
     }
 
     /// A client certificate from the CA, as `<stem>.pem` and `<stem>.key`: common name `cn`,
@@ -71,15 +61,26 @@ impl Certs {
         serial: u64,
         expired: bool,
     ) -> (PathBuf, PathBuf) {
-        let names: Vec<String> = dns.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
+        let mut params = self.params(cn, dns);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.serial_number = Some(SerialNumber::from(serial));
         if expired {
             params.not_before = date_time_ymd(2020, 1, 1);
             params.not_after = date_time_ymd(2020, 12, 31);
         }
+        self.sign(stem, &params)
+    }
+
+    /// A certificate's parameters: common name `cn`, subject alternative names `names`.
+    fn params(&self, cn: &str, names: &[&str]) -> CertificateParams {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+    }
+
+    /// Signed by the CA with a new key, as `<stem>.pem` and `<stem>.key`.
+    fn sign(&self, stem: &str, params: &CertificateParams) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("certificate");
         let (c, k) = (

@@ -129,6 +129,16 @@ impl Proc {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
+    /// Send a signal (`-STOP`, `-CONT`) to the running process, by PID.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("a running process").to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -1051,4 +1061,41 @@ pub async fn connections_on(master: u16) -> (usize, String) {
         }
         other => panic!("CLIENT LIST: {other:?}"),
     }
+}
+
+/// A client subscribed to `news` and one blocked in `BLPOP queue 0`, both moved to a new master:
+/// what is published and pushed there through the proxy at `port` reaches each exactly once, on
+/// the connection it had, and the list is left empty.
+pub async fn moved_subscriber_and_blocked_hear_the_new_master(
+    port: u16,
+    sub: &mut RespConn,
+    blocked: &mut RespConn,
+) {
+    let mut p = conn(port).await.unwrap();
+    assert_eq!(
+        cmd(&mut p, &["PUBLISH", "news", "after"]).await.unwrap(),
+        OwnedFrame::Integer(1)
+    );
+    cmd(&mut p, &["RPUSH", "queue", "item"]).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.read_frame()).await;
+    assert_eq!(
+        message.unwrap().unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"message".to_vec()),
+            OwnedFrame::BulkString(b"news".to_vec()),
+            OwnedFrame::BulkString(b"after".to_vec()),
+        ])
+    );
+    let popped = tokio::time::timeout(Duration::from_secs(5), blocked.read_frame()).await;
+    assert_eq!(
+        popped.unwrap().unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"queue".to_vec()),
+            OwnedFrame::BulkString(b"item".to_vec()),
+        ])
+    );
+    assert_eq!(
+        cmd(&mut p, &["LLEN", "queue"]).await.unwrap(),
+        OwnedFrame::Integer(0)
+    );
 }
