@@ -30,7 +30,7 @@ use crate::auth::Users;
 use crate::tls::{CertUser, ClientFiles, ServerFiles, TlsClient, TlsServer};
 pub use groups::{GroupConfig, GroupFile};
 pub use values::{
-    Auth, Discovery, HostPort, LogFormat, ReadFallback, Secret, parse_duration, parse_size,
+    Ack, Auth, Discovery, HostPort, LogFormat, ReadFallback, Secret, parse_duration, parse_size,
     secret_or_file,
 };
 
@@ -61,6 +61,10 @@ pub struct Config {
     /// Read port: the largest replication lag, in bytes, of a replica that serves reads.
     pub read_max_lag: u64,
     pub read_fallback: ReadFallback,
+    /// The implicit group's `ack`, and the default of declared ones.
+    pub ack: Ack,
+    /// How long a held write waits for its replicas (`ack = replicas:N`).
+    pub ack_timeout: Duration,
     /// The file's `[[group]]` tables, validated (empty: the implicit group).
     pub declared_groups: Vec<GroupConfig>,
     pub log_format: LogFormat,
@@ -115,6 +119,8 @@ impl Config {
             read_listen: None,
             read_max_lag: 1 << 20,
             read_fallback: ReadFallback::Master,
+            ack: Ack::Master,
+            ack_timeout: Duration::from_secs(1),
             log_format: LogFormat::Text,
             poll_interval: Duration::from_secs(1),
             sentinel_timeout: Duration::from_millis(500),
@@ -149,6 +155,7 @@ impl Config {
             sentinels: self.sentinels.clone(),
             sentinel_auth: self.sentinel_auth.clone(),
             master_auth: self.master_auth.clone(),
+            ack: self.ack,
         }]
     }
 
@@ -360,6 +367,12 @@ impl Config {
                 file.pool_idle_timeout,
                 &mut cfg.pool_idle_timeout,
             ),
+            (
+                "ack-timeout",
+                &cli.ack_timeout,
+                file.ack_timeout,
+                &mut cfg.ack_timeout,
+            ),
         ];
         for (name, flag, from_file, slot) in durations {
             if let Some(text) = pick(flag, from_file) {
@@ -398,12 +411,16 @@ impl Config {
             }
             cfg.read_listen = Some(addr("read-listen", Some(&text), DEFAULT_LISTEN)?);
         }
+        if let Some(text) = pick(&cli.ack, file.ack) {
+            cfg.ack = text.parse().map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        }
         cfg.declared_groups = groups::resolve(
             tables,
             &groups::Defaults {
                 sentinels: &cfg.sentinels,
                 sentinel_auth: &cfg.sentinel_auth,
                 master_auth: &cfg.master_auth,
+                ack: cfg.ack,
             },
         )?;
         cfg.validate()?;
@@ -415,6 +432,7 @@ impl Config {
             ("poll-interval", self.poll_interval),
             ("sentinel-timeout", self.sentinel_timeout),
             ("connect-timeout", self.connect_timeout),
+            ("ack-timeout", self.ack_timeout),
         ];
         for (name, d) in positive {
             if d.is_zero() {
@@ -434,6 +452,13 @@ impl Config {
                 bail!(
                     "listen and metrics-listen are both {}: they need different ports",
                     g.listen
+                );
+            }
+            if g.ack != Ack::Master && self.pool == 0 {
+                bail!(
+                    "group '{}': ack = {} needs pooled mode (pool of 1 or more): 1:1 sessions do not hold replies for their replicas",
+                    g.name,
+                    g.ack
                 );
             }
             if g.sentinels.is_empty() {

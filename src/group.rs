@@ -49,6 +49,8 @@ pub struct Group {
 pub struct LearnedFrom {
     pub master: std::net::SocketAddr,
     pub commands: crate::command::Learned,
+    /// Which of the table's commands write, by the master's word (`Learned::write_set`).
+    pub writes: Arc<crate::command::WriteSet>,
 }
 
 /// What the group asks of its read port (`read.rs`), so that neither file imports the other's

@@ -42,6 +42,9 @@ pub struct Metrics {
     replication_ack_age_seconds: IntGaugeVec,
     replicas_online: IntGaugeVec,
     not_master_replies_total: IntCounterVec,
+    ack_waits_total: IntCounterVec,
+    ack_refused_total: IntCounterVec,
+    ack_wait_seconds: HistogramVec,
     protocol_errors_total: IntCounterVec,
     failover_pauses_total: IntCounterVec,
     max_clients_rejections_total: IntCounterVec,
@@ -85,6 +88,10 @@ pub struct GroupMetrics {
     pub replication_ack_age_seconds: IntGauge,
     pub replicas_online: IntGauge,
     pub not_master_replies_total: IntCounter,
+    /// Durable acknowledgements (`session/ack.rs`).
+    pub ack_waits_total: IntCounter,
+    pub ack_refused_total: IntCounter,
+    pub ack_wait_seconds: Histogram,
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: Labeled<IntCounterVec>,
     pub max_clients_rejections_total: IntCounter,
@@ -318,6 +325,21 @@ impl Metrics {
                 "sentinel_proxy_not_master_replies_total",
                 "-READONLY or -MASTERDOWN replies seen from the routed master (each triggers a re-check).",
             ),
+            ack_waits_total: counter(
+                "sentinel_proxy_ack_waits_total",
+                "Durable acknowledgements (ack = replicas:N): WAITs the proxy sent after a batch of writes on a shared master connection.",
+            ),
+            ack_refused_total: counter(
+                "sentinel_proxy_ack_refused_total",
+                "Durable acknowledgements: writes answered -NOREPLICAS because too few replicas confirmed them in time (the master applied them; a failover may lose them).",
+            ),
+            ack_wait_seconds: histogram(
+                "sentinel_proxy_ack_wait_seconds",
+                "Durable acknowledgements: how long the master took to answer each WAIT (replies to the writes before it were held meanwhile).",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+                ],
+            ),
             protocol_errors_total: counter(
                 "sentinel_proxy_client_protocol_errors_total",
                 "Clients closed for sending malformed RESP or oversized requests.",
@@ -423,6 +445,9 @@ impl Metrics {
             replication_ack_age_seconds: self.replication_ack_age_seconds.with_label_values(&one),
             replicas_online: self.replicas_online.with_label_values(&one),
             not_master_replies_total: self.not_master_replies_total.with_label_values(&one),
+            ack_waits_total: self.ack_waits_total.with_label_values(&one),
+            ack_refused_total: self.ack_refused_total.with_label_values(&one),
+            ack_wait_seconds: self.ack_wait_seconds.with_label_values(&one),
             protocol_errors_total: self.protocol_errors_total.with_label_values(&one),
             failover_pauses_total: labeled(&self.failover_pauses_total),
             max_clients_rejections_total: self.max_clients_rejections_total.with_label_values(&one),
@@ -444,6 +469,8 @@ impl Metrics {
             &self.no_master_rejections_total,
             &self.master_switches_total,
             &self.not_master_replies_total,
+            &self.ack_waits_total,
+            &self.ack_refused_total,
             &self.protocol_errors_total,
             &self.max_clients_rejections_total,
             &self.tls_handshake_failures_total,
@@ -468,6 +495,7 @@ impl Metrics {
         for family in [
             &self.switch_latency_seconds,
             &self.hold_seconds,
+            &self.ack_wait_seconds,
             &self.backend_connect_seconds,
         ] {
             let _ = family.remove_label_values(&one);

@@ -25,6 +25,7 @@ fn group(name: &str, master_name: &str, sentinels: &[HostPort]) -> GroupConfig {
         sentinels: sentinels.to_vec(),
         sentinel_auth: Auth::default(),
         master_auth: Auth::default(),
+        ack: Default::default(),
     }
 }
 

@@ -10,6 +10,38 @@ use std::collections::HashMap;
 
 use super::{Blocks, Pool, Spec};
 
+/// Which rows of the command table write, by row (`index_of`): the hand list's, or a server's
+/// (`Learned::write_set`). What a connection holding replies for durable acknowledgements
+/// (`ack = replicas:N`) asks of each request, once per reply: a bit test, no lookup by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteSet(Box<[u64]>);
+
+impl WriteSet {
+    /// The hand list's view (`Spec::writes`).
+    pub fn hand_list() -> WriteSet {
+        WriteSet::from_fn(|s| s.writes)
+    }
+
+    fn from_fn(writes: impl Fn(&Spec) -> bool) -> WriteSet {
+        let table = super::all();
+        let mut bits = vec![0u64; table.len().div_ceil(64)].into_boxed_slice();
+        for (i, spec) in table.iter().enumerate() {
+            if writes(spec) {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        WriteSet(bits)
+    }
+
+    /// Whether the command of row `index` writes (a row the table does not have: yes, the
+    /// safe answer for an acknowledgement).
+    #[inline]
+    pub fn writes(&self, index: u16) -> bool {
+        let i = index as usize;
+        self.0.get(i / 64).is_none_or(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
 /// A command's flags as the server gave them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flags {
@@ -75,6 +107,11 @@ impl Learned {
             Some(f) => f.write,
             None => spec.writes,
         }
+    }
+
+    /// Which rows write, in the server's word where it has one (`writes`).
+    pub fn write_set(&self) -> WriteSet {
+        WriteSet::from_fn(|s| self.writes(s))
     }
 
     /// Where the hand list and the server disagree (for /status and the version tests): a flag

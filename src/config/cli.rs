@@ -216,6 +216,16 @@ pub struct Cli {
     /// answers an error [default: master].
     #[arg(long, env = "SENTINEL_PROXY_READ_FALLBACK", value_enum)]
     pub read_fallback: Option<ReadFallback>,
+    /// When a client gets a write's reply: `master` passes it on as the master gives it;
+    /// `replicas:N` holds it until the master confirms (one `WAIT N` per batch of writes on a
+    /// connection) that N replicas have the write, and answers `-NOREPLICAS` if they do not
+    /// within `--ack-timeout`. Pooled mode only [default: master].
+    #[arg(long, env = "SENTINEL_PROXY_ACK", value_name = "master|replicas:N")]
+    pub ack: Option<String>,
+    /// With `--ack replicas:N`: how long a write waits for its replicas before its client is
+    /// answered `-NOREPLICAS` [default: 1s].
+    #[arg(long, env = "SENTINEL_PROXY_ACK_TIMEOUT", value_name = "DURATION")]
+    pub ack_timeout: Option<String>,
     /// Forget a *discovered* sentinel that stayed unreachable this long (configured ones are kept) [default: 10m].
     #[arg(
         long,

@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub read_listen: Option<String>,
     pub read_max_lag: Option<String>,
     pub read_fallback: Option<ReadFallback>,
+    pub ack: Option<String>,
+    pub ack_timeout: Option<String>,
     /// `[[group]]` tables: several master groups in one proxy (`groups.rs`).
     pub group: Option<Vec<GroupFile>>,
 }

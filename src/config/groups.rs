@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use anyhow::bail;
 use serde::Deserialize;
 
-use super::{Auth, HostPort, Secret, secret_or_file};
+use super::{Ack, Auth, HostPort, Secret, secret_or_file};
 
 /// One `[[group]]` table as written.
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -33,6 +33,8 @@ pub struct GroupFile {
     pub master_username: Option<String>,
     pub master_password: Option<String>,
     pub master_password_file: Option<String>,
+    /// When its clients get a write's reply [default: the top level's `ack`].
+    pub ack: Option<String>,
 }
 
 /// One master group, validated.
@@ -47,6 +49,8 @@ pub struct GroupConfig {
     pub sentinels: Vec<HostPort>,
     pub sentinel_auth: Auth,
     pub master_auth: Auth,
+    /// When a write's reply reaches its client (`session/ack.rs`).
+    pub ack: Ack,
 }
 
 /// What a group does not set comes from here (the top level, already validated).
@@ -54,6 +58,7 @@ pub(super) struct Defaults<'a> {
     pub sentinels: &'a [HostPort],
     pub sentinel_auth: &'a Auth,
     pub master_auth: &'a Auth,
+    pub ack: Ack,
 }
 
 /// The `[[group]]` tables, validated: each needs a master name and a listen address; names
@@ -116,6 +121,12 @@ pub(super) fn resolve(
         .map_err(|e| anyhow::anyhow!("{}", at(&format!("sentinel-{e}"))))?;
         let master_auth = merge_auth(t.master_username, master_password, defaults.master_auth)
             .map_err(|e| anyhow::anyhow!("{}", at(&format!("master-{e}"))))?;
+        let ack = match t.ack {
+            Some(text) => text
+                .parse::<Ack>()
+                .map_err(|e| anyhow::anyhow!("{}", at(&format!("ack: {e}"))))?,
+            None => defaults.ack,
+        };
         out.push(GroupConfig {
             name,
             master_name,
@@ -124,6 +135,7 @@ pub(super) fn resolve(
             sentinels,
             sentinel_auth,
             master_auth,
+            ack,
         });
     }
     let mut names = HashSet::new();

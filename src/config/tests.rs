@@ -71,6 +71,7 @@ fn every_duration_setting_is_applied() {
         "tcp-keepalive",
         "idle-timeout",
         "pool-idle-timeout",
+        "ack-timeout",
     ];
     let get = |c: &Config| {
         [
@@ -85,6 +86,7 @@ fn every_duration_setting_is_applied() {
             c.tcp_keepalive,
             c.idle_timeout,
             c.pool_idle_timeout,
+            c.ack_timeout,
         ]
     };
     let mut args = vec!["--sentinels".to_string(), "a:1".to_string()];
@@ -241,6 +243,58 @@ fn bad_groups_are_named() {
                 [[group]]\nname = \"y\"\nmaster-name = \"a\"\nlisten = \"127.0.0.1:2\"\n";
     let e = merge(&[], same);
     assert!(e.contains("both serve master 'a'"), "{e}");
+}
+
+#[test]
+fn durable_acks_per_group_and_their_errors() {
+    use super::Ack;
+    let text = "ack = \"replicas:1\"\n\
+                [[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\n\
+                [[group]]\nmaster-name = \"b\"\nlisten = \"127.0.0.1:2\"\nack = \"replicas:2\"\n\
+                [[group]]\nmaster-name = \"c\"\nlisten = \"127.0.0.1:3\"\nack = \"master\"\n";
+    let c = Config::merge(&cli(&["--sentinels", "a:1"]), toml::from_str(text).unwrap()).unwrap();
+    let acks: Vec<Ack> = c.groups().iter().map(|g| g.ack).collect();
+    assert_eq!(acks, [Ack::Replicas(1), Ack::Replicas(2), Ack::Master]);
+    let c = Config::merge(
+        &cli(&[
+            "--sentinels",
+            "a:1",
+            "--ack",
+            "replicas:3",
+            "--ack-timeout",
+            "250ms",
+        ]),
+        FileConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(c.groups()[0].ack, Ack::Replicas(3));
+    assert_eq!(c.ack_timeout, Duration::from_millis(250));
+    assert_eq!(
+        Config::merge(&cli(&["--sentinels", "a:1"]), FileConfig::default())
+            .unwrap()
+            .ack,
+        Ack::Master
+    );
+    let err = |args: &[&str], text: &str| {
+        let mut all = vec!["--sentinels", "a:1"];
+        all.extend_from_slice(args);
+        Config::merge(&cli(&all), toml::from_str(text).unwrap())
+            .unwrap_err()
+            .to_string()
+    };
+    for bad in ["replicas:0", "replicas", "2", "all"] {
+        let e = err(&["--ack", bad], "");
+        assert!(e.starts_with("ack: '") && e.contains("replicas:N"), "{e}");
+    }
+    let e = err(
+        &[],
+        "[[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\nack = \"x\"\n",
+    );
+    assert!(e.starts_with("group 'a': ack: 'x'"), "{e}");
+    let e = err(&["--ack", "replicas:1", "--pool", "0"], "");
+    assert!(e.contains("needs pooled mode"), "{e}");
+    let e = err(&["--ack-timeout", "0s"], "");
+    assert!(e.contains("ack-timeout"), "{e}");
 }
 
 #[test]

@@ -30,6 +30,40 @@ pub enum ReadFallback {
     Refuse,
 }
 
+/// When a write's reply may reach its client (`ack`): at once, as Redis gives it, or only once
+/// the master confirms (`WAIT`) that this many replicas have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ack {
+    #[default]
+    Master,
+    Replicas(u32),
+}
+
+impl std::str::FromStr for Ack {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ack, String> {
+        let s = s.trim();
+        if s == "master" || s == "none" {
+            return Ok(Ack::Master);
+        }
+        match s.strip_prefix("replicas:").map(str::parse::<u32>) {
+            Some(Ok(n)) if n >= 1 => Ok(Ack::Replicas(n)),
+            _ => Err(format!(
+                "'{s}' is not `master` (the default) or `replicas:N` with N at least 1"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ack::Master => f.write_str("master"),
+            Ack::Replicas(n) => write!(f, "replicas:{n}"),
+        }
+    }
+}
+
 #[derive(ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {

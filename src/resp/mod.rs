@@ -25,7 +25,7 @@ mod reply;
 mod request;
 
 pub use reply::{ReplyError, ReplyTracker};
-pub use request::{CaptureKind, Captured, Mode, RequestTracker};
+pub use request::{CaptureKind, Captured, MARK_QUEUED, Mode, RequestTracker};
 
 /// Encode a command as a RESP multibulk of bulk strings, as clients send it: the one encoder of
 /// the commands the proxy composes itself (its own queries, replays after a move, the gate).

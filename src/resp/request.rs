@@ -25,6 +25,8 @@ enum Scan {
 
 /// `RequestTracker::spec` when the request's command has no row.
 const NO_SPEC: u16 = u16::MAX;
+/// In a mark ([`RequestTracker::marks`]): the command was queued in a transaction.
+pub const MARK_QUEUED: u16 = 0x8000;
 
 /// What a captured request is to a session that may have to carry it to another backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +133,13 @@ pub struct RequestTracker {
     /// Requests a session may have to carry (see [`Captured`]), oldest first; the session takes
     /// them after each `feed`. Empty for most sessions.
     pub captured: Vec<Captured>,
+    /// The bytes of `captured`'s requests; in pooled mode with `marking`, the marks instead
+    /// (see [`RequestTracker::marks`]): pooled mode captures nothing, and every session holds
+    /// a tracker, so the one buffer serves both.
     pub captured_bytes: Vec<u8>,
+    /// Pooled mode with durable acknowledgements: note which command each reply answers
+    /// ([`RequestTracker::marks`]).
+    pub marking: bool,
     /// Whose connection the stream goes on: the client's own, a pool's shared one, or one lent
     /// for a span ([`Mode`]).
     pub mode: Mode,
@@ -183,6 +191,7 @@ impl RequestTracker {
             replication: false,
             captured: Vec::new(),
             captured_bytes: Vec::new(),
+            marking: false,
             mode: Mode::Own,
             pin: None,
             boundary: 0,
@@ -368,6 +377,7 @@ impl RequestTracker {
                                             before: last_complete as u32,
                                             requests: self.requests,
                                             replies: self.expected_replies,
+                                            marks: self.captured_bytes.len() as u32,
                                         });
                                     }
                                     Some(false) if tx.is_some() => {}
@@ -443,6 +453,29 @@ impl RequestTracker {
         } else if word == o.until {
             self.option = Scan::Off;
         }
+    }
+
+    fn mark(&mut self, mark: u16) {
+        self.captured_bytes.extend_from_slice(&mark.to_le_bytes());
+    }
+
+    /// Pooled mode with `marking`: one mark per reply owed for the requests completed since the
+    /// marks were last cleared, in order: the row of the command it answers (`command::at`;
+    /// `u16::MAX` for none), with [`MARK_QUEUED`] set for a command queued in a transaction (its
+    /// reply is `+QUEUED`; `EXEC`'s reply carries its outcome).
+    pub fn marks(&self) -> &[u8] {
+        &self.captured_bytes
+    }
+
+    /// The marks, for the session to read while it goes on using the tracker; give the buffer
+    /// back with [`RequestTracker::restore_marks`] (it keeps its capacity).
+    pub fn take_marks(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.captured_bytes)
+    }
+
+    pub fn restore_marks(&mut self, mut marks: Vec<u8>) {
+        marks.clear();
+        self.captured_bytes = marks;
     }
 
     /// The current request's traits (`command::traits`; none without a row).
@@ -592,6 +625,9 @@ impl RequestTracker {
         if self.traits() & traits::PLAIN != 0 && !self.multi {
             // Most requests (GET, SET …): nothing to note but the reply they are owed.
             self.expected_replies += u64::from(expects);
+            if self.marking && expects {
+                self.mark(self.spec);
+            }
             return;
         }
         let (names, lens) = (self.names, self.name_lens);
@@ -699,6 +735,12 @@ impl RequestTracker {
         }
         self.in_transaction = self.multi || self.watching;
         let before = self.expected_replies;
+        if expects && self.marking {
+            self.mark(match queued {
+                true => self.spec | MARK_QUEUED,
+                false => self.spec,
+            });
+        }
         if expects {
             self.expected_replies += 1;
             if blocking {
@@ -1010,6 +1052,49 @@ mod tests {
         let mut t = pooled();
         let bad = [&set[..], &multi, &incr, b"*1\r\nx"].concat();
         assert_eq!(t.feed(&bad).unwrap_err().1, set.len());
+    }
+
+    /// With durable acks, each reply owed gets a mark: the row of the command it answers, a
+    /// queued one flagged; a transaction rewound to its MULTI takes its marks back.
+    #[test]
+    fn pooled_mode_marks_what_each_reply_answers() {
+        let mut t = pooled();
+        t.marking = true;
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n";
+        let multi = b"*1\r\n$5\r\nMULTI\r\n";
+        let exec = b"*1\r\n$4\r\nEXEC\r\n";
+        let row = |n: &str| command::index_of(n.as_bytes()).unwrap();
+        let marks = |t: &RequestTracker| -> Vec<u16> {
+            t.marks()
+                .chunks(2)
+                .map(|m| u16::from_le_bytes([m[0], m[1]]))
+                .collect()
+        };
+        t.feed(&[&set[..], get, multi, set, exec, b"*1\r\n$4\r\nPING\r\n"].concat())
+            .unwrap();
+        assert_eq!(
+            marks(&t),
+            [
+                row("SET"),
+                row("GET"),
+                row("MULTI"),
+                row("SET") | MARK_QUEUED,
+                row("EXEC"),
+                row("PING")
+            ]
+        );
+        assert_eq!(t.expected_replies, 6);
+        let kept = t.take_marks();
+        t.restore_marks(kept);
+        assert!(t.marks().is_empty());
+        // The transaction's end is not here: it is rewound, its marks with it.
+        t.feed(&[&get[..], multi, set].concat()).unwrap();
+        assert_eq!(marks(&t), [row("GET")]);
+        // Without marking, nothing is kept.
+        let mut t = pooled();
+        t.feed(&[&set[..], get].concat()).unwrap();
+        assert!(t.marks().is_empty());
     }
 
     /// Pooled mode keeps nothing per request: a client's shared state commands (SELECT 0,

@@ -458,6 +458,7 @@ impl Resolver {
                         .commands
                         .store(Some(Arc::new(crate::group::LearnedFrom {
                             master: addr,
+                            writes: Arc::new(commands.write_set()),
                             commands,
                         })));
                 }

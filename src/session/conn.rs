@@ -31,9 +31,13 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Close;
 use super::fence;
+
+mod acked;
+
 use super::io::{Pending, SCRATCH};
 use crate::Group;
 use crate::resp::ReplyTracker;
+pub(super) use acked::Acked;
 
 /// The part of a pooled client that its connection's task touches.
 pub(super) struct Client {
@@ -44,8 +48,11 @@ pub(super) struct Client {
     pub(super) stream: RefCell<Link>,
     /// Replies the client's socket could not take yet; the client's task flushes them.
     pub(super) out: RefCell<Pending>,
-    /// Replies still to come on its connection.
+    /// Replies still to come on its connection (or held there for the replicas: `acked.rs`).
     pub(super) owed: Cell<u64>,
+    /// Of those, replies received and held until the master confirms its replicas have the
+    /// writes before them (`ack = replicas:N`).
+    pub(super) held: Cell<u32>,
     /// Why the client must close: its connection broke with replies owed (their outcome is
     /// unknown), or its socket failed.
     pub(super) broken: Cell<Option<Close>>,
@@ -69,6 +76,7 @@ impl Client {
             last_active: Cell::new(None),
             out: RefCell::new(Pending::default()),
             owed: Cell::new(0),
+            held: Cell::new(0),
             broken: Cell::new(None),
             want_idle: Cell::new(false),
             events: Cell::new(0),
@@ -126,7 +134,8 @@ impl Client {
 }
 
 struct Waiter {
-    client: Rc<Client>,
+    /// None: the `WAIT` the connection sent itself (`acked.rs`).
+    client: Option<Rc<Client>>,
     replies: u64,
 }
 
@@ -145,11 +154,14 @@ pub(super) struct Conn {
     pub(super) dead: Cell<bool>,
     task: RefCell<Option<Waker>>,
     kicked: Cell<bool>,
+    /// Durable acknowledgements, when the group asks for them.
+    acked: Option<RefCell<Acked>>,
 }
 
 impl Conn {
-    pub(super) fn new(generation: u64) -> Conn {
+    pub(super) fn new(generation: u64, acked: Option<Acked>) -> Conn {
         Conn {
+            acked: acked.map(RefCell::new),
             generation,
             out: RefCell::new(Vec::new()),
             written: Cell::new(0),
@@ -161,8 +173,9 @@ impl Conn {
         }
     }
 
-    /// Commit complete requests (`replies` of them) of `client` to this connection.
-    pub(super) fn push(&self, client: &Rc<Client>, parts: &[&[u8]], replies: u64) {
+    /// Commit complete requests (`replies` of them) of `client` to this connection; `marks`:
+    /// what each reply answers (`RequestTracker::marks`), read only with durable acks.
+    pub(super) fn push(&self, client: &Rc<Client>, parts: &[&[u8]], replies: u64, marks: &[u8]) {
         let mut out = self.out.borrow_mut();
         let was_empty = out.is_empty();
         for p in parts {
@@ -170,8 +183,11 @@ impl Conn {
         }
         drop(out);
         if replies > 0 {
+            if let Some(a) = &self.acked {
+                a.borrow_mut().owe(replies, marks);
+            }
             self.waiters.borrow_mut().push_back(Waiter {
-                client: client.clone(),
+                client: Some(client.clone()),
                 replies,
             });
             self.unwritten.set(self.unwritten.get() + 1);
@@ -195,10 +211,13 @@ impl Conn {
         self.dead.set(true);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         for w in waiters {
-            w.client
-                .owed
-                .set(w.client.owed.get().saturating_sub(w.replies));
-            w.client.fail(why);
+            if let Some(client) = w.client {
+                client.owed.set(client.owed.get().saturating_sub(w.replies));
+                client.fail(why);
+            }
+        }
+        if let Some(a) = &self.acked {
+            a.borrow_mut().fail_held(why);
         }
         self.unwritten.set(0);
         self.out.borrow_mut().clear();
@@ -258,12 +277,15 @@ pub(super) async fn drive(conn: &Conn, mut stream: Link, group: &Group) -> Close
             let mut waiters = conn.waiters.borrow_mut();
             let keep = waiters.len() - n;
             for w in waiters.drain(keep..) {
-                w.client
-                    .owed
-                    .set(w.client.owed.get().saturating_sub(w.replies));
-                w.client.fail(Close::SwitchMidRequest);
+                if let Some(client) = w.client {
+                    client.owed.set(client.owed.get().saturating_sub(w.replies));
+                    client.fail(Close::SwitchMidRequest);
+                }
             }
             conn.out.borrow_mut().clear();
+            if let Some(a) = &conn.acked {
+                a.borrow_mut().unwritten_dropped();
+            }
         }
         if retired && conn.waiters.borrow().is_empty() && conn.out.borrow().is_empty() {
             return Close::BackendClosed; // drained: no client is owed anything
@@ -272,7 +294,19 @@ pub(super) async fn drive(conn: &Conn, mut stream: Link, group: &Group) -> Close
         let event = {
             let stream = &mut stream;
             let io = std::future::poll_fn(|cx| {
-                // Write what is appended (one write for every client served this tick).
+                // Write what is appended (one write for every client served this tick), and
+                // after writes, a WAIT for their replicas.
+                if let Some(a) = &conn.acked
+                    && let Some(wait) = a.borrow_mut().take_wait()
+                {
+                    conn.out.borrow_mut().extend_from_slice(wait);
+                    conn.waiters.borrow_mut().push_back(Waiter {
+                        client: None,
+                        replies: 1,
+                    });
+                    conn.unwritten.set(conn.unwritten.get() + 1);
+                    group.metrics.ack_waits_total.inc();
+                }
                 loop {
                     let out = conn.out.borrow();
                     if out.is_empty() {
@@ -357,7 +391,12 @@ pub(super) async fn drive(conn: &Conn, mut stream: Link, group: &Group) -> Close
                     None => {}
                     Some(Ok(0)) | Some(Err(_)) => return Close::BackendClosed,
                     Some(Ok(n)) => {
-                        let ok = SCRATCH.with_borrow(|s| dispatch(conn, &mut rep, &s[..n], group));
+                        let ok = SCRATCH.with_borrow(|s| match &conn.acked {
+                            Some(a) => {
+                                acked::dispatch(conn, &mut a.borrow_mut(), &mut rep, &s[..n], group)
+                            }
+                            None => dispatch(conn, &mut rep, &s[..n], group),
+                        });
                         if !ok {
                             return Close::ProtocolError;
                         }
@@ -381,16 +420,18 @@ fn dispatch(conn: &Conn, rep: &mut ReplyTracker, mut bytes: &[u8], group: &Group
         let Some(head) = waiters.front_mut() else {
             return false;
         };
+        let Some(client) = &head.client else {
+            return false; // only a connection with durable acks sends its own WAIT
+        };
         let before = rep.replies;
         let Ok(n) = rep.feed_replies(bytes, before + head.replies) else {
             return false;
         };
         let done = rep.replies - before;
-        head.client.deliver(&bytes[..n], group);
+        client.deliver(&bytes[..n], group);
         bytes = &bytes[n..];
         if done > 0 {
             head.replies -= done;
-            let client = &head.client;
             client.owed.set(client.owed.get() - done);
             if client.owed.get() == 0 && client.want_idle.get() {
                 client.wake();

@@ -14,6 +14,7 @@
 //!
 //! Everything that can fail ends this task only; the listener never sees it.
 
+mod ack;
 mod backend;
 mod carry;
 mod compose;

@@ -558,6 +558,23 @@ impl Drop for Forget {
     }
 }
 
+/// Durable acknowledgements for a new connection to `addr`, if its group asks for them, with
+/// what that master said of its commands' writes (the hand list until it has).
+fn acked(group: &Group, addr: SocketAddr) -> Option<super::conn::Acked> {
+    let crate::config::Ack::Replicas(need) = group.settings().ack else {
+        return None;
+    };
+    let writes = match &*group.commands.load() {
+        Some(learned) if learned.master == addr => learned.writes.clone(),
+        _ => Arc::new(crate::command::WriteSet::hand_list()),
+    };
+    Some(super::conn::Acked::new(
+        need,
+        group.config().ack_timeout,
+        writes,
+    ))
+}
+
 fn refused() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::PermissionDenied,
@@ -612,7 +629,7 @@ async fn connect(
         .backend_connect_seconds
         .observe(began.elapsed().as_secs_f64());
     pool.failed_at.set(None);
-    let conn = Rc::new(Conn::new(generation));
+    let conn = Rc::new(Conn::new(generation, acked(&group, addr)));
     if group.route.generation() != generation {
         pool.set(slot, generation, None); // moved on while connecting
         return;

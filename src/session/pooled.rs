@@ -124,6 +124,8 @@ struct Slow {
     held_replies: u64,
     /// A script is among them.
     held_scripts: bool,
+    /// What their replies answer (`RequestTracker::marks`), with durable acks.
+    held_marks: Vec<u8>,
     held_since: Option<Instant>,
     /// The request that pins the client, and what followed it.
     pin: Option<(PinReason, Pending)>,
@@ -145,6 +147,7 @@ impl<'a> Pooled<'a> {
     ) -> Self {
         let mut req = RequestTracker::new(group.config().max_request_bytes);
         req.mode = Mode::Pool;
+        req.marking = group.settings().ack != crate::config::Ack::Master;
         let slot = pool.assign();
         let client = Rc::new(Client::new(stream));
         if !group.config().idle_timeout.is_zero() {
@@ -403,9 +406,15 @@ impl<'a> Pooled<'a> {
         let s = self.slow.get_or_insert_default();
         match usable {
             Ok(conn) => {
-                conn.push(&self.client, &[s.held.bytes()], s.held_replies);
+                conn.push(
+                    &self.client,
+                    &[s.held.bytes()],
+                    s.held_replies,
+                    &s.held_marks,
+                );
                 s.held = Pending::default();
                 s.held_replies = 0;
+                s.held_marks.clear();
                 s.held_scripts = false;
                 s.deadline = None;
                 if s.held_since.is_some() {
@@ -541,7 +550,10 @@ impl<'a> Pooled<'a> {
             }
         }
         let scripts = std::mem::take(&mut self.req.scripts);
-        self.push_complete(carried.bytes(), complete, replies, scripts);
+        // Taken and put back: the tracker keeps its buffer (empty without durable acks).
+        let marks = self.req.take_marks();
+        self.push_complete(carried.bytes(), complete, replies, scripts, &marks);
+        self.req.restore_marks(marks);
         if self.pinning() && self.pin_guard.is_none() {
             // Raised after this client's own requests before the pin went on (or were held).
             self.pin_guard = Some(self.pool.pin_begin());
@@ -549,7 +561,14 @@ impl<'a> Pooled<'a> {
     }
 
     /// Complete requests: on the connection now if the route is open, else held.
-    fn push_complete(&mut self, carried: &[u8], complete: &[u8], replies: u64, scripts: bool) {
+    fn push_complete(
+        &mut self,
+        carried: &[u8],
+        complete: &[u8],
+        replies: u64,
+        scripts: bool,
+        marks: &[u8],
+    ) {
         if complete.is_empty() && carried.is_empty() {
             return;
         }
@@ -560,7 +579,7 @@ impl<'a> Pooled<'a> {
             && self.pool.barrier().is_none()
             && let Some(conn) = self.conn.as_ref().filter(|c| !c.dead.get())
         {
-            conn.push(&self.client, &parts, replies);
+            conn.push(&self.client, &parts, replies, marks);
             return;
         }
         let s = self.slow.get_or_insert_default();
@@ -568,6 +587,7 @@ impl<'a> Pooled<'a> {
             s.held.push(p);
         }
         s.held_replies += replies;
+        s.held_marks.extend_from_slice(marks);
         s.held_scripts |= scripts;
         self.open = false;
     }

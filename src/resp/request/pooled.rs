@@ -31,6 +31,8 @@ pub(super) struct OpenTransaction {
     pub(super) before: u32,
     pub(super) requests: u64,
     pub(super) replies: u64,
+    /// How many bytes of marks (`RequestTracker::marks`) there were.
+    pub(super) marks: u32,
 }
 
 impl RequestTracker {
@@ -46,6 +48,7 @@ impl RequestTracker {
         self.req_start = tx.start;
         self.requests = tx.requests;
         self.expected_replies = tx.replies;
+        self.captured_bytes.truncate(tx.marks as usize);
         match fed {
             Ok(()) => Ok(()),
             Err((e, _)) => Err((e, tx.before as usize)),
@@ -77,6 +80,7 @@ impl RequestTracker {
         fresh.blocking_seq = self.blocking_seq;
         fresh.resp3 = self.resp3;
         fresh.scripts = self.scripts;
+        fresh.marking = self.marking;
         *self = fresh;
     }
 
