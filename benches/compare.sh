@@ -16,6 +16,7 @@
 #   SCENARIOS=none IDLE=2000 benches/compare.sh   # idle memory only
 #   EXTRA="old=/path/to/other/sentinel-proxy" benches/compare.sh   # another build side by side
 #   TLS=1 benches/compare.sh                  # and the TLS rows (below)
+#   ACK=1 benches/compare.sh                  # and durable acknowledgements (below)
 #   SCENARIOS="db1 resp3 evalsha auth" benches/compare.sh   # what applications send (below)
 #   SCENARIOS=apps benches/compare.sh         # all of them, at -P 1 and -P 16
 #   TLS=1 SCENARIOS=k0 benches/compare.sh     # a new connection per request (-k 0): with TLS,
@@ -37,6 +38,14 @@
 # haproxy-tls and haproxy-tls-both (HAProxy terminating TLS); NAME-tls-client for each EXTRA
 # build. Their ratios are to plain direct, as every row's. The idle-connection RSS is measured
 # for the plain targets only.
+#
+# ACK=1 adds durable acknowledgements: pooled-ack (the proxy with `--ack replicas:1`, one thread,
+# its default pool for acks), and a client making its own writes durable, `SET` then `WAIT 1 0`
+# for each (examples/setwait.rs, -c/-P as redis-benchmark's): setwait-direct to the master,
+# setwait-proxy (1:1) and setwait-pooled through the proxies above, and setwait-plain (the same
+# tool's SET alone, direct: its baseline). The setwait rows have SET only (their GET columns
+# repeat it). Before each run the replicas catch up with the master, so no row waits out the
+# replication of the one before.
 #
 # IDLE defaults to 9900, not 10000: a 1:1 proxy needs two descriptors per connection, and this
 # machine's hard limit on open files is 20000. It is clamped to what the limit allows.
@@ -207,6 +216,32 @@ if [ "${TLS:-0}" = 1 ]; then
         "server master 127.0.0.1:$MASTER_TLS ssl verify required ca-file $tls/ca.pem" "$TLS_CLI"
 fi
 
+# Durable acknowledgements (ACK=1, above).
+declare -A TOOL=()
+if [ "${ACK:-0}" = 1 ]; then
+    cargo build --release --quiet --example setwait
+    port=$(free_port) admin=$(free_port)
+    $BIN --threads 1 --ack replicas:1 --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$admin" \
+        --max-clients $((IDLE + 100)) --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/pooled-ack.log" &
+    PIDS+=($!)
+    CPU_PID[pooled-ack]=$!
+    ADMIN[pooled-ack]=$admin
+    wait_for 15 pooled-ack redis-cli -p "$port" set k v
+    PORTS[pooled-ack]=$port
+    NAMES+=(pooled-ack)
+    for row in "setwait-plain=direct" "setwait-direct=direct" "setwait-proxy=proxy" "setwait-pooled=pooled"; do
+        name=${row%%=*} via=${row#*=}
+        PORTS[$name]=${PORTS[$via]}
+        CPU_PID[$name]=${CPU_PID[$via]}
+        TOOL[$name]=target/release/examples/setwait
+        NAMES+=("$name")
+    done
+fi
+# Wait until both replicas have everything the master has (one connection: a write, then WAIT).
+caught_up() {
+    printf 'SET compare:caught-up 1\nWAIT 2 30000\n' | redis-cli -p "$MASTER" >/dev/null
+}
+
 # CPU ticks (user + system) a process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -228,11 +263,19 @@ for r in $(seq 1 "$ROUNDS"); do
     for sc in $SCENARIOS; do
         n=${REQS[$sc]}
         for name in "${NAMES[@]}"; do
+            [ "${ACK:-0}" = 1 ] && caught_up
             before=$(cpu_ticks "${CPU_PID[$name]}") rbefore=$(cpu_ticks "${CPU_PID[direct]}")
-            # shellcheck disable=SC2086
-            # shellcheck disable=SC2046
-            out=$(redis-benchmark ${BENCH[$name]:-} -p "${PORTS[$name]}" -n "$n" ${ARGS[$sc]} \
-                --csv $(workload "$sc"))
+            if [ -n "${TOOL[$name]:-}" ]; then
+                [[ $name == setwait-plain ]] && plain=--plain || plain=
+                # shellcheck disable=SC2086
+                out=$("${TOOL[$name]}" "${PORTS[$name]}" -n "$n" ${ARGS[$sc]} $plain)
+                out=$(sed 'p; s/^"SET"/"GET"/' <<<"$out")
+            else
+                # shellcheck disable=SC2086
+                # shellcheck disable=SC2046
+                out=$(redis-benchmark ${BENCH[$name]:-} -p "${PORTS[$name]}" -n "$n" ${ARGS[$sc]} \
+                    --csv $(workload "$sc"))
+            fi
             after=$(cpu_ticks "${CPU_PID[$name]}") rafter=$(cpu_ticks "${CPU_PID[direct]}")
             if [[ $sc == evalsha* ]]; then
                 # One command: its line stands in the SET and GET columns alike.
@@ -246,7 +289,7 @@ for r in $(seq 1 "$ROUNDS"); do
             # CPU seconds per million requests (SET and GET together: 2 x n requests; a profile's
             # own command: n).
             reqs=$((2 * n))
-            [[ $sc == evalsha* ]] && reqs=$n
+            [[ $sc == evalsha* || -n ${TOOL[$name]:-} ]] && reqs=$n
             R[$sc.$name.cpu]+="$(awk "BEGIN{print ($after - $before) / $TICK / ($reqs / 1e6)}") "
             # And what Redis itself spent per request through this target.
             R[$sc.$name.rcpu]+="$(awk "BEGIN{print ($rafter - $rbefore) / $TICK / ($reqs / 1e6)}") "
@@ -261,18 +304,20 @@ echo "# $(nproc) CPUs; redis $(redis-server --version | grep -o 'v=[^ ]*'); medi
 for sc in $SCENARIOS; do
     echo
     echo "## $sc: redis-benchmark $(workload "$sc") -n ${REQS[$sc]} ${ARGS[$sc]}"
-    printf '%-18s %10s %10s %7s %7s %10s %10s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
-        "Redis s/M" "GET p50/p99 us" "added p50/p99"
+    printf '%-18s %10s %10s %7s %7s %10s %10s %16s %16s %16s\n' target SET/s GET/s SET/dir GET/dir "CPU s/M" \
+        "Redis s/M" "GET p50/p99 us" "added p50/p99" "SET p50/p99 us"
     ds=$(m "$sc.direct.SET") dg=$(m "$sc.direct.GET")
     d50=$(m "$sc.direct.GET.p50") d99=$(m "$sc.direct.GET.p99")
     for name in "${NAMES[@]}"; do
         s=$(m "$sc.$name.SET") g=$(m "$sc.$name.GET")
         p50=$(m "$sc.$name.GET.p50") p99=$(m "$sc.$name.GET.p99")
-        printf '%-18s %10.0f %10.0f %7.2f %7.2f %10.1f %10.1f %16s %16s\n' "$name" "$s" "$g" \
+        s50=$(m "$sc.$name.SET.p50") s99=$(m "$sc.$name.SET.p99")
+        printf '%-18s %10.0f %10.0f %7.2f %7.2f %10.1f %10.1f %16s %16s %16s\n' "$name" "$s" "$g" \
             "$(awk "BEGIN{print $s/$ds}")" "$(awk "BEGIN{print $g/$dg}")" "$(m "$sc.$name.cpu")" \
             "$(m "$sc.$name.rcpu")" \
             "$(awk "BEGIN{printf \"%d/%d\", $p50*1000, $p99*1000}")" \
-            "$(awk "BEGIN{printf \"%+d/%+d\", ($p50-$d50)*1000, ($p99-$d99)*1000}")"
+            "$(awk "BEGIN{printf \"%+d/%+d\", ($p50-$d50)*1000, ($p99-$d99)*1000}")" \
+            "$(awk "BEGIN{printf \"%d/%d\", $s50*1000, $s99*1000}")"
     done
 done
 
@@ -313,7 +358,7 @@ echo
 echo "## RSS per idle proxied connection, $IDLE client connections open (each sent one PING)"
 printf '%-10s %12s %12s %12s %14s\n' target "before KiB" "after KiB" "KiB/conn" "on the master"
 for name in "${NAMES[@]}"; do
-    [[ $name == direct || -n ${BENCH[$name]:-} || $name == *tls* ]] && continue
+    [[ $name == direct || -n ${BENCH[$name]:-} || $name == *tls* || -n ${TOOL[$name]:-} ]] && continue
     read -r _ before after per onmaster < <(python3 benches/idle_conns.py "${PORTS[$name]}" \
         "${CPU_PID[$name]}" "$IDLE" "$MASTER")
     printf '%-10s %12s %12s %12s %14s\n' "$name" "$before" "$after" "$per" "$onmaster"

@@ -100,6 +100,8 @@ pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9379";
 pub const DEFAULT_MASTER_NAME: &str = "mymaster";
 /// Shared master connections per worker thread unless `--pool` says otherwise (`0`: 1:1 mode).
 pub const DEFAULT_POOL: usize = 2;
+/// … and when a group has durable acknowledgements (`ack = replicas:N`).
+pub const ACK_POOL: usize = 8;
 
 impl Config {
     /// A configuration with every default, for the given sentinels (used by tests and embedders).
@@ -423,6 +425,11 @@ impl Config {
                 ack: cfg.ack,
             },
         )?;
+        if cli.pool.or(file.pool).is_none() && cfg.groups().iter().any(|g| g.ack != Ack::Master) {
+            // A WAIT holds its connection until the replicas answer: more connections keep
+            // writes flowing meanwhile (docs/PERFORMANCE.md, "Durable acknowledgements").
+            cfg.pool = ACK_POOL;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

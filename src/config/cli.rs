@@ -219,7 +219,8 @@ pub struct Cli {
     /// When a client gets a write's reply: `master` passes it on as the master gives it;
     /// `replicas:N` holds it until the master confirms (one `WAIT N` per batch of writes on a
     /// connection) that N replicas have the write, and answers `-NOREPLICAS` if they do not
-    /// within `--ack-timeout`. Pooled mode only [default: master].
+    /// within `--ack-timeout`. Pooled mode only; with it, `--pool` defaults to 8 (a WAIT holds
+    /// its connection until the replicas answer) [default: master].
     #[arg(long, env = "SENTINEL_PROXY_ACK", value_name = "master|replicas:N")]
     pub ack: Option<String>,
     /// With `--ack replicas:N`: how long a write waits for its replicas before its client is

@@ -270,6 +270,17 @@ fn durable_acks_per_group_and_their_errors() {
     assert_eq!(c.groups()[0].ack, Ack::Replicas(3));
     assert_eq!(c.ack_timeout, Duration::from_millis(250));
     assert_eq!(
+        c.pool,
+        super::ACK_POOL,
+        "more connections by default with acks"
+    );
+    let c = Config::merge(
+        &cli(&["--sentinels", "a:1", "--ack", "replicas:1", "--pool", "3"]),
+        FileConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(c.pool, 3, "unless the pool is set");
+    assert_eq!(
         Config::merge(&cli(&["--sentinels", "a:1"]), FileConfig::default())
             .unwrap()
             .ack,

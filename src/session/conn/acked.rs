@@ -119,29 +119,41 @@ impl Acked {
 }
 
 /// Hand a chunk of replies to the clients they answer, holding what waits for the replicas.
-/// False: bytes no client is owed, or not RESP (the connection must end).
+/// False: bytes no client is owed, or not RESP (the connection must end). Replies passed on go
+/// to their client in one write per run, as without durable acks.
 pub(super) fn dispatch(
     conn: &Conn,
     a: &mut Acked,
     rep: &mut ReplyTracker,
-    mut bytes: &[u8],
+    bytes: &[u8],
     group: &Group,
 ) -> bool {
     let mut waiters = conn.waiters.borrow_mut();
-    while !bytes.is_empty() {
+    let mut pos = 0;
+    // Replies being passed on: where their run began, and to whom.
+    let mut run: Option<(usize, Rc<Client>)> = None;
+    let flush = |run: &mut Option<(usize, Rc<Client>)>, pos: usize| {
+        if let Some((from, client)) = run.take() {
+            client.deliver(&bytes[from..pos], group);
+        }
+    };
+    while pos < bytes.len() {
         let Some(head) = waiters.front_mut() else {
+            flush(&mut run, pos);
             return false;
         };
         let before = rep.replies;
         // One reply at a time: each is held or passed on by itself.
-        let Ok(n) = rep.feed_replies(bytes, before + 1) else {
+        let Ok(n) = rep.feed_replies(&bytes[pos..], before + 1) else {
+            flush(&mut run, pos);
             return false;
         };
-        let (chunk, done) = (&bytes[..n], rep.replies > before);
-        bytes = &bytes[n..];
-        let Some(client) = head.client.clone() else {
+        let (chunk, done) = (&bytes[pos..pos + n], rep.replies > before);
+        let Some(client) = &head.client else {
             // The proxy's own WAIT.
+            flush(&mut run, pos);
             a.answer.extend_from_slice(chunk);
+            pos += n;
             if done {
                 waiters.pop_front();
                 answered(a, group);
@@ -162,10 +174,13 @@ pub(super) fn dispatch(
             hold
         });
         if hold {
+            flush(&mut run, pos);
             a.held.extend_from_slice(chunk);
-        } else {
-            client.deliver(chunk, group);
+        } else if !run.as_ref().is_some_and(|(_, c)| Rc::ptr_eq(c, client)) {
+            flush(&mut run, pos);
+            run = Some((pos, client.clone()));
         }
+        pos += n;
         if done {
             a.current = None;
             head.replies -= 1;
@@ -180,6 +195,7 @@ pub(super) fn dispatch(
             }
         }
     }
+    flush(&mut run, pos);
     true
 }
 
