@@ -62,7 +62,11 @@ async fn client(port: u16, id: usize, depth: usize, n: usize, plain: bool) -> Ve
         for i in 0..batch {
             let key = format!("setwait:{id}:{}", done + i);
             out.extend_from_slice(
-                format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$3\r\nxxx\r\n", key.len()).as_bytes(),
+                format!(
+                    "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$3\r\nxxx\r\n",
+                    key.len()
+                )
+                .as_bytes(),
             );
             if !plain {
                 out.extend_from_slice(wait);
