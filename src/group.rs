@@ -50,7 +50,9 @@ pub struct LearnedFrom {
     pub master: std::net::SocketAddr,
     pub commands: crate::command::Learned,
     /// Which of the table's commands write, by the master's word (`Learned::write_set`).
-    pub writes: Arc<crate::command::WriteSet>,
+    pub writes: Arc<crate::command::Rows>,
+    /// Which of them only read (`Learned::read_rows`).
+    pub reads: Arc<crate::command::Rows>,
 }
 
 /// What the group asks of its read port (`read.rs`), so that neither file imports the other's

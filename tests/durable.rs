@@ -13,6 +13,23 @@ use sentinel_proxy::config::Ack;
 use support::writer::{Ledger, writer};
 use support::*;
 
+/// `GET` in a loop on one connection until `stop`: how many were answered, and the errors.
+async fn reader(port: u16, stop: tokio_util::sync::CancellationToken) -> (u64, Vec<String>) {
+    let (mut reads, mut errors) = (0, Vec::new());
+    let mut c = support::writer::patient(port).await.unwrap();
+    while !stop.is_cancelled() {
+        match cmd(&mut c, &["GET", "durable:read"]).await {
+            Ok(_) => reads += 1,
+            Err(e) => {
+                errors.push(e.to_string());
+                c = support::writer::patient(port).await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (reads, errors)
+}
+
 /// A proxy in pooled mode (durable acks need it) with `ack`.
 async fn proxy(lab: &Lab, ack: Ack) -> Proxy {
     Proxy::start_with(lab.sentinel_addrs(), |c| {
@@ -118,6 +135,12 @@ async fn with_durable_acks_no_acknowledged_write_dies_with_the_master() {
             writer(port, name, 200, long, ledger.clone(), stop.clone())
         })
         .collect();
+    // And a reader through each: a read in flight when the master dies is sent again to the
+    // new master, so readers see no error.
+    let readers: Vec<_> = [plain.port, durable.port]
+        .into_iter()
+        .map(|port| tokio::spawn(reader(port, stop.clone())))
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await; // acknowledged and replicated
     for &p in &replicas {
         lab.proc_by_port(p).signal("-STOP");
@@ -145,6 +168,20 @@ async fn with_durable_acks_no_acknowledged_write_dies_with_the_master() {
     stop.cancel();
     for w in writers {
         w.await.unwrap();
+    }
+    for ((name, p), r) in [("plain", &plain), ("durable", &durable)]
+        .into_iter()
+        .zip(readers)
+    {
+        let (reads, errors) = r.await.unwrap();
+        let (_, text) = http_get(p.admin, "/metrics").await;
+        let again = metric(&text, "sentinel_proxy_requests_sent_again_total").unwrap_or(0.0);
+        eprintln!(
+            "{name} reader: {reads} reads, {} errors; the proxy sent {again} requests again",
+            errors.len()
+        );
+        assert!(reads >= 100, "{name} read too little: {reads}");
+        assert_eq!(errors, Vec::<String>::new(), "{name} reader");
     }
 
     let mut n = conn(new).await.unwrap();

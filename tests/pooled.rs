@@ -187,11 +187,12 @@ async fn connection_commands_pin_their_client_and_are_counted() {
     }
 }
 
-/// The master dies while one client's request is in flight on a shared connection and another
-/// client of the same connection is idle: the first sees its connection close (the outcome of its
-/// request is unknown), the second never sees an error and is served by the new master.
+/// The master dies while requests are in flight on a shared connection: the client whose
+/// request only reads gets its answer from the new master (the read is sent again there), the
+/// one whose request writes sees its connection close (the write's outcome is unknown), and an
+/// idle client of the same connection never sees an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_connection_fails_exactly_the_clients_it_owed_replies() {
+async fn a_lost_connection_sends_reads_again_and_fails_the_writes_in_flight() {
     let mut lab = Lab::start().await;
     let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
         c.pool = 1;
@@ -200,33 +201,50 @@ async fn a_lost_connection_fails_exactly_the_clients_it_owed_replies() {
     })
     .await;
     let old = proxy.wait_ready().await;
+    // Which commands only read is the master's word (`COMMAND`, asked once it is verified).
+    eventually(Duration::from_secs(10), "the master's commands", || async {
+        proxy.group.commands.load().as_ref().map(|_| ())
+    })
+    .await;
     let mut idle = writer_conn(proxy.port).await;
     assert_eq!(
         cmd(&mut idle, &["SET", "lost:idle", "1"]).await.unwrap(),
         OwnedFrame::SimpleString(b"OK".to_vec())
     );
-    let mut busy = TcpStream::connect(addr(proxy.port)).await.unwrap();
-    busy.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n*1\r\n$4\r\nPING\r\n")
+    let mut reader = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    reader
+        .write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n*1\r\n$4\r\nPING\r\n")
         .await
         .unwrap();
     let mut got = [0u8; 12];
-    busy.read_exact(&mut got).await.unwrap(); // "$-1\r\n+PONG\r\n": the pool connection is up
+    reader.read_exact(&mut got).await.unwrap(); // "$-1\r\n+PONG\r\n": the pool connection is up
+    let mut writer = TcpStream::connect(addr(proxy.port)).await.unwrap();
+    writer.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    writer.read_exact(&mut pong).await.unwrap();
     lab.proc_by_port(old).signal("-STOP");
-    busy.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n")
+    reader
+        .write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n")
         .await
         .unwrap();
-    // The GET is on the shared connection, unanswered; then the master dies.
+    writer
+        .write_all(&multibulk(&["SET", "lost:w", "1"]))
+        .await
+        .unwrap();
+    // Both are on the shared connection, unanswered; then the master dies.
     tokio::time::sleep(Duration::from_millis(100)).await;
     lab.proc_by_port(old).kill();
     let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut rest))
+    let n = tokio::time::timeout(Duration::from_secs(10), writer.read_to_end(&mut rest))
         .await
-        .expect("the client owed a reply is closed")
+        .expect("the client owed a write's reply is closed")
         .unwrap_or(0);
-    assert_eq!(
-        n, 0,
-        "no reply for a request lost with the master: {rest:?}"
-    );
+    assert_eq!(n, 0, "no reply for a write lost with the master: {rest:?}");
+    // The read is answered by the new master, and its client goes on.
+    let answer = read_reply(&mut reader).await;
+    assert_eq!(answer, b"$-1\r\n");
+    reader.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+    assert_eq!(read_reply(&mut reader).await, b"+PONG\r\n");
     // The idle client of the same shared connection is served by the new master, no error.
     assert_eq!(
         cmd(&mut idle, &["SET", "lost:idle", "2"]).await.unwrap(),
@@ -234,6 +252,11 @@ async fn a_lost_connection_fails_exactly_the_clients_it_owed_replies() {
     );
     let new = node_port(&mut idle).await.unwrap();
     assert_ne!(new, old);
+    let (_, text) = http_get(proxy.admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "sentinel_proxy_requests_sent_again_total"),
+        Some(1.0)
+    );
 }
 
 async fn writer_conn(port: u16) -> sentinel_proxy::sentinel::client::RespConn {

@@ -10,33 +10,38 @@ use std::collections::HashMap;
 
 use super::{Blocks, Pool, Spec};
 
-/// Which rows of the command table write, by row (`index_of`): the hand list's, or a server's
-/// (`Learned::write_set`). What a connection holding replies for durable acknowledgements
-/// (`ack = replicas:N`) asks of each request, once per reply: a bit test, no lookup by name.
+/// A set of the command table's rows (`index_of`), as bits: which commands write (the hand
+/// list's view, or a server's: `Learned::write_rows`), or which only read (`Learned::read_rows`).
+/// What a shared connection asks of each request it carries: a bit test, no lookup by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteSet(Box<[u64]>);
+pub struct Rows(Box<[u64]>);
 
-impl WriteSet {
-    /// The hand list's view (`Spec::writes`).
-    pub fn hand_list() -> WriteSet {
-        WriteSet::from_fn(|s| s.writes)
+impl Rows {
+    /// The commands the hand list says write (`Spec::writes`).
+    pub fn written_by_hand() -> Rows {
+        Rows::from_fn(|s| s.writes)
     }
 
-    fn from_fn(writes: impl Fn(&Spec) -> bool) -> WriteSet {
+    /// None (what a server that has not listed its commands is known to only read).
+    pub fn none() -> Rows {
+        Rows::from_fn(|_| false)
+    }
+
+    fn from_fn(has: impl Fn(&Spec) -> bool) -> Rows {
         let table = super::all();
         let mut bits = vec![0u64; table.len().div_ceil(64)].into_boxed_slice();
         for (i, spec) in table.iter().enumerate() {
-            if writes(spec) {
+            if has(spec) {
                 bits[i / 64] |= 1 << (i % 64);
             }
         }
-        WriteSet(bits)
+        Rows(bits)
     }
 
-    /// Whether the command of row `index` writes (a row the table does not have: yes, the
-    /// safe answer for an acknowledgement).
+    /// Whether row `index` is in the set (a row the table does not have: in it, the safe
+    /// answer for the write rows; read rows are asked with a row the table has).
     #[inline]
-    pub fn writes(&self, index: u16) -> bool {
+    pub fn has(&self, index: u16) -> bool {
         let i = index as usize;
         self.0.get(i / 64).is_none_or(|w| w & (1 << (i % 64)) != 0)
     }
@@ -110,8 +115,19 @@ impl Learned {
     }
 
     /// Which rows write, in the server's word where it has one (`writes`).
-    pub fn write_set(&self) -> WriteSet {
-        WriteSet::from_fn(|s| self.writes(s))
+    pub fn write_rows(&self) -> Rows {
+        Rows::from_fn(|s| self.writes(s))
+    }
+
+    /// Which rows only read, in the server's word (`readonly`, and neither a write nor a
+    /// script): what may be asked again of another master when the one that had it died before
+    /// answering. None the server did not list.
+    pub fn read_rows(&self) -> Rows {
+        Rows::from_fn(|s| {
+            s.pool != Pool::Script
+                && !self.writes(s)
+                && self.flags(s.name).is_some_and(|f| f.readonly)
+        })
     }
 
     /// Where the hand list and the server disagree (for /status and the version tests): a flag

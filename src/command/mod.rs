@@ -14,7 +14,7 @@
 mod learned;
 mod table;
 
-pub use learned::{Learned, WriteSet};
+pub use learned::{Learned, Rows};
 
 /// Why a client was pinned (the label of `sentinel_proxy_pinned_sessions_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -458,7 +458,8 @@ impl Resolver {
                         .commands
                         .store(Some(Arc::new(crate::group::LearnedFrom {
                             master: addr,
-                            writes: Arc::new(commands.write_set()),
+                            writes: Arc::new(commands.write_rows()),
+                            reads: Arc::new(commands.read_rows()),
                             commands,
                         })));
                 }

@@ -4,7 +4,7 @@
 //! Pure: `conn/acked.rs` applies these on a shared connection.
 //!
 //! A reply is held when it answers a write (the command table's `writes`, in the master's own
-//! word where it listed its commands: `command::WriteSet`; a script or `FCALL` unless it is a
+//! word where it listed its commands: `command::Rows`; a script or `FCALL` unless it is a
 //! read-only form; `EXEC` of a transaction that queued a write), and so is every later reply of
 //! the same client until the `WAIT` after it is answered, so a client's replies keep their order.
 //! Other clients' replies pass at once: a read never waits behind another client's write.
@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::command::{self, Effect, WriteSet};
+use crate::command::{self, Effect, Rows};
 use crate::resp::MARK_QUEUED;
 
 /// The request the proxy sends after a batch of writes: `WAIT need timeout-ms`.
@@ -35,12 +35,12 @@ pub(super) fn wait_request(need: u32, timeout: Duration) -> Vec<u8> {
 /// transaction needs: whether a command it queued writes.
 #[derive(Debug, Clone)]
 pub(super) struct Marks {
-    writes: Arc<WriteSet>,
+    writes: Arc<Rows>,
     queued_write: bool,
 }
 
 impl Marks {
-    pub(super) fn new(writes: Arc<WriteSet>) -> Marks {
+    pub(super) fn new(writes: Arc<Rows>) -> Marks {
         Marks {
             writes,
             queued_write: false,
@@ -54,7 +54,7 @@ impl Marks {
         }
         if mark & MARK_QUEUED != 0 {
             // `+QUEUED`: nothing ran yet; EXEC's reply tells.
-            self.queued_write |= self.writes.writes(mark & !MARK_QUEUED);
+            self.queued_write |= self.writes.has(mark & !MARK_QUEUED);
             return false;
         }
         let spec = command::at(mark);
@@ -65,7 +65,7 @@ impl Marks {
             }
             // EXEC or DISCARD: only an EXEC of a transaction that queued a write.
             Effect::Exec => std::mem::take(&mut self.queued_write) && spec.name == b"EXEC",
-            _ => self.writes.writes(mark),
+            _ => self.writes.has(mark),
         }
     }
 }
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn writes_scripts_and_transactions_are_held_reads_are_not() {
-        let mut m = Marks::new(Arc::new(WriteSet::hand_list()));
+        let mut m = Marks::new(Arc::new(Rows::written_by_hand()));
         for (name, writes) in [
             ("SET", true),
             ("GET", false),
@@ -183,7 +183,7 @@ mod tests {
             (&b"GET"[..], vec![&b"write"[..]]),
             (&b"SET"[..], vec![&b"readonly"[..]]),
         ]);
-        let mut m = Marks::new(Arc::new(learned.write_set()));
+        let mut m = Marks::new(Arc::new(learned.write_rows()));
         assert!(m.writes(mark("GET")));
         assert!(!m.writes(mark("SET")));
         assert!(m.writes(mark("INCR")), "not listed: the hand list stands");

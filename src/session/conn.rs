@@ -14,14 +14,19 @@
 //! The fence, per connection: a connection serves one route generation. Clients append only
 //! while the route is open on it (`pooled.rs` checks); after a switch it takes nothing new,
 //! delivers the replies in flight and ends. Requests appended just before a switch and not yet
-//! written are never written to the old master: their clients are closed, having been sent
-//! nowhere. When the old master is known to be down, its in-flight requests are failed at once
-//! (their outcome is unknown, and a late reply must not pass for an acknowledgement). A connection
-//! that breaks closes exactly the clients it owed replies; no client ever gets another's reply.
+//! written are never written to the old master: they go back to their clients, for the new one.
+//! When the old master is known to be down, its in-flight requests end at once (a late reply
+//! must not pass for an acknowledgement). A connection that ends with replies owed (the master
+//! died, hung, or closed it) hands back to their clients the requests that can be asked again of
+//! the next master: those never sent, and reads none of whose reply was handed on (by the
+//! master's own `readonly` flag; sent again once at most). Every other client owed a reply is
+//! closed: a write's outcome is unknown. Written requests are kept until answered for that,
+//! in the buffer they were written from. No client ever gets another's reply.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use tokio::io::AsyncRead;
@@ -62,7 +67,10 @@ pub(super) struct Client {
     pub(super) events: Cell<u64>,
     pub(super) waker: RefCell<Option<Waker>>,
     /// Its place in the pool's list of clients (woken at route changes and shutdown).
-    pub(super) id: Cell<usize>,
+    pub(super) id: Cell<u32>,
+    /// Requests its connection hands back to be sent again on the next one: reads in flight
+    /// when the master died, requests never sent (`Conn::fail_all`). Its task takes them.
+    pub(super) retry: Cell<Option<Box<Retry>>>,
     /// When bytes last moved either way (kept only with `--idle-timeout`): replies count, as
     /// they do for Redis's `timeout`.
     pub(super) last_active: Cell<Option<Instant>>,
@@ -72,7 +80,8 @@ impl Client {
     pub(super) fn new(stream: Link) -> Client {
         Client {
             stream: RefCell::new(stream),
-            id: Cell::new(usize::MAX),
+            id: Cell::new(u32::MAX),
+            retry: Cell::new(None),
             last_active: Cell::new(None),
             out: RefCell::new(Pending::default()),
             owed: Cell::new(0),
@@ -95,6 +104,16 @@ impl Client {
         if self.broken.get().is_none() {
             self.broken.set(Some(why));
         }
+        self.retry.set(None);
+        self.wake();
+    }
+
+    /// Requests (`replies` owed for them) to send again, after any handed back before.
+    fn retry_later(&self, bytes: &[u8], replies: u64) {
+        let mut r = self.retry.take().unwrap_or_default();
+        r.bytes.extend_from_slice(bytes);
+        r.replies += replies;
+        self.retry.set(Some(r));
         self.wake();
     }
 
@@ -133,19 +152,42 @@ impl Client {
     }
 }
 
+/// Requests handed back to their client to be sent again (`Client::retry`).
+#[derive(Default)]
+pub(super) struct Retry {
+    pub(super) bytes: Vec<u8>,
+    pub(super) replies: u64,
+}
+
 struct Waiter {
     /// None: the `WAIT` the connection sent itself (`acked.rs`).
     client: Option<Rc<Client>>,
     replies: u64,
+    /// Where its requests are in the connection's stream (`out` from `Conn::base`).
+    start: u64,
+    end: u64,
+    /// They only read (`Learned::read_rows`), and are not already sent a second time.
+    reads: bool,
+    /// Some of its replies were handed on (or held): it cannot be asked again.
+    started: bool,
 }
 
 /// One shared connection to the master of one route generation.
 pub(super) struct Conn {
     pub(super) generation: u64,
-    /// Requests appended and not yet written.
+    /// Requests appended: those written are kept until answered (a read is sent again if the
+    /// master dies before answering), then dropped in bulk (`trim`).
     out: RefCell<Vec<u8>>,
-    /// Bytes of `out` already written (its socket was full).
+    /// Where `out` begins in the stream of everything appended (waiters' offsets count from it).
+    base: Cell<u64>,
+    /// Bytes of `out` already written.
     written: Cell<usize>,
+    /// Where in `out` the requests appended since the last write began.
+    fresh: Cell<Option<usize>>,
+    /// The master's address, and which commands only read by its word (`None` until it has
+    /// listed them: nothing is sent twice on the proxy's guess).
+    addr: std::net::SocketAddr,
+    reads: RefCell<Option<Arc<crate::command::Rows>>>,
     /// Clients owed replies, in the order their requests were appended.
     waiters: RefCell<VecDeque<Waiter>>,
     /// Waiters at the back whose requests are still in `out`, wholly unwritten.
@@ -159,12 +201,16 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(generation: u64, acked: Option<Acked>) -> Conn {
+    pub(super) fn new(generation: u64, acked: Option<Acked>, addr: std::net::SocketAddr) -> Conn {
         Conn {
             acked: acked.map(RefCell::new),
             generation,
             out: RefCell::new(Vec::new()),
+            base: Cell::new(0),
             written: Cell::new(0),
+            fresh: Cell::new(None),
+            addr,
+            reads: RefCell::new(None),
             waiters: RefCell::new(VecDeque::new()),
             unwritten: Cell::new(0),
             dead: Cell::new(false),
@@ -174,27 +220,102 @@ impl Conn {
     }
 
     /// Commit complete requests (`replies` of them) of `client` to this connection; `marks`:
-    /// what each reply answers (`RequestTracker::marks`), read only with durable acks.
-    pub(super) fn push(&self, client: &Rc<Client>, parts: &[&[u8]], replies: u64, marks: &[u8]) {
+    /// what each reply answers (`RequestTracker::marks`); `again`: they were sent once already
+    /// (`Client::retry`), so they are not sent a third time.
+    pub(super) fn push(
+        &self,
+        client: &Rc<Client>,
+        parts: &[&[u8]],
+        replies: u64,
+        marks: &[u8],
+        again: bool,
+        group: &Group,
+    ) {
         let mut out = self.out.borrow_mut();
-        let was_empty = out.is_empty();
+        let idle = self.written.get() == out.len();
+        if self.fresh.get().is_none() {
+            self.fresh.set(Some(out.len()));
+        }
+        let start = self.base.get() + out.len() as u64;
         for p in parts {
             out.extend_from_slice(p);
         }
+        let end = self.base.get() + out.len() as u64;
         drop(out);
+        let mut waiters = self.waiters.borrow_mut();
         if replies > 0 {
             if let Some(a) = &self.acked {
                 a.borrow_mut().owe(replies, marks);
             }
-            self.waiters.borrow_mut().push_back(Waiter {
+            waiters.push_back(Waiter {
                 client: Some(client.clone()),
                 replies,
+                start,
+                end,
+                reads: !again && self.only_reads(replies, marks, group),
+                started: false,
             });
             self.unwritten.set(self.unwritten.get() + 1);
             client.owed.set(client.owed.get() + replies);
+        } else if let Some(last) = waiters.back_mut() {
+            // Requests no reply answers go with the waiter before them, never again.
+            last.end = end;
+            last.reads = false;
         }
-        if was_empty && let Some(w) = self.task.borrow_mut().take() {
+        drop(waiters);
+        if idle && let Some(w) = self.task.borrow_mut().take() {
             w.wake();
+        }
+    }
+
+    /// Whether every one of `replies` replies answers a command that only reads (a whole
+    /// transaction is not: its `EXEC` runs what it queued).
+    fn only_reads(&self, replies: u64, marks: &[u8], group: &Group) -> bool {
+        if self.reads.borrow().is_none() {
+            // Until the master has listed its commands (asked when it was verified).
+            match &*group.commands.load() {
+                Some(learned) if learned.master == self.addr => {
+                    *self.reads.borrow_mut() = Some(learned.reads.clone());
+                }
+                _ => return false,
+            }
+        }
+        let reads = self.reads.borrow();
+        let Some(reads) = reads.as_ref() else {
+            return false;
+        };
+        marks.len() as u64 == replies * 2
+            && marks.chunks_exact(2).all(|m| {
+                let m = u16::from_le_bytes([m[0], m[1]]);
+                // (A row the table lacks, `u16::MAX`, has the queued bit too.)
+                m & crate::resp::MARK_QUEUED == 0 && reads.has(m)
+            })
+    }
+
+    /// Something appended is not yet written.
+    fn unsent(&self) -> bool {
+        self.written.get() < self.out.borrow().len()
+    }
+
+    /// Drop what is written and answered from `out`: all of it when nothing is owed, else the
+    /// answered part once it is large (no move of bytes per request).
+    fn trim(&self, waiters: &VecDeque<Waiter>) {
+        let mut out = self.out.borrow_mut();
+        let base = self.base.get();
+        let answered = match waiters.front() {
+            Some(w) => (w.start - base) as usize,
+            None => self.written.get(),
+        };
+        if answered == out.len() {
+            self.base.set(base + answered as u64);
+            out.clear();
+            self.written.set(0);
+            self.fresh.set(None);
+        } else if answered >= TRIM_AT {
+            out.drain(..answered);
+            self.base.set(base + answered as u64);
+            self.written.set(self.written.get() - answered);
+            self.fresh.set(self.fresh.get().map(|f| f - answered));
         }
     }
 
@@ -206,24 +327,46 @@ impl Conn {
         }
     }
 
-    /// Close every client owed a reply here (`why`) and take nothing more.
+    /// The connection ended (`why`): take nothing more. Each client owed replies here is
+    /// closed, unless what it is owed can be asked again of the next master: requests never
+    /// sent, and, when the master went away (not a reply it sent), reads none of whose reply
+    /// was handed on. Those go back to their client (`Client::retry`).
     pub(super) fn fail_all(&self, why: Close) {
         self.dead.set(true);
+        if let Some(a) = &self.acked {
+            a.borrow_mut().fail_held(why); // their writes' fate is unknown
+        }
+        let gone = matches!(
+            why,
+            Close::BackendClosed | Close::IoError | Close::SwitchMasterDown | Close::DrainDeadline
+        );
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters {
-            if let Some(client) = w.client {
-                client.owed.set(client.owed.get().saturating_sub(w.replies));
+        let sent = waiters.len() - self.unwritten.get().min(waiters.len());
+        let out = self.out.borrow();
+        let base = self.base.get();
+        for (i, w) in waiters.into_iter().enumerate() {
+            let Some(client) = w.client else { continue };
+            client.owed.set(client.owed.get().saturating_sub(w.replies));
+            if client.broken.get().is_some() {
+                continue;
+            }
+            if !w.started && (i >= sent || (gone && w.reads)) {
+                let bytes = &out[(w.start - base) as usize..(w.end - base) as usize];
+                client.retry_later(bytes, w.replies);
+            } else {
                 client.fail(why);
             }
         }
-        if let Some(a) = &self.acked {
-            a.borrow_mut().fail_held(why);
-        }
+        drop(out);
         self.unwritten.set(0);
         self.out.borrow_mut().clear();
         self.written.set(0);
+        self.fresh.set(None);
     }
 }
+
+/// `out`'s answered part is dropped once it is this large (else when nothing is owed).
+const TRIM_AT: usize = 64 * 1024;
 
 enum Event {
     Readable,
@@ -241,11 +384,7 @@ pub(super) async fn drive(conn: &Conn, mut stream: Link, group: &Group) -> Close
     let mut deadline: Option<Instant> = None;
     loop {
         // Closed by its idle pool (`pool.rs`): once no reply is owed and nothing waits to go.
-        if !retired
-            && conn.dead.get()
-            && conn.waiters.borrow().is_empty()
-            && conn.out.borrow().is_empty()
-        {
+        if !retired && conn.dead.get() && conn.waiters.borrow().is_empty() && !conn.unsent() {
             return Close::IdleTimeout;
         }
         // The thread's watcher wakes this task at every route change.
@@ -270,24 +409,30 @@ pub(super) async fn drive(conn: &Conn, mut stream: Link, group: &Group) -> Close
                 deadline = Some(Instant::now() + group.config().drain_timeout);
             }
         }
-        if retired && conn.written.get() == 0 && conn.unwritten.get() > 0 {
+        if retired && let Some(fresh) = conn.fresh.take() {
             // Appended just before the switch and never sent: they must not reach the old
-            // master. Their clients close, having been sent nowhere.
+            // master. They go back to their clients, for the new one (after what these are
+            // still owed here).
             let n = conn.unwritten.replace(0);
             let mut waiters = conn.waiters.borrow_mut();
             let keep = waiters.len() - n;
+            let mut out = conn.out.borrow_mut();
+            let base = conn.base.get();
             for w in waiters.drain(keep..) {
                 if let Some(client) = w.client {
                     client.owed.set(client.owed.get().saturating_sub(w.replies));
-                    client.fail(Close::SwitchMidRequest);
+                    if client.broken.get().is_none() {
+                        let bytes = &out[(w.start - base) as usize..(w.end - base) as usize];
+                        client.retry_later(bytes, w.replies);
+                    }
                 }
             }
-            conn.out.borrow_mut().clear();
+            out.truncate(fresh.max(conn.written.get()));
             if let Some(a) = &conn.acked {
                 a.borrow_mut().unwritten_dropped();
             }
         }
-        if retired && conn.waiters.borrow().is_empty() && conn.out.borrow().is_empty() {
+        if retired && conn.waiters.borrow().is_empty() && !conn.unsent() {
             return Close::BackendClosed; // drained: no client is owed anything
         }
         let wake = deadline;
@@ -299,30 +444,39 @@ pub(super) async fn drive(conn: &Conn, mut stream: Link, group: &Group) -> Close
                 if let Some(a) = &conn.acked
                     && let Some(wait) = a.borrow_mut().take_wait()
                 {
-                    conn.out.borrow_mut().extend_from_slice(wait);
+                    let mut out = conn.out.borrow_mut();
+                    if conn.fresh.get().is_none() {
+                        conn.fresh.set(Some(out.len()));
+                    }
+                    let start = conn.base.get() + out.len() as u64;
+                    out.extend_from_slice(wait);
                     conn.waiters.borrow_mut().push_back(Waiter {
                         client: None,
                         replies: 1,
+                        start,
+                        end: conn.base.get() + out.len() as u64,
+                        reads: false,
+                        started: false,
                     });
                     conn.unwritten.set(conn.unwritten.get() + 1);
                     group.metrics.ack_waits_total.inc();
                 }
                 loop {
                     let out = conn.out.borrow();
-                    if out.is_empty() {
+                    let from = conn.written.get();
+                    if from == out.len() {
                         break;
                     }
-                    let from = conn.written.get();
                     match stream.try_write(&out[from..]) {
-                        Ok(n) if from + n == out.len() => {
-                            drop(out);
-                            conn.out.borrow_mut().clear();
-                            conn.written.set(0);
-                            conn.unwritten.set(0);
-                        }
                         Ok(n) => {
+                            drop(out);
                             conn.written.set(from + n);
                             conn.unwritten.set(0);
+                            conn.fresh.set(None);
+                            let waiters = conn.waiters.borrow();
+                            if waiters.is_empty() {
+                                conn.trim(&waiters); // nothing owed: none of it is kept
+                            }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             drop(out);
@@ -431,15 +585,17 @@ fn dispatch(conn: &Conn, rep: &mut ReplyTracker, mut bytes: &[u8], group: &Group
         client.deliver(&bytes[..n], group);
         bytes = &bytes[n..];
         if done > 0 {
-            head.replies -= done;
             client.owed.set(client.owed.get() - done);
             if client.owed.get() == 0 && client.want_idle.get() {
                 client.wake();
             }
-            if head.replies == 0 {
-                waiters.pop_front();
-            }
+        }
+        head.started = true;
+        head.replies -= done;
+        if head.replies == 0 {
+            waiters.pop_front();
         }
     }
+    conn.trim(&waiters);
     true
 }

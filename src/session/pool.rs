@@ -384,14 +384,15 @@ impl Pool {
                 clients.len() - 1
             }
         };
-        client.id.set(id);
+        // Fewer than 2^32 clients: the proxy's max-clients is far below.
+        client.id.set(id as u32);
     }
 
     pub(super) fn deregister(&self, client: &Client) {
-        let id = client.id.replace(usize::MAX);
-        if id != usize::MAX {
-            self.clients.borrow_mut()[id] = Weak::new();
-            self.free.borrow_mut().push(id);
+        let id = client.id.replace(u32::MAX);
+        if id != u32::MAX {
+            self.clients.borrow_mut()[id as usize] = Weak::new();
+            self.free.borrow_mut().push(id as usize);
         }
     }
 
@@ -566,7 +567,7 @@ fn acked(group: &Group, addr: SocketAddr) -> Option<super::conn::Acked> {
     };
     let writes = match &*group.commands.load() {
         Some(learned) if learned.master == addr => learned.writes.clone(),
-        _ => Arc::new(crate::command::WriteSet::hand_list()),
+        _ => Arc::new(crate::command::Rows::written_by_hand()),
     };
     Some(super::conn::Acked::new(
         need,
@@ -629,7 +630,7 @@ async fn connect(
         .backend_connect_seconds
         .observe(began.elapsed().as_secs_f64());
     pool.failed_at.set(None);
-    let conn = Rc::new(Conn::new(generation, acked(&group, addr)));
+    let conn = Rc::new(Conn::new(generation, acked(&group, addr), addr));
     if group.route.generation() != generation {
         pool.set(slot, generation, None); // moved on while connecting
         return;

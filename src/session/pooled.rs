@@ -124,8 +124,10 @@ struct Slow {
     held_replies: u64,
     /// A script is among them.
     held_scripts: bool,
-    /// What their replies answer (`RequestTracker::marks`), with durable acks.
+    /// What their replies answer (`RequestTracker::marks`).
     held_marks: Vec<u8>,
+    /// Among them, requests sent once already (`Client::retry`): not sent a third time.
+    held_again: bool,
     held_since: Option<Instant>,
     /// The request that pins the client, and what followed it.
     pin: Option<(PinReason, Pending)>,
@@ -147,7 +149,9 @@ impl<'a> Pooled<'a> {
     ) -> Self {
         let mut req = RequestTracker::new(group.config().max_request_bytes);
         req.mode = Mode::Pool;
-        req.marking = group.settings().ack != crate::config::Ack::Master;
+        // What each reply answers: a read may be sent again if the master dies before answering
+        // it, a write's reply may wait for the replicas (`conn.rs`, `ack.rs`).
+        req.marking = true;
         let slot = pool.assign();
         let client = Rc::new(Client::new(stream));
         if !group.config().idle_timeout.is_zero() {
@@ -275,6 +279,9 @@ impl<'a> Pooled<'a> {
     fn step(&mut self) -> Step {
         if let Some(why) = self.client.broken.get() {
             return Step::Close(why);
+        }
+        if let Some(again) = self.client.retry.take() {
+            self.send_again(*again);
         }
         if !self.shutting_down && self.pool.shutting_down.get() {
             // Two-phase shutdown: nothing new goes on; close at the first boundary.
@@ -411,10 +418,13 @@ impl<'a> Pooled<'a> {
                     &[s.held.bytes()],
                     s.held_replies,
                     &s.held_marks,
+                    s.held_again,
+                    self.group,
                 );
                 s.held = Pending::default();
                 s.held_replies = 0;
                 s.held_marks.clear();
+                s.held_again = false;
                 s.held_scripts = false;
                 s.deadline = None;
                 if s.held_since.is_some() {
@@ -443,6 +453,38 @@ impl<'a> Pooled<'a> {
                 }
             }
         }
+    }
+
+    /// Requests its connection handed back (`Conn::fail_all`: never sent, or reads the master
+    /// died before answering): held again, ahead of what the client sent after them, for the
+    /// next connection the fence allows.
+    fn send_again(&mut self, again: super::conn::Retry) {
+        self.group
+            .metrics
+            .requests_sent_again_total
+            .inc_by(again.replies);
+        self.open = false;
+        let s = self.slow.get_or_insert_default();
+        let mut held = Pending::default();
+        held.push(&again.bytes);
+        held.push(s.held.bytes());
+        s.held = held;
+        // What their replies answer, read again from the requests (rare: a master died).
+        let mut t = RequestTracker::new(self.group.config().max_request_bytes);
+        t.mode = Mode::Pool;
+        t.marking = true;
+        let marked = t.feed(&again.bytes).is_ok() && t.expected_replies == again.replies;
+        if marked && s.held_marks.len() as u64 == s.held_replies * 2 {
+            let mut marks = t.take_marks();
+            marks.extend_from_slice(&s.held_marks);
+            s.held_marks = marks;
+        } else {
+            // Unknown: with durable acks every reply is held for the replicas (the safe side).
+            s.held_marks.clear();
+        }
+        s.held_replies += again.replies;
+        s.held_again = true;
+        s.held_since.get_or_insert(Instant::now());
     }
 
     /// The client is owed nothing and holds nothing: answer the request the framer stopped at
@@ -579,7 +621,7 @@ impl<'a> Pooled<'a> {
             && self.pool.barrier().is_none()
             && let Some(conn) = self.conn.as_ref().filter(|c| !c.dead.get())
         {
-            conn.push(&self.client, &parts, replies, marks);
+            conn.push(&self.client, &parts, replies, marks, false, self.group);
             return;
         }
         let s = self.slow.get_or_insert_default();

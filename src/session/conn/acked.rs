@@ -49,7 +49,7 @@ impl Acked {
     pub(in crate::session) fn new(
         need: u32,
         timeout: Duration,
-        writes: Arc<crate::command::WriteSet>,
+        writes: Arc<crate::command::Rows>,
     ) -> Acked {
         Acked {
             need,
@@ -173,6 +173,7 @@ pub(super) fn dispatch(
             }
             hold
         });
+        head.started = true;
         if hold {
             flush(&mut run, pos);
             a.held.extend_from_slice(chunk);
@@ -196,6 +197,7 @@ pub(super) fn dispatch(
         }
     }
     flush(&mut run, pos);
+    conn.trim(&waiters);
     true
 }
 
