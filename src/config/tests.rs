@@ -214,15 +214,18 @@ fn no_group_table_is_one_implicit_group() {
     assert_eq!(g[0].listen, "127.0.0.1:7000".parse().unwrap());
 }
 
+/// The error of a configuration made of `flags` (after `--sentinels a:1`) and the file `text`.
+fn merge_error(flags: &[&str], text: &str) -> String {
+    let mut args = vec!["--sentinels", "a:1"];
+    args.extend_from_slice(flags);
+    Config::merge(&cli(&args), toml::from_str(text).unwrap())
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn bad_groups_are_named() {
-    let merge = |flags: &[&str], text: &str| {
-        let mut args = vec!["--sentinels", "a:1"];
-        args.extend_from_slice(flags);
-        Config::merge(&cli(&args), toml::from_str(text).unwrap())
-            .unwrap_err()
-            .to_string()
-    };
+    let merge = merge_error;
     let e = merge(&[], "[[group]]\nlisten = \"127.0.0.1:1\"\n");
     assert!(e.contains("group 1: master-name is required"), "{e}");
     let e = merge(&[], "[[group]]\nmaster-name = \"a\"\n");
@@ -286,13 +289,7 @@ fn durable_acks_per_group_and_their_errors() {
             .ack,
         Ack::Master
     );
-    let err = |args: &[&str], text: &str| {
-        let mut all = vec!["--sentinels", "a:1"];
-        all.extend_from_slice(args);
-        Config::merge(&cli(&all), toml::from_str(text).unwrap())
-            .unwrap_err()
-            .to_string()
-    };
+    let err = merge_error;
     for bad in ["replicas:0", "replicas", "2", "all"] {
         let e = err(&["--ack", bad], "");
         assert!(e.starts_with("ack: '") && e.contains("replicas:N"), "{e}");
