@@ -14,8 +14,9 @@
 //! (the gate); after a switch, a client owed replies on the old master waits for them before its
 //! next requests go to a connection to the new one.
 //!
-//! Here: a step (what the client's requests may do now) and the request side; `wait.rs`: what
-//! the client waits for between steps, and what each event changes.
+//! Here: a step (what the client's requests may do now) and the request side; `held.rs`:
+//! requests held and released, and those a dead connection hands back; `wait.rs`: what the
+//! client waits for between steps, and what each event changes.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::Group;
 use crate::command::Pin as PinReason;
 use crate::resp::{Mode, ProtocolError, RequestTracker};
 
+mod held;
 mod local;
 mod wait;
 
@@ -406,87 +408,6 @@ impl<'a> Pooled<'a> {
         }
     }
 
-    /// Send the held requests if the route allows, else note what to wait for.
-    fn release(&mut self) {
-        let now = Instant::now();
-        let usable = self.usable(true);
-        let s = self.slow.get_or_insert_default();
-        match usable {
-            Ok(conn) => {
-                conn.push(
-                    &self.client,
-                    &[s.held.bytes()],
-                    s.held_replies,
-                    &s.held_marks,
-                    s.held_again,
-                    self.group,
-                );
-                s.held = Pending::default();
-                s.held_replies = 0;
-                s.held_marks.clear();
-                s.held_again = false;
-                s.held_scripts = false;
-                s.deadline = None;
-                if s.held_since.is_some() {
-                    self.count_held("released");
-                }
-            }
-            Err(hold) => {
-                s.held_since.get_or_insert(now);
-                match hold {
-                    Hold::Paused => {}
-                    Hold::NoMaster => {
-                        s.deadline
-                            .get_or_insert(now + self.group.config().connect_wait);
-                    }
-                    Hold::Gate(until) => s.wake_at = Some(until),
-                    Hold::Barrier(until) => {
-                        self.pool.wait_barrier(&self.client);
-                        s.wake_at = Some(until);
-                    }
-                    Hold::Draining => {}
-                    Hold::Connecting(at) => {
-                        s.wake_at = at;
-                        s.deadline
-                            .get_or_insert(now + self.group.config().connect_wait);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Requests its connection handed back (`Conn::fail_all`: never sent, or reads the master
-    /// died before answering): held again, ahead of what the client sent after them, for the
-    /// next connection the fence allows.
-    fn send_again(&mut self, again: super::conn::Retry) {
-        self.group
-            .metrics
-            .requests_sent_again_total
-            .inc_by(again.replies);
-        self.open = false;
-        let s = self.slow.get_or_insert_default();
-        let mut held = Pending::default();
-        held.push(&again.bytes);
-        held.push(s.held.bytes());
-        s.held = held;
-        // What their replies answer, read again from the requests (rare: a master died).
-        let mut t = RequestTracker::new(self.group.config().max_request_bytes);
-        t.mode = Mode::Pool;
-        t.marking = true;
-        let marked = t.feed(&again.bytes).is_ok() && t.expected_replies == again.replies;
-        if marked && s.held_marks.len() as u64 == s.held_replies * 2 {
-            let mut marks = t.take_marks();
-            marks.extend_from_slice(&s.held_marks);
-            s.held_marks = marks;
-        } else {
-            // Unknown: with durable acks every reply is held for the replicas (the safe side).
-            s.held_marks.clear();
-        }
-        s.held_replies += again.replies;
-        s.held_again = true;
-        s.held_since.get_or_insert(Instant::now());
-    }
-
     /// The client is owed nothing and holds nothing: answer the request the framer stopped at
     /// for us (`local.rs`) once it is whole, then take what followed it. One too long to keep,
     /// or not a well-formed command, goes to Redis on a connection of its own instead.
@@ -514,14 +435,6 @@ impl<'a> Pooled<'a> {
                 self.again = true;
                 self.open = false;
             }
-        }
-    }
-
-    fn count_held(&mut self, outcome: &str) {
-        let m = &self.group.metrics;
-        m.held_requests_total.with_label_values(&[outcome]).inc();
-        if let Some(since) = self.slow.as_mut().and_then(|s| s.held_since.take()) {
-            m.hold_seconds.observe(since.elapsed().as_secs_f64());
         }
     }
 
@@ -592,7 +505,7 @@ impl<'a> Pooled<'a> {
             }
         }
         let scripts = std::mem::take(&mut self.req.scripts);
-        // Taken and put back: the tracker keeps its buffer (empty without durable acks).
+        // Taken and put back: the tracker keeps its buffer.
         let marks = self.req.take_marks();
         self.push_complete(carried.bytes(), complete, replies, scripts, &marks);
         self.req.restore_marks(marks);
@@ -600,38 +513,6 @@ impl<'a> Pooled<'a> {
             // Raised after this client's own requests before the pin went on (or were held).
             self.pin_guard = Some(self.pool.pin_begin());
         }
-    }
-
-    /// Complete requests: on the connection now if the route is open, else held.
-    fn push_complete(
-        &mut self,
-        carried: &[u8],
-        complete: &[u8],
-        replies: u64,
-        scripts: bool,
-        marks: &[u8],
-    ) {
-        if complete.is_empty() && carried.is_empty() {
-            return;
-        }
-        let parts = [carried, complete];
-        if self.open
-            && self.lane_for(scripts) == self.lane
-            && matches!(self.changes.has_changed(), Ok(false))
-            && self.pool.barrier().is_none()
-            && let Some(conn) = self.conn.as_ref().filter(|c| !c.dead.get())
-        {
-            conn.push(&self.client, &parts, replies, marks, false, self.group);
-            return;
-        }
-        let s = self.slow.get_or_insert_default();
-        for p in parts {
-            s.held.push(p);
-        }
-        s.held_replies += replies;
-        s.held_marks.extend_from_slice(marks);
-        s.held_scripts |= scripts;
-        self.open = false;
     }
 }
 
