@@ -302,8 +302,10 @@ impl Conn {
     fn trim(&self, waiters: &VecDeque<Waiter>) {
         let mut out = self.out.borrow_mut();
         let base = self.base.get();
+        // (Never past what is written: a request no reply answers may lie unsent before the
+        // first one owed.)
         let answered = match waiters.front() {
-            Some(w) => (w.start - base) as usize,
+            Some(w) => ((w.start - base) as usize).min(self.written.get()),
             None => self.written.get(),
         };
         if answered == out.len() {
