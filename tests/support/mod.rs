@@ -691,6 +691,10 @@ async fn start_redis(
                 "no",
                 "--enable-debug-command",
                 "yes",
+                // A replica's first sync starts at once, not after Redis's default 5 s wait for
+                // more replicas to join the same transfer (after every failover too).
+                "--repl-diskless-sync-delay",
+                "0",
                 "--logfile",
                 &log.display().to_string(),
             ]
