@@ -22,11 +22,6 @@ impl Rows {
         Rows::from_fn(|s| s.writes)
     }
 
-    /// None (what a server that has not listed its commands is known to only read).
-    pub fn none() -> Rows {
-        Rows::from_fn(|_| false)
-    }
-
     fn from_fn(has: impl Fn(&Spec) -> bool) -> Rows {
         let table = super::all();
         let mut bits = vec![0u64; table.len().div_ceil(64)].into_boxed_slice();
