@@ -40,7 +40,8 @@
 # for the plain targets only.
 #
 # ACK=1 adds durable acknowledgements: pooled-ack (the proxy with `--ack replicas:1`, one thread,
-# its default pool for acks), and a client making its own writes durable, `SET` then `WAIT 1 0`
+# its default pool for acks), proxy-ack (the same 1:1, `--pool 0`: the group's barrier
+# connection confirms the writes of every session, src/session/barrier.rs), and a client making its own writes durable, `SET` then `WAIT 1 0`
 # for each (examples/setwait.rs, -c/-P as redis-benchmark's): setwait-direct to the master,
 # setwait-proxy (1:1) and setwait-pooled through the proxies above, and setwait-plain (the same
 # tool's SET alone, direct: its baseline). The setwait rows have SET only (their GET columns
@@ -220,15 +221,20 @@ fi
 declare -A TOOL=()
 if [ "${ACK:-0}" = 1 ]; then
     cargo build --release --quiet --example setwait
-    port=$(free_port) admin=$(free_port)
-    $BIN --threads 1 --ack replicas:1 --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$admin" \
-        --max-clients $((IDLE + 100)) --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/pooled-ack.log" &
-    PIDS+=($!)
-    CPU_PID[pooled-ack]=$!
-    ADMIN[pooled-ack]=$admin
-    wait_for 15 pooled-ack redis-cli -p "$port" set k v
-    PORTS[pooled-ack]=$port
-    NAMES+=(pooled-ack)
+    for row in "proxy-ack=--pool 0" "pooled-ack="; do
+        name=${row%%=*} mode=${row#*=}
+        port=$(free_port) admin=$(free_port)
+        # shellcheck disable=SC2086
+        $BIN --threads 1 --ack replicas:1 $mode --listen "127.0.0.1:$port" \
+            --metrics-listen "127.0.0.1:$admin" --max-clients $((IDLE + 100)) \
+            --sentinels "$(lab_sentinel_list)" 2>"$LAB_DIR/$name.log" &
+        PIDS+=($!)
+        CPU_PID[$name]=$!
+        ADMIN[$name]=$admin
+        wait_for 15 "$name" redis-cli -p "$port" set k v
+        PORTS[$name]=$port
+        NAMES+=("$name")
+    done
     for row in "setwait-plain=direct" "setwait-direct=direct" "setwait-proxy=proxy" "setwait-pooled=pooled"; do
         name=${row%%=*} via=${row#*=}
         PORTS[$name]=${PORTS[$via]}

@@ -461,13 +461,6 @@ impl Config {
                     g.listen
                 );
             }
-            if g.ack != Ack::Master && self.pool == 0 {
-                bail!(
-                    "group '{}': ack = {} needs pooled mode (pool of 1 or more): 1:1 sessions do not hold replies for their replicas",
-                    g.name,
-                    g.ack
-                );
-            }
             if g.sentinels.is_empty() {
                 bail!(
                     "group '{}': no sentinels: give sentinels = [...] in the group or at the top level",

@@ -233,6 +233,7 @@ impl Serving {
         let stop = self.shutdown.child_token();
         tokio::spawn(sentinel::watcher::run(group.clone(), stop.clone()));
         tokio::spawn(crate::lag::run(group.clone(), stop.clone()));
+        tokio::spawn(crate::session::barrier::run(group.clone(), stop.clone()));
         let listener = tokio::spawn(listener::run(
             listeners.main,
             listener::Target::Group(group.clone()),

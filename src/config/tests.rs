@@ -299,8 +299,13 @@ fn durable_acks_per_group_and_their_errors() {
         "[[group]]\nmaster-name = \"a\"\nlisten = \"127.0.0.1:1\"\nack = \"x\"\n",
     );
     assert!(e.starts_with("group 'a': ack: 'x'"), "{e}");
-    let e = err(&["--ack", "replicas:1", "--pool", "0"], "");
-    assert!(e.contains("needs pooled mode"), "{e}");
+    // 1:1 sessions hold replies too (the group's barrier: `session/barrier.rs`).
+    let c = Config::merge(
+        &cli(&["--sentinels", "a:1", "--ack", "replicas:1", "--pool", "0"]),
+        FileConfig::default(),
+    )
+    .unwrap();
+    assert_eq!((c.pool, c.groups()[0].ack), (0, Ack::Replicas(1)));
     let e = err(&["--ack-timeout", "0s"], "");
     assert!(e.contains("ack-timeout"), "{e}");
 }

@@ -49,6 +49,9 @@ pub enum CaptureKind {
     Subscribe,
     /// RESET: back to a fresh connection.
     Reset,
+    /// A dedicated session with `marking`: the mark of reply number `before + 1` (see
+    /// [`RequestTracker::marks`]); not a request to carry.
+    Mark(u16),
 }
 
 /// A request a session may have to carry: its kind, the replies expected before it (counted like
@@ -137,8 +140,8 @@ pub struct RequestTracker {
     /// (see [`RequestTracker::marks`]): pooled mode captures nothing, and every session holds
     /// a tracker, so the one buffer serves both.
     pub captured_bytes: Vec<u8>,
-    /// Pooled mode with durable acknowledgements: note which command each reply answers
-    /// ([`RequestTracker::marks`]).
+    /// Durable acknowledgements: note which command each reply answers (pooled mode:
+    /// [`RequestTracker::marks`]; a dedicated session: [`CaptureKind::Mark`] in `captured`).
     pub marking: bool,
     /// Whose connection the stream goes on: the client's own, a pool's shared one, or one lent
     /// for a span ([`Mode`]).
@@ -455,8 +458,20 @@ impl RequestTracker {
         }
     }
 
-    fn mark(&mut self, mark: u16) {
-        self.captured_bytes.extend_from_slice(&mark.to_le_bytes());
+    /// `before`: the replies owed before this one (its number, counted from 0).
+    fn mark(&mut self, mark: u16, before: u64) {
+        if self.mode == Mode::Pool {
+            self.captured_bytes.extend_from_slice(&mark.to_le_bytes());
+        } else {
+            // A dedicated session captures state requests' bytes in `captured_bytes`: its marks
+            // go with its captures, in order (`CaptureKind::Mark`).
+            self.captured.push(Captured {
+                kind: CaptureKind::Mark(mark),
+                before,
+                answered: true,
+                bytes: None,
+            });
+        }
     }
 
     /// Pooled mode with `marking`: one mark per reply owed for the requests completed since the
@@ -626,7 +641,7 @@ impl RequestTracker {
             // Most requests (GET, SET …): nothing to note but the reply they are owed.
             self.expected_replies += u64::from(expects);
             if self.marking && expects {
-                self.mark(self.spec);
+                self.mark(self.spec, self.expected_replies - 1);
             }
             return;
         }
@@ -736,10 +751,11 @@ impl RequestTracker {
         self.in_transaction = self.multi || self.watching;
         let before = self.expected_replies;
         if expects && self.marking {
-            self.mark(match queued {
+            let mark = match queued {
                 true => self.spec | MARK_QUEUED,
                 false => self.spec,
-            });
+            };
+            self.mark(mark, before);
         }
         if expects {
             self.expected_replies += 1;
@@ -1095,6 +1111,45 @@ mod tests {
         let mut t = pooled();
         t.feed(&[&set[..], get].concat()).unwrap();
         assert!(t.marks().is_empty());
+    }
+
+    /// A dedicated session's marks go with its captures, each with its reply's number.
+    #[test]
+    fn a_dedicated_sessions_marks_number_their_replies() {
+        let mut t = RequestTracker::new(1 << 20);
+        t.marking = true;
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+        let select = b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n";
+        let multi = b"*1\r\n$5\r\nMULTI\r\n";
+        let exec = b"*1\r\n$4\r\nEXEC\r\n";
+        t.feed(&[&set[..], select, multi, set, exec].concat())
+            .unwrap();
+        let row = |n: &str| command::index_of(n.as_bytes()).unwrap();
+        let marks: Vec<(u16, u64)> = t
+            .captured
+            .iter()
+            .filter_map(|c| match c.kind {
+                CaptureKind::Mark(m) => Some((m, c.before)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                (row("SET"), 0),
+                (row("SELECT"), 1),
+                (row("MULTI"), 2),
+                (row("SET") | MARK_QUEUED, 3),
+                (row("EXEC"), 4)
+            ]
+        );
+        // SELECT is still captured for a move, with its bytes.
+        let state = t
+            .captured
+            .iter()
+            .find(|c| c.kind == CaptureKind::State)
+            .unwrap();
+        assert_eq!((state.before, state.bytes.is_some()), (1, true));
     }
 
     /// Pooled mode keeps nothing per request: a client's shared state commands (SELECT 0,

@@ -72,13 +72,15 @@ impl Marks {
 
 /// What the master answered to a `WAIT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(crate) enum Verdict {
     /// At least the replicas asked for have everything before it.
     Acked,
     /// Fewer did within the timeout.
     Short(i64),
     /// Not a count (an error: the master was demoted, or the connection's user may not WAIT).
     Failed(String),
+    /// The proxy could not ask (no connection, no master, a switch came between: `barrier.rs`).
+    Lost(String),
 }
 
 /// Read the whole reply to a `WAIT`.
@@ -111,6 +113,7 @@ pub(super) fn refusal(verdict: &Verdict, need: u32, timeout: Duration) -> Vec<u8
             timeout.as_millis()
         ),
         Verdict::Failed(e) => format!("the master answered WAIT with: {}", clean(e)),
+        Verdict::Lost(e) => format!("the proxy could not ask the master: {}", clean(e)),
     };
     format!(
         "-NOREPLICAS Not enough good replicas to write: {why}. The master applied the write; a failover may lose it (sentinel-proxy ack = replicas:{need})\r\n"

@@ -173,6 +173,9 @@ impl Carry {
     /// Take what the request tracker captured (`bytes` is its `captured_bytes`).
     pub fn capture(&mut self, captured: &[Captured], bytes: &[u8]) {
         for c in captured {
+            if matches!(c.kind, CaptureKind::Mark(_)) {
+                continue; // durable acknowledgements' (`dedicated/hold.rs`), not a request
+            }
             if !self.resp3
                 && self.subs.count() > 0
                 && !matches!(c.kind, CaptureKind::Subscribe | CaptureKind::Reset)
@@ -235,6 +238,7 @@ impl Carry {
     fn resolve(&mut self, p: Pend, error: Option<bool>) {
         let ok = error == Some(false);
         match p.kind {
+            CaptureKind::Mark(_) => {}
             CaptureKind::State => match (error, p.bytes) {
                 (Some(true), _) => {}
                 (Some(false), Some(b)) => {

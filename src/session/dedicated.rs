@@ -48,6 +48,7 @@ use super::{Close, Pipe};
 use crate::Group;
 use crate::resp::{Mode, ProtocolError, ReplyTracker, RequestTracker};
 
+mod hold;
 mod step;
 
 /// The request tracker's state just before the chunk that is held, i.e. of the stream actually
@@ -102,6 +103,8 @@ pub(super) struct Session<'a> {
     pub(super) pipe: Option<Pipe>,
     /// Last time bytes moved either way (only kept when `--idle-timeout` is on).
     pub(super) last_active: Instant,
+    /// Durable acknowledgements (`ack = replicas:N`): the replies waiting for the replicas.
+    pub(super) ack: Option<Box<hold::Hold>>,
 }
 
 /// Which socket is ready for what (see `Session::wait`).
@@ -134,7 +137,9 @@ pub(super) enum Step {
 
 impl<'a> Session<'a> {
     pub(super) fn new(client: Link, backend: Link, generation: u64, group: &'a Group) -> Self {
-        let req = RequestTracker::new(group.config().max_request_bytes);
+        let mut req = RequestTracker::new(group.config().max_request_bytes);
+        let ack = hold::Hold::new(group);
+        req.marking = ack.is_some();
         let forwarded = Forwarded {
             at_boundary: true,
             expected_replies: 0,
@@ -168,6 +173,7 @@ impl<'a> Session<'a> {
             rechecked: false,
             pipe: None,
             last_active: Instant::now(),
+            ack,
         }
     }
 
@@ -293,6 +299,7 @@ impl<'a> Session<'a> {
             && !self.shutting_down
             && self.deadline.is_none()
             && !self.carrier
+            && self.ack.as_ref().is_none_or(|h| h.is_empty())
             && self.group.route.generation() == self.generation
     }
 
@@ -334,7 +341,9 @@ impl<'a> Session<'a> {
             && !self.client_eof
             && self.protocol_error.is_none()
             && !self.shutting_down;
-        let read_backend = !self.backend_gone && self.replies.is_empty();
+        let read_backend = !self.backend_gone
+            && self.replies.is_empty()
+            && self.ack.as_ref().is_none_or(|h| !h.full());
         let flush_backend =
             !self.backend_gone && (!self.unsent.is_empty() || self.backend.wants_flush());
         let flush_client = !self.replies.is_empty() || self.client.wants_flush();
@@ -343,6 +352,11 @@ impl<'a> Session<'a> {
             .then(|| gate_until(&self.group.route.load(), fence::Now::get()));
         arm(&mut self.deadline_timer, self.deadline, gate);
         let deadline_timer = &mut self.deadline_timer;
+        let mut barrier = self.ack.as_deref_mut().filter(|h| h.waiting());
+        let barrier_moved = std::future::poll_fn(|cx| match &mut barrier {
+            Some(h) => h.poll_barrier(cx),
+            None => Poll::Pending,
+        });
         let deadline_passed = std::future::poll_fn(|cx| match deadline_timer {
             Some(timer) => timer.as_mut().poll(cx),
             None => Poll::Pending,
@@ -393,6 +407,10 @@ impl<'a> Session<'a> {
                 },
             },
             _ = self.changes.changed() => Step::Continue,
+            moved = barrier_moved => match moved {
+                true => self.released(),
+                false => Step::Continue,
+            },
             _ = idle_tick => {
                 // Like Redis's `timeout`: never a client owed a reply, blocked, or subscribed.
                 let quiet = self.last_active.elapsed() >= idle
@@ -403,7 +421,8 @@ impl<'a> Session<'a> {
                     && self.req.at_request_boundary()
                     && !self.req.pubsub
                     && !self.req.monitor
-                    && self.pipe.is_none();
+                    && self.pipe.is_none()
+                    && self.ack.as_ref().is_none_or(|h| h.is_empty());
                 if quiet { Step::Close(Close::IdleTimeout) } else { Step::Continue }
             }
             // The gate's time or the deadline: the fence decides which (`fence.rs`).
@@ -453,6 +472,13 @@ impl<'a> Session<'a> {
     /// Requests the tracker captured go to the carry (created at the first), which resolves them
     /// as their replies pass.
     pub(super) fn take_captures(&mut self) {
+        if let Some(h) = &mut self.ack {
+            let unaligned = (self.req.pubsub && !self.req.resp3) || self.req.monitor;
+            h.take_marks(&mut self.req.captured, unaligned);
+            if self.req.captured.is_empty() {
+                return;
+            }
+        }
         let carry = self.carry.get_or_insert_with(|| Box::new(Carry::new()));
         carry.capture(&self.req.captured, &self.req.captured_bytes);
         self.req.captured.clear();
@@ -518,17 +544,34 @@ impl<'a> Session<'a> {
             self.group.metrics.not_master_replies_total.inc();
             self.group.route.request_recheck();
         }
-        match write_now(&mut self.client, bytes) {
-            Ok(w) => {
-                self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
-                self.replies.push(&bytes[w..]);
-                Step::Continue
-            }
-            Err(e) => {
-                debug!(error = %e, "client write error");
-                Step::Close(Close::ClientClosed)
-            }
+        let Some(h) = self.ack.as_deref_mut() else {
+            return to_client(&mut self.client, &mut self.replies, self.group, bytes);
+        };
+        let passed = h.relay(bytes, self.generation, &self.group.barrier, self.group);
+        let step = to_client(
+            &mut self.client,
+            &mut self.replies,
+            self.group,
+            &bytes[..passed],
+        );
+        if !h.out().is_empty() {
+            to_client(&mut self.client, &mut self.replies, self.group, h.out());
+            h.out_written();
         }
+        step
+    }
+
+    /// The barrier answered: what it released goes to the client.
+    fn released(&mut self) -> Step {
+        let Some(h) = self.ack.as_deref_mut() else {
+            return Step::Continue;
+        };
+        if !h.resolve(self.group) {
+            return Step::Continue;
+        }
+        let step = to_client(&mut self.client, &mut self.replies, self.group, h.out());
+        h.out_written();
+        step
     }
 
     /// Track replies one frame at a time while the carry waits for the answer to a captured
@@ -654,6 +697,29 @@ impl<'a> Session<'a> {
             .inc_by(requests);
         if let Some(since) = self.held_since.take() {
             m.hold_seconds.observe(since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Write replies to the client: as far as its socket takes them now, the rest kept pending
+/// (after what is pending already: replies keep their order).
+fn to_client(client: &mut Link, replies: &mut Pending, group: &Group, bytes: &[u8]) -> Step {
+    if bytes.is_empty() {
+        return Step::Continue;
+    }
+    if !replies.is_empty() {
+        replies.push(bytes);
+        return Step::Continue;
+    }
+    match write_now(client, bytes) {
+        Ok(w) => {
+            group.metrics.client_bytes_sent_total.inc_by(w as u64);
+            replies.push(&bytes[w..]);
+            Step::Continue
+        }
+        Err(e) => {
+            debug!(error = %e, "client write error");
+            Step::Close(Close::ClientClosed)
         }
     }
 }

@@ -16,6 +16,7 @@
 
 mod ack;
 mod backend;
+pub(crate) mod barrier;
 mod carry;
 mod compose;
 mod conn;
