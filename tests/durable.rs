@@ -30,13 +30,8 @@ async fn reader(port: u16, stop: tokio_util::sync::CancellationToken) -> (u64, V
     (reads, errors)
 }
 
-/// Whether the proxies run pooled (the default) or 1:1 (`SENTINEL_PROXY_TEST_POOL=0`: the
-/// durable acks of dedicated sessions, `session/barrier.rs`).
-fn pooled() -> bool {
-    std::env::var("SENTINEL_PROXY_TEST_POOL").map_or(true, |p| p != "0")
-}
-
-/// A proxy with `ack`, pooled (two connections at least) or 1:1.
+/// A proxy with `ack`, pooled (two connections at least) or 1:1 (`SENTINEL_PROXY_TEST_POOL=0`:
+/// the durable acks of dedicated sessions, `session/barrier.rs`).
 async fn proxy(lab: &Lab, ack: Ack) -> Proxy {
     Proxy::start_with(lab.sentinel_addrs(), |c| {
         if c.pool > 0 {
@@ -211,12 +206,7 @@ async fn with_durable_acks_no_acknowledged_write_dies_with_the_master() {
             errors.len()
         );
         assert!(reads >= 100, "{name} read too little: {reads}");
-        if pooled() {
-            assert_eq!(errors, Vec::<String>::new(), "{name} reader");
-        } else {
-            // 1:1 sessions do not send a read in flight again: at most the one at the kill.
-            assert!(errors.len() <= 1, "{name} reader: {errors:?}");
-        }
+        assert_eq!(errors, Vec::<String>::new(), "{name} reader");
     }
 
     let mut n = conn(new).await.unwrap();

@@ -193,9 +193,20 @@ async fn connection_commands_pin_their_client_and_are_counted() {
 /// idle client of the same connection never sees an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_sends_reads_again_and_fails_the_writes_in_flight() {
+    lost_connection(1).await;
+}
+
+/// The same in 1:1 mode: each client's own session keeps its reads in flight
+/// (`session/dedicated/again.rs`) and sends them again to the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_1_1_mode_too_reads_in_flight_on_a_dead_master_are_sent_again() {
+    lost_connection(0).await;
+}
+
+async fn lost_connection(pool: usize) {
     let mut lab = Lab::start().await;
     let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
-        c.pool = 1;
+        c.pool = pool;
         c.threads = 1;
         c.connect_wait = Duration::from_secs(30);
     })
@@ -231,7 +242,7 @@ async fn a_lost_connection_sends_reads_again_and_fails_the_writes_in_flight() {
         .write_all(&multibulk(&["SET", "lost:w", "1"]))
         .await
         .unwrap();
-    // Both are on the shared connection, unanswered; then the master dies.
+    // Both are on the master (pooled: on the shared connection), unanswered; then it dies.
     tokio::time::sleep(Duration::from_millis(100)).await;
     lab.proc_by_port(old).kill();
     let mut rest = Vec::new();

@@ -15,6 +15,10 @@
 //!   the session. A session whose state cannot be carried is closed, at a boundary where there is
 //!   one, and at the latest after `--drain-timeout`; requests it held were never sent anywhere.
 //!   When to move is decided in `fence.rs`, acted on in `dedicated/step.rs`.
+//! - **A master that dies.** Reads in flight are sent again to the next master (`again.rs`,
+//!   `lost.rs`); a write in flight closes the client (its outcome is unknown).
+//! - **Durable acknowledgements** (`ack = replicas:N`): a write's reply, and what follows it,
+//!   waits for the group's barrier (`hold.rs`, `session/barrier.rs`).
 //! - **Byte pipe.** After `SYNC`/`PSYNC` (a replication stream: an RDB payload, then commands)
 //!   or a reply the tracker cannot follow, the session stops tracking and passes bytes through
 //!   unchanged for the rest of its life, like an L4 splice. The fence still holds its bytes while
@@ -26,7 +30,8 @@
 //!   `-ERR Protocol error: …` after the replies to the valid requests before it, then the
 //!   connection is closed.
 //! - **Memory.** A session keeps bytes only while a peer's socket is full or the fence holds
-//!   them, and does not read a side whose bytes are still pending (`io.rs`).
+//!   them, and does not read a side whose bytes are still pending (`io.rs`); and a copy of the
+//!   reads in flight (up to 64 KiB), and the replies held for the replicas.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,7 +44,7 @@ use crate::tls::Link;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::carry::Carry;
 use super::fence::{self, gate_until};
@@ -48,8 +53,19 @@ use super::{Close, Pipe};
 use crate::Group;
 use crate::resp::{Mode, ProtocolError, ReplyTracker, RequestTracker};
 
+mod again;
 mod hold;
+mod lost;
+mod replies;
 mod step;
+
+/// What a session keeps beyond forwarding, in one box (an idle session stays small): the
+/// replies waiting for the replicas (`ack = replicas:N`), and its reads in flight, to send
+/// again if the master dies before answering them (once it said which commands read).
+pub(super) struct Extra {
+    hold: Option<hold::Hold>,
+    again: Option<again::Again>,
+}
 
 /// The request tracker's state just before the chunk that is held, i.e. of the stream actually
 /// forwarded so far.
@@ -103,8 +119,9 @@ pub(super) struct Session<'a> {
     pub(super) pipe: Option<Pipe>,
     /// Last time bytes moved either way (only kept when `--idle-timeout` is on).
     pub(super) last_active: Instant,
-    /// Durable acknowledgements (`ack = replicas:N`): the replies waiting for the replicas.
-    pub(super) ack: Option<Box<hold::Hold>>,
+    /// What the session keeps beyond forwarding ([`Extra`]); the tracker marks each request for
+    /// it.
+    pub(super) extra: Option<Box<Extra>>,
 }
 
 /// Which socket is ready for what (see `Session::wait`).
@@ -138,8 +155,9 @@ pub(super) enum Step {
 impl<'a> Session<'a> {
     pub(super) fn new(client: Link, backend: Link, generation: u64, group: &'a Group) -> Self {
         let mut req = RequestTracker::new(group.config().max_request_bytes);
-        let ack = hold::Hold::new(group);
-        req.marking = ack.is_some();
+        let (hold, again) = (hold::Hold::new(group), again::Again::new(group));
+        let extra = (hold.is_some() || again.is_some()).then(|| Box::new(Extra { hold, again }));
+        req.marking = extra.is_some();
         let forwarded = Forwarded {
             at_boundary: true,
             expected_replies: 0,
@@ -173,8 +191,13 @@ impl<'a> Session<'a> {
             rechecked: false,
             pipe: None,
             last_active: Instant::now(),
-            ack,
+            extra,
         }
+    }
+
+    /// The replies waiting for the replicas, if the group asks for durable acknowledgements.
+    fn hold(&self) -> Option<&hold::Hold> {
+        self.extra.as_ref().and_then(|x| x.hold.as_ref())
     }
 
     /// Replies the current forwarded stream still owes the client.
@@ -299,23 +322,8 @@ impl<'a> Session<'a> {
             && !self.shutting_down
             && self.deadline.is_none()
             && !self.carrier
-            && self.ack.as_ref().is_none_or(|h| h.is_empty())
+            && self.hold().is_none_or(|h| h.is_empty())
             && self.group.route.generation() == self.generation
-    }
-
-    /// Write the replies still pending to the client, waiting (boundedly) if need be (on TLS,
-    /// with their records: flushed).
-    async fn deliver_replies(&mut self) {
-        let bytes = self.replies.bytes();
-        let write = async {
-            self.client.write_all(bytes).await?;
-            self.client.flush().await
-        };
-        if let Ok(Ok(())) = timeout(Duration::from_secs(1), write).await {
-            let m = &self.group.metrics;
-            m.client_bytes_sent_total.inc_by(bytes.len() as u64);
-        }
-        self.replies = Pending::default();
     }
 
     /// Wait for the next thing to happen: client bytes, backend bytes, room to write what is
@@ -341,9 +349,8 @@ impl<'a> Session<'a> {
             && !self.client_eof
             && self.protocol_error.is_none()
             && !self.shutting_down;
-        let read_backend = !self.backend_gone
-            && self.replies.is_empty()
-            && self.ack.as_ref().is_none_or(|h| !h.full());
+        let read_backend =
+            !self.backend_gone && self.replies.is_empty() && self.hold().is_none_or(|h| !h.full());
         let flush_backend =
             !self.backend_gone && (!self.unsent.is_empty() || self.backend.wants_flush());
         let flush_client = !self.replies.is_empty() || self.client.wants_flush();
@@ -352,7 +359,11 @@ impl<'a> Session<'a> {
             .then(|| gate_until(&self.group.route.load(), fence::Now::get()));
         arm(&mut self.deadline_timer, self.deadline, gate);
         let deadline_timer = &mut self.deadline_timer;
-        let mut barrier = self.ack.as_deref_mut().filter(|h| h.waiting());
+        let mut barrier = self
+            .extra
+            .as_deref_mut()
+            .and_then(|x| x.hold.as_mut())
+            .filter(|h| h.waiting());
         let barrier_moved = std::future::poll_fn(|cx| match &mut barrier {
             Some(h) => h.poll_barrier(cx),
             None => Poll::Pending,
@@ -422,7 +433,7 @@ impl<'a> Session<'a> {
                     && !self.req.pubsub
                     && !self.req.monitor
                     && self.pipe.is_none()
-                    && self.ack.as_ref().is_none_or(|h| h.is_empty());
+                    && self.hold().is_none_or(|h| h.is_empty());
                 if quiet { Step::Close(Close::IdleTimeout) } else { Step::Continue }
             }
             // The gate's time or the deadline: the fence decides which (`fence.rs`).
@@ -472,9 +483,20 @@ impl<'a> Session<'a> {
     /// Requests the tracker captured go to the carry (created at the first), which resolves them
     /// as their replies pass.
     pub(super) fn take_captures(&mut self) {
-        if let Some(h) = &mut self.ack {
+        if let Some(x) = self.extra.as_deref_mut() {
             let unaligned = (self.req.pubsub && !self.req.resp3) || self.req.monitor;
-            h.take_marks(&mut self.req.captured, unaligned);
+            self.req.captured.retain(|c| match c.kind {
+                crate::resp::CaptureKind::Mark(m) => {
+                    if let Some(h) = &mut x.hold {
+                        h.mark(m, c.before, unaligned);
+                    }
+                    if let Some(a) = &mut x.again {
+                        a.note(m);
+                    }
+                    false
+                }
+                _ => true,
+            });
             if self.req.captured.is_empty() {
                 return;
             }
@@ -507,6 +529,11 @@ impl<'a> Session<'a> {
     /// Commit client bytes to the backend: written now as far as its socket takes them, the
     /// rest kept in `unsent`. Either way they count as forwarded from here on.
     pub(super) fn forward(&mut self, bytes: &[u8]) -> Step {
+        if let Some(a) = self.extra.as_deref_mut().and_then(|x| x.again.as_mut()) {
+            let quiet = self.forwarded.at_boundary
+                && self.forwarded.expected_replies == self.reply_base + self.rep.replies;
+            a.forwarded(bytes, quiet, self.forwarded.expected_replies);
+        }
         match write_now(&mut self.backend, bytes) {
             Ok(w) => self.unsent.push(&bytes[w..]),
             Err(e) => {
@@ -516,119 +543,6 @@ impl<'a> Session<'a> {
         }
         self.forwarded = self.snapshot();
         Step::Continue
-    }
-
-    /// Bytes just read from the backend: track the replies and write them to the client.
-    pub(super) fn relay_reply(&mut self, bytes: &[u8]) -> Step {
-        if self.idle_on {
-            self.last_active = Instant::now();
-        }
-        if self.pipe.is_none() {
-            let tracked = match &self.carry {
-                Some(c) if c.inspecting || c.next_stop().is_some() => self.track_framed(bytes),
-                _ => self.rep.feed(bytes).is_ok(),
-            };
-            if !tracked {
-                self.become_pipe(Pipe::UntrackedReply);
-            }
-            if self.carrier {
-                self.sync_carrier();
-            }
-            if self.carry.as_ref().is_some_and(|c| c.is_empty()) {
-                self.carry = None; // back to the lean path
-            }
-        }
-        if self.rep.saw_not_master && !self.rechecked && !self.group.lane {
-            // A partitioned or demoted master: have the watcher look now.
-            self.rechecked = true;
-            self.group.metrics.not_master_replies_total.inc();
-            self.group.route.request_recheck();
-        }
-        let Some(h) = self.ack.as_deref_mut() else {
-            return to_client(&mut self.client, &mut self.replies, self.group, bytes);
-        };
-        let passed = h.relay(bytes, self.generation, &self.group.barrier, self.group);
-        let step = to_client(
-            &mut self.client,
-            &mut self.replies,
-            self.group,
-            &bytes[..passed],
-        );
-        if !h.out().is_empty() {
-            to_client(&mut self.client, &mut self.replies, self.group, h.out());
-            h.out_written();
-        }
-        step
-    }
-
-    /// The barrier answered: what it released goes to the client.
-    fn released(&mut self) -> Step {
-        let Some(h) = self.ack.as_deref_mut() else {
-            return Step::Continue;
-        };
-        if !h.resolve(self.group) {
-            return Step::Continue;
-        }
-        let step = to_client(&mut self.client, &mut self.replies, self.group, h.out());
-        h.out_written();
-        step
-    }
-
-    /// Track replies one frame at a time while the carry waits for the answer to a captured
-    /// request, or inspects a subscribed connection's frames. False: not RESP.
-    fn track_framed(&mut self, bytes: &[u8]) -> bool {
-        let Some(carry) = self.carry.as_mut() else {
-            return self.rep.feed(bytes).is_ok();
-        };
-        let mut rest = bytes;
-        loop {
-            carry.replies_done(self.reply_base + self.rep.replies, self.rep.last_error);
-            // HELLO 3 worked: subscribe commands are now answered with pushes.
-            self.req.resp3 = carry.resp3;
-            if rest.is_empty() {
-                return true;
-            }
-            if !carry.inspecting && carry.next_stop().is_none() {
-                return self.rep.feed(rest).is_ok();
-            }
-            let Ok(n) = self.rep.feed_frame(rest) else {
-                return false;
-            };
-            if carry.inspecting {
-                carry.inspect(&rest[..n], self.rep.at_reply_boundary());
-            }
-            rest = &rest[n..];
-        }
-    }
-
-    /// Stop tracking for good: from now on bytes pass through unchanged.
-    fn become_pipe(&mut self, why: Pipe) {
-        info!(
-            reason = why.label(),
-            "session is now a byte pipe (no longer tracking requests and replies)"
-        );
-        self.group
-            .metrics
-            .pipe_sessions_total
-            .with_label_values(&[why.label()])
-            .inc();
-        self.pipe = Some(why);
-    }
-
-    fn flush_replies(&mut self) -> Step {
-        // On TLS, the records of replies already taken go first.
-        let flushed = self.client.flush_now();
-        match flushed.and_then(|()| write_now(&mut self.client, self.replies.bytes())) {
-            Ok(w) => {
-                self.group.metrics.client_bytes_sent_total.inc_by(w as u64);
-                self.replies.consume(w);
-                Step::Continue
-            }
-            Err(e) => {
-                debug!(error = %e, "client write error");
-                Step::Close(Close::ClientClosed)
-            }
-        }
     }
 
     fn flush_unsent(&mut self) -> Step {
@@ -644,36 +558,6 @@ impl<'a> Session<'a> {
                 Step::Close(Close::IoError)
             }
         }
-    }
-
-    pub(super) fn backend_lost(&mut self) -> Step {
-        self.backend_gone = true;
-        // Redis closes after answering QUIT; so does the client's connection, once every byte
-        // before that end has been relayed (never moved to a new backend, which would answer
-        // what the client sends next). The end, not a reply count, marks it: a subscriber's
-        // messages make reply counts meaningless.
-        if self.req.quit {
-            return Step::Close(Close::Quit);
-        }
-        let generation_moved = self.group.route.generation() != self.generation;
-        if self.client_eof {
-            return Step::Close(Close::ClientClosed);
-        }
-        // A reply was owed, a request was cut, or the session cannot be moved: the client must
-        // see the loss. A blocking command is the exception: nothing was popped for it on a node
-        // that is gone, so it is re-issued on the next master. So are a subscriber's replies.
-        let owed = self.in_flight() > 0 && !self.req.pubsub && !self.blocked_last();
-        if owed || !self.unsent.is_empty() || !self.movable() {
-            return Step::Close(Close::BackendClosed);
-        }
-        // Idle on a master that went away: wait for the next verified master and move there.
-        if !generation_moved {
-            self.group.route.request_recheck();
-        }
-        if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.group.config().connect_wait);
-        }
-        Step::Continue
     }
 
     /// Like Redis: the replies to the valid requests before it, the error, then close.
@@ -697,29 +581,6 @@ impl<'a> Session<'a> {
             .inc_by(requests);
         if let Some(since) = self.held_since.take() {
             m.hold_seconds.observe(since.elapsed().as_secs_f64());
-        }
-    }
-}
-
-/// Write replies to the client: as far as its socket takes them now, the rest kept pending
-/// (after what is pending already: replies keep their order).
-fn to_client(client: &mut Link, replies: &mut Pending, group: &Group, bytes: &[u8]) -> Step {
-    if bytes.is_empty() {
-        return Step::Continue;
-    }
-    if !replies.is_empty() {
-        replies.push(bytes);
-        return Step::Continue;
-    }
-    match write_now(client, bytes) {
-        Ok(w) => {
-            group.metrics.client_bytes_sent_total.inc_by(w as u64);
-            replies.push(&bytes[w..]);
-            Step::Continue
-        }
-        Err(e) => {
-            debug!(error = %e, "client write error");
-            Step::Close(Close::ClientClosed)
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::Group;
-use crate::resp::{CaptureKind, Captured, ReplyTracker};
+use crate::resp::ReplyTracker;
 use crate::session::ack::{self, Marks, Verdict};
 use crate::session::barrier::{Barrier, Resolved};
 
@@ -77,7 +77,7 @@ async fn changed(mut rx: watch::Receiver<Resolved>) -> Changed {
 
 impl Hold {
     /// For a session of `group`, if it asks for durable acknowledgements.
-    pub(in crate::session) fn new(group: &Group) -> Option<Box<Hold>> {
+    pub(in crate::session) fn new(group: &Group) -> Option<Hold> {
         let crate::config::Ack::Replicas(need) = group.settings().ack else {
             return None;
         };
@@ -85,7 +85,7 @@ impl Hold {
             Some(learned) => learned.writes.clone(),
             None => Arc::new(crate::command::Rows::written_by_hand()),
         };
-        Some(Box::new(Hold {
+        Some(Hold {
             need,
             timeout: group.config().ack_timeout,
             marks: Marks::new(writes),
@@ -101,22 +101,16 @@ impl Hold {
             changed: ReusableBoxFuture::new(changed(group.barrier.subscribe())),
             resolved: Resolved::default(),
             out: Vec::new(),
-        }))
+        })
     }
 
-    /// Take the tracker's marks out of `captured` (the rest are requests to carry).
+    /// The tracker's mark `m` of reply number `before + 1` (`CaptureKind::Mark`).
     /// `unaligned`: reply numbers do not follow requests (a RESP2 subscriber, MONITOR).
-    pub(in crate::session) fn take_marks(&mut self, captured: &mut Vec<Captured>, unaligned: bool) {
-        captured.retain(|c| match c.kind {
-            CaptureKind::Mark(m) => {
-                if self.marks.writes(m) {
-                    self.writes.push_back(c.before);
-                    self.all |= unaligned;
-                }
-                false
-            }
-            _ => true,
-        });
+    pub(in crate::session) fn mark(&mut self, m: u16, before: u64, unaligned: bool) {
+        if self.marks.writes(m) {
+            self.writes.push_back(before);
+            self.all |= unaligned;
+        }
     }
 
     /// Nothing held, nothing waiting.
@@ -305,7 +299,24 @@ mod tests {
     use super::*;
     use crate::command;
 
-    fn hold(group: &Group) -> Box<Hold> {
+    use crate::resp::{CaptureKind, Captured};
+
+    /// What the session does with the tracker's marks.
+    trait TakeMarks {
+        fn take_marks(&mut self, captured: &mut Vec<Captured>, unaligned: bool);
+    }
+
+    impl TakeMarks for Hold {
+        fn take_marks(&mut self, captured: &mut Vec<Captured>, unaligned: bool) {
+            for c in captured.drain(..) {
+                if let CaptureKind::Mark(m) = c.kind {
+                    self.mark(m, c.before, unaligned);
+                }
+            }
+        }
+    }
+
+    fn hold(group: &Group) -> Hold {
         let mut h = Hold::new(group).unwrap();
         h.marks = Marks::new(Arc::new(command::Rows::written_by_hand()));
         h
