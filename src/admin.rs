@@ -5,6 +5,9 @@
 //! | `/metrics` | Prometheus text exposition of every metric (see `metrics.rs`) |
 //! | `/healthz` | `200 ok` while the process runs (liveness) |
 //! | `/readyz`  | `200 ready` while every group has a verified, answering master, else `503` naming the groups without one (readiness); `/readyz?group=NAME` for one group |
+//! | `POST /groups/NAME/pause` | (operator actions: only with `--admin-token` set, and only with it as a bearer token: `403`/`401` otherwise) hold the group's new requests at request boundaries, `?seconds=N` at most (30 by default, 300 at most; `operator.rs`) |
+//! | `POST /groups/NAME/resume` | lift the hold |
+//! | `POST /groups/NAME/switchover` | hold, `SENTINEL FAILOVER`, wait for the new master to be verified, release; JSON: the timeline, or `409`/`503`/`504` and why not |
 //! | `/status`  | (with `--admin-token`, only with `Authorization: Bearer <token>`) JSON: per group (`groups`, in configuration order) its read pool (`read`, with a read port), its master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines; the first group's fields also at the top level (a single-group proxy reads them there); the effective config (secrets masked). `/status?group=NAME`: that group's fields at the top level |
 //!
 //! It shares nothing with the data path but the metric atomics and the routes, read lock-free.
@@ -53,7 +56,14 @@ pub async fn run(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (shared, groups) = (shared.clone(), groups.clone());
-                async move { Ok::<_, Infallible>(handle(&req, &shared, &groups.load())) }
+                async move {
+                    let groups = groups.load_full();
+                    let response = match req.method() == Method::POST {
+                        true => act(&req, &shared, &groups).await,
+                        false => handle(&req, &shared, &groups),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -90,7 +100,7 @@ fn handle(
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET, or POST for operator actions\n".into(),
         );
     }
     match req.uri().path() {
@@ -155,6 +165,84 @@ fn handle(
                 status(shared, &asked).to_string(),
             )
         }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// An operator action (`POST /groups/NAME/ACTION`, `operator.rs`): only with the admin token.
+async fn act(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    groups: &[Arc<Group>],
+) -> Response<Full<Bytes>> {
+    if shared.config().admin_token.is_none() {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "operator actions need an admin token (--admin-token): none is set\n".into(),
+        );
+    }
+    if !authorized(req, shared) {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "operator actions need the admin token (Authorization: Bearer …)\n".into(),
+        );
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let path = req.uri().path();
+    let Some((name, action)) = path
+        .strip_prefix("/groups/")
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+    };
+    let Some(group) = groups.iter().find(|g| g.name == name) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no group named '{name}'\n"),
+        );
+    };
+    let json =
+        |code: StatusCode, v: serde_json::Value| reply(code, "application/json", format!("{v}\n"));
+    match action {
+        "pause" => {
+            let seconds = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("seconds="))
+                    .map(|s| s.parse::<f64>())
+            });
+            let asked = match seconds {
+                None => crate::operator::DEFAULT_PAUSE,
+                Some(Ok(s)) if s > 0.0 && s <= crate::operator::MAX_PAUSE.as_secs_f64() => {
+                    Duration::from_secs_f64(s)
+                }
+                Some(_) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!(
+                            "seconds: a number above 0 and at most {}\n",
+                            crate::operator::MAX_PAUSE.as_secs()
+                        ),
+                    );
+                }
+            };
+            json(StatusCode::OK, crate::operator::pause(group, asked))
+        }
+        "resume" => json(StatusCode::OK, crate::operator::resume(group)),
+        "switchover" => match crate::operator::switchover(group).await {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(e) => json(
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::CONFLICT),
+                serde_json::json!({ "group": group.name, "error": e.reason }),
+            ),
+        },
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -258,6 +346,7 @@ fn group_status(group: &Group) -> serde_json::Value {
         "master": route.master.map(|a| a.to_string()),
         "available": route.ready(),
         "paused": route.paused,
+        "held": route.held,
         "generation": route.generation,
         "generation_since_unix_ms": since,
         "client_connections": group.metrics.client_connections.get(),

@@ -22,7 +22,7 @@ mod file;
 mod groups;
 mod values;
 
-pub use cli::{Cli, Command};
+pub use cli::{Cli, Command, CtlAction};
 pub use file::FileConfig;
 use file::read_file;
 
@@ -184,6 +184,24 @@ impl Config {
             pick(&cli.metrics_listen, file.metrics_listen).as_deref(),
             DEFAULT_METRICS_LISTEN,
         )
+    }
+
+    /// What `sentinel-proxy ctl` needs of the configuration (nothing else is loaded: a `ctl`
+    /// run needs no sentinels): the admin address, as for `healthcheck`, and the admin token
+    /// (`--admin-token`, `--admin-token-file`, their env vars, or the `--config` file's).
+    pub fn admin_access(cli: &Cli) -> anyhow::Result<(SocketAddr, Option<Secret>)> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let token = secret_or_file(
+            "admin-token",
+            pick(&cli.admin_token, file.admin_token.clone()),
+            pick(&cli.admin_token_file, file.admin_token_file.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map(Secret::new);
+        Ok((Config::admin_address(cli)?, token))
     }
 
     pub fn merge(cli: &Cli, file: FileConfig) -> anyhow::Result<Config> {

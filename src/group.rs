@@ -40,6 +40,8 @@ pub struct Group {
     /// What the current master said of its commands (`COMMAND`), asked once per master by the
     /// watcher; none until it answers (the command table's hand list stands meanwhile).
     pub commands: arc_swap::ArcSwapOption<LearnedFrom>,
+    /// What the operator asked of it (`operator.rs`: pause, switchover).
+    pub operator: crate::operator::Operator,
     /// Durable acknowledgements for its dedicated sessions (`session/barrier.rs`).
     pub(crate) barrier: session::barrier::Barrier,
     /// Its read port, if it has one (the port holds the group, not the reverse).
@@ -94,6 +96,7 @@ impl Group {
             read: std::sync::OnceLock::new(),
             commands: Default::default(),
             barrier: Default::default(),
+            operator: Default::default(),
         }
     }
 

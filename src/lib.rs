@@ -34,6 +34,7 @@ pub mod group;
 pub mod lag;
 pub mod listener;
 pub mod metrics;
+pub mod operator;
 pub mod read;
 pub mod resp;
 pub mod route;

@@ -25,6 +25,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Ctl { action }) = &cli.command {
+        return match Config::admin_access(&cli) {
+            Ok((addr, token)) => ctl(addr, token.as_ref().map(|t| t.expose()), action),
+            Err(e) => {
+                eprintln!("sentinel-proxy: invalid configuration: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -149,6 +158,59 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `sentinel-proxy ctl ACTION GROUP`: POST the action to the running proxy's admin address with
+/// the admin token; print the answer; exit 0 on 200, 1 otherwise.
+fn ctl(
+    mut addr: std::net::SocketAddr,
+    token: Option<&str>,
+    action: &sentinel_proxy::config::CtlAction,
+) -> ExitCode {
+    use std::io::{Read, Write};
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let Some(token) = token else {
+        eprintln!(
+            "sentinel-proxy: ctl needs the admin token (--admin-token, --admin-token-file, SENTINEL_PROXY_ADMIN_TOKEN, or the --config file's)"
+        );
+        return ExitCode::from(2);
+    };
+    let path = action.path();
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+        // A switchover waits for the new master (30 s at most).
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+        write!(
+            s,
+            "POST {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(resp) => {
+            let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+            let ok = head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200");
+            if ok {
+                print!("{body}");
+                ExitCode::SUCCESS
+            } else {
+                let status = head.lines().next().unwrap_or("no answer");
+                eprintln!(
+                    "sentinel-proxy: {path} at {addr}: {status}: {}",
+                    body.trim()
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("sentinel-proxy: {path} at {addr}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub sentinel_events_total: IntCounterVec,
     pub sentinel_up: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
+    pub operator_actions_total: IntCounterVec,
     pub tls_reloads_total: IntCounterVec,
     pub tls_certificate_expiry: IntGaugeVec,
     pub build_info: IntGaugeVec,
@@ -344,7 +345,7 @@ impl Metrics {
             ),
             requests_sent_again_total: counter(
                 "sentinel_proxy_requests_sent_again_total",
-                "Pooled mode: requests sent again on a new master connection instead of failing their client: reads in flight when the master went away, and requests appended but never sent before a switch.",
+                "Requests sent again on a new master connection instead of failing their client: reads in flight when the master went away (pooled and 1:1), and requests a shared connection appended but never sent before a switch.",
             ),
             protocol_errors_total: counter(
                 "sentinel_proxy_client_protocol_errors_total",
@@ -362,6 +363,11 @@ impl Metrics {
             tls_handshake_failures_total: counter(
                 "sentinel_proxy_tls_handshake_failures_total",
                 "Client connections closed because their TLS handshake failed or timed out (a client certificate missing or not trusted, a plain-text client, a protocol mismatch).",
+            ),
+            operator_actions_total: process_counter_vec(
+                "sentinel_proxy_operator_actions_total",
+                "Operator actions on the admin port (pause, resume, switchover), by group and result (ok, refused, failed).",
+                &["group", "action", "result"],
             ),
             tls_reloads_total: process_counter_vec(
                 "sentinel_proxy_tls_reloads_total",

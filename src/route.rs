@@ -9,7 +9,9 @@
 //! not cut off healthy connections; it only makes new clients wait.
 //!
 //! A route can also be *paused* (same generation): a failover has started, so sessions hold new
-//! requests instead of sending them to a master that is about to be replaced (the fence).
+//! requests instead of sending them to a master that is about to be replaced (the fence). And
+//! *held*, by the operator (`admin.rs`: pause, switchover): sessions hold new requests the same
+//! way, but the hold is the operator's own state, which no switch or failover lifts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub struct Route {
     pub available: bool,
     /// A failover is under way: hold new requests (see the module doc).
     pub paused: bool,
+    /// The operator holds new requests (`RouteTable::hold`); every route stored carries it.
+    pub held: bool,
     /// This generation began after the previous master stopped answering (or Sentinel reported
     /// it down). A reply it still sends to a request in flight would come from a master that
     /// has been replaced: what it executes now is lost when it is demoted, so such a reply must
@@ -45,6 +49,11 @@ impl Route {
         } else {
             None
         }
+    }
+
+    /// New requests wait: a failover's pause or the operator's hold.
+    pub fn fenced(&self) -> bool {
+        self.paused || self.held
     }
 
     /// A verified master is known and answering (readiness), paused or not.
@@ -72,6 +81,8 @@ pub struct RouteTable {
     changed: watch::Sender<u64>,
     /// Sessions that fail to reach the master ask the watcher to look again now.
     recheck: Notify,
+    /// The operator's hold (`held` of every route stored).
+    operator: std::sync::atomic::AtomicBool,
 }
 
 impl Default for RouteTable {
@@ -88,11 +99,13 @@ impl RouteTable {
                 master: None,
                 available: false,
                 paused: false,
+                held: false,
                 previous_down: false,
                 since: SystemTime::now(),
             }),
             changed: watch::Sender::new(0),
             recheck: Notify::new(),
+            operator: Default::default(),
             attached: Default::default(),
             carriers: Default::default(),
         }
@@ -175,6 +188,7 @@ impl RouteTable {
             master: Some(master),
             available: true,
             paused: false,
+            held: false,
             previous_down: previous_down || (old.master.is_some() && !old.available),
             since: SystemTime::now(),
         });
@@ -209,6 +223,7 @@ impl RouteTable {
             master: None,
             available: false,
             paused: false,
+            held: false,
             previous_down: false,
             since: SystemTime::now(),
         });
@@ -238,8 +253,46 @@ impl RouteTable {
         }
     }
 
-    fn store(&self, route: Route) {
+    /// Start or end the operator's hold. Returns whether anything changed.
+    pub fn hold(&self, on: bool) -> bool {
+        let was = self.operator.swap(on, Ordering::SeqCst);
+        if was != on {
+            self.mark_held();
+        }
+        was != on
+    }
+
+    /// Whether the operator holds new requests.
+    pub fn held(&self) -> bool {
+        self.operator.load(Ordering::SeqCst)
+    }
+
+    /// Make the route in force carry the operator's hold (the watcher may store a route at the
+    /// same time: whichever stores last, the hold is re-read after it).
+    fn mark_held(&self) {
+        loop {
+            let held = self.operator.load(Ordering::SeqCst);
+            let current = self.load();
+            if current.held == held {
+                return;
+            }
+            let prev = self.current.compare_and_swap(
+                &current,
+                Arc::new(Route {
+                    held,
+                    ..(*current).clone()
+                }),
+            );
+            if Arc::ptr_eq(&*prev, &current) {
+                self.changed.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    fn store(&self, mut route: Route) {
+        route.held = self.operator.load(Ordering::SeqCst);
         self.current.store(Arc::new(route));
+        self.mark_held();
         self.changed.send_modify(|n| *n += 1);
     }
 
@@ -255,6 +308,33 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operator's hold is its own: switches, a failover's pause and its end keep it; only
+    /// the operator lifts it.
+    #[test]
+    fn the_operators_hold_outlives_switches_and_pauses() {
+        let t = RouteTable::new();
+        let (a, b) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        t.set_master(a);
+        assert!(!t.load().fenced());
+        assert!(t.hold(true));
+        assert!(!t.hold(true), "already held");
+        assert!(t.load().held && t.load().fenced() && !t.load().paused);
+        t.set_paused(true);
+        t.switch_to(b, false);
+        assert!(
+            t.load().held && !t.load().paused,
+            "a switch ends the pause, not the hold"
+        );
+        t.clear_master();
+        t.set_master(a);
+        assert!(t.load().held);
+        assert!(t.hold(false));
+        assert!(!t.load().fenced());
+    }
 
     #[test]
     fn generations_follow_the_address() {

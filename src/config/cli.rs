@@ -259,4 +259,45 @@ pub enum Command {
     /// Read a password on standard input (one line) and print its Argon2id hash, for a line
     /// `name:<hash>` of the users file.
     HashPassword,
+    /// Ask a running proxy for an operator action on a group, through its admin port (the
+    /// address and the admin token as the proxy has them: `--metrics-listen`,
+    /// `--admin-token`/`--admin-token-file`, their env vars, or the `--config` file; nothing
+    /// else of the configuration is needed). Prints its JSON answer; exit 0 if it was done, 1
+    /// if it was refused or the proxy did not answer, 2 for a bad configuration.
+    Ctl {
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+/// What `sentinel-proxy ctl` asks.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum CtlAction {
+    /// Hold the group's new requests at request boundaries (until `resume`, or `--seconds`).
+    Pause {
+        /// The group (a single-group proxy's is its master name).
+        group: String,
+        /// Lift the hold by itself after this many seconds (at most 300; 30 if not given).
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
+    /// Lift the hold.
+    Resume { group: String },
+    /// Hold, `SENTINEL FAILOVER`, wait for the new master to be verified, release: prints the
+    /// timeline.
+    Switchover { group: String },
+}
+
+impl CtlAction {
+    /// The admin path it posts to.
+    pub fn path(&self) -> String {
+        match self {
+            CtlAction::Pause { group, seconds } => match seconds {
+                Some(s) => format!("/groups/{group}/pause?seconds={s}"),
+                None => format!("/groups/{group}/pause"),
+            },
+            CtlAction::Resume { group } => format!("/groups/{group}/resume"),
+            CtlAction::Switchover { group } => format!("/groups/{group}/switchover"),
+        }
+    }
 }

@@ -135,7 +135,7 @@ pub(crate) fn admit(
             master_down: route.previous_down,
         };
     }
-    if route.paused {
+    if route.fenced() {
         return Admit::Hold(Hold::Paused);
     }
     let master = match asker.served {
@@ -306,7 +306,7 @@ fn step(
         }
         return Action::Wait { open: false };
     }
-    if route.paused {
+    if route.fenced() {
         if v.held {
             return Action::Hold(Hold::Paused);
         }
@@ -317,7 +317,7 @@ fn step(
         return Action::Refuse;
     }
     Action::Wait {
-        open: !route.paused && !v.held,
+        open: !route.fenced() && !v.held,
     }
 }
 
@@ -338,6 +338,7 @@ mod tests {
             master: Some(master.parse().unwrap()),
             available: true,
             paused: false,
+            held: false,
             previous_down: false,
             since: SystemTime::now(),
         }
@@ -383,6 +384,16 @@ mod tests {
             ("new client, open", &route(1, A), new, 0, Admit::Go(a)),
             ("paused", &paused, same, 0, Admit::Hold(Hold::Paused)),
             ("paused, new", &paused, new, 0, Admit::Hold(Hold::Paused)),
+            (
+                "held by the operator",
+                &Route {
+                    held: true,
+                    ..route(1, A)
+                },
+                same,
+                0,
+                Admit::Hold(Hold::Paused),
+            ),
             (
                 "unanswering master keeps its clients",
                 &unavailable,
@@ -487,6 +498,26 @@ mod tests {
                 Action::Wait { open: false },
             ),
             ("paused, held", held, &paused, 0, Action::Hold(Hold::Paused)),
+            (
+                "the operator's hold, held",
+                held,
+                &Route {
+                    held: true,
+                    ..route(1, A)
+                },
+                0,
+                Action::Hold(Hold::Paused),
+            ),
+            (
+                "the operator's hold over a switch: wait for it to end",
+                idle(),
+                &Route {
+                    held: true,
+                    ..route(2, B)
+                },
+                0,
+                Action::Hold(Hold::NoMaster),
+            ),
             ("pause ended, held", held, &route(1, A), 0, Action::Release),
             (
                 "held behind unsent bytes",

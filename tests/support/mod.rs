@@ -835,6 +835,37 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_get_with(addr, path, "").await
 }
 
+/// `POST path` on the admin port, with `token` as the bearer token if given: the status and
+/// the body (a switchover's answer takes as long as the failover).
+pub async fn http_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let (path, auth) = (path.to_string(), auth);
+    tokio::task::spawn_blocking(move || {
+        let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => s,
+            Err(_) => return (0, String::new()),
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = write!(
+            s,
+            "POST {path} HTTP/1.0\r\nHost: test\r\n{auth}Content-Length: 0\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, body.to_string())
+    })
+    .await
+    .unwrap_or((0, String::new()))
+}
+
 /// [`http_get`] with more header lines (each ending in `\r\n`).
 pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let (path, headers) = (path.to_string(), headers.to_string());
