@@ -73,6 +73,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub connect_wait: Duration,
     pub shutdown_timeout: Duration,
+    /// Where to listen for a successor (`upgrade.rs`), if anywhere.
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take the listening sockets of the proxy at `upgrade_socket` instead of binding.
+    pub takeover: bool,
     pub sentinel_prune_after: Duration,
     pub discovery: Discovery,
     pub failover_pause: Duration,
@@ -129,6 +133,8 @@ impl Config {
             connect_timeout: Duration::from_secs(1),
             connect_wait: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
+            upgrade_socket: None,
+            takeover: false,
             sentinel_prune_after: Duration::from_secs(600),
             discovery: Discovery::First,
             failover_pause: Duration::from_secs(5),
@@ -274,6 +280,13 @@ impl Config {
                 bail!("users-file {path}: no users: nobody could connect");
             }
             cfg.users = Some(Arc::new(users));
+        }
+        cfg.upgrade_socket = pick(&cli.upgrade_socket, file.upgrade_socket).map(PathBuf::from);
+        cfg.takeover = cli.takeover;
+        if cfg.takeover && cfg.upgrade_socket.is_none() {
+            bail!(
+                "takeover needs upgrade-socket: the path where the running proxy listens for its successor"
+            );
         }
         cfg.admin_token = secret(
             "admin-token",

@@ -44,6 +44,7 @@ pub mod session;
 pub mod shutdown;
 pub mod sockopt;
 pub mod tls;
+pub mod upgrade;
 pub mod workers;
 
 /// Certificates made at test time, shared with the end-to-end tests.
@@ -118,6 +119,10 @@ impl Shared {
             restart.push("log-format");
             new.log_format = old.log_format;
         }
+        if new.upgrade_socket != old.upgrade_socket {
+            restart.push("upgrade-socket");
+            new.upgrade_socket = old.upgrade_socket.clone();
+        }
         if old.declared_groups.is_empty() && new.declared_groups.is_empty() {
             // The one implicit group, named after its master: a new name is not a new group.
             let mut w = new.groups().remove(0);
@@ -191,7 +196,37 @@ pub async fn run(
     shutdown: CancellationToken,
     reload: Option<Reloader>,
 ) -> Result<(), Error> {
-    let mut server = Server::bind(config).await?;
+    // A live upgrade: take the running proxy's listening sockets (`upgrade.rs`).
+    let mut inherited = match (&config.upgrade_socket, config.takeover) {
+        (Some(path), true) => {
+            let path = path.clone();
+            match tokio::task::spawn_blocking(move || upgrade::take_over(&path)).await {
+                Ok(Ok(i)) => {
+                    tracing::info!(
+                        predecessor = i.pid,
+                        "took over the listening sockets of the running proxy"
+                    );
+                    Some(i)
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "no running proxy to take over from: binding");
+                    None
+                }
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    let upgrade_socket = config.upgrade_socket.clone();
+    let mut server = Server::bind_with(config, inherited.as_mut()).await?;
+    if let Some(path) = upgrade_socket {
+        upgrade::serve(path, server.listener_fds(), shutdown.clone());
+    }
+    if let Some(mut i) = inherited
+        && let Err(e) = i.serving()
+    {
+        tracing::warn!(error = %e, "could not tell the predecessor that this process serves");
+    }
     if let Some(reload) = reload {
         shutdown::reload_on_sighup(server.shared(), server.reloads(), reload, shutdown.clone());
     }

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::GroupConfig;
+use crate::upgrade::{Inherited, Role};
 use crate::{Config, Error, Group, Shared, admin, listener, read, sentinel, workers};
 
 /// A proxy with its sockets bound, not yet serving.
@@ -49,16 +50,44 @@ struct Listeners {
     read: Option<TcpListener>,
 }
 
-/// Bind a group's listeners; its settings then name the addresses bound (port 0 picks one,
-/// which /status shows).
-fn bind_group(mut g: GroupConfig, max_clients: usize) -> Result<(Listeners, GroupConfig), Error> {
-    let main = bind(g.listen, max_clients.max(1024))?;
+/// A listener handed over by the process this one took over from (`upgrade.rs`), else bound.
+fn bind_or_inherit(
+    addr: SocketAddr,
+    backlog: usize,
+    inherited: &mut Option<&mut Inherited>,
+    role: Role,
+) -> Result<TcpListener, Error> {
+    let Some(l) = inherited.as_mut().and_then(|i| i.take(&role)) else {
+        return bind(addr, backlog);
+    };
+    let adopt = || {
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    };
+    adopt().map_err(|source| Error::Bind { addr, source })
+}
+
+/// Bind a group's listeners (or take them over); its settings then name the addresses bound
+/// (port 0 picks one, which /status shows).
+fn bind_group(
+    mut g: GroupConfig,
+    max_clients: usize,
+    mut inherited: Option<&mut Inherited>,
+) -> Result<(Listeners, GroupConfig), Error> {
+    let backlog = max_clients.max(1024);
+    let main = bind_or_inherit(
+        g.listen,
+        backlog,
+        &mut inherited,
+        Role::Group(g.name.clone()),
+    )?;
     if let Ok(bound) = main.local_addr() {
         g.listen = bound;
     }
     let read = match g.read_listen {
         Some(addr) => {
-            let read = bind(addr, max_clients.max(1024))?;
+            let role = Role::Read(g.name.clone());
+            let read = bind_or_inherit(addr, backlog, &mut inherited, role)?;
             if let Ok(bound) = read.local_addr() {
                 g.read_listen = Some(bound);
             }
@@ -82,11 +111,19 @@ impl Server {
     /// Bind every group's client listener and the admin listener (port 0 picks a free port; see
     /// [`Server::local_addr`]).
     pub async fn bind(config: Config) -> Result<Server, Error> {
+        Server::bind_with(config, None).await
+    }
+
+    /// [`Server::bind`], taking the listeners `inherited` has (a live upgrade, `upgrade.rs`).
+    pub async fn bind_with(
+        config: Config,
+        mut inherited: Option<&mut Inherited>,
+    ) -> Result<Server, Error> {
         let mut listeners = Vec::new();
         for g in config.groups() {
-            listeners.push(bind_group(g, config.max_clients)?);
+            listeners.push(bind_group(g, config.max_clients, inherited.as_deref_mut())?);
         }
-        let admin = bind(config.metrics_listen, 1024)?;
+        let admin = bind_or_inherit(config.metrics_listen, 1024, &mut inherited, Role::Admin)?;
         let workers = workers::Workers::start(config.threads).map_err(Error::Workers)?;
         let shared = Arc::new(Shared::new(config));
         let groups = listeners
@@ -123,6 +160,25 @@ impl Server {
     /// The read port address of the `i`-th group, if it has one.
     pub fn read_addr(&self, i: usize) -> Option<SocketAddr> {
         self.groups[i].0.settings().read_listen
+    }
+
+    /// Copies of every listening socket's descriptor, by role, for a successor (`upgrade.rs`).
+    pub fn listener_fds(&self) -> Vec<(Role, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsFd;
+        let mut fds = Vec::new();
+        let mut add = |role: Role, l: &TcpListener| {
+            if let Ok(fd) = l.as_fd().try_clone_to_owned() {
+                fds.push((role, fd));
+            }
+        };
+        add(Role::Admin, &self.admin);
+        for (g, l) in &self.groups {
+            add(Role::Group(g.name.clone()), &l.main);
+            if let Some(read) = &l.read {
+                add(Role::Read(g.name.clone()), read);
+            }
+        }
+        fds
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -296,7 +352,7 @@ impl Serving {
                 continue;
             }
             let name = w.name.clone();
-            match bind_group(w, cfg.max_clients) {
+            match bind_group(w, cfg.max_clients, None) {
                 Ok((listener, settings)) => {
                     let group = Arc::new(Group::new(shared.clone(), settings));
                     running.push(self.start(group, listener));

@@ -238,6 +238,15 @@ pub struct Cli {
     /// `quorum` (a majority of the reachable sentinels must name it) [default: first].
     #[arg(long, env = "SENTINEL_PROXY_DISCOVERY", value_enum)]
     pub discovery: Option<Discovery>,
+    /// Listen on this Unix socket for a successor (live upgrade): a process started with the
+    /// same configuration and --takeover receives the listening sockets, then this one stops
+    /// accepting and closes its sessions at their next request boundary. Off unless set.
+    #[arg(long, env = "SENTINEL_PROXY_UPGRADE_SOCKET", value_name = "PATH")]
+    pub upgrade_socket: Option<String>,
+    /// Start by taking the listening sockets of the proxy listening at --upgrade-socket instead
+    /// of binding them (if none answers there, bind as usual).
+    #[arg(long, env = "SENTINEL_PROXY_TAKEOVER")]
+    pub takeover: bool,
     /// Validate the configuration, print the result and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check: bool,

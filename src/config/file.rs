@@ -57,6 +57,7 @@ pub struct FileConfig {
     pub idle_timeout: Option<String>,
     pub read_listen: Option<String>,
     pub read_max_lag: Option<String>,
+    pub upgrade_socket: Option<String>,
     pub read_fallback: Option<ReadFallback>,
     pub ack: Option<String>,
     pub ack_timeout: Option<String>,

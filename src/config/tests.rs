@@ -310,6 +310,23 @@ fn durable_acks_per_group_and_their_errors() {
     assert!(e.contains("ack-timeout"), "{e}");
 }
 
+/// A live upgrade: `takeover` needs the socket to take over from.
+#[test]
+fn takeover_needs_the_upgrade_socket() {
+    let e = merge_error(&["--takeover"], "");
+    assert!(e.contains("takeover needs upgrade-socket"), "{e}");
+    let c = Config::merge(
+        &cli(&["--sentinels", "a:1", "--takeover"]),
+        toml::from_str("upgrade-socket = \"/run/sp.sock\"").unwrap(),
+    )
+    .unwrap();
+    assert!(c.takeover);
+    assert_eq!(
+        c.upgrade_socket.as_deref(),
+        Some(std::path::Path::new("/run/sp.sock"))
+    );
+}
+
 #[test]
 fn unknown_file_key_is_rejected() {
     let err = toml::from_str::<FileConfig>("sentinals = []").unwrap_err();
