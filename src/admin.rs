@@ -141,16 +141,7 @@ fn handle(
         }
         "/status" => {
             if !authorized(req, shared) {
-                let mut r = reply(
-                    StatusCode::UNAUTHORIZED,
-                    "text/plain",
-                    "/status needs the admin token (Authorization: Bearer …)\n".into(),
-                );
-                r.headers_mut().insert(
-                    hyper::header::WWW_AUTHENTICATE,
-                    hyper::header::HeaderValue::from_static("Bearer"),
-                );
-                return r;
+                return unauthorized("/status needs");
             }
             let Some(asked) = selected(req, groups) else {
                 return reply(
@@ -183,16 +174,7 @@ async fn act(
         );
     }
     if !authorized(req, shared) {
-        let mut r = reply(
-            StatusCode::UNAUTHORIZED,
-            "text/plain",
-            "operator actions need the admin token (Authorization: Bearer …)\n".into(),
-        );
-        r.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            hyper::header::HeaderValue::from_static("Bearer"),
-        );
-        return r;
+        return unauthorized("operator actions need");
     }
     let path = req.uri().path();
     let Some((name, action)) = path
@@ -255,6 +237,20 @@ fn client_tls(f: &crate::tls::ClientFiles) -> serde_json::Value {
         "key_file": f.key,
         "server_name": f.server_name,
     })
+}
+
+/// `401`: `what` needs the admin token as a bearer token.
+fn unauthorized(what: &str) -> Response<Full<Bytes>> {
+    let mut r = reply(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        format!("{what} the admin token (Authorization: Bearer …)\n"),
+    );
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    r
 }
 
 /// Whether the request may see /status: no admin token is set, or it carries it as a bearer

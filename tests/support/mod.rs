@@ -835,47 +835,46 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_get_with(addr, path, "").await
 }
 
+/// A `redis-benchmark` run that succeeded with no error in its output: its standard output.
+pub fn benchmark_clean(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "redis-benchmark failed: {stdout}\n{stderr}"
+    );
+    assert!(
+        !stdout.to_lowercase().contains("error") && !stderr.to_lowercase().contains("error"),
+        "{stdout}\n{stderr}"
+    );
+    stdout
+}
+
 /// `POST path` on the admin port, with `token` as the bearer token if given: the status and
 /// the body (a switchover's answer takes as long as the failover).
 pub async fn http_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let (path, auth) = (path.to_string(), auth);
-    tokio::task::spawn_blocking(move || {
-        let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            Ok(s) => s,
-            Err(_) => return (0, String::new()),
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
-        let _ = write!(
-            s,
-            "POST {path} HTTP/1.0\r\nHost: test\r\n{auth}Content-Length: 0\r\n\r\n"
-        );
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, body.to_string())
-    })
-    .await
-    .unwrap_or((0, String::new()))
+    let request = format!("POST {path} HTTP/1.0\r\nHost: test\r\n{auth}Content-Length: 0\r\n\r\n");
+    http_exchange(addr, request, Duration::from_secs(60)).await
 }
 
 /// [`http_get`] with more header lines (each ending in `\r\n`).
 pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
-    let (path, headers) = (path.to_string(), headers.to_string());
+    let request = format!("GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n");
+    http_exchange(addr, request, Duration::from_secs(5)).await
+}
+
+/// Send one HTTP/1.0 request, read the answer to its end: the status (0: none) and the body.
+async fn http_exchange(addr: SocketAddr, request: String, limit: Duration) -> (u16, String) {
     tokio::task::spawn_blocking(move || {
         let mut s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(s) => s,
             Err(_) => return (0, String::new()),
         };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n");
+        let _ = s.set_read_timeout(Some(limit));
+        let _ = s.write_all(request.as_bytes());
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
