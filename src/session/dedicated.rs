@@ -63,7 +63,8 @@ mod step;
 /// replies waiting for the replicas (`ack = replicas:N`), and its reads in flight, to send
 /// again if the master dies before answering them (once it said which commands read).
 pub(super) struct Extra {
-    hold: Option<hold::Hold>,
+    /// Boxed again: most sessions have no acks, and every 1:1 session has an `Extra`.
+    hold: Option<Box<hold::Hold>>,
     again: Option<again::Again>,
 }
 
@@ -155,7 +156,10 @@ pub(super) enum Step {
 impl<'a> Session<'a> {
     pub(super) fn new(client: Link, backend: Link, generation: u64, group: &'a Group) -> Self {
         let mut req = RequestTracker::new(group.config().max_request_bytes);
-        let (hold, again) = (hold::Hold::new(group), again::Again::new(group));
+        let (hold, again) = (
+            hold::Hold::new(group).map(Box::new),
+            again::Again::new(group),
+        );
         let extra = (hold.is_some() || again.is_some()).then(|| Box::new(Extra { hold, again }));
         req.marking = extra.is_some();
         let forwarded = Forwarded {
@@ -197,7 +201,7 @@ impl<'a> Session<'a> {
 
     /// The replies waiting for the replicas, if the group asks for durable acknowledgements.
     fn hold(&self) -> Option<&hold::Hold> {
-        self.extra.as_ref().and_then(|x| x.hold.as_ref())
+        self.extra.as_ref().and_then(|x| x.hold.as_deref())
     }
 
     /// Replies the current forwarded stream still owes the client.
@@ -362,7 +366,7 @@ impl<'a> Session<'a> {
         let mut barrier = self
             .extra
             .as_deref_mut()
-            .and_then(|x| x.hold.as_mut())
+            .and_then(|x| x.hold.as_deref_mut())
             .filter(|h| h.waiting());
         let barrier_moved = std::future::poll_fn(|cx| match &mut barrier {
             Some(h) => h.poll_barrier(cx),

@@ -727,6 +727,10 @@ mod tests {
             let serve = serve(socket().await.unwrap().into(), group.clone(), shutdown);
             let (session, serve) = (std::mem::size_of_val(&session), size_of(&serve));
             assert!(session <= 768, "Session is {session} bytes");
+            // What every 1:1 session allocates once its master named its read-only commands
+            // (`dedicated::Extra`: its reads in flight; the replies held for acks boxed apart).
+            let extra = std::mem::size_of::<dedicated::Extra>();
+            assert!(extra <= 72, "Extra is {extra} bytes");
             assert!(serve <= 1024, "the serve future is {serve} bytes");
             let sd = CancellationToken::new();
             let local = tokio::task::LocalSet::new();

@@ -57,7 +57,11 @@ impl Session<'_> {
             self.group.metrics.not_master_replies_total.inc();
             self.group.route.request_recheck();
         }
-        let Some(h) = self.extra.as_deref_mut().and_then(|x| x.hold.as_mut()) else {
+        let Some(h) = self
+            .extra
+            .as_deref_mut()
+            .and_then(|x| x.hold.as_deref_mut())
+        else {
             return to_client(&mut self.client, &mut self.replies, self.group, bytes);
         };
         let passed = h.relay(bytes, self.generation, &self.group.barrier, self.group);
@@ -76,7 +80,11 @@ impl Session<'_> {
 
     /// The barrier answered: what it released goes to the client.
     pub(super) fn released(&mut self) -> Step {
-        let Some(h) = self.extra.as_deref_mut().and_then(|x| x.hold.as_mut()) else {
+        let Some(h) = self
+            .extra
+            .as_deref_mut()
+            .and_then(|x| x.hold.as_deref_mut())
+        else {
             return Step::Continue;
         };
         if !h.resolve(self.group) {
