@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use redis_protocol::resp2::types::OwnedFrame;
@@ -116,27 +115,7 @@ async fn redis_benchmark_runs_without_errors() {
     let lab = Lab::start().await;
     let proxy = Proxy::start(lab.sentinel_addrs()).await;
     proxy.wait_ready().await;
-    let port = proxy.port.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("redis-benchmark")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                "set,get",
-                "-n",
-                "100000",
-                "-c",
-                "50",
-                "-q",
-            ])
-            .output()
-            .expect("run redis-benchmark")
-    })
-    .await
-    .unwrap();
+    let out = redis_benchmark(proxy.port, 100_000, 50).await;
     let stdout = benchmark_clean(&out);
     for t in ["SET:", "GET:"] {
         assert!(

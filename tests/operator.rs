@@ -139,25 +139,7 @@ async fn a_switchover_asked_of_the_proxy_shows_clients_nothing() {
             )
         })
         .collect();
-    let port = proxy.port.to_string();
-    let bench = tokio::task::spawn_blocking(move || {
-        Command::new("redis-benchmark")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                "set,get",
-                "-n",
-                "60000",
-                "-c",
-                "20",
-                "-q",
-            ])
-            .output()
-            .expect("run redis-benchmark")
-    });
+    let bench = tokio::spawn(redis_benchmark(proxy.port, 60_000, 20));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Sentinel may not be ready for a failover just after the lab starts: it refuses, the

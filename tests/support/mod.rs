@@ -835,6 +835,31 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_get_with(addr, path, "").await
 }
 
+/// `redis-benchmark -t set,get -n requests -c clients -q` against `port` on loopback.
+pub async fn redis_benchmark(port: u16, requests: u32, clients: u32) -> std::process::Output {
+    let args = [
+        "-h".to_string(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-t".into(),
+        "set,get".into(),
+        "-n".into(),
+        requests.to_string(),
+        "-c".into(),
+        clients.to_string(),
+        "-q".into(),
+    ];
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-benchmark")
+            .args(args)
+            .output()
+            .expect("run redis-benchmark")
+    })
+    .await
+    .expect("redis-benchmark's thread")
+}
+
 /// A `redis-benchmark` run that succeeded with no error in its output: its standard output.
 pub fn benchmark_clean(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
