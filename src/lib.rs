@@ -70,6 +70,8 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     /// One event subscription per sentinel, for every group that follows it.
     pub hub: sentinel::hub::Hub,
+    /// A live upgrade's successor that takes sessions (`upgrade.rs`, `session/handover.rs`).
+    pub handoff: session::Handoff,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             metrics: metrics::Metrics::new(),
             hub: Default::default(),
+            handoff: Default::default(),
         }
     }
 
@@ -220,10 +223,15 @@ pub async fn run(
     let upgrade_socket = config.upgrade_socket.clone();
     let mut server = Server::bind_with(config, inherited.as_mut()).await?;
     if let Some(path) = upgrade_socket {
-        upgrade::serve(path, server.listener_fds(), shutdown.clone());
+        upgrade::serve(
+            path,
+            server.listener_fds(),
+            shutdown.clone(),
+            server.shared(),
+        );
     }
     if let Some(mut i) = inherited
-        && let Err(e) = i.serving()
+        && let Err(e) = i.serving(server.resume_sink())
     {
         tracing::warn!(error = %e, "could not tell the predecessor that this process serves");
     }

@@ -24,6 +24,9 @@ use crate::tls::TlsServer;
 use crate::workers::Workers;
 use crate::{Group, session};
 
+/// A client a predecessor handed over (`upgrade.rs`): its socket, and how to resume its session.
+pub type Resumed = (std::net::TcpStream, crate::session::Handed);
+
 /// What a listener serves: a group's own port, or its read port.
 pub enum Target {
     Group(Arc<Group>),
@@ -36,6 +39,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(
     listener: TcpListener,
     target: Target,
+    mut resumed: Option<tokio::sync::mpsc::UnboundedReceiver<Resumed>>,
     permits: Arc<Semaphore>,
     workers: Arc<Workers>,
     tracker: TaskTracker,
@@ -49,6 +53,10 @@ pub async fn run(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            Some((stream, handed)) = async { resumed.as_mut()?.recv().await } => {
+                resume(stream, handed, &group, &permits, &workers, &tracker, &shutdown);
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         };
         match accepted {
@@ -110,7 +118,7 @@ pub async fn run(
                             None => {
                                 tokio::task::spawn_local(
                                     async move {
-                                        session::serve_pooled(stream, group, shutdown).await;
+                                        session::serve_pooled(stream, group, shutdown, None).await;
                                         drop(permit);
                                         drop(tracked);
                                     }
@@ -122,7 +130,7 @@ pub async fn run(
                                     async move {
                                         let s = Box::pin(handshake(stream, tls, &group)).await;
                                         if let Some(s) = s {
-                                            session::serve_pooled(s, group, shutdown).await;
+                                            session::serve_pooled(s, group, shutdown, None).await;
                                         }
                                         drop(permit);
                                         drop(tracked);
@@ -179,6 +187,50 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Serve a client a predecessor handed over, as an accepted one is (a permit, a worker, a span).
+fn resume(
+    stream: std::net::TcpStream,
+    handed: crate::session::Handed,
+    group: &Arc<Group>,
+    permits: &Arc<Semaphore>,
+    workers: &Workers,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
+        group.metrics.max_clients_rejections_total.inc();
+        warn!("a session handed over is over --max-clients: closed");
+        return;
+    };
+    let Ok(peer) = stream.peer_addr() else {
+        return; // gone meanwhile
+    };
+    if let Err(e) = stream.set_nonblocking(true) {
+        warn!(error = %e, "could not take a session handed over");
+        return;
+    }
+    let (group, shutdown, tracked) = (group.clone(), shutdown.clone(), tracker.token());
+    let span = info_span!(
+        "conn",
+        group = %group.name,
+        client = %peer,
+        backend = tracing::field::Empty
+    );
+    workers.spawn_local_for(
+        peer.ip(),
+        Box::new(move || {
+            tokio::task::spawn_local(
+                async move {
+                    session::resume(stream, handed, group, shutdown).await;
+                    drop(permit);
+                    drop(tracked);
+                }
+                .instrument(span),
+            );
+        }),
+    );
 }
 
 /// On a TLS port, the connection a session serves, once the handshake is done (bounded, so a

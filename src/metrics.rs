@@ -46,6 +46,7 @@ pub struct Metrics {
     ack_refused_total: IntCounterVec,
     ack_wait_seconds: HistogramVec,
     requests_sent_again_total: IntCounterVec,
+    sessions_resumed_total: IntCounterVec,
     protocol_errors_total: IntCounterVec,
     failover_pauses_total: IntCounterVec,
     max_clients_rejections_total: IntCounterVec,
@@ -95,6 +96,8 @@ pub struct GroupMetrics {
     pub ack_refused_total: IntCounter,
     pub ack_wait_seconds: Histogram,
     pub requests_sent_again_total: IntCounter,
+    /// Sessions a predecessor handed over on a live upgrade, served here (`session/handover.rs`).
+    pub sessions_resumed_total: IntCounter,
     pub protocol_errors_total: IntCounter,
     pub failover_pauses_total: Labeled<IntCounterVec>,
     pub max_clients_rejections_total: IntCounter,
@@ -347,6 +350,10 @@ impl Metrics {
                 "sentinel_proxy_requests_sent_again_total",
                 "Requests sent again on a new master connection instead of failing their client: reads in flight when the master went away (pooled and 1:1), and requests a shared connection appended but never sent before a switch.",
             ),
+            sessions_resumed_total: counter(
+                "sentinel_proxy_sessions_resumed_total",
+                "Client connections handed over by the process this one took over from (live upgrade), served on the same socket.",
+            ),
             protocol_errors_total: counter(
                 "sentinel_proxy_client_protocol_errors_total",
                 "Clients closed for sending malformed RESP or oversized requests.",
@@ -461,6 +468,7 @@ impl Metrics {
             ack_refused_total: self.ack_refused_total.with_label_values(&one),
             ack_wait_seconds: self.ack_wait_seconds.with_label_values(&one),
             requests_sent_again_total: self.requests_sent_again_total.with_label_values(&one),
+            sessions_resumed_total: self.sessions_resumed_total.with_label_values(&one),
             protocol_errors_total: self.protocol_errors_total.with_label_values(&one),
             failover_pauses_total: labeled(&self.failover_pauses_total),
             max_clients_rejections_total: self.max_clients_rejections_total.with_label_values(&one),
@@ -485,6 +493,7 @@ impl Metrics {
             &self.ack_waits_total,
             &self.ack_refused_total,
             &self.requests_sent_again_total,
+            &self.sessions_resumed_total,
             &self.protocol_errors_total,
             &self.max_clients_rejections_total,
             &self.tls_handshake_failures_total,

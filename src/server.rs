@@ -25,6 +25,8 @@ pub struct Server {
     workers: workers::Workers,
     /// Reloaded configurations to apply while serving (see [`Server::reloads`]).
     reloads: Option<mpsc::Receiver<Config>>,
+    /// Where sessions handed over by a predecessor go, by group (`Server::resume_sink`).
+    resume: std::collections::HashMap<String, mpsc::UnboundedSender<listener::Resumed>>,
 }
 
 /// Bind a client or admin listener. Its backlog follows max-clients for client listeners (the
@@ -48,6 +50,8 @@ fn bind(addr: SocketAddr, backlog: usize) -> Result<TcpListener, Error> {
 struct Listeners {
     main: TcpListener,
     read: Option<TcpListener>,
+    /// Sessions a predecessor handed over (`upgrade.rs`), served as the listener's clients.
+    resumed: Option<mpsc::UnboundedReceiver<listener::Resumed>>,
 }
 
 /// A listener handed over by the process this one took over from (`upgrade.rs`), else bound.
@@ -95,7 +99,14 @@ fn bind_group(
         }
         None => None,
     };
-    Ok((Listeners { main, read }, g))
+    Ok((
+        Listeners {
+            main,
+            read,
+            resumed: None,
+        },
+        g,
+    ))
 }
 
 /// A group being served: stopping `stop` closes its listener and its sessions at their next
@@ -120,8 +131,13 @@ impl Server {
         mut inherited: Option<&mut Inherited>,
     ) -> Result<Server, Error> {
         let mut listeners = Vec::new();
+        let mut resume = std::collections::HashMap::new();
         for g in config.groups() {
-            listeners.push(bind_group(g, config.max_clients, inherited.as_deref_mut())?);
+            let (mut l, g) = bind_group(g, config.max_clients, inherited.as_deref_mut())?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            l.resumed = Some(rx);
+            resume.insert(g.name.clone(), tx);
+            listeners.push((l, g));
         }
         let admin = bind_or_inherit(config.metrics_listen, 1024, &mut inherited, Role::Admin)?;
         let workers = workers::Workers::start(config.threads).map_err(Error::Workers)?;
@@ -136,7 +152,25 @@ impl Server {
             admin,
             workers,
             reloads: None,
+            resume,
         })
+    }
+
+    /// Where a predecessor's sessions go (`upgrade::Inherited::serving`): to their group's
+    /// listener, which serves each as a client of its own; a group this process does not have
+    /// closes it.
+    pub fn resume_sink(
+        &self,
+    ) -> impl Fn(crate::session::Handed, std::net::TcpStream) + Send + 'static {
+        let resume = self.resume.clone();
+        move |handed, stream| match resume.get(&handed.group) {
+            Some(tx) => {
+                let _ = tx.send((stream, handed));
+            }
+            None => {
+                warn!(group = %handed.group, "a session handed over for a group this process does not serve: closed")
+            }
+        }
     }
 
     /// Where to send reloaded configurations: [`Server::serve`] applies each (the process's
@@ -205,7 +239,9 @@ impl Server {
             admin,
             workers,
             mut reloads,
+            resume,
         } = self;
+        drop(resume);
         info!(
             admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             groups = groups.len(),
@@ -293,6 +329,7 @@ impl Serving {
         let listener = tokio::spawn(listener::run(
             listeners.main,
             listener::Target::Group(group.clone()),
+            listeners.resumed,
             self.permits.clone(),
             self.workers.clone(),
             self.tracker.clone(),
@@ -307,6 +344,7 @@ impl Serving {
             tokio::spawn(listener::run(
                 l,
                 listener::Target::Read(port),
+                None,
                 self.permits.clone(),
                 self.workers.clone(),
                 self.tracker.clone(),

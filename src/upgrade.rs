@@ -6,19 +6,28 @@
 //! file descriptors (`SCM_RIGHTS`), with a header naming what each is. It builds its listeners
 //! from them instead of binding, answers `ok`, and serves: the kernel's accept queue is the
 //! same socket's, so no connection is refused or reset while the two processes change places.
-//! On that `ok` the old process stops accepting and shuts down as on SIGTERM: its sessions close
-//! at their next request boundary (drain-and-close; handing the established client connections
-//! over is not done yet), within `--shutdown-timeout`.
+//! On that `ok` the old process stops accepting and shuts down as on SIGTERM.
+//!
+//! Then the established client connections: a successor that says so in its `ok` (`ok <pid>
+//! sessions`) receives each session at its next request boundary over the same socket, one
+//! message per session (a length, a JSON [`Handed`]: its group, what to re-create, the client's
+//! bytes read and not yet sent) with the client's socket attached. It reconnects to the master,
+//! re-creates the session's state there as a failover's move does, and serves the client on the
+//! same socket: the client sees a pause, no reconnect. Sessions that cannot be handed over
+//! (TLS, mid-transaction, MONITOR, a replication stream, the read port's, the proxy's own users:
+//! `session/handover.rs`) close at their boundary, as they do when the successor is an older
+//! version that does not ask for sessions (drain-and-close), within `--shutdown-timeout`.
 //!
 //! A `--takeover` with nothing answering at the path binds as usual (logged); a listener the old
 //! process did not send (a group added by a reload there) is bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -26,6 +35,8 @@ use rustix::net::{
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::session::{Handed, Outgoing};
 use tracing::{info, warn};
 
 /// The most listening sockets handed over at once.
@@ -65,12 +76,28 @@ impl Inherited {
         self.listeners.remove(role)
     }
 
-    /// Tell the old process that this one serves now: it stops accepting and drains.
-    pub fn serving(&mut self) -> io::Result<()> {
-        match self.from.take() {
-            Some(mut s) => s.write_all(format!("ok {}\n", std::process::id()).as_bytes()),
-            None => Ok(()),
-        }
+    /// Tell the old process that this one serves now and takes its sessions: it stops
+    /// accepting, and each session handed over goes to `sink` (with the client's socket) from a
+    /// thread of its own, until the old process has exited.
+    pub fn serving(
+        &mut self,
+        sink: impl Fn(Handed, std::net::TcpStream) + Send + 'static,
+    ) -> io::Result<()> {
+        let Some(mut s) = self.from.take() else {
+            return Ok(());
+        };
+        s.write_all(format!("ok {} sessions\n", std::process::id()).as_bytes())?;
+        s.set_read_timeout(None)?;
+        std::thread::Builder::new()
+            .name("takeover".into())
+            .spawn(move || match receive(&s, sink) {
+                Ok(n) => info!(
+                    sessions = n,
+                    "every session the predecessor handed over is served"
+                ),
+                Err(e) => warn!(error = %e, "the predecessor's sessions stopped coming"),
+            })?;
+        Ok(())
     }
 }
 
@@ -119,9 +146,97 @@ pub fn take_over(path: &Path) -> io::Result<Inherited> {
     })
 }
 
+/// Successor side: read sessions (a length, the JSON, the client's socket attached to the first
+/// byte) until the predecessor closes; how many came.
+fn receive(stream: &UnixStream, sink: impl Fn(Handed, std::net::TcpStream)) -> io::Result<usize> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut count = 0;
+    loop {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = recvmsg(
+            stream,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = message {
+                fds.extend(rights);
+            }
+        }
+        if got.bytes == 0 {
+            return Ok(count);
+        }
+        data.extend_from_slice(&buf[..got.bytes]);
+        // A socket's descriptor comes with the first byte of its message: it is there by the
+        // time the message is whole.
+        while let Some(len) = data
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        {
+            let end = 4 + len as usize;
+            if data.len() < end {
+                break;
+            }
+            let handed: Result<Handed, _> = serde_json::from_slice(&data[4..end]);
+            data.drain(..end);
+            let fd = fds.pop_front();
+            match (handed, fd) {
+                (Ok(h), Some(fd)) => {
+                    count += 1;
+                    sink(h, std::net::TcpStream::from(fd));
+                }
+                (h, _) => warn!(
+                    readable = h.is_ok(),
+                    "a session handed over without its socket, or unreadable: dropped"
+                ),
+            }
+        }
+    }
+}
+
+/// Predecessor side: send each session handed over, until this process ends.
+fn pass_sessions(mut stream: UnixStream, rx: mpsc::Receiver<Outgoing>) {
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(10)));
+    for out in rx {
+        let sent = (|| {
+            let json = serde_json::to_vec(&out.handed).map_err(io::Error::other)?;
+            let mut bytes = Vec::with_capacity(4 + json.len());
+            bytes.extend_from_slice(&(json.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&json);
+            let fds = [out.fd.as_fd()];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                return Err(io::Error::other("no room for the socket"));
+            }
+            let n = sendmsg(
+                &stream,
+                &[IoSlice::new(&bytes)],
+                &mut control,
+                SendFlags::empty(),
+            )?;
+            stream.write_all(&bytes[n..])
+        })();
+        if let Err(e) = &sent {
+            warn!(error = %e, "could not hand a session over: it closes here");
+        }
+        let _ = out.done.send(sent.is_ok());
+    }
+}
+
 /// Predecessor side: listen at `path` for a successor; hand it `listeners` (descriptors of this
-/// process's listening sockets, by role), and once it serves, cancel `shutdown`.
-pub fn serve(path: PathBuf, listeners: Vec<(Role, OwnedFd)>, shutdown: CancellationToken) {
+/// process's listening sockets, by role), and once it serves, cancel `shutdown`; if it asked for
+/// the sessions, pass each one the process's `Handoff` is given.
+pub fn serve(
+    path: PathBuf,
+    listeners: Vec<(Role, OwnedFd)>,
+    shutdown: CancellationToken,
+    shared: std::sync::Arc<crate::Shared>,
+) {
     // A socket file left by a process gone (or by the predecessor this one took over from,
     // which no longer needs it) is replaced.
     let _ = std::fs::remove_file(&path);
@@ -148,13 +263,25 @@ pub fn serve(path: PathBuf, listeners: Vec<(Role, OwnedFd)>, shutdown: Cancellat
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                match hand_over(stream, &listeners) {
-                    Ok(pid) => {
+                match hand_over(&stream, &listeners) {
+                    Ok((pid, false)) => {
                         info!(
                             successor = pid,
-                            "the successor serves: closing at request boundaries"
+                            "the successor serves (and takes no sessions): closing at request boundaries"
                         );
                         shutdown.cancel();
+                        return;
+                    }
+                    Ok((pid, true)) => {
+                        info!(
+                            successor = pid,
+                            "the successor serves: handing sessions over at request boundaries"
+                        );
+                        let sessions = shared.handoff.open();
+                        shutdown.cancel();
+                        if let Some(rx) = sessions {
+                            pass_sessions(stream, rx);
+                        }
                         return;
                     }
                     Err(e) => warn!(error = %e, "a successor's takeover failed; serving on"),
@@ -165,8 +292,8 @@ pub fn serve(path: PathBuf, listeners: Vec<(Role, OwnedFd)>, shutdown: Cancellat
         .unwrap_or_else(|e| warn!(error = %e, "cannot start the upgrade thread"));
 }
 
-/// Send the listeners, wait for `ok`: the successor's pid.
-fn hand_over(mut stream: UnixStream, listeners: &[(Role, OwnedFd)]) -> io::Result<u32> {
+/// Send the listeners, wait for `ok`: the successor's pid, and whether it takes sessions.
+fn hand_over(mut stream: &UnixStream, listeners: &[(Role, OwnedFd)]) -> io::Result<(u32, bool)> {
     stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let header = Header {
         version: 1,
@@ -181,19 +308,21 @@ fn hand_over(mut stream: UnixStream, listeners: &[(Role, OwnedFd)]) -> io::Resul
         return Err(io::Error::other("too many listening sockets to hand over"));
     }
     sendmsg(
-        &stream,
+        stream,
         &[IoSlice::new(&bytes)],
         &mut control,
         SendFlags::empty(),
     )?;
-    // "ok <pid>\n" once it serves; anything else (or its end) and this process serves on.
+    // "ok <pid>[ sessions]\n" once it serves; anything else (or its end) and this process serves on.
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
-    while answer.len() < 32 && stream.read(&mut byte)? == 1 && byte[0] != b'\n' {
+    while answer.len() < 64 && stream.read(&mut byte)? == 1 && byte[0] != b'\n' {
         answer.push(byte[0]);
     }
-    match answer.strip_prefix(b"ok ") {
-        Some(pid) => Ok(String::from_utf8_lossy(pid).parse().unwrap_or(0)),
-        None => Err(io::Error::other("the successor did not take the sockets")),
+    let answer = String::from_utf8_lossy(&answer);
+    let mut words = answer.split(' ');
+    match (words.next(), words.next()) {
+        (Some("ok"), Some(pid)) => Ok((pid.parse().unwrap_or(0), words.any(|w| w == "sessions"))),
+        _ => Err(io::Error::other("the successor did not take the sockets")),
     }
 }

@@ -1,8 +1,10 @@
-//! Live upgrade, its first part (`src/upgrade.rs`), with the real binary: a successor started
-//! with `--takeover` receives the running proxy's listening sockets; no new connection is refused
-//! while the two change places; the old process closes its clients at their next request
-//! boundary (drain-and-close: handing them over is not done yet) and exits; the new one serves
-//! on the same ports, and listens for its own successor.
+//! Live upgrade (`src/upgrade.rs`, `src/session/handover.rs`), with the real binary: a successor
+//! started with `--takeover` receives the running proxy's listening sockets and then its
+//! established client connections, each at a request boundary with what it carried; no new
+//! connection is refused and no established one sees an error or a close while the two change
+//! places (a redis-benchmark run, a subscriber, a client with a database and a name); a client
+//! that cannot be handed over (a transaction open) is closed at its boundary; the old process
+//! exits; the new one serves on the same ports, and listens for its own successor.
 
 mod support;
 
@@ -46,7 +48,7 @@ fn spawn(args: &[String], extra: &[&str]) -> Binary {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_successor_takes_the_listening_sockets_and_the_old_process_drains() {
+async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing() {
     let lab = Lab::start().await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
@@ -58,11 +60,28 @@ async fn a_successor_takes_the_listening_sockets_and_the_old_process_drains() {
         (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
     })
     .await;
+    let ok = || OwnedFrame::SimpleString(b"OK".to_vec());
+    let bulk = |b: &str| OwnedFrame::BulkString(b.as_bytes().to_vec());
     let mut idle = conn(port).await.unwrap();
+    assert_eq!(cmd(&mut idle, &["SET", "up", "1"]).await.unwrap(), ok());
+    // A client with a database and a name of its own.
+    let mut state = conn(port).await.unwrap();
+    assert_eq!(cmd(&mut state, &["SELECT", "3"]).await.unwrap(), ok());
     assert_eq!(
-        cmd(&mut idle, &["SET", "up", "1"]).await.unwrap(),
-        OwnedFrame::SimpleString(b"OK".to_vec())
+        cmd(&mut state, &["SET", "in3", "three"]).await.unwrap(),
+        ok()
     );
+    assert_eq!(
+        cmd(&mut state, &["CLIENT", "SETNAME", "kept"])
+            .await
+            .unwrap(),
+        ok()
+    );
+    let mut sub = conn(port).await.unwrap();
+    cmd(&mut sub, &["SUBSCRIBE", "news"]).await.unwrap();
+    // A transaction open: not handed over, closed at its boundary.
+    let mut multi = conn(port).await.unwrap();
+    assert_eq!(cmd(&mut multi, &["MULTI"]).await.unwrap(), ok());
 
     // New connections keep coming while the processes change places.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -84,7 +103,37 @@ async fn a_successor_takes_the_listening_sockets_and_the_old_process_drains() {
             (ok, failed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One connection asks all along: how long its longest wait was.
+    let ticker = {
+        let stop = stop.clone();
+        let mut c = conn(port).await.unwrap();
+        tokio::spawn(async move {
+            let (mut asked, mut longest) = (0u32, Duration::ZERO);
+            while !stop.is_cancelled() {
+                let t = Instant::now();
+                let answer = cmd(&mut c, &["GET", "up"]).await;
+                longest = longest.max(t.elapsed());
+                match answer {
+                    Ok(OwnedFrame::BulkString(b)) if b == b"1" => asked += 1,
+                    other => return Err(format!("after {asked}: {other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok((asked, longest))
+        })
+    };
+    // And redis-benchmark's 20 connections send all along.
+    let bench = tokio::spawn(redis_benchmark(port, 200_000, 20));
+    eventually(
+        Duration::from_secs(15),
+        "redis-benchmark connected",
+        || async {
+            let (_, text) = http_get(addr(admin), "/metrics").await;
+            let open = metric(&text, "sentinel_proxy_client_connections")?;
+            (open >= 25.0).then_some(())
+        },
+    )
+    .await;
 
     let began = Instant::now();
     let mut new = spawn(&a, &["--takeover"]);
@@ -98,30 +147,67 @@ async fn a_successor_takes_the_listening_sockets_and_the_old_process_drains() {
         .unwrap();
     let took = began.elapsed();
     assert_eq!(code, Some(0), "{old_log}");
-    assert!(old_log.contains("the successor serves"), "{old_log}");
+    assert!(old_log.contains("handing sessions over"), "{old_log}");
     assert!(
         new.log().contains("took over the listening sockets"),
         "{}",
         new.log()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = bench.await.unwrap();
     stop.cancel();
-    let (ok, failed) = prober.await.unwrap();
+    let (served, failed) = prober.await.unwrap();
+    let (asked, longest) = ticker.await.unwrap().expect("one connection, no error");
+    let (_, text) = http_get(addr(admin), "/metrics").await;
+    let resumed = metric(&text, "sentinel_proxy_sessions_resumed_total");
     eprintln!(
-        "the old process exited {took:?} after the successor started; {ok} connections served meanwhile, {} failed",
+        "the old process exited {took:?} after the successor started; {served} new connections \
+         served meanwhile, {} failed; {resumed:?} sessions resumed by the successor; one \
+         connection asked {asked} times, its longest wait {longest:?}",
         failed.len()
     );
     assert_eq!(failed, Vec::<String>::new(), "no connection refused or cut");
-    assert!(ok >= 10, "{ok}");
-
-    // The old process's client was closed at a boundary (drain-and-close); a new one is served
-    // by the successor, on the same ports.
-    assert!(cmd(&mut idle, &["GET", "up"]).await.is_err());
-    let mut c = conn(port).await.unwrap();
-    assert_eq!(
-        cmd(&mut c, &["GET", "up"]).await.unwrap(),
-        OwnedFrame::BulkString(b"1".to_vec())
+    assert!(served >= 3, "{served}");
+    // redis-benchmark's connections were handed over with everything else: no error, no close.
+    let stdout = benchmark_clean(&out);
+    eprintln!("{stdout}");
+    assert!(
+        resumed.is_some_and(|n| n >= 24.0),
+        "{text}\n{old_log}\n{}",
+        new.log()
     );
+
+    // The established clients are served by the successor on their same connections.
+    assert_eq!(cmd(&mut idle, &["GET", "up"]).await.unwrap(), bulk("1"));
+    assert_eq!(
+        cmd(&mut state, &["GET", "in3"]).await.unwrap(),
+        bulk("three")
+    );
+    assert_eq!(
+        cmd(&mut state, &["CLIENT", "GETNAME"]).await.unwrap(),
+        bulk("kept")
+    );
+    eventually(
+        Duration::from_secs(10),
+        "a message after the upgrade",
+        || async move {
+            let mut publisher = conn(port).await.ok()?;
+            let n = cmd(&mut publisher, &["PUBLISH", "news", "after"])
+                .await
+                .ok()?;
+            (n == OwnedFrame::Integer(1)).then_some(())
+        },
+    )
+    .await;
+    let message = sub.read_frame().await.unwrap();
+    assert_eq!(
+        message,
+        OwnedFrame::Array(vec![bulk("message"), bulk("news"), bulk("after")])
+    );
+    // The transaction's client was closed at its boundary (drain-and-close), its queue never run.
+    assert!(cmd(&mut multi, &["EXEC"]).await.is_err());
+
+    let mut c = conn(port).await.unwrap();
+    assert_eq!(cmd(&mut c, &["GET", "up"]).await.unwrap(), bulk("1"));
     assert_eq!(http_get(addr(admin), "/healthz").await.0, 200);
     assert!(new.is_running());
     // And it listens for its own successor.

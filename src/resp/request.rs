@@ -207,6 +207,11 @@ impl RequestTracker {
         }
     }
 
+    /// Every request is answered (no `CLIENT REPLY OFF` or `SKIP` in force).
+    pub fn replies_on(&self) -> bool {
+        self.reply_mode == ReplyMode::On
+    }
+
     /// True when no request is partly received.
     pub fn at_request_boundary(&self) -> bool {
         self.state == ReqState::Start

@@ -204,6 +204,11 @@ impl<'a> Session<'a> {
         self.extra.as_ref().and_then(|x| x.hold.as_deref())
     }
 
+    /// No reply waits for the replicas.
+    pub(super) fn hold_empty(&self) -> bool {
+        self.hold().is_none_or(|h| h.is_empty())
+    }
+
     /// Replies the current forwarded stream still owes the client.
     pub(super) fn in_flight(&self) -> u64 {
         self.forwarded

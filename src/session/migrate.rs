@@ -106,25 +106,16 @@ impl<'a> Session<'a> {
             }
         }
 
-        let carry = self.carry.take().unwrap_or_else(|| Box::new(Carry::new()));
-        let plan = carry.plan(self.req.monitor, reissue, std::time::Instant::now());
-        let tracking = carry.tracking_on() && carry.resp3;
-        self.carry = Some(carry);
-        let mut leftover = Vec::new();
-        if !plan.bytes.is_empty() {
-            let replay = self.replay(&mut backend, &plan, &mut leftover);
-            match timeout(cfg.connect_timeout, replay).await {
-                Ok(Ok(())) => {}
-                Ok(Err(Failed::Close(c))) => return Err(Some(c)),
-                Ok(Err(Failed::OldGone)) | Err(_) => {
-                    info!(backend = %addr, "could not re-create the connection's state on the new master");
-                    return Err(Some(Close::MigrateFailed));
-                }
-            }
-        }
-        if tracking && !self.send_client(INVALIDATE_ALL, cfg.drain_timeout).await {
-            return Err(Some(Close::ClientClosed));
-        }
+        let mut side = ClientSide {
+            client: &mut self.client,
+            replies: &mut self.replies,
+            group: self.group,
+        };
+        let carried = (&self.carry, self.req.monitor, reissue);
+        let leftover = match recreate(&mut backend, &mut side, carried, addr).await {
+            Ok(leftover) => leftover,
+            Err(c) => return Err(Some(c)),
+        };
 
         // The replies of the new backend start after those the client has had (a re-issued
         // blocking command's is the first of them).
@@ -159,19 +150,12 @@ impl<'a> Session<'a> {
 
     /// Write to the client what it is owed first, then `bytes`, within `limit`.
     async fn send_client(&mut self, bytes: &[u8], limit: Duration) -> bool {
-        let write = async {
-            if !self.replies.is_empty() {
-                self.client.write_all(self.replies.bytes()).await?;
-                self.replies = Pending::default();
-            }
-            self.client.write_all(bytes).await
+        let mut side = ClientSide {
+            client: &mut self.client,
+            replies: &mut self.replies,
+            group: self.group,
         };
-        let ok = matches!(timeout(limit, write).await, Ok(Ok(())));
-        if ok {
-            let m = &self.group.metrics;
-            m.client_bytes_sent_total.inc_by(bytes.len() as u64);
-        }
-        ok
+        side.send(bytes, limit).await
     }
 
     /// A subscriber: relay everything the old master sends before the answer to our marker.
@@ -310,61 +294,122 @@ impl<'a> Session<'a> {
             }
         }
     }
+}
 
-    /// Send the plan to the new master and check its answers; frames meant for the client that
-    /// arrive meanwhile (pushes, messages) go to it, and what arrives after the last answer is
-    /// left in `leftover`.
-    async fn replay(
-        &mut self,
-        backend: &mut Link,
-        plan: &Plan,
-        leftover: &mut Vec<u8>,
-    ) -> Result<(), Failed> {
-        if backend.send(&plan.bytes).await.is_err() {
-            return Err(Failed::OldGone);
+/// The client's half of a session, borrowed apart from its backend: what a replay on a new
+/// backend writes to.
+pub(super) struct ClientSide<'s> {
+    pub(super) client: &'s mut Link,
+    pub(super) replies: &'s mut Pending,
+    pub(super) group: &'s crate::Group,
+}
+
+impl ClientSide<'_> {
+    /// Write to the client what it is owed first, then `bytes`, within `limit`.
+    async fn send(&mut self, bytes: &[u8], limit: Duration) -> bool {
+        let write = async {
+            if !self.replies.is_empty() {
+                self.client.write_all(self.replies.bytes()).await?;
+                *self.replies = Pending::default();
+            }
+            self.client.write_all(bytes).await
+        };
+        let ok = matches!(timeout(limit, write).await, Ok(Ok(())));
+        if ok {
+            let m = &self.group.metrics;
+            m.client_bytes_sent_total.inc_by(bytes.len() as u64);
         }
-        if plan.replies.is_empty() && plan.confirmations == 0 {
-            return Ok(()); // only a re-issued command, whose reply is the client's
+        ok
+    }
+}
+
+/// Re-create on `backend` (at `addr`) what the session carries (`carry`, in MONITOR or not, its
+/// blocked command re-issued or not): the plan sent, its answers checked and swallowed, a
+/// tracking client told to forget every key. Returns what the backend sent after the last
+/// answer (the client's, to relay once the session is on this backend).
+pub(super) async fn recreate(
+    backend: &mut Link,
+    side: &mut ClientSide<'_>,
+    (carry, monitor, reissue): (&Option<Box<Carry>>, bool, bool),
+    addr: SocketAddr,
+) -> Result<Vec<u8>, Close> {
+    let cfg = side.group.config();
+    let mut leftover = Vec::new();
+    let Some(carry) = carry else {
+        return Ok(leftover);
+    };
+    let plan = carry.plan(monitor, reissue, std::time::Instant::now());
+    let tracking = carry.tracking_on() && carry.resp3;
+    if !plan.bytes.is_empty() {
+        let replay = replay(backend, side, &plan, &mut leftover);
+        match timeout(cfg.connect_timeout, replay).await {
+            Ok(Ok(())) => {}
+            Ok(Err(Failed::Close(c))) => return Err(c),
+            Ok(Err(Failed::OldGone)) | Err(_) => {
+                info!(backend = %addr, "could not re-create the connection's state on the new master");
+                return Err(Close::MigrateFailed);
+            }
         }
-        let limit = self.group.config().drain_timeout;
-        let mut t = ReplyTracker::new();
-        let mut buf = vec![0u8; READ];
-        let mut frame = Vec::new();
-        let mut check = ReplayCheck::new(&plan.replies, plan.confirmations);
-        loop {
-            let n = match backend.read(&mut buf).await {
-                Ok(n) if n > 0 => n,
-                _ => return Err(Failed::OldGone),
-            };
-            let mut rest = &buf[..n];
-            let mut out = Vec::new();
-            while !rest.is_empty() {
-                match take_frame(&mut t, &mut rest, &mut frame) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(_) => return Err(Failed::Close(Close::MigrateFailed)),
-                }
-                match check.feed(&frame, t.last_error) {
-                    Replayed::Swallow => {}
-                    Replayed::ToClient => out.extend_from_slice(&frame),
-                    Replayed::Differs => {
-                        let shown = String::from_utf8_lossy(&frame[..frame.len().min(120)]);
-                        info!(answer = %shown.trim_end(), "the new master answered a replayed command differently");
-                        return Err(Failed::Close(Close::MigrateFailed));
-                    }
-                }
-                frame.clear();
-                if check.done() {
-                    leftover.extend_from_slice(rest);
-                    if !out.is_empty() && !self.send_client(&out, limit).await {
-                        return Err(Failed::Close(Close::ClientClosed));
-                    }
-                    return Ok(());
+    }
+    if tracking && !side.send(INVALIDATE_ALL, cfg.drain_timeout).await {
+        return Err(Close::ClientClosed);
+    }
+    Ok(leftover)
+}
+
+/// Send the plan to the new master and check its answers; frames meant for the client that
+/// arrive meanwhile (pushes, messages) go to it, and what arrives after the last answer is
+/// left in `leftover`.
+async fn replay(
+    backend: &mut Link,
+    side: &mut ClientSide<'_>,
+    plan: &Plan,
+    leftover: &mut Vec<u8>,
+) -> Result<(), Failed> {
+    if backend.send(&plan.bytes).await.is_err() {
+        return Err(Failed::OldGone);
+    }
+    if plan.replies.is_empty() && plan.confirmations == 0 {
+        return Ok(()); // only a re-issued command, whose reply is the client's
+    }
+    let limit = side.group.config().drain_timeout;
+    let mut t = ReplyTracker::new();
+    let mut buf = vec![0u8; READ];
+    let mut frame = Vec::new();
+    let mut check = ReplayCheck::new(&plan.replies, plan.confirmations);
+    loop {
+        let n = match backend.read(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ => return Err(Failed::OldGone),
+        };
+        let mut rest = &buf[..n];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            match take_frame(&mut t, &mut rest, &mut frame) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(_) => return Err(Failed::Close(Close::MigrateFailed)),
+            }
+            match check.feed(&frame, t.last_error) {
+                Replayed::Swallow => {}
+                Replayed::ToClient => out.extend_from_slice(&frame),
+                Replayed::Differs => {
+                    let shown = String::from_utf8_lossy(&frame[..frame.len().min(120)]);
+                    info!(answer = %shown.trim_end(), "the new master answered a replayed command differently");
+                    return Err(Failed::Close(Close::MigrateFailed));
                 }
             }
-            if !out.is_empty() && !self.send_client(&out, limit).await {
-                return Err(Failed::Close(Close::ClientClosed));
+            frame.clear();
+            if check.done() {
+                leftover.extend_from_slice(rest);
+                if !out.is_empty() && !side.send(&out, limit).await {
+                    return Err(Failed::Close(Close::ClientClosed));
+                }
+                return Ok(());
             }
+        }
+        if !out.is_empty() && !side.send(&out, limit).await {
+            return Err(Failed::Close(Close::ClientClosed));
         }
     }
 }

@@ -23,11 +23,15 @@ mod conn;
 mod dedicated;
 mod fence;
 mod gate;
+mod handover;
 mod io;
 mod migrate;
 mod pool;
 mod pooled;
 pub mod tally;
+
+pub use carry::Carried;
+pub use handover::{Handed, Handoff, Outgoing, Resume, resume};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +83,9 @@ pub enum Close {
     MigrateFailed,
     /// Idle longer than `--idle-timeout`.
     IdleTimeout,
+    /// Handed to the process that took over from this one (a live upgrade): the client's socket
+    /// stays open there.
+    HandedOver,
 }
 
 impl Close {
@@ -119,6 +126,7 @@ impl Close {
             Close::DrainDeadline => "drain_deadline",
             Close::MigrateFailed => "migrate_failed",
             Close::IdleTimeout => "idle_timeout",
+            Close::HandedOver => "handed_over",
         }
     }
 }
@@ -170,6 +178,10 @@ pub async fn serve(client: Link, group: Arc<Group>, shutdown: CancellationToken)
     };
     closed(&group, close);
 }
+
+/// A pooled client a predecessor handed over (`handover.rs`): the state of its pool (its user,
+/// protocol, database), its name, and the requests it had read and not sent.
+pub type Resumed = (Vec<Vec<u8>>, Option<Vec<u8>>, Vec<u8>);
 
 /// A client's connection as the listener hands it to a pooled session.
 pub trait Accepted {
@@ -258,6 +270,9 @@ struct Lend<'s> {
     /// A change of the client's own state: it waits for a turn (`Pool::state_spans`) to open a
     /// connection when no spare is ready.
     turns: Option<&'s tokio::sync::Semaphore>,
+    /// A session the predecessor handed over (`handover.rs`): what it carried, re-created on
+    /// the new connection before anything else.
+    carried: Option<&'s Carried>,
 }
 
 impl Lend<'_> {
@@ -267,6 +282,7 @@ impl Lend<'_> {
         state: &[],
         name: None,
         turns: None,
+        carried: None,
     };
 }
 
@@ -274,16 +290,23 @@ impl Lend<'_> {
 /// it, then as a dedicated session. It takes the socket as the listener accepted it (registered
 /// here, on the worker's own I/O driver): the task keeps its arguments for its whole life, and
 /// this one is 4 bytes. A client of a TLS port comes as its [`Link`], its handshake done on this
-/// worker.
-pub async fn serve_pooled<C: Accepted>(client: C, group: Arc<Group>, shutdown: CancellationToken) {
+/// worker. A client a predecessor handed over (`resumed`) starts in the pool of its state, with
+/// its name.
+pub async fn serve_pooled<C: Accepted>(
+    client: C,
+    group: Arc<Group>,
+    shutdown: CancellationToken,
+    resumed: Option<Box<Resumed>>,
+) {
     let Some(client) = client.link(&group) else {
         return;
     };
     let m = &group.metrics;
     m.client_connections.inc();
     m.client_connections_total.inc();
-    let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown, &[]);
-    let client = if group.config().users.is_none() {
+    let state = resumed.as_ref().map_or(&[][..], |r| &r.0[..]);
+    let pool = pool::Pool::for_thread(group.config().pool, &group, &shutdown, state);
+    let client = if group.config().users.is_none() || resumed.is_some() {
         client
     } else {
         // Boxed, so an idle pooled client's task does not carry the gate's space.
@@ -292,26 +315,39 @@ pub async fn serve_pooled<C: Accepted>(client: C, group: Arc<Group>, shutdown: C
             None => return,
         }
     };
+    let (group, shutdown) = (&group, &shutdown);
     let mut client = client;
     let mut pool = pool;
     // The client's name, answered in the pool (`pooled/local.rs`) and lent with the connection.
     // Boxed: this task's future is most of an idle pooled client's memory.
-    let mut name: Option<Box<[u8]>> = None;
+    let mut resumed = resumed;
+    let mut name: Option<Box<[u8]>> = resumed
+        .as_mut()
+        .and_then(|r| r.1.take())
+        .map(Vec::into_boxed_slice);
     let close = loop {
         // In a block, so that only the boxed future is kept across its await: not `outcome`,
         // whose parts it owns (a moved-from local keeps its space in the task until its scope
         // ends).
-        let next = {
+        let next = 'next: {
             let mut session = Box::new(pooled::Pooled::new(
                 client,
-                &group,
+                group,
                 pool.clone(),
                 name.take().map(Vec::from),
             ));
-            let mut outcome = session.run().await;
-            if let pooled::Outcome::Pin = outcome {
-                outcome = session.pinned();
+            if let Some(r) = resumed.take().filter(|r| !r.2.is_empty()) {
+                session.take_first(&r.2);
             }
+            let outcome = session.run().await;
+            let outcome = match outcome {
+                // A successor that takes sessions serves now (a live upgrade).
+                pooled::Outcome::Closed(Close::Shutdown) if group.shared.handoff.on() => {
+                    break 'next Ok(hand_over_pooled(session, group, pool.state().to_vec()));
+                }
+                pooled::Outcome::Pin => session.pinned(),
+                outcome => outcome,
+            };
             match outcome {
                 pooled::Outcome::Closed(close) => Err(close),
                 pooled::Outcome::Pin => Err(Close::IoError),
@@ -323,7 +359,7 @@ pub async fn serve_pooled<C: Accepted>(client: C, group: Arc<Group>, shutdown: C
                         barrier,
                         &pool,
                         why,
-                        (&group, &shutdown),
+                        (group, shutdown),
                         name.as_deref().map(<[u8]>::to_vec),
                     ))
                 }
@@ -336,8 +372,7 @@ pub async fn serve_pooled<C: Accepted>(client: C, group: Arc<Group>, shutdown: C
                     name = after.map(Vec::into_boxed_slice);
                     if state != pool.state() {
                         // AUTH, HELLO or SELECT in the span: the pool of its new state.
-                        pool =
-                            pool::Pool::for_thread(group.config().pool, &group, &shutdown, &state);
+                        pool = pool::Pool::for_thread(group.config().pool, group, shutdown, &state);
                     }
                     match conn {
                         Some(conn) if named => pool.give_back_unnamed(*conn),
@@ -350,7 +385,19 @@ pub async fn serve_pooled<C: Accepted>(client: C, group: Arc<Group>, shutdown: C
             Err(close) => break close,
         }
     };
-    closed(&group, close);
+    closed(group, close);
+}
+
+/// A pooled client handed to a successor (`handover.rs`), boxed: the task of every pooled
+/// client has room only for a pointer to it.
+fn hand_over_pooled<'a>(
+    session: Box<pooled::Pooled<'a>>,
+    group: &'a Group,
+    state: Vec<Vec<u8>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Served> + 'a>> {
+    Box::pin(
+        async move { Served::Closed(handover::hand_over_pooled(session, group, &state).await) },
+    )
 }
 
 /// Pooled mode behind the proxy's own authentication (`gate.rs`): `Some(client)` to serve in the
@@ -445,6 +492,7 @@ fn pinned<'a>(
                 state: &state,
                 name: name.as_deref(),
                 turns: turns.as_deref(),
+                carried: None,
             };
             let served =
                 dedicated(client, group, shutdown, (&first, true), sent, spare, &lend).await;
@@ -579,10 +627,26 @@ async fn dedicated(
                 (true, Some(name)) => session.lend_name(pooled::setname(name)),
                 _ => {}
             }
-            if !first.is_empty() {
-                session.take_request_bytes(first);
-            }
-            let ended = session.run(shutdown, sent).await;
+            let ended = match lend.carried {
+                None => {
+                    if !first.is_empty() {
+                        session.take_request_bytes(first);
+                    }
+                    session.run(shutdown, sent).await
+                }
+                // A session the predecessor handed over: what it carried first.
+                Some(c) => Box::pin(session.resume(c, addr, first, shutdown)).await,
+            };
+            // A successor that takes sessions serves now (a live upgrade).
+            let ended = match ended {
+                dedicated::Ended::Closed(Close::Shutdown) if group.shared.handoff.on() => {
+                    match Box::pin(session.hand_over(lend)).await {
+                        true => dedicated::Ended::Closed(Close::HandedOver),
+                        false => dedicated::Ended::Closed(Close::Shutdown),
+                    }
+                }
+                ended => ended,
+            };
             let state = match ended {
                 dedicated::Ended::Returned => session.pool_state(),
                 dedicated::Ended::Closed(_) => Vec::new(),
@@ -608,6 +672,8 @@ async fn dedicated(
                         .map(|addr| Box::new((backend, generation, addr)));
                     Served::Returned(client, conn, state, None, false)
                 }
+                // Handed over: the socket is the successor's now, only this descriptor closes.
+                dedicated::Ended::Closed(Close::HandedOver) => Served::Closed(Close::HandedOver),
                 dedicated::Ended::Closed(close) => {
                     let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
                     Served::Closed(close)
@@ -745,6 +811,7 @@ mod tests {
                         socket().await.unwrap().into_std().unwrap(),
                         group.clone(),
                         sd.clone(),
+                        None,
                     );
                     let serve_size = size_of(&serve_pooled);
                     // A pooled client's memory: the task (`serve_pooled`), the boxed session and

@@ -68,6 +68,14 @@ enum Step {
     Pin,
 }
 
+/// A pooled client at rest at its shutdown boundary (`Pooled::at_rest`): its socket, its name,
+/// and the requests it had read and not sent.
+pub(super) struct AtRest {
+    pub client: Link,
+    pub name: Option<Vec<u8>>,
+    pub first: Vec<u8>,
+}
+
 /// Why held requests cannot go now.
 enum Hold {
     Paused,
@@ -259,6 +267,55 @@ impl<'a> Pooled<'a> {
             pin_guard,
             name,
         )
+    }
+
+    /// At its shutdown boundary, in the pool with nothing owed, on a plain socket: the socket,
+    /// the client's name and the requests read and not sent (held, then the start of the next),
+    /// to hand over (`handover.rs`); `Err` if not.
+    pub(super) fn at_rest(self: Box<Self>) -> Option<AtRest> {
+        let quiet = self
+            .slow
+            .as_ref()
+            .is_none_or(|s| s.pin.is_none() && s.local.is_none())
+            && self.protocol_error.is_none()
+            && !self.client_eof
+            && self.req.replies_on()
+            && self.client.owed.get() == 0
+            && self.client.out.borrow().is_empty()
+            // (`run` marks the client closed for shutdown: no connection writes to it any more.)
+            && matches!(self.client.broken.get(), None | Some(Close::Shutdown))
+            && matches!(*self.client.stream.borrow(), Link::Plain(_));
+        if !quiet {
+            debug!(
+                pin = self.slow.as_ref().is_some_and(|s| s.pin.is_some()),
+                local = self.slow.as_ref().is_some_and(|s| s.local.is_some()),
+                eof = self.client_eof,
+                replies_on = self.req.replies_on(),
+                owed = self.client.owed.get(),
+                broken = ?self.client.broken.get(),
+                "not handed over: a pin, a local answer or replies owed at its boundary"
+            );
+            return None;
+        }
+        let Pooled {
+            client, name, slow, ..
+        } = *self;
+        let first = match slow {
+            Some(s) => [s.held.bytes(), s.partial.bytes()].concat(),
+            None => Vec::new(),
+        };
+        let client = Rc::try_unwrap(client).ok()?.stream.into_inner();
+        Some(AtRest {
+            client,
+            name,
+            first,
+        })
+    }
+
+    /// A client handed over by the predecessor: the requests it had read and not sent, taken as
+    /// if just read (`take`), before anything else.
+    pub(super) fn take_first(&mut self, bytes: &[u8]) {
+        self.take(bytes);
     }
 
     fn held_empty(&self) -> bool {

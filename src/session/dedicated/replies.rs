@@ -18,7 +18,7 @@ use crate::tls::Link;
 impl Session<'_> {
     /// Write the replies still pending to the client, waiting (boundedly) if need be (on TLS,
     /// with their records: flushed).
-    pub(super) async fn deliver_replies(&mut self) {
+    pub(in crate::session) async fn deliver_replies(&mut self) {
         let bytes = self.replies.bytes();
         let write = async {
             self.client.write_all(bytes).await?;
