@@ -5,7 +5,7 @@
 //! | `/metrics` | Prometheus text exposition of every metric (see `metrics.rs`) |
 //! | `/healthz` | `200 ok` while the process runs (liveness) |
 //! | `/readyz`  | `200 ready` while every group has a verified, answering master, else `503` naming the groups without one (readiness); `/readyz?group=NAME` for one group |
-//! | `POST /groups/NAME/pause` | (operator actions: only with `--admin-token` set, and only with it as a bearer token: `403`/`401` otherwise) hold the group's new requests at request boundaries, `?seconds=N` at most (30 by default, 300 at most; `operator.rs`) |
+//! | `POST /groups/NAME/pause` | (operator actions: only with `--admin-token` set, and only with it as a bearer token: `403`/`401` otherwise) hold the group's new requests at request boundaries until resume, each `?seconds=N` at most (30 by default, 300 at most; then the no-master error: `operator.rs`) |
 //! | `POST /groups/NAME/resume` | lift the hold |
 //! | `POST /groups/NAME/switchover` | hold, `SENTINEL FAILOVER`, wait for the new master to be verified, release; JSON: the timeline, or `409`/`503`/`504` and why not |
 //! | `/status`  | (with `--admin-token`, only with `Authorization: Bearer <token>`) JSON: per group (`groups`, in configuration order) its read pool (`read`, with a read port), its master, generation, fence (`paused`), sentinel down reports, problem, sentinels and their health, recent switches, failover timelines; the first group's fields also at the top level (a single-group proxy reads them there); the effective config (secrets masked). `/status?group=NAME`: that group's fields at the top level |

@@ -1,10 +1,12 @@
 //! What an operator asks of a group on the admin port (`admin.rs` routes and checks the token):
 //!
 //! - **pause**: new requests wait at request boundaries (the route's operator hold: the fence
-//!   holds them as it does during a failover's pause, `route.rs`), for at most the timeout asked
-//!   (30 s by default, 300 s at most), after which the hold lifts by itself (logged). A failover
-//!   meanwhile does not lift it.
-//! - **resume**: lift it.
+//!   holds them as it does during a failover's pause, `route.rs`) until resume; each waits at
+//!   most the wait asked (`seconds`: 30 s by default, 300 s at most), after which its client gets
+//!   the no-master error (`-ERR sentinel-proxy: no master available …`) and is closed, as when no
+//!   master is known. (pgbouncer's `PAUSE` with its `query_wait_timeout`.) A failover meanwhile
+//!   does not lift it.
+//! - **resume**: lift it: what waits goes on.
 //! - **switchover**: hold, `SENTINEL FAILOVER` on the first sentinel that answers, wait until the
 //!   watcher has verified the new master, lift the hold (sessions move there at their next
 //!   boundary, as at any switch) and answer the timeline. Refused, with the hold lifted, when a
@@ -34,8 +36,8 @@ const SWITCH_WAIT: Duration = Duration::from_secs(30);
 pub struct Operator {
     /// A switchover runs.
     switching: AtomicBool,
-    /// Bumped by every pause and resume: a pause's timer lifts only its own hold.
-    epoch: AtomicU64,
+    /// How long a request may wait in the pause (ms; 0: `DEFAULT_PAUSE`).
+    wait_ms: AtomicU64,
     /// When the hold began.
     since: Mutex<Option<Instant>>,
 }
@@ -63,33 +65,36 @@ fn count(group: &Group, action: &str, result: &str) {
         .inc();
 }
 
-/// Hold new requests for at most `for_at_most`.
-pub fn pause(group: &std::sync::Arc<Group>, for_at_most: Duration) -> Value {
-    let epoch = group.operator.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+impl Operator {
+    /// How long a request may wait in the operator's pause before its client gets the
+    /// no-master error.
+    pub fn wait(&self) -> Duration {
+        match self.wait_ms.load(Ordering::Relaxed) {
+            0 => DEFAULT_PAUSE,
+            ms => Duration::from_millis(ms),
+        }
+    }
+}
+
+/// Hold new requests until resume, each for at most `wait`.
+pub fn pause(group: &Group, wait: Duration) -> Value {
+    let ms = (wait.as_millis() as u64).max(1);
+    group.operator.wait_ms.store(ms, Ordering::Relaxed);
     let began = group.route.hold(true);
     if began {
         set_since(group, Some(Instant::now()));
     }
-    info!(group = %group.name, seconds = for_at_most.as_secs_f64(), "operator pause: new requests wait");
+    info!(group = %group.name, wait_s = wait.as_secs_f64(), "operator pause: new requests wait until resume");
     count(group, "pause", "ok");
-    let g = group.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(for_at_most).await;
-        if g.operator.epoch.load(Ordering::SeqCst) == epoch && g.route.hold(false) {
-            let held = take_since(&g);
-            warn!(group = %g.name, held_ms = held, "operator pause timed out: requests go on");
-        }
-    });
     json!({
         "group": group.name,
         "held": true,
-        "timeout_ms": for_at_most.as_millis() as u64,
+        "wait_ms": ms,
     })
 }
 
 /// Lift the hold.
 pub fn resume(group: &Group) -> Value {
-    group.operator.epoch.fetch_add(1, Ordering::SeqCst);
     let was = group.route.hold(false);
     let held = take_since(group);
     if was {

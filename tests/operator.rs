@@ -1,5 +1,5 @@
 //! Operator actions on the admin port (`src/operator.rs`, `src/admin.rs`) with real processes:
-//! the token guards them; a pause holds new requests until resume (or its own timeout); a
+//! the token guards them; a pause holds new requests until resume (each at most its wait, then the no-master error); a
 //! switchover asked of the proxy (by HTTP and by `sentinel-proxy ctl`) under load shows clients
 //! nothing: no error, no reconnect, no acknowledged write lost. Runs in the default (pooled)
 //! mode and again in 1:1 mode (`SENTINEL_PROXY_TEST_POOL=0`, `scripts/test`).
@@ -63,7 +63,7 @@ async fn operator_actions_need_the_admin_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_holds_new_requests_until_resume_or_its_timeout() {
+async fn a_pause_holds_new_requests_until_resume_each_at_most_its_wait() {
     let lab = Lab::start().await;
     let proxy = proxy(&lab).await;
     proxy.wait_ready().await;
@@ -87,7 +87,8 @@ async fn a_pause_holds_new_requests_until_resume_or_its_timeout() {
     assert_eq!(read_reply(&mut s).await, b"+OK\r\n");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
-    // A pause with a timeout lifts by itself.
+    // Each request waits at most the pause's wait: past it, its client gets the no-master
+    // error and is closed, as when no master is known; the pause stays on until resume.
     let (code, _) = http_post(
         proxy.admin,
         "/groups/mymaster/pause?seconds=0.8",
@@ -97,10 +98,23 @@ async fn a_pause_holds_new_requests_until_resume_or_its_timeout() {
     assert_eq!(code, 200);
     let t = Instant::now();
     s.write_all(&multibulk(&["SET", "p", "3"])).await.unwrap();
-    assert_eq!(read_reply(&mut s).await, b"+OK\r\n");
+    assert_eq!(
+        read_reply(&mut s).await,
+        b"-ERR sentinel-proxy: no master available for 'mymaster'\r\n"
+    );
     let waited = t.elapsed();
-    eprintln!("a request sent in a 0.8 s pause was answered after {waited:?}");
-    assert!(waited >= Duration::from_millis(600), "{waited:?}");
+    eprintln!("a request sent in a pause with a 0.8 s wait was refused after {waited:?}");
+    assert!(waited >= Duration::from_millis(750), "{waited:?}");
+    assert_eq!(s.read(&mut byte).await.unwrap_or(0), 0, "closed after it");
+    let mut later = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    later.write_all(&multibulk(&["GET", "p"])).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), later.read(&mut byte)).await;
+    assert!(early.is_err(), "answered while still paused");
+    let (code, _) = http_post(proxy.admin, "/groups/mymaster/resume", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    assert_eq!(read_reply(&mut later).await, b"$1\r\n2\r\n");
     let (_, text) = http_get(proxy.admin, "/metrics").await;
     assert_eq!(
         metric(

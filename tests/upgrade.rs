@@ -213,3 +213,45 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
     // And it listens for its own successor.
     assert!(std::path::Path::new(&socket).exists());
 }
+
+/// A successor of an older version (it answers `ok <pid>` without asking for sessions): the old
+/// process falls back to drain-and-close, logged, and its clients are closed at their boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_takes_no_sessions_gets_the_drain_and_close() {
+    use std::io::{Read, Write};
+    let lab = Lab::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let socket = socket.to_str().unwrap().to_string();
+    let (port, admin) = (unused_port(), unused_port());
+    let mut old = spawn(&args(&lab, port, admin, &socket), &[]);
+    eventually(Duration::from_secs(15), "the old proxy ready", || async {
+        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let mut idle = conn(port).await.unwrap();
+    assert_eq!(
+        cmd(&mut idle, &["SET", "up", "1"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"OK".to_vec())
+    );
+    // The older successor: takes the listening sockets (a plain read drops them), answers `ok`.
+    let path = socket.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let mut header = [0u8; 4096];
+        let n = s.read(&mut header).unwrap();
+        s.write_all(b"ok 4242\n").unwrap();
+        String::from_utf8_lossy(&header[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answered.contains("\"listeners\""), "{answered}");
+    let code = tokio::task::spawn_blocking(move || (old.wait(), old.log()));
+    let (code, log) = tokio::time::timeout(Duration::from_secs(30), code)
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("takes no sessions"), "{log}");
+    assert!(cmd(&mut idle, &["GET", "up"]).await.is_err());
+}

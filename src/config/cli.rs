@@ -282,11 +282,12 @@ pub enum Command {
 /// What `sentinel-proxy ctl` asks.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum CtlAction {
-    /// Hold the group's new requests at request boundaries (until `resume`, or `--seconds`).
+    /// Hold the group's new requests at request boundaries until `resume`.
     Pause {
         /// The group (a single-group proxy's is its master name).
         group: String,
-        /// Lift the hold by itself after this many seconds (at most 300; 30 if not given).
+        /// Each request waits at most this many seconds, then its client gets the no-master
+        /// error (at most 300; 30 if not given).
         #[arg(long)]
         seconds: Option<f64>,
     },

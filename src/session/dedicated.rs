@@ -275,6 +275,10 @@ impl<'a> Session<'a> {
         if !self.held.is_empty() {
             self.count_held("dropped");
         }
+        if close == Close::NoMaster {
+            // Held by the operator's pause past its wait: told why, as a new client would be.
+            Box::pin(super::no_master(&mut self.client, self.group)).await;
+        }
         Ended::Closed(close)
     }
 

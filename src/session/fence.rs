@@ -103,6 +103,9 @@ pub(crate) struct Asker {
 pub(crate) enum Hold {
     /// A failover is under way (the fence proper).
     Paused,
+    /// The operator's pause (`operator.rs`): each request waits at most the pause's wait, then
+    /// its client gets the no-master error.
+    Operator,
     /// No verified master (or none that answers, for a new backend).
     NoMaster,
     /// Carriers are still moving after a switch, until then at the latest.
@@ -135,7 +138,10 @@ pub(crate) fn admit(
             master_down: route.previous_down,
         };
     }
-    if route.fenced() {
+    if route.held {
+        return Admit::Hold(Hold::Operator);
+    }
+    if route.paused {
         return Admit::Hold(Hold::Paused);
     }
     let master = match asker.served {
@@ -235,6 +241,9 @@ fn step(
             Close::Shutdown
         } else if v.backend_gone {
             Close::BackendClosed
+        } else if v.held && route.held && !switched {
+            // Held by the operator's pause past its wait: as when no master is known.
+            Close::NoMaster
         } else {
             Close::DrainDeadline
         });
@@ -293,7 +302,7 @@ fn step(
         return match admit(route, asker, carriers_elsewhere, clock) {
             Admit::Go(addr) => Action::Move(addr, route.generation),
             // No verified master yet (or paused again): hold until one, or the deadline.
-            Admit::Hold(Hold::Paused) => Action::Hold(Hold::NoMaster),
+            Admit::Hold(Hold::Paused | Hold::Operator) => Action::Hold(Hold::NoMaster),
             Admit::Hold(h) => Action::Hold(h),
             Admit::Retired { .. } => Action::Hold(Hold::NoMaster),
         };
@@ -308,7 +317,10 @@ fn step(
     }
     if route.fenced() {
         if v.held {
-            return Action::Hold(Hold::Paused);
+            return Action::Hold(match route.held {
+                true => Hold::Operator,
+                false => Hold::Paused,
+            });
         }
     } else if v.held && !v.unsent {
         return Action::Release;
@@ -392,7 +404,7 @@ mod tests {
                 },
                 same,
                 0,
-                Admit::Hold(Hold::Paused),
+                Admit::Hold(Hold::Operator),
             ),
             (
                 "unanswering master keeps its clients",
@@ -506,7 +518,20 @@ mod tests {
                     ..route(1, A)
                 },
                 0,
-                Action::Hold(Hold::Paused),
+                Action::Hold(Hold::Operator),
+            ),
+            (
+                "the operator's hold past its wait: the no-master error",
+                View {
+                    deadline: Some(n.at),
+                    ..held
+                },
+                &Route {
+                    held: true,
+                    ..route(1, A)
+                },
+                0,
+                Action::Close(Close::NoMaster),
             ),
             (
                 "the operator's hold over a switch: wait for it to end",

@@ -551,7 +551,6 @@ async fn dedicated(
     spare: Option<Box<(Link, u64, SocketAddr)>>,
     lend: &Lend<'_>,
 ) -> Served {
-    let m = &group.metrics;
     // Memory per idle connection is mostly this task's future, so: the connect futures (large,
     // short-lived) are boxed and freed once connected, the session lives in one box, and no
     // temporary is kept across the session's life.
@@ -682,17 +681,23 @@ async fn dedicated(
         }
         Err(close) => {
             if close == Close::NoMaster {
-                m.no_master_rejections_total.inc();
-                let msg = format!(
-                    "-ERR sentinel-proxy: no master available for '{}'\r\n",
-                    group.master_name
-                );
-                let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
+                Box::pin(no_master(&mut client, group)).await;
             }
             let _ = timeout(Duration::from_secs(1), client.shutdown()).await;
             Served::Closed(close)
         }
     }
+}
+
+/// Tell the client there is no master to send its requests to (Redis-style, one line; a second
+/// at most), counted. (Boxed where awaited: a session's future has no room for its timer.)
+pub(super) async fn no_master(client: &mut Link, group: &Group) {
+    group.metrics.no_master_rejections_total.inc();
+    let msg = format!(
+        "-ERR sentinel-proxy: no master available for '{}'\r\n",
+        group.master_name
+    );
+    let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
 }
 
 /// Connect to the current verified master, waiting up to `wait` for one to exist.

@@ -79,6 +79,8 @@ pub(super) struct AtRest {
 /// Why held requests cannot go now.
 enum Hold {
     Paused,
+    /// The operator's pause: at most its wait, then the no-master error.
+    Operator,
     NoMaster,
     Gate(Instant),
     /// Replies are owed on a connection to an older master: they come first.
@@ -432,6 +434,7 @@ impl<'a> Pooled<'a> {
         let addr = match fence::admit(&route, asker, carriers, &mut Clock::lazy()) {
             Admit::Go(addr) => addr,
             Admit::Hold(fence::Hold::Paused) => return Err(Hold::Paused),
+            Admit::Hold(fence::Hold::Operator) => return Err(Hold::Operator),
             Admit::Hold(fence::Hold::Gate(until)) => return Err(Hold::Gate(until)),
             Admit::Hold(fence::Hold::NoMaster) | Admit::Retired { .. } => {
                 return Err(Hold::NoMaster);

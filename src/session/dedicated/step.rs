@@ -91,6 +91,10 @@ impl<'a> Session<'a> {
             self.deadline = Some(clock.now().at + self.group.config().drain_timeout);
         }
         self.gated = matches!(action, Action::Hold(Hold::Gate(_)));
+        if action == Action::Hold(Hold::Operator) && self.deadline.is_none() {
+            // The operator's pause: held at most its wait, then the no-master error.
+            self.deadline = Some(clock.now().at + self.group.operator.wait());
+        }
         if matches!(action, Action::Hold(_) | Action::Move(..))
             && !self.held.is_empty()
             && self.held_since.is_none()
@@ -107,6 +111,10 @@ impl<'a> Session<'a> {
                 if self.held_since.is_some() {
                     self.count_held("same_master");
                 }
+                // Only an operator's pause sets a deadline on a session that stays on its
+                // master and is not shutting down (the fence releases nothing otherwise).
+                self.deadline = None;
+                self.deadline_timer = None;
                 let held = std::mem::take(&mut self.held);
                 match self.forward(held.bytes()) {
                     Step::Close(c) => Step::Close(c),

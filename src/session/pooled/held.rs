@@ -40,6 +40,9 @@ impl Pooled<'_> {
                 s.held_since.get_or_insert(now);
                 match hold {
                     Hold::Paused => {}
+                    Hold::Operator => {
+                        s.deadline.get_or_insert(now + self.group.operator.wait());
+                    }
                     Hold::NoMaster => {
                         s.deadline
                             .get_or_insert(now + self.group.config().connect_wait);
