@@ -34,6 +34,7 @@ pub mod group;
 pub mod lag;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod operator;
 pub mod read;
 pub mod resp;
@@ -230,6 +231,9 @@ pub async fn run(
             server.shared(),
         );
     }
+    // systemd (`Type=notify`): this process serves (its listeners are bound or taken over), and
+    // is the service's main one; a successor says so before its predecessor is told to go.
+    notify::notify(&notify::ready());
     if let Some(mut i) = inherited
         && let Err(e) = i.serving(server.resume_sink())
     {

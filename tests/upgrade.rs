@@ -42,9 +42,25 @@ fn args(lab: &Lab, listen: u16, admin: u16, socket: &str) -> Vec<String> {
 }
 
 fn spawn(args: &[String], extra: &[&str]) -> Binary {
+    spawn_notifying(args, extra, None)
+}
+
+/// With `NOTIFY_SOCKET` set to `notify` (systemd's `Type=notify`), if given.
+fn spawn_notifying(args: &[String], extra: &[&str], notify: Option<&str>) -> Binary {
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend_from_slice(extra);
-    Binary::spawn(&all, &[("RUST_LOG", "info"), ("NO_COLOR", "1")])
+    let mut env = vec![("RUST_LOG", "info"), ("NO_COLOR", "1")];
+    if let Some(path) = notify {
+        env.push(("NOTIFY_SOCKET", path));
+    }
+    Binary::spawn(&all, &env)
+}
+
+/// The next notification systemd would get on `socket`.
+fn notified(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification within 15 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +71,15 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
     let socket = socket.to_str().unwrap().to_string();
     let (port, admin) = (unused_port(), unused_port());
     let a = args(&lab, port, admin, &socket);
-    let mut old = spawn(&a, &[]);
+    // As under systemd (Type=notify): each process says it serves, and that it is the main one.
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let notify_path = notify_path.to_str().unwrap().to_string();
+    let mut old = spawn_notifying(&a, &[], Some(&notify_path));
+    assert_eq!(notified(&notify), format!("READY=1\nMAINPID={}", old.pid()));
     eventually(Duration::from_secs(15), "the old proxy ready", || async {
         (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
     })
@@ -136,7 +160,12 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
     .await;
 
     let began = Instant::now();
-    let mut new = spawn(&a, &["--takeover"]);
+    let mut new = spawn_notifying(&a, &["--takeover"], Some(&notify_path));
+    let new_pid = new.pid();
+    let said = tokio::task::spawn_blocking(move || notified(&notify))
+        .await
+        .unwrap();
+    assert_eq!(said, format!("READY=1\nMAINPID={new_pid}"));
     let code = tokio::task::spawn_blocking(move || {
         let code = old.wait();
         (code, old.log())
