@@ -73,6 +73,8 @@ pub struct Shared {
     pub hub: sentinel::hub::Hub,
     /// A live upgrade's successor that takes sessions (`upgrade.rs`, `session/handover.rs`).
     pub handoff: session::Handoff,
+    /// The listening sockets served, for a successor (`upgrade.rs`).
+    pub listening: upgrade::Listening,
 }
 
 impl Shared {
@@ -82,6 +84,7 @@ impl Shared {
             metrics: metrics::Metrics::new(),
             hub: Default::default(),
             handoff: Default::default(),
+            listening: Default::default(),
         }
     }
 
@@ -224,12 +227,7 @@ pub async fn run(
     let upgrade_socket = config.upgrade_socket.clone();
     let mut server = Server::bind_with(config, inherited.as_mut()).await?;
     if let Some(path) = upgrade_socket {
-        upgrade::serve(
-            path,
-            server.listener_fds(),
-            shutdown.clone(),
-            server.shared(),
-        );
+        upgrade::serve(path, shutdown.clone(), server.shared());
     }
     // systemd (`Type=notify`): this process serves (its listeners are bound or taken over), and
     // is the service's main one; a successor says so before its predecessor is told to go.

@@ -109,6 +109,14 @@ fn bind_group(
     ))
 }
 
+/// A group's listening sockets, for a successor (`upgrade.rs`).
+fn register(shared: &Shared, name: &str, l: &Listeners) {
+    shared.listening.add(Role::Group(name.to_string()), &l.main);
+    if let Some(read) = &l.read {
+        shared.listening.add(Role::Read(name.to_string()), read);
+    }
+}
+
 /// A group being served: stopping `stop` closes its listener and its sessions at their next
 /// request boundary, and ends its watcher.
 struct Running {
@@ -142,6 +150,10 @@ impl Server {
         let admin = bind_or_inherit(config.metrics_listen, 1024, &mut inherited, Role::Admin)?;
         let workers = workers::Workers::start(config.threads).map_err(Error::Workers)?;
         let shared = Arc::new(Shared::new(config));
+        shared.listening.add(Role::Admin, &admin);
+        for (l, g) in &listeners {
+            register(&shared, &g.name, l);
+        }
         let groups = listeners
             .into_iter()
             .map(|(listener, g)| (Arc::new(Group::new(shared.clone(), g)), listener))
@@ -194,25 +206,6 @@ impl Server {
     /// The read port address of the `i`-th group, if it has one.
     pub fn read_addr(&self, i: usize) -> Option<SocketAddr> {
         self.groups[i].0.settings().read_listen
-    }
-
-    /// Copies of every listening socket's descriptor, by role, for a successor (`upgrade.rs`).
-    pub fn listener_fds(&self) -> Vec<(Role, std::os::fd::OwnedFd)> {
-        use std::os::fd::AsFd;
-        let mut fds = Vec::new();
-        let mut add = |role: Role, l: &TcpListener| {
-            if let Ok(fd) = l.as_fd().try_clone_to_owned() {
-                fds.push((role, fd));
-            }
-        };
-        add(Role::Admin, &self.admin);
-        for (g, l) in &self.groups {
-            add(Role::Group(g.name.clone()), &l.main);
-            if let Some(read) = &l.read {
-                add(Role::Read(g.name.clone()), read);
-            }
-        }
-        fds
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -384,6 +377,7 @@ impl Serving {
                 let _ = read.await;
             }
             shared.metrics.forget_group(&r.group.name);
+            shared.listening.remove_group(&r.group.name);
         }
         for w in wanted {
             if running.iter().any(|r| r.group.name == w.name) {
@@ -392,6 +386,7 @@ impl Serving {
             let name = w.name.clone();
             match bind_group(w, cfg.max_clients, None) {
                 Ok((listener, settings)) => {
+                    register(shared, &settings.name, &listener);
                     let group = Arc::new(Group::new(shared.clone(), settings));
                     running.push(self.start(group, listener));
                 }

@@ -18,8 +18,10 @@
 //! `session/handover.rs`) close at their boundary, as they do when the successor is an older
 //! version that does not ask for sessions (drain-and-close), within `--shutdown-timeout`.
 //!
-//! A `--takeover` with nothing answering at the path binds as usual (logged); a listener the old
-//! process did not send (a group added by a reload there) is bound.
+//! What is handed over is what the old process serves at that moment (`Listening`, kept current
+//! as reloads add and remove groups). A `--takeover` with nothing answering at the path binds as
+//! usual (logged), and so does one for a listener the old process did not send (a group only
+//! the successor's configuration has).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
@@ -59,6 +61,37 @@ struct Header {
     pid: u32,
     /// One per descriptor, in order.
     listeners: Vec<Role>,
+}
+
+/// The listening sockets this process serves, by role: what a successor gets (kept current as a
+/// reload adds and removes groups; copies of the descriptors).
+#[derive(Default)]
+pub struct Listening(std::sync::Mutex<Vec<(Role, OwnedFd)>>);
+
+impl Listening {
+    pub fn add(&self, role: Role, socket: &impl AsFd) {
+        if let (Ok(fd), Ok(mut all)) = (socket.as_fd().try_clone_to_owned(), self.0.lock()) {
+            all.retain(|(r, _)| *r != role);
+            all.push((role, fd));
+        }
+    }
+
+    /// A group's listeners closed (a reload removed it).
+    pub fn remove_group(&self, name: &str) {
+        if let Ok(mut all) = self.0.lock() {
+            all.retain(|(r, _)| !matches!(r, Role::Group(n) | Role::Read(n) if n == name));
+        }
+    }
+
+    /// Copies of every descriptor, for a successor.
+    fn copies(&self) -> Vec<(Role, OwnedFd)> {
+        let Ok(all) = self.0.lock() else {
+            return Vec::new();
+        };
+        all.iter()
+            .filter_map(|(r, fd)| Some((r.clone(), fd.try_clone().ok()?)))
+            .collect()
+    }
 }
 
 /// The listening sockets a successor took over, by role.
@@ -228,15 +261,10 @@ fn pass_sessions(mut stream: UnixStream, rx: mpsc::Receiver<Outgoing>) {
     }
 }
 
-/// Predecessor side: listen at `path` for a successor; hand it `listeners` (descriptors of this
-/// process's listening sockets, by role), and once it serves, cancel `shutdown`; if it asked for
-/// the sessions, pass each one the process's `Handoff` is given.
-pub fn serve(
-    path: PathBuf,
-    listeners: Vec<(Role, OwnedFd)>,
-    shutdown: CancellationToken,
-    shared: std::sync::Arc<crate::Shared>,
-) {
+/// Predecessor side: listen at `path` for a successor; hand it the listening sockets this
+/// process serves then (`Shared::listening`, by role), and once it serves, cancel `shutdown`;
+/// if it asked for the sessions, pass each one the process's `Handoff` is given.
+pub fn serve(path: PathBuf, shutdown: CancellationToken, shared: std::sync::Arc<crate::Shared>) {
     // A socket file left by a process gone (or by the predecessor this one took over from,
     // which no longer needs it) is replaced.
     let _ = std::fs::remove_file(&path);
@@ -263,7 +291,7 @@ pub fn serve(
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                match hand_over(&stream, &listeners) {
+                match hand_over(&stream, &shared.listening.copies()) {
                     Ok((pid, false)) => {
                         info!(
                             successor = pid,

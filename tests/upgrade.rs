@@ -284,3 +284,81 @@ async fn a_successor_that_takes_no_sessions_gets_the_drain_and_close() {
     assert!(log.contains("takes no sessions"), "{log}");
     assert!(cmd(&mut idle, &["GET", "up"]).await.is_err());
 }
+
+/// A group a reload added to the running proxy is handed over too: its listener (the successor
+/// does not bind it anew) and its clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_added_by_a_reload_is_handed_over_too() {
+    const CACHE: &str = "cache";
+    let lab = Lab::start_with(LabOptions {
+        extra_groups: vec![CACHE],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let (broker_port, cache_port, admin) = (unused_port(), unused_port(), unused_port());
+    let sentinels: Vec<String> = lab
+        .sentinel_addrs()
+        .iter()
+        .map(|s| format!("\"127.0.0.1:{}\"", s.port))
+        .collect();
+    let table = |name: &str, port: u16| {
+        format!(
+            "[[group]]\nname = \"{name}\"\nmaster-name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n"
+        )
+    };
+    let file_text = |tables: &[String]| {
+        format!(
+            "metrics-listen = \"127.0.0.1:{admin}\"\nsentinels = [{}]\nupgrade-socket = \"{}\"\nshutdown-timeout = \"10s\"\n{}",
+            sentinels.join(", "),
+            socket.display(),
+            tables.concat()
+        )
+    };
+    let file = dir.path().join("proxy.toml");
+    let broker = table(MASTER_NAME, broker_port);
+    std::fs::write(&file, file_text(std::slice::from_ref(&broker))).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let mut pool = vec!["--config".to_string(), path];
+    if let Ok(p) = std::env::var("SENTINEL_PROXY_TEST_POOL") {
+        pool.extend(["--pool".to_string(), p]);
+    }
+    let mut old = spawn(&pool, &[]);
+    let ready = || async { (http_get(addr(admin), "/readyz").await.0 == 200).then_some(()) };
+    eventually(Duration::from_secs(15), "the proxy to be ready", ready).await;
+
+    std::fs::write(&file, file_text(&[broker, table(CACHE, cache_port)])).unwrap();
+    old.signal("-HUP");
+    let added = eventually(
+        Duration::from_secs(15),
+        "the added group to serve",
+        || async {
+            let mut c = conn(cache_port).await.ok()?;
+            let ok = cmd(&mut c, &["SET", "added", "1"]).await.ok()?;
+            (ok == OwnedFrame::SimpleString(b"OK".to_vec())).then_some(c)
+        },
+    )
+    .await;
+    let mut added = added;
+
+    let mut new = spawn(&pool, &["--takeover"]);
+    let code = tokio::task::spawn_blocking(move || (old.wait(), old.log()));
+    let (code, log) = tokio::time::timeout(Duration::from_secs(30), code)
+        .await
+        .expect("the old process exits")
+        .unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    // Its client, on the same connection; and its port, served by the successor.
+    assert_eq!(
+        cmd(&mut added, &["GET", "added"]).await.unwrap(),
+        OwnedFrame::BulkString(b"1".to_vec())
+    );
+    let mut c = conn(cache_port).await.unwrap();
+    assert_eq!(
+        cmd(&mut c, &["GET", "added"]).await.unwrap(),
+        OwnedFrame::BulkString(b"1".to_vec())
+    );
+    assert!(new.is_running(), "{}", new.log());
+    assert!(!new.log().contains("cannot listen"), "{}", new.log());
+}
