@@ -77,6 +77,10 @@ pub struct Config {
     pub upgrade_socket: Option<PathBuf>,
     /// Take the listening sockets of the proxy at `upgrade_socket` instead of binding.
     pub takeover: bool,
+    /// Where the Sentinel face answers (`face.rs`), if anywhere.
+    pub sentinel_listen: Option<SocketAddr>,
+    /// The host the Sentinel face gives out (else the address the client reached it at).
+    pub announce_host: Option<String>,
     pub sentinel_prune_after: Duration,
     pub discovery: Discovery,
     pub failover_pause: Duration,
@@ -134,6 +138,8 @@ impl Config {
             connect_wait: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
             upgrade_socket: None,
+            sentinel_listen: None,
+            announce_host: None,
             takeover: false,
             sentinel_prune_after: Duration::from_secs(600),
             discovery: Discovery::First,
@@ -283,6 +289,12 @@ impl Config {
         }
         cfg.upgrade_socket = pick(&cli.upgrade_socket, file.upgrade_socket).map(PathBuf::from);
         cfg.takeover = cli.takeover;
+        if let Some(a) = pick(&cli.sentinel_listen, file.sentinel_listen) {
+            cfg.sentinel_listen = Some(addr("sentinel-listen", Some(&a), "")?);
+        }
+        cfg.announce_host = pick(&cli.announce_host, file.announce_host)
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty());
         if cfg.takeover && cfg.upgrade_socket.is_none() {
             bail!(
                 "takeover needs upgrade-socket: the path where the running proxy listens for its successor"
@@ -475,6 +487,16 @@ impl Config {
         for (name, d) in positive {
             if d.is_zero() {
                 bail!("{name}: must be greater than zero");
+            }
+        }
+        if let Some(face) = self.sentinel_listen.filter(|a| a.port() != 0) {
+            let taken = face == self.metrics_listen
+                || self
+                    .groups()
+                    .iter()
+                    .any(|g| g.listen == face || g.read_listen == Some(face));
+            if taken {
+                bail!("sentinel-listen {face} is also a client, read or metrics-listen address");
             }
         }
         for g in self.groups() {

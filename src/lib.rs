@@ -30,6 +30,7 @@ pub mod admin;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod face;
 pub mod group;
 pub mod lag;
 pub mod listener;
@@ -129,6 +130,10 @@ impl Shared {
         if new.upgrade_socket != old.upgrade_socket {
             restart.push("upgrade-socket");
             new.upgrade_socket = old.upgrade_socket.clone();
+        }
+        if new.sentinel_listen != old.sentinel_listen {
+            restart.push("sentinel-listen");
+            new.sentinel_listen = old.sentinel_listen;
         }
         if old.declared_groups.is_empty() && new.declared_groups.is_empty() {
             // The one implicit group, named after its master: a new name is not a new group.

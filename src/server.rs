@@ -22,6 +22,8 @@ pub struct Server {
     /// Every group, with its client listener and its read port's.
     groups: Vec<(Arc<Group>, Listeners)>,
     admin: TcpListener,
+    /// The Sentinel face's listener (`face.rs`), if it has one.
+    face: Option<TcpListener>,
     workers: workers::Workers,
     /// Reloaded configurations to apply while serving (see [`Server::reloads`]).
     reloads: Option<mpsc::Receiver<Config>>,
@@ -148,9 +150,16 @@ impl Server {
             listeners.push((l, g));
         }
         let admin = bind_or_inherit(config.metrics_listen, 1024, &mut inherited, Role::Admin)?;
+        let face = match config.sentinel_listen {
+            Some(addr) => Some(bind_or_inherit(addr, 1024, &mut inherited, Role::Sentinel)?),
+            None => None,
+        };
         let workers = workers::Workers::start(config.threads).map_err(Error::Workers)?;
         let shared = Arc::new(Shared::new(config));
         shared.listening.add(Role::Admin, &admin);
+        if let Some(face) = &face {
+            shared.listening.add(Role::Sentinel, face);
+        }
         for (l, g) in &listeners {
             register(&shared, &g.name, l);
         }
@@ -162,6 +171,7 @@ impl Server {
             shared,
             groups,
             admin,
+            face,
             workers,
             reloads: None,
             resume,
@@ -208,6 +218,11 @@ impl Server {
         self.groups[i].0.settings().read_listen
     }
 
+    /// The Sentinel face's address, if it has one.
+    pub fn sentinel_addr(&self) -> Option<SocketAddr> {
+        self.face.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()
@@ -230,6 +245,7 @@ impl Server {
             shared,
             groups,
             admin,
+            face,
             workers,
             mut reloads,
             resume,
@@ -252,6 +268,14 @@ impl Server {
             live.clone(),
             shutdown.clone(),
         ));
+        if let Some(face) = face {
+            tokio::spawn(crate::face::run(
+                face,
+                shared.clone(),
+                live.clone(),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(crate::tls::refresh::run(
             shared.clone(),
             live.clone(),

@@ -53,6 +53,8 @@ pub enum Role {
     Group(String),
     /// A group's read port.
     Read(String),
+    /// The Sentinel face (`face.rs`).
+    Sentinel,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -153,21 +153,6 @@ async fn celery_worker_and_producer_lose_no_task_across_a_failover() {
     }
 }
 
-/// BullMQ's modules (target/bullmq, made by `scripts/lib.sh`'s `ensure_bullmq` if need be).
-fn bullmq_modules() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let modules = root.join("target/bullmq/node_modules");
-    if !modules.join("bullmq/package.json").exists() {
-        let status = Command::new("bash")
-            .args(["-c", "source scripts/lib.sh && ensure_bullmq"])
-            .current_dir(&root)
-            .status()
-            .expect("run ensure_bullmq");
-        assert!(status.success(), "could not install BullMQ");
-    }
-    modules
-}
-
 /// A BullMQ queue and worker (ioredis, from npm) through pooled mode: BullMQ moves every job with
 /// Lua scripts (EVALSHA, on the pool's connection for scripts) and its worker waits with
 /// BZPOPMIN (a borrowed connection); a job every 5 ms for at least 12 s across a failover once 50

@@ -238,9 +238,17 @@ pub struct Cli {
     /// `quorum` (a majority of the reachable sentinels must name it) [default: first].
     #[arg(long, env = "SENTINEL_PROXY_DISCOVERY", value_enum)]
     pub discovery: Option<Discovery>,
+    /// Also answer the Sentinel API on this address (the Sentinel face: Sentinel-aware clients
+    /// pointed at it get the proxy's own address for each group). Off unless set.
+    #[arg(long, env = "SENTINEL_PROXY_SENTINEL_LISTEN", value_name = "ADDR")]
+    pub sentinel_listen: Option<String>,
+    /// The host (name or IP) the Sentinel face gives out for the proxy's ports [default: the
+    /// address the asking client reached the Sentinel face at].
+    #[arg(long, env = "SENTINEL_PROXY_ANNOUNCE_HOST", value_name = "HOST")]
+    pub announce_host: Option<String>,
     /// Listen on this Unix socket for a successor (live upgrade): a process started with the
-    /// same configuration and --takeover receives the listening sockets, then this one stops
-    /// accepting and closes its sessions at their next request boundary. Off unless set.
+    /// same configuration and --takeover receives the listening sockets and then each client
+    /// connection at its next request boundary. Off unless set.
     #[arg(long, env = "SENTINEL_PROXY_UPGRADE_SOCKET", value_name = "PATH")]
     pub upgrade_socket: Option<String>,
     /// Start by taking the listening sockets of the proxy listening at --upgrade-socket instead

@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub read_listen: Option<String>,
     pub read_max_lag: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub sentinel_listen: Option<String>,
+    pub announce_host: Option<String>,
     pub read_fallback: Option<ReadFallback>,
     pub ack: Option<String>,
     pub ack_timeout: Option<String>,

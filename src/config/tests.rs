@@ -310,6 +310,25 @@ fn durable_acks_per_group_and_their_errors() {
     assert!(e.contains("ack-timeout"), "{e}");
 }
 
+/// The Sentinel face: an address of its own, and the host it gives out.
+#[test]
+fn the_sentinel_face_has_an_address_of_its_own() {
+    let c = Config::merge(
+        &cli(&["--sentinels", "a:1", "--sentinel-listen", "0.0.0.0:26379"]),
+        toml::from_str("announce-host = \"proxy.default.svc\"").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.sentinel_listen, Some("0.0.0.0:26379".parse().unwrap()));
+    assert_eq!(c.announce_host.as_deref(), Some("proxy.default.svc"));
+    let e = merge_error(&["--sentinel-listen", "0.0.0.0:6379"], "");
+    assert!(e.contains("sentinel-listen 0.0.0.0:6379 is also"), "{e}");
+    let e = merge_error(&["--sentinel-listen", "nowhere"], "");
+    assert!(
+        e.contains("sentinel-listen: 'nowhere' is not an address"),
+        "{e}"
+    );
+}
+
 /// A live upgrade: `takeover` needs the socket to take over from.
 #[test]
 fn takeover_needs_the_upgrade_socket() {

@@ -2,7 +2,9 @@
 result backend on Redis (the backend in db 1), a worker process with a few threads, the producer
 sending a task every few milliseconds for at least SECONDS and then waiting for every result.
 Usage: PROXY_PORT=PORT celery_app.py TASKS SECONDS (the worker imports this module, so the port
-comes from the environment). Prints one JSON line: sent, done, lost, errors."""
+comes from the environment). With SENTINEL_FACE_PORT, broker and backend are `sentinel://` URLs
+to the proxy's Sentinel face (master `mymaster`); with STOP_FILE, the producer sends until that
+file exists (and at least TASKS). Prints one JSON line: sent, done, lost, errors."""
 
 import json
 import os
@@ -13,14 +15,19 @@ import time
 from celery import Celery
 
 port = int(os.environ["PROXY_PORT"])
-broker = f"redis://127.0.0.1:{port}/0"
-app = Celery("proxytest", broker=broker, backend=f"redis://127.0.0.1:{port}/1")
+face = os.environ.get("SENTINEL_FACE_PORT")
+scheme, at = ("sentinel", face) if face else ("redis", port)
+app = Celery("proxytest", broker=f"{scheme}://127.0.0.1:{at}/0",
+             backend=f"{scheme}://127.0.0.1:{at}/1")
 app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=600,
     task_default_queue=f"proxytest-{port}",
     worker_hijack_root_logger=False,
 )
+if face:
+    app.conf.update(broker_transport_options={"master_name": "mymaster"},
+                    result_backend_transport_options={"master_name": "mymaster"})
 
 
 @app.task(name="proxytest.square")
@@ -40,8 +47,10 @@ if __name__ == "__main__":
     results = []
     try:
         until = time.monotonic() + seconds
+        stop = os.environ.get("STOP_FILE")
+        going = (lambda: not os.path.exists(stop)) if stop else (lambda: time.monotonic() < until)
         i = 0
-        while i < tasks or time.monotonic() < until:
+        while i < tasks or going():
             try:
                 results.append((i, square.delay(i)))
             except Exception as e:  # a send that failed: reported, never retried silently

@@ -757,6 +757,8 @@ pub struct Proxy {
     pub groups: Vec<(u16, Arc<Group>)>,
     /// The first group's read port, if it has one.
     pub read_port: Option<u16>,
+    /// The Sentinel face's port, if it has one.
+    pub face: Option<u16>,
     token: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -785,6 +787,7 @@ impl Proxy {
             .map(|(i, g)| (server.group_addr(i).port(), g))
             .collect();
         let read_port = server.read_addr(0).map(|a| a.port());
+        let face = server.sentinel_addr().map(|a| a.port());
         let (port, admin, group) = (
             server.local_addr().port(),
             server.admin_addr(),
@@ -797,6 +800,7 @@ impl Proxy {
             group,
             groups,
             read_port,
+            face,
             token,
             task: Some(task),
         }
@@ -828,6 +832,22 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.token.cancel();
     }
+}
+
+/// BullMQ's modules, ioredis among them (target/bullmq, made by `scripts/lib.sh`'s
+/// `ensure_bullmq` if need be).
+pub fn bullmq_modules() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let modules = root.join("target/bullmq/node_modules");
+    if !modules.join("bullmq/package.json").exists() {
+        let status = Command::new("bash")
+            .args(["-c", "source scripts/lib.sh && ensure_bullmq"])
+            .current_dir(&root)
+            .status()
+            .expect("run ensure_bullmq");
+        assert!(status.success(), "could not install BullMQ");
+    }
+    modules
 }
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
