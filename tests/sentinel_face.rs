@@ -167,3 +167,61 @@ async fn redis_cli_sees_a_sentinel_that_names_the_proxy() {
     );
     assert!(masters.contains("flags\nmaster"), "{masters}");
 }
+
+/// A subscriber to `+switch-master` hears of it when the address the proxy gives out changes
+/// (here `announce-host`, reloaded), and of nothing when a backend fails over (the proxy hides it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_master_is_told_only_when_the_proxy_address_changes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lab = Lab::start().await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.sentinel_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.announce_host = Some("old.example".into());
+    })
+    .await;
+    let old = proxy.wait_ready().await;
+    let mut sub = tokio::net::TcpStream::connect(("127.0.0.1", proxy.face.unwrap()))
+        .await
+        .unwrap();
+    sub.write_all(&multibulk(&["SUBSCRIBE", "+switch-master"]))
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert_eq!(
+        next_frame(&mut sub, &mut buf).await.unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"subscribe".to_vec()),
+            OwnedFrame::BulkString(b"+switch-master".to_vec()),
+            OwnedFrame::Integer(1),
+        ])
+    );
+
+    // A backend failover: the proxy's address stays, nothing is said.
+    lab.failover().await;
+    let new = lab.wait_new_master(old, Duration::from_secs(60)).await;
+    proxy.wait_routes_to(new, Duration::from_secs(10)).await;
+    let mut byte = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), sub.read(&mut byte)).await;
+    assert!(quiet.is_err(), "told something at a backend failover");
+
+    // The address given out changes: told, in Sentinel's shape.
+    let shared = proxy.group.shared.clone();
+    let mut config = (*shared.config()).clone();
+    config.announce_host = Some("new.example".into());
+    shared.reload(&[proxy.group.clone()], config);
+    let told = tokio::time::timeout(Duration::from_secs(5), next_frame(&mut sub, &mut buf))
+        .await
+        .expect("told within 5 s")
+        .unwrap();
+    let p = proxy.port;
+    assert_eq!(
+        told,
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"message".to_vec()),
+            OwnedFrame::BulkString(b"+switch-master".to_vec()),
+            OwnedFrame::BulkString(
+                format!("mymaster old.example {p} new.example {p}").into_bytes()
+            ),
+        ])
+    );
+}
