@@ -208,7 +208,7 @@ async fn switch_master_is_told_only_when_the_proxy_address_changes() {
     let shared = proxy.group.shared.clone();
     let mut config = (*shared.config()).clone();
     config.announce_host = Some("new.example".into());
-    shared.reload(&[proxy.group.clone()], config);
+    shared.reload(std::slice::from_ref(&proxy.group), config);
     let told = tokio::time::timeout(Duration::from_secs(5), next_frame(&mut sub, &mut buf))
         .await
         .expect("told within 5 s")
