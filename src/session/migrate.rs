@@ -335,8 +335,14 @@ pub(super) async fn recreate(
 ) -> Result<Vec<u8>, Close> {
     let cfg = side.group.config();
     let mut leftover = Vec::new();
-    let Some(carry) = carry else {
-        return Ok(leftover);
+    // A session that carries nothing else may still be in MONITOR.
+    let empty;
+    let carry = match carry {
+        Some(c) => c,
+        None => {
+            empty = Carry::new();
+            &empty
+        }
     };
     let plan = carry.plan(monitor, reissue, std::time::Instant::now());
     let tracking = carry.tracking_on() && carry.resp3;
