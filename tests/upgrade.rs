@@ -56,6 +56,43 @@ fn spawn_notifying(args: &[String], extra: &[&str], notify: Option<&str>) -> Bin
     Binary::spawn(&all, &env)
 }
 
+/// A place for the upgrade socket (`dir`, removed on drop), free ports, and the arguments of a
+/// proxy of `lab` that waits there for a successor.
+struct Setup {
+    dir: tempfile::TempDir,
+    socket: String,
+    port: u16,
+    admin: u16,
+    args: Vec<String>,
+}
+
+fn setup(lab: &Lab) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir
+        .path()
+        .join("upgrade.sock")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (port, admin) = (unused_port(), unused_port());
+    let args = args(lab, port, admin, &socket);
+    Setup {
+        dir,
+        socket,
+        port,
+        admin,
+        args,
+    }
+}
+
+/// Until the proxy whose admin port is `admin` says it is ready.
+async fn ready(admin: u16) {
+    eventually(Duration::from_secs(15), "the proxy ready", || async {
+        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+}
+
 /// The next notification systemd would get on `socket`.
 fn notified(socket: &std::os::unix::net::UnixDatagram) -> String {
     let mut buf = [0u8; 256];
@@ -66,11 +103,13 @@ fn notified(socket: &std::os::unix::net::UnixDatagram) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing() {
     let lab = Lab::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("upgrade.sock");
-    let socket = socket.to_str().unwrap().to_string();
-    let (port, admin) = (unused_port(), unused_port());
-    let a = args(&lab, port, admin, &socket);
+    let Setup {
+        dir,
+        socket,
+        port,
+        admin,
+        args: a,
+    } = setup(&lab);
     // As under systemd (Type=notify): each process says it serves, and that it is the main one.
     let notify_path = dir.path().join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
@@ -80,10 +119,7 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
     let notify_path = notify_path.to_str().unwrap().to_string();
     let mut old = spawn_notifying(&a, &[], Some(&notify_path));
     assert_eq!(notified(&notify), format!("READY=1\nMAINPID={}", old.pid()));
-    eventually(Duration::from_secs(15), "the old proxy ready", || async {
-        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
-    })
-    .await;
+    ready(admin).await;
     let ok = || OwnedFrame::SimpleString(b"OK".to_vec());
     let bulk = |b: &str| OwnedFrame::BulkString(b.as_bytes().to_vec());
     let mut idle = conn(port).await.unwrap();
@@ -215,23 +251,7 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
         cmd(&mut state, &["CLIENT", "GETNAME"]).await.unwrap(),
         bulk("kept")
     );
-    eventually(
-        Duration::from_secs(10),
-        "a message after the upgrade",
-        || async move {
-            let mut publisher = conn(port).await.ok()?;
-            let n = cmd(&mut publisher, &["PUBLISH", "news", "after"])
-                .await
-                .ok()?;
-            (n == OwnedFrame::Integer(1)).then_some(())
-        },
-    )
-    .await;
-    let message = sub.read_frame().await.unwrap();
-    assert_eq!(
-        message,
-        OwnedFrame::Array(vec![bulk("message"), bulk("news"), bulk("after")])
-    );
+    subscriber_hears_after(port, &mut sub, "the upgrade").await;
     // The transaction's client was closed at its boundary (drain-and-close), its queue never run.
     assert!(cmd(&mut multi, &["EXEC"]).await.is_err());
 
@@ -249,15 +269,16 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
 async fn a_successor_that_takes_no_sessions_gets_the_drain_and_close() {
     use std::io::{Read, Write};
     let lab = Lab::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("upgrade.sock");
-    let socket = socket.to_str().unwrap().to_string();
-    let (port, admin) = (unused_port(), unused_port());
-    let mut old = spawn(&args(&lab, port, admin, &socket), &[]);
-    eventually(Duration::from_secs(15), "the old proxy ready", || async {
-        (http_get(addr(admin), "/readyz").await.0 == 200).then_some(())
-    })
-    .await;
+    // (`_dir` kept: the socket's directory lives as long as the test.)
+    let Setup {
+        dir: _dir,
+        socket,
+        port,
+        admin,
+        args,
+    } = setup(&lab);
+    let mut old = spawn(&args, &[]);
+    ready(admin).await;
     let mut idle = conn(port).await.unwrap();
     assert_eq!(
         cmd(&mut idle, &["SET", "up", "1"]).await.unwrap(),
@@ -325,8 +346,7 @@ async fn a_group_added_by_a_reload_is_handed_over_too() {
         pool.extend(["--pool".to_string(), p]);
     }
     let mut old = spawn(&pool, &[]);
-    let ready = || async { (http_get(addr(admin), "/readyz").await.0 == 200).then_some(()) };
-    eventually(Duration::from_secs(15), "the proxy to be ready", ready).await;
+    ready(admin).await;
 
     std::fs::write(&file, file_text(&[broker, table(CACHE, cache_port)])).unwrap();
     old.signal("-HUP");

@@ -834,6 +834,29 @@ impl Drop for Proxy {
     }
 }
 
+/// `sub` (subscribed to `news` through the proxy at `port`) still hears: a message published
+/// through the proxy after `what` reaches it, on its same connection.
+pub async fn subscriber_hears_after(port: u16, sub: &mut RespConn, what: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("a message after {what}"),
+        || async move {
+            let mut publisher = conn(port).await.ok()?;
+            let n = cmd(&mut publisher, &["PUBLISH", "news", "after"])
+                .await
+                .ok()?;
+            (n == OwnedFrame::Integer(1)).then_some(())
+        },
+    )
+    .await;
+    let message = sub.read_frame().await.unwrap();
+    let bulk = |b: &str| OwnedFrame::BulkString(b.as_bytes().to_vec());
+    assert_eq!(
+        message,
+        OwnedFrame::Array(vec![bulk("message"), bulk("news"), bulk("after")])
+    );
+}
+
 /// BullMQ's modules, ioredis among them (target/bullmq, made by `scripts/lib.sh`'s
 /// `ensure_bullmq` if need be).
 pub fn bullmq_modules() -> PathBuf {
