@@ -111,8 +111,11 @@ fn bind_group(
     ))
 }
 
-/// A group's listening sockets, for a successor (`upgrade.rs`).
+/// A group's listening sockets, for a successor (`upgrade.rs`), if one can come.
 fn register(shared: &Shared, name: &str, l: &Listeners) {
+    if shared.config().upgrade_socket.is_none() {
+        return;
+    }
     shared.listening.add(Role::Group(name.to_string()), &l.main);
     if let Some(read) = &l.read {
         shared.listening.add(Role::Read(name.to_string()), read);
@@ -156,9 +159,11 @@ impl Server {
         };
         let workers = workers::Workers::start(config.threads).map_err(Error::Workers)?;
         let shared = Arc::new(Shared::new(config));
-        shared.listening.add(Role::Admin, &admin);
-        if let Some(face) = &face {
-            shared.listening.add(Role::Sentinel, face);
+        if shared.config().upgrade_socket.is_some() {
+            shared.listening.add(Role::Admin, &admin);
+            if let Some(face) = &face {
+                shared.listening.add(Role::Sentinel, face);
+            }
         }
         for (l, g) in &listeners {
             register(&shared, &g.name, l);
@@ -307,6 +312,8 @@ impl Server {
                 let _ = read.await;
             }
         }
+        // The copies kept for a successor would keep the ports accepting.
+        shared.listening.clear();
         tracker.close();
         let open = tracker.len();
         if tokio::time::timeout(shared.config().shutdown_timeout, tracker.wait())

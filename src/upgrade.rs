@@ -66,7 +66,8 @@ struct Header {
 }
 
 /// The listening sockets this process serves, by role: what a successor gets (kept current as a
-/// reload adds and removes groups; copies of the descriptors).
+/// reload adds and removes groups; copies of the descriptors, kept only with an upgrade socket,
+/// and dropped once the process stops listening: a copy keeps its port accepting).
 #[derive(Default)]
 pub struct Listening(std::sync::Mutex<Vec<(Role, OwnedFd)>>);
 
@@ -75,6 +76,13 @@ impl Listening {
         if let (Ok(fd), Ok(mut all)) = (socket.as_fd().try_clone_to_owned(), self.0.lock()) {
             all.retain(|(r, _)| *r != role);
             all.push((role, fd));
+        }
+    }
+
+    /// The process stops listening (shutdown, or a successor took over): its ports close.
+    pub fn clear(&self) {
+        if let Ok(mut all) = self.0.lock() {
+            all.clear();
         }
     }
 

@@ -261,3 +261,39 @@ async fn the_gate_needs_no_redis_and_closes_the_idle() {
     )
     .await;
 }
+
+/// The Sentinel face asks for the proxy's users too: nothing but `NOAUTH` before a login, a
+/// wrong password refused as Redis refuses it, then Sentinel's answers naming the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinel_face_asks_for_the_proxys_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = users_file(dir.path(), &[("app", "app-pw")]);
+    let nowhere = vec![hp(unused_port())];
+    let proxy = Proxy::start_with(nowhere, |cfg| {
+        cfg.users = Some(users.clone());
+        cfg.sentinel_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let mut c = conn(proxy.face.unwrap()).await.unwrap();
+    assert_eq!(
+        server_error(cmd(&mut c, &["SENTINEL", "masters"]).await),
+        "NOAUTH Authentication required."
+    );
+    assert_eq!(
+        server_error(cmd(&mut c, &["AUTH", "app", "wrong"]).await),
+        "WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(
+        cmd(&mut c, &["AUTH", "app", "app-pw"]).await.unwrap(),
+        OwnedFrame::SimpleString(b"OK".to_vec())
+    );
+    assert_eq!(
+        cmd(&mut c, &["SENTINEL", "get-master-addr-by-name", "mymaster"])
+            .await
+            .unwrap(),
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"127.0.0.1".to_vec()),
+            OwnedFrame::BulkString(proxy.port.to_string().into_bytes()),
+        ])
+    );
+}
