@@ -65,7 +65,11 @@ async fn operator_actions_need_the_admin_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_holds_new_requests_until_resume_each_at_most_its_wait() {
     let lab = Lab::start().await;
-    let proxy = proxy(&lab).await;
+    let proxy = Proxy::start_with(lab.sentinel_addrs(), |c| {
+        c.admin_token = Some(Secret::new(TOKEN));
+        c.connect_wait = Duration::from_secs(1);
+    })
+    .await;
     proxy.wait_ready().await;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
         .await
@@ -115,13 +119,36 @@ async fn a_pause_holds_new_requests_until_resume_each_at_most_its_wait() {
     let (code, _) = http_post(proxy.admin, "/groups/mymaster/resume", Some(TOKEN)).await;
     assert_eq!(code, 200);
     assert_eq!(read_reply(&mut later).await, b"$1\r\n2\r\n");
+
+    // A new client in a pause longer than --connect-wait (1 s here) waits as long as the pause
+    // lets a request wait (1.5 s), in both modes, then gets the same error.
+    let (code, _) = http_post(
+        proxy.admin,
+        "/groups/mymaster/pause?seconds=1.5",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let t = Instant::now();
+    let mut new = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    new.write_all(&multibulk(&["GET", "p"])).await.unwrap();
+    assert_eq!(
+        read_reply(&mut new).await,
+        b"-ERR sentinel-proxy: no master available for 'mymaster'\r\n"
+    );
+    let waited = t.elapsed();
+    eprintln!("a new client in a pause with a 1.5 s wait was refused after {waited:?}");
+    assert!(waited >= Duration::from_millis(1400), "{waited:?}");
+    http_post(proxy.admin, "/groups/mymaster/resume", Some(TOKEN)).await;
     let (_, text) = http_get(proxy.admin, "/metrics").await;
     assert_eq!(
         metric(
             &text,
             "sentinel_proxy_operator_actions_total{action=\"pause\",result=\"ok\"}"
         ),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
 }

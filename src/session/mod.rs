@@ -700,18 +700,24 @@ pub(super) async fn no_master(client: &mut Link, group: &Group) {
     let _ = timeout(Duration::from_secs(1), client.write_all(msg.as_bytes())).await;
 }
 
-/// Connect to the current verified master, waiting up to `wait` for one to exist.
+/// Connect to the current verified master, waiting up to `wait` for one to exist (during an
+/// operator's pause, up to the pause's wait if that is longer).
 async fn acquire_backend(
     group: &Group,
     shutdown: &CancellationToken,
     wait: Duration,
     existing: bool,
 ) -> Result<(Link, u64, SocketAddr), Close> {
-    let deadline = Instant::now() + wait;
+    let began = Instant::now();
+    let mut deadline = began + wait;
     let mut changes = group.route.subscribe();
     loop {
         changes.borrow_and_update();
         let route = group.route.load();
+        if route.held {
+            // The operator's pause: a new client waits as long as a held request does.
+            deadline = deadline.max(began + group.operator.wait());
+        }
         let mut failed = false;
         // Just after a switch, a new client waits for the gate too (`fence.rs`): subscribers
         // re-subscribe on the new master before anyone can publish there.
