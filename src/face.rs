@@ -205,21 +205,8 @@ fn switch_message(conn: &Conn, payload: &[u8]) -> Option<Vec<u8>> {
     if conn.channels.contains(CHANNEL) {
         return Some(answer::message(CHANNEL, None, payload));
     }
-    conn.hears(CHANNEL).then(|| {
-        let pattern = conn
-            .patterns
-            .iter()
-            .find(|p| {
-                let probe = Conn {
-                    patterns: [p.to_vec()].into(),
-                    ..Conn::default()
-                };
-                probe.hears(CHANNEL)
-            })
-            .cloned()
-            .unwrap_or_default();
-        answer::message(CHANNEL, Some(&pattern), payload)
-    })
+    let pattern = conn.pattern_for(CHANNEL)?;
+    Some(answer::message(CHANNEL, Some(pattern), payload))
 }
 
 /// Check credentials against the proxy's users (Argon2 off the async threads, unless the pair

@@ -93,6 +93,15 @@ async fn ready(admin: u16) {
     .await;
 }
 
+/// Wait (30 s at most) for the old process to exit: its exit code and its log.
+async fn exits(mut old: Binary) -> (Option<i32>, String) {
+    let code = tokio::task::spawn_blocking(move || (old.wait(), old.log()));
+    tokio::time::timeout(Duration::from_secs(30), code)
+        .await
+        .expect("the old process exits")
+        .unwrap()
+}
+
 /// The next notification systemd would get on `socket`.
 fn notified(socket: &std::os::unix::net::UnixDatagram) -> String {
     let mut buf = [0u8; 256];
@@ -117,7 +126,7 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
     let notify_path = notify_path.to_str().unwrap().to_string();
-    let mut old = spawn_notifying(&a, &[], Some(&notify_path));
+    let old = spawn_notifying(&a, &[], Some(&notify_path));
     assert_eq!(notified(&notify), format!("READY=1\nMAINPID={}", old.pid()));
     ready(admin).await;
     let ok = || OwnedFrame::SimpleString(b"OK".to_vec());
@@ -202,14 +211,7 @@ async fn a_successor_takes_the_sockets_and_the_established_clients_see_nothing()
         .await
         .unwrap();
     assert_eq!(said, format!("READY=1\nMAINPID={new_pid}"));
-    let code = tokio::task::spawn_blocking(move || {
-        let code = old.wait();
-        (code, old.log())
-    });
-    let (code, old_log) = tokio::time::timeout(Duration::from_secs(30), code)
-        .await
-        .expect("the old process exits")
-        .unwrap();
+    let (code, old_log) = exits(old).await;
     let took = began.elapsed();
     assert_eq!(code, Some(0), "{old_log}");
     assert!(old_log.contains("handing sessions over"), "{old_log}");
@@ -277,7 +279,7 @@ async fn a_successor_that_takes_no_sessions_gets_the_drain_and_close() {
         admin,
         args,
     } = setup(&lab);
-    let mut old = spawn(&args, &[]);
+    let old = spawn(&args, &[]);
     ready(admin).await;
     let mut idle = conn(port).await.unwrap();
     assert_eq!(
@@ -296,11 +298,7 @@ async fn a_successor_that_takes_no_sessions_gets_the_drain_and_close() {
     .await
     .unwrap();
     assert!(answered.contains("\"listeners\""), "{answered}");
-    let code = tokio::task::spawn_blocking(move || (old.wait(), old.log()));
-    let (code, log) = tokio::time::timeout(Duration::from_secs(30), code)
-        .await
-        .expect("the old process exits")
-        .unwrap();
+    let (code, log) = exits(old).await;
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("takes no sessions"), "{log}");
     assert!(cmd(&mut idle, &["GET", "up"]).await.is_err());
@@ -345,12 +343,12 @@ async fn a_group_added_by_a_reload_is_handed_over_too() {
     if let Ok(p) = std::env::var("SENTINEL_PROXY_TEST_POOL") {
         pool.extend(["--pool".to_string(), p]);
     }
-    let mut old = spawn(&pool, &[]);
+    let old = spawn(&pool, &[]);
     ready(admin).await;
 
     std::fs::write(&file, file_text(&[broker, table(CACHE, cache_port)])).unwrap();
     old.signal("-HUP");
-    let added = eventually(
+    let mut added = eventually(
         Duration::from_secs(15),
         "the added group to serve",
         || async {
@@ -360,14 +358,9 @@ async fn a_group_added_by_a_reload_is_handed_over_too() {
         },
     )
     .await;
-    let mut added = added;
 
     let mut new = spawn(&pool, &["--takeover"]);
-    let code = tokio::task::spawn_blocking(move || (old.wait(), old.log()));
-    let (code, log) = tokio::time::timeout(Duration::from_secs(30), code)
-        .await
-        .expect("the old process exits")
-        .unwrap();
+    let (code, log) = exits(old).await;
     assert_eq!(code, Some(0), "{log}");
     // Its client, on the same connection; and its port, served by the successor.
     assert_eq!(

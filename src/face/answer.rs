@@ -58,7 +58,15 @@ impl Conn {
 
     /// Whether a message on `channel` is this connection's.
     pub fn hears(&self, channel: &[u8]) -> bool {
-        self.channels.contains(channel) || self.patterns.iter().any(|p| glob(p, channel))
+        self.channels.contains(channel) || self.pattern_for(channel).is_some()
+    }
+
+    /// The first of its patterns that matches `channel`.
+    pub fn pattern_for(&self, channel: &[u8]) -> Option<&[u8]> {
+        self.patterns
+            .iter()
+            .map(Vec::as_slice)
+            .find(|p| glob(p, channel))
     }
 }
 
